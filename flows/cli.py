@@ -1,0 +1,184 @@
+"""The `mapcap` command: one subcommand per user action. It prints results only; logs go to stderr."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_ROOT = "./mapcap-results"
+
+
+def _root_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
+
+
+def _flow_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="toy", help="open_clip model name, or 'toy' (default)")
+    p.add_argument("--pretrained", default="toy", help="open_clip pretrained tag, local checkpoint path, or 'toy'")
+    p.add_argument("--templates", default="simple", help="template set: openai, simple, compare (default simple)")
+    p.add_argument("--template", action="append", help="a template with '{}' (repeat; overrides --templates)")
+    p.add_argument("--class-map", help="JSON {folder or label: class name}")
+    p.add_argument("--out", default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--run-name", help="run id; reuse it to resume a run")
+    p.add_argument("--force", action="store_true", help="redo shards that are already complete")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mapcap", description="Explain why CLIP classifies images as it does.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("demo", help="run the flow on the embedded toy dataset and print per-class accuracy")
+    _flow_args(p)
+    p.set_defaults(dataset="toy")
+    p = sub.add_parser("run", help="run the explain flow on a dataset")
+    p.add_argument("dataset", help="ImageFolder directory or manifest (.csv/.parquet with path,label)")
+    _flow_args(p)
+    p = sub.add_parser("sql", help="run SQL over the results (views: runs, images, predictions, failures)")
+    p.add_argument("query")
+    _root_arg(p)
+    p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
+    p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
+    for name, helptext in (("classes", "per-class accuracy of a run"), ("templates", "per-template accuracy of a run"),
+                           ("confusion", "confusion pairs of a run")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
+        _root_arg(p)
+    p = sub.add_parser("runs", help="all runs under the root, compared")
+    _root_arg(p)
+    p = sub.add_parser("check", help="check that every Parquet file under the root is readable")
+    _root_arg(p)
+    toy = sub.add_parser("toy", help="the toy world: make datasets, train the toy CLIP")
+    tsub = toy.add_subparsers(dest="toy_cmd", required=True)
+    p = tsub.add_parser("make", help="write a toy dataset (ImageFolder + manifest.parquet)")
+    p.add_argument("out")
+    p.add_argument("--n-per-class", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--split", default="test")
+    p.add_argument("--kind", default="single", choices=["single", "distractor", "pair"])
+    p = tsub.add_parser("train", help="train the toy CLIP on CPU and save its checkpoint")
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="checkpoint path (default: the shipped toy/weights/toy_clip.pt)")
+    return ap
+
+
+def _params(args: argparse.Namespace):
+    from flows.explain import ExplainParams
+
+    return ExplainParams(dataset=args.dataset, class_map=args.class_map, model=args.model,
+                         pretrained=args.pretrained, templates=args.template or args.templates, top_k=args.top_k,
+                         shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
+                         precision=args.precision, out=args.out, run_name=args.run_name, force=args.force)
+
+
+def _print_table(table) -> None:
+    from storage.query import format_table
+
+    print(format_table(table))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.explain import explain
+    from storage.query import connect, named_query
+
+    result = explain(_params(args))
+    con = connect(args.out)
+    print(f"run {result['run_id']}: {result['n_images']} images, {result['n_failures']} failed, "
+          f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")
+    print(f"results: {args.out}\n\nper-class accuracy (DuckDB over the Parquet results):")
+    _print_table(named_query(con, "per_class_accuracy", result["run_id"]))
+    print(f"\nper-template accuracy:")
+    _print_table(named_query(con, "per_template_accuracy", result["run_id"]))
+    print(f"\nmore: mapcap sql --root {args.out} \"SELECT * FROM predictions LIMIT 5\"")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from storage.query import connect, format_table, run_sql
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table = run_sql(connect(args.root), args.query)
+    if args.format == "parquet":
+        if not args.output:
+            raise ValueError("--format parquet needs --output FILE")
+        pq.write_table(table, args.output)
+        print(f"wrote {table.num_rows} rows to {args.output}")
+        return 0
+    if args.format == "csv":
+        import io
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        text = buf.getvalue().decode()
+    elif args.format == "json":
+        text = json.dumps(table.to_pylist(), default=str, indent=1)
+    else:
+        text = format_table(table)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_named(args: argparse.Namespace) -> int:
+    from storage.query import connect, named_query
+
+    name = {"classes": "per_class_accuracy", "templates": "per_template_accuracy", "confusion": "confusion_pairs",
+            "runs": "runs_compared"}[args.cmd]
+    _print_table(named_query(connect(args.root), name, getattr(args, "run", None)))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from storage.writer import check_root
+
+    ok, bad = check_root(args.root)
+    for path, err in bad:
+        print(f"CORRUPT {path}: {err}")
+    print(f"{ok} readable file(s), {len(bad)} corrupt")
+    return 1 if bad else 0
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    if args.toy_cmd == "make":
+        from toy.dataset import write_toy_dataset
+
+        manifest = write_toy_dataset(args.out, args.n_per_class, args.seed, args.split, args.kind)
+        print(f"wrote toy dataset {args.out} (manifest {manifest})")
+        return 0
+    from toy import TOY_CHECKPOINT
+    from toy.train import train
+
+    record = train(steps=args.steps, batch=args.batch, seed=args.seed, out=Path(args.out or TOY_CHECKPOINT))
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("root", "httpx", "open_clip"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    handlers = {"demo": cmd_run, "run": cmd_run, "sql": cmd_sql, "classes": cmd_named, "templates": cmd_named,
+                "confusion": cmd_named, "runs": cmd_named, "check": cmd_check, "toy": cmd_toy}
+    try:
+        return handlers[args.cmd](args)
+    except (ValueError, RuntimeError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"mapcap {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Dataset manifests: CSV or Parquet files with at least `path` and `label` columns."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a manifest (.csv or .parquet); `path` and `label` columns are required."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pacsv.read_csv(path)
+        elif path.suffix.lower() in (".parquet", ".pq"):
+            table = pq.read_table(path)
+        else:
+            raise ValueError(f"manifest {path} must end in .csv or .parquet")
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"could not read manifest {path}: {e}") from e
+    missing = {"path", "label"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; it has {table.column_names}")
+    return table.select([c for c in table.column_names if c in ("path", "label", "split")]).to_pylist()
+
+
+def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write a manifest atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
+    tmp.replace(path)
+
+
+def read_toy_manifest(path: str | Path) -> pa.Table:
+    """The full toy manifest (masks, captions...) for semantic tests and evaluations."""
+    return pq.read_table(path)

@@ -1,0 +1,137 @@
+"""DuckDB over the Parquet root: one view per table, and the ready queries users run.
+
+DuckDB is opened in memory and only reads; tasks write Parquet (DuckDB allows one writer per database file).
+Remote roots (s3://, ...) are read through fsspec, as DuckDB's httpfs extension is not available everywhere.
+"""
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from storage.schemas import TABLES, schema_for
+from storage.writer import filesystem
+
+
+class QueryError(RuntimeError):
+    """A query failed; the message names the SQL and what to check."""
+
+
+def _glob_base(root: str) -> tuple[str, object]:
+    fs, path = filesystem(root)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return path, fs
+    return f"{protocol}://{path}", fs
+
+
+def connect(root: str) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with a view per MapCap table over `<root>/<table>/run=*/*.parquet`."""
+    base, fs = _glob_base(root)
+    con = duckdb.connect(":memory:")
+    if "://" in base:
+        con.register_filesystem(fs)
+    for table in TABLES:
+        files = fs.glob(f"{filesystem(root)[1]}/{table}/run=*/*.parquet")
+        if files:
+            glob = f"{base}/{table}/run=*/*.parquet"
+            sql = (f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{glob}', union_by_name=true, "
+                   f"hive_partitioning=false)")
+        else:  # no run wrote this table yet: an empty view with the right columns
+            con.register(f"_empty_{table}", schema_for(table).empty_table())
+            sql = f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}"
+        try:
+            con.execute(sql)
+        except duckdb.Error as e:
+            raise QueryError(f"could not open table {table!r} under {root}: {e}. A corrupt shard file can be "
+                             f"found with `mapcap check --root {root}`; delete it and rerun that run.") from e
+    return con
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    try:
+        return con.execute(sql, params or []).fetch_arrow_table()
+    except duckdb.Error as e:
+        raise QueryError(f"query failed: {e}\nSQL: {sql.strip()}") from e
+
+
+# Ready queries. `$run` is the run id; 'latest' picks the newest run.
+LATEST_RUN = "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1"
+
+QUERIES: dict[str, str] = {
+    "per_class_accuracy": """
+        SELECT label AS class_name, count(*) AS n, avg(correct::INT) AS accuracy,
+               avg(label_prob) AS mean_label_prob
+        FROM predictions WHERE run_id = $run AND template = 'ensemble'
+        GROUP BY label ORDER BY accuracy, class_name""",
+    "confusion_pairs": """
+        SELECT label AS class_name, pred AS predicted_as, count(*) AS n
+        FROM predictions WHERE run_id = $run AND template = 'ensemble' AND NOT correct
+        GROUP BY label, pred ORDER BY n DESC, class_name, predicted_as""",
+    "per_template_accuracy": """
+        SELECT template, count(*) AS n, avg(correct::INT) AS accuracy, avg(label_prob) AS mean_label_prob
+        FROM predictions WHERE run_id = $run
+        GROUP BY template ORDER BY accuracy DESC, template""",
+    "runs_compared": """
+        SELECT r.run_id, r.status, r.started_at, r.model, r.pretrained, r.dataset, r.n_images, r.n_failures,
+               p.accuracy, r.duration_s
+        FROM runs r LEFT JOIN (
+            SELECT run_id, avg(correct::INT) AS accuracy FROM predictions WHERE template = 'ensemble'
+            GROUP BY run_id) p USING (run_id)
+        ORDER BY r.started_at""",
+    "row_counts": """
+        SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,
+               (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,
+               (SELECT count(*) FROM failures WHERE run_id = $run AND stage = 'load') AS failed""",
+}
+
+
+def resolve_run(con: duckdb.DuckDBPyConnection, run: str) -> str:
+    """A run id as given, or the newest run for 'latest'; a clear error for an unknown run."""
+    if run == "latest":
+        rows = run_sql(con, LATEST_RUN).column("run_id").to_pylist()
+        if not rows:
+            raise QueryError("no runs under this root yet; run `mapcap demo` or `mapcap run DATASET` first")
+        return rows[0]
+    known = run_sql(con, "SELECT DISTINCT run_id FROM runs ORDER BY 1").column("run_id").to_pylist()
+    if run not in known:
+        raise QueryError(f"unknown run {run!r}; runs under this root: {known or 'none'}")
+    return run
+
+
+def named_query(con: duckdb.DuckDBPyConnection, name: str, run: str | None = None) -> pa.Table:
+    if name not in QUERIES:
+        raise QueryError(f"unknown query {name!r}; ready queries are {sorted(QUERIES)}")
+    sql = QUERIES[name]
+    params = {"run": resolve_run(con, run or "latest")} if "$run" in sql else None
+    try:
+        return con.execute(sql, params).fetch_arrow_table()
+    except duckdb.Error as e:
+        raise QueryError(f"query {name!r} failed: {e}") from e
+
+
+def format_table(table: pa.Table, max_rows: int = 200) -> str:
+    """A plain-text table for terminals and logs."""
+    cols = table.column_names
+    rows = [[_fmt(v) for v in r.values()] for r in table.slice(0, max_rows).to_pylist()]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    if table.num_rows > max_rows:
+        out.append(f"... {table.num_rows - max_rows} more rows")
+    return "\n".join(out)
+
+
+def format_markdown(table: pa.Table) -> str:
+    cols = table.column_names
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(v) for v in r.values()) + " |" for r in table.to_pylist()]
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if v is None:
+        return ""
+    return str(v)

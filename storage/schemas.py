@@ -1,0 +1,48 @@
+"""Versioned Arrow schemas of every MapCap table, and the metadata keys stored in each Parquet file."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"  # bump when a column changes meaning or type; stored in every file
+META_SCHEMA_VERSION = b"mapcap.schema_version"
+META_TABLE = b"mapcap.table"
+META_CONFIG = b"mapcap.config"  # resolved stage config (JSON)
+META_CONFIG_HASH = b"mapcap.config_hash"  # what makes a shard complete: same inputs, config and code version
+META_VERSIONS = b"mapcap.versions"  # library versions (JSON)
+
+_ts = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "runs": pa.schema([
+        ("run_id", pa.string()), ("status", pa.string()),  # 'running' | 'finished' | 'failed'
+        ("started_at", _ts), ("finished_at", _ts), ("duration_s", pa.float64()),
+        ("dataset", pa.string()), ("model", pa.string()), ("pretrained", pa.string()),
+        ("templates", pa.list_(pa.string())), ("n_classes", pa.int32()), ("n_shards", pa.int32()),
+        ("n_images", pa.int64()), ("n_predicted", pa.int64()), ("n_failures", pa.int64()),
+        ("n_shards_skipped", pa.int32()), ("failed_shards", pa.list_(pa.int32())),
+        ("params_json", pa.string()), ("code_version", pa.string()), ("versions_json", pa.string()),
+    ]),
+    "images": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),
+        ("shard", pa.int32()), ("width", pa.int32()), ("height", pa.int32()),
+    ]),
+    "predictions": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),
+        ("template", pa.string()),  # the template text, or 'ensemble'
+        ("label", pa.string()), ("pred", pa.string()), ("correct", pa.bool_()),
+        ("pred_prob", pa.float32()), ("label_prob", pa.float32()), ("label_rank", pa.int32()),
+        ("topk_labels", pa.list_(pa.string())), ("topk_probs", pa.list_(pa.float32())),
+    ]),
+    "failures": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("shard", pa.int32()),
+        ("stage", pa.string()), ("error_type", pa.string()), ("error", pa.string()),
+    ]),
+}
+TABLES = tuple(SCHEMAS)
+
+
+def schema_for(table: str) -> pa.Schema:
+    try:
+        return SCHEMAS[table]
+    except KeyError as e:
+        raise ValueError(f"unknown table {table!r}; MapCap tables are {TABLES}") from e

@@ -1,0 +1,121 @@
+"""The shard writer: one Parquet file per (table, run, shard), written atomically, on any fsspec root.
+
+Layout: `<root>/<table>/run=<run_id>/<name>.parquet`. A file is written to a hidden temp name in the same
+folder and renamed, so a killed run never leaves a half file where readers look.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.schemas import (META_CONFIG, META_CONFIG_HASH, META_SCHEMA_VERSION, META_TABLE, META_VERSIONS,
+                             SCHEMA_VERSION, schema_for)
+
+log = logging.getLogger(__name__)
+
+
+class CorruptShardError(RuntimeError):
+    """A Parquet file that exists but cannot be read."""
+
+
+def filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fsspec filesystem, path inside it) for a local path or any fsspec URL (s3://, memory://...)."""
+    fs, path = fsspec.core.url_to_fs(str(root))
+    return fs, path.rstrip("/")
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def table_path(root: str, table: str, run_id: str, name: str) -> str:
+    _, base = filesystem(root)
+    return f"{base}/{table}/run={run_id}/{name}.parquet"
+
+
+def write_table(root: str, table: str, run_id: str, name: str, rows: list[dict[str, Any]] | pa.Table,
+                config: dict | None = None, config_hash: str = "", versions: dict | None = None) -> str:
+    """Write rows (dicts or an Arrow table) as one Parquet file, atomically; returns its path."""
+    schema = schema_for(table)
+    data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+    data = data.select(schema.names).cast(schema)
+    meta = {META_SCHEMA_VERSION: SCHEMA_VERSION.encode(), META_TABLE: table.encode(),
+            META_CONFIG: json.dumps(config or {}, sort_keys=True, default=str).encode(),
+            META_CONFIG_HASH: config_hash.encode(), META_VERSIONS: json.dumps(versions or {}, sort_keys=True).encode()}
+    data = data.replace_schema_metadata(meta)
+    fs, _ = filesystem(root)
+    final = table_path(root, table, run_id, name)
+    folder = final.rsplit("/", 1)[0]
+    fs.makedirs(folder, exist_ok=True)
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(data, f, compression="zstd")
+        fs.mv(tmp, final)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return final
+
+
+def read_file_metadata(root: str, table: str, run_id: str, name: str) -> dict[bytes, bytes] | None:
+    """The MapCap metadata of one file, or None when the file does not exist."""
+    fs, _ = filesystem(root)
+    path = table_path(root, table, run_id, name)
+    if not fs.exists(path):
+        return None
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_schema(f).metadata or {}
+    except Exception as e:
+        raise CorruptShardError(f"{path} is not a readable Parquet file ({e}); delete it or rerun with force=True") from e
+
+
+def is_complete(root: str, tables: list[str], run_id: str, name: str, config_hash: str) -> bool:
+    """True when every table's file for this shard exists and was written with `config_hash`.
+
+    A corrupt file counts as incomplete (the shard is redone and the file replaced), and says so in the log.
+    """
+    for table in tables:
+        try:
+            meta = read_file_metadata(root, table, run_id, name)
+        except CorruptShardError as e:
+            log.warning("%s: redoing the shard", e)
+            return False
+        if meta is None or meta.get(META_CONFIG_HASH, b"").decode() != config_hash:
+            return False
+    return True
+
+
+def read_table(root: str, table: str, run_id: str, name: str) -> pa.Table:
+    fs, _ = filesystem(root)
+    path = table_path(root, table, run_id, name)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def check_root(root: str) -> tuple[int, list[tuple[str, str]]]:
+    """Open the footer of every Parquet file under root: (number readable, [(path, error)] corrupt)."""
+    fs, base = filesystem(root)
+    ok, bad = 0, []
+    for path in sorted(fs.glob(f"{base}/*/run=*/*.parquet")):
+        try:
+            with fs.open(path, "rb") as f:
+                pq.read_metadata(f)
+            ok += 1
+        except Exception as e:  # any unreadable footer is reported, with its path
+            bad.append((path, f"{type(e).__name__}: {e}"))
+    return ok, bad
+
+
+def count_rows(root: str, table: str, run_id: str, name: str) -> int:
+    fs, _ = filesystem(root)
+    with fs.open(table_path(root, table, run_id, name), "rb") as f:
+        return pq.read_metadata(f).num_rows

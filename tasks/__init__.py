@@ -1,0 +1,1 @@
+"""One module per pipeline stage: pure functions first, the thin Prefect @task wrapper last."""

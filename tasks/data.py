@@ -1,0 +1,128 @@
+"""Datasets in, shards out: ImageFolder trees and manifests, robust image decoding, stable image ids."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from storage.manifest import read_manifest
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MIN_SIDE = 8  # pixels: smaller images cannot be resized meaningfully and become failures
+Image.MAX_IMAGE_PIXELS = 200_000_000  # larger than this is a decompression bomb and becomes a failure
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # absolute path of the image file
+    label: str  # class name (after the optional class-name mapping)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    source: str  # what the user passed (folder or manifest path)
+    classes: tuple[str, ...]  # class names, sorted, after mapping
+    items: tuple[Item, ...]  # sorted by path: the deterministic order shards are cut from
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be used: recorded as a per-image failure, never a lost row."""
+
+
+def load_class_map(path: str | None) -> dict[str, str]:
+    """A JSON object {folder or label: class name}, e.g. WordNet ids to readable names."""
+    if not path:
+        return {}
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"class map {path} is not a readable JSON object: {e}") from e
+    if not isinstance(mapping, dict):
+        raise ValueError(f"class map {path} must be a JSON object {{label: class name}}, not {type(mapping).__name__}")
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
+def read_dataset(source: str, class_map: str | None = None) -> Dataset:
+    """An ImageFolder directory (one folder per class) or a manifest (.csv/.parquet with path,label)."""
+    src = Path(source).expanduser()
+    mapping = load_class_map(class_map)
+    if src.is_dir():
+        folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        if not folders:
+            raise ValueError(f"dataset folder {src} has no class sub-folders; ImageFolder layout is "
+                             f"{src}/<class>/<image>.jpg (or pass a manifest .csv/.parquet with path,label)")
+        items = []
+        for folder in folders:
+            files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not files:
+                raise ValueError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                                 f"add images or remove the folder")
+            label = mapping.get(folder.name, folder.name)
+            items += [Item(str(f.resolve()), label) for f in files]
+    elif src.is_file():
+        rows = read_manifest(src)
+        if not rows:
+            raise ValueError(f"manifest {src} has no rows")
+        items = []
+        for i, row in enumerate(rows):
+            if not row.get("path") or row.get("label") in (None, ""):
+                raise ValueError(f"manifest {src} row {i} has an empty path or label: {row}")
+            p = Path(str(row["path"])).expanduser()
+            p = p if p.is_absolute() else src.parent / p
+            label = str(row["label"])
+            items.append(Item(str(p.resolve()), mapping.get(label, label)))
+    else:
+        raise ValueError(f"dataset {source!r} is neither a folder nor a manifest file; pass an ImageFolder "
+                         f"directory, a .csv/.parquet manifest with path,label columns, or 'toy'")
+    items.sort(key=lambda it: it.path)
+    return Dataset(str(source), tuple(sorted({it.label for it in items})), tuple(items))
+
+
+def plan_shards(items: tuple[Item, ...] | list[Item], shard_size: int) -> list[list[Item]]:
+    """Fixed-size shards in path order: the same dataset always gives the same shards."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
+    return [list(items[i:i + shard_size]) for i in range(0, len(items), shard_size)]
+
+
+def image_id_of(data: bytes) -> str:
+    """Stable image id: the first 16 hex digits of the SHA-256 of the file's bytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, LA, CMYK, I;16 ...) as RGB; transparency is composited on white."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode == "I;16" or img.mode == "I":
+        return img.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str) -> tuple[Image.Image, str]:
+    """Decode one image as RGB with its content id; any problem raises ImageLoadError naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageLoadError(f"cannot read {path}: {e}") from e
+    image_id = image_id_of(data)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            rgb = to_rgb(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        err = ImageLoadError(f"cannot decode {path}: {type(e).__name__}: {e}")
+        err.image_id = image_id
+        raise err from e
+    if min(rgb.size) < MIN_SIDE:
+        err = ImageLoadError(f"{path} is {rgb.size[0]}x{rgb.size[1]} px, smaller than {MIN_SIDE} px on a side")
+        err.image_id = image_id
+        raise err
+    return rgb, image_id

@@ -1,0 +1,110 @@
+"""Model loading: one cache per process, clear errors for unknown names and tags.
+
+Models are named the open_clip way: a config name plus a pretrained tag (downloaded by open_clip on a
+connected machine) or a local checkpoint path. The toy model's config is registered with open_clip here, so
+it loads through exactly the same code path as any other local checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+
+from toy import TOY_CHECKPOINT, TOY_DIR, TOY_MODEL_NAME
+
+log = logging.getLogger(__name__)
+open_clip.add_model_config(TOY_DIR / "model_configs")
+
+TOY = "toy"  # shorthand accepted for model and pretrained: the shipped toy CLIP
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # open_clip config name, e.g. 'ViT-B-16' or 'MapCap-Toy-ViT'
+    pretrained: str  # open_clip tag ('laion2b_s34b_b88k'), a local checkpoint path, or '' for random weights
+    device: str  # 'cpu', 'cuda', 'cuda:1'
+    precision: str  # 'fp32' | 'bf16' | 'fp16' (autocast dtype for the forward pass)
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: Any  # open_clip.CLIP, eval mode, on spec.device
+    preprocess: Callable  # PIL image -> (3, H, W) float tensor
+    tokenizer: Callable  # list[str] -> (N, context_length) long tensor
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.precision)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is present, else 'cpu'."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but no CUDA GPU is visible; use device='cpu' or 'auto'")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> bf16 on a GPU that supports it (fp16 otherwise), fp32 on CPU."""
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision {precision!r} is unknown; choose auto, fp32, bf16 or fp16")
+    return precision
+
+
+def resolve_spec(name: str, pretrained: str, device: str = "auto", precision: str = "auto") -> ModelSpec:
+    """Validate a model name / pretrained pair and name what exists when it is wrong."""
+    if name == TOY:
+        name = TOY_MODEL_NAME
+    if pretrained == TOY or (name == TOY_MODEL_NAME and not pretrained):
+        pretrained = str(TOY_CHECKPOINT)
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower().replace("/", "-")[:5] in m.lower()]
+        raise ValueError(f"unknown open_clip model {name!r}; did you mean one of {close[:10] or 'ViT-B-16'}? "
+                         f"`python -c 'import open_clip; print(open_clip.list_models())'` lists all "
+                         f"{len(open_clip.list_models())}.")
+    if pretrained and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ValueError(f"pretrained {pretrained!r} is neither a local checkpoint file nor a tag of {name!r}; "
+                             f"known tags: {tags or 'none (pass a local checkpoint path)'}")
+    dev = resolve_device(device)
+    return ModelSpec(name, str(Path(pretrained).resolve()) if pretrained and os.path.isfile(pretrained) else pretrained,
+                     dev, resolve_precision(precision, dev))
+
+
+_CACHE: dict[ModelSpec, LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callable]:
+    """Build an open_clip model (train mode, CPU, fp32) with its eval preprocess and tokenizer."""
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
+    except RuntimeError as e:
+        raise RuntimeError(f"open_clip could not load {name!r} with pretrained={pretrained!r} "
+                           f"(no model hub here: pass a local checkpoint path): {e}") from e
+    return model, preprocess, open_clip.get_tokenizer(name)
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """The model for `spec`, built once per process and shared by every task in it."""
+    with _LOCK:
+        if spec not in _CACHE:
+            log.info("loading %s (%s) on %s", spec.name, spec.pretrained or "random weights", spec.device)
+            model, preprocess, tokenizer = create_clip(spec.name, spec.pretrained)
+            model = model.to(spec.device).eval()
+            _CACHE[spec] = LoadedModel(spec, model, preprocess, tokenizer)
+        return _CACHE[spec]

@@ -1,0 +1,88 @@
+"""Planning a run: resolve the dataset, model and templates, cut deterministic shards, name the run."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.data import Item, plan_shards, read_dataset
+from tasks.models import ModelSpec, resolve_spec
+from tasks.runinfo import config_hash
+from tasks.templates import resolve_templates
+
+TOY = "toy"
+TOY_DATA_VERSION = "v1"  # bump when the generator's output changes
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run_id: str  # names the run's folder in every table
+    dataset: str  # resolved dataset path
+    classes: tuple[str, ...]
+    templates: tuple[str, ...]
+    model: ModelSpec
+    shards: tuple[tuple[Item, ...], ...]  # shard i holds these items
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+
+def toy_data_dir() -> Path:
+    """Where the embedded toy dataset lives (MAPCAP_TOY_DATA overrides)."""
+    default = Path.home() / ".cache" / "mapcap" / f"toy-data-{TOY_DATA_VERSION}"
+    return Path(os.environ.get("MAPCAP_TOY_DATA", default)).expanduser()
+
+
+def ensure_toy_dataset(path: Path | None = None, n_per_class: int = 16, seed: int = 1234) -> Path:
+    """Build the toy test split if absent (written to a temp folder, then renamed: never half-built)."""
+    from toy.dataset import write_toy_dataset
+
+    path = path or toy_data_dir()
+    if (path / "manifest.parquet").exists():
+        return path
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    write_toy_dataset(tmp, n_per_class=n_per_class, seed=seed, split="test")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def make_run_id(run_name: str | None, params_hash: str) -> str:
+    """The user's run name (sanitised), or a timestamped id; the same name resumes the same run."""
+    if run_name:
+        rid = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.")
+        if not rid:
+            raise ValueError(f"run name {run_name!r} has no usable characters; use letters, digits, '-', '_' or '.'")
+        return rid
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{params_hash[:6]}"
+
+
+def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
+             shard_size: int, device: str, precision: str, run_name: str | None) -> RunPlan:
+    """Everything a run needs, validated before any shard starts (bad input fails here, with the fix)."""
+    spec = resolve_spec(model, pretrained, device, precision)
+    tpl = resolve_templates(templates)
+    source = str(ensure_toy_dataset()) if dataset == TOY else dataset
+    ds = read_dataset(source, class_map)
+    if len(ds.classes) < 2:
+        raise ValueError(f"dataset {source} has {len(ds.classes)} class(es) {list(ds.classes)}; zero-shot "
+                         f"classification needs at least two")
+    shards = tuple(tuple(s) for s in plan_shards(ds.items, shard_size))
+    run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
+    return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
+
+
+@task(name="plan-run", cache_policy=NO_CACHE)
+def plan_run_task(**kwargs) -> RunPlan:
+    return plan_run(**kwargs)
