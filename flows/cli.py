@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
         _root_arg(p)
+    p = sub.add_parser("relevancy", help="relevancy maps of one image for several texts (.npz + overlay .png)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--text", action="append", required=True, help="a text to explain (repeat)")
+    p.add_argument("--model", default="toy")
+    p.add_argument("--pretrained", default="toy")
+    p.add_argument("--method", default="chefer", help="chefer (default), gradient, or any registered method")
+    p.add_argument("--start-layer", type=int, help="chefer's first block (default: the model's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--out", required=True, help="OUT.npz (the overlay is written beside it as OUT.png)")
     p = sub.add_parser("runs", help="all runs under the root, compared")
     _root_arg(p)
     p = sub.add_parser("check", help="check that every Parquet file under the root is readable")
@@ -63,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--kind", default="single", choices=["single", "distractor", "pair"])
     p = tsub.add_parser("train", help="train the toy CLIP on CPU and save its checkpoint")
-    p.add_argument("--steps", type=int, default=900)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="checkpoint path (default: the shipped toy/weights/toy_clip.pt)")
     return ap
@@ -138,6 +148,19 @@ def cmd_named(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relevancy(args: argparse.Namespace) -> int:
+    from tasks.explain_one import explain_image, save_explanation
+    from tasks.models import load_model, resolve_spec
+
+    lm = load_model(resolve_spec(args.model, args.pretrained, args.device, args.precision))
+    result = explain_image(lm, args.image, args.text, args.method, args.start_layer)
+    npz, png = save_explanation(result, args.text, args.out, args.method)
+    for text, p, m in zip(args.text, result["probs"], result["maps"]):
+        print(f"{p:.4f}  peak cell {int(m.argmax())} of {m.size}  {text}")
+    print(f"wrote {npz} and {png}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from storage.writer import check_root
 
@@ -170,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("root", "httpx", "open_clip"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
     handlers = {"demo": cmd_run, "run": cmd_run, "sql": cmd_sql, "classes": cmd_named, "templates": cmd_named,
-                "confusion": cmd_named, "runs": cmd_named, "check": cmd_check, "toy": cmd_toy}
+                "confusion": cmd_named, "runs": cmd_named, "check": cmd_check, "relevancy": cmd_relevancy, "toy": cmd_toy}
     try:
         return handlers[args.cmd](args)
     except (ValueError, RuntimeError, OSError) as e:

@@ -13,7 +13,9 @@ from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.classify import ClassifyConfig, classify_shard_task
+from tasks.evaluate import evaluate_run_task
 from tasks.plan import plan_run_task
+from tasks.relevancy_stage import RelevancyConfig, relevancy_shard_task
 from tasks.runs import record_run_task
 from tasks.summary import run_summary_task
 
@@ -39,6 +41,15 @@ class ExplainParams(BaseModel):
     out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
     run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished shards")
     force: bool = Field(False, description="redo shards that are already complete")
+    stages: list[Literal["classify", "relevancy", "evaluate"]] = Field(
+        ["classify", "relevancy", "evaluate"],
+        description="stages to run: classify (always; later stages read it), relevancy (per shard), evaluate "
+                    "(faithfulness of the maps, and pointing game where the dataset has masks)")
+    eval_images: int = Field(64, ge=1, description="images the evaluate stage perturbs")
+    relevancy_methods: list[str] = Field(["chefer", "gradient"], description="relevancy methods (chefer, gradient, "
+                                                                              "random)")
+    start_layers: list[int] | None = Field(None, description="chefer's first block(s); empty: the model's default "
+                                                             "(last block for CLIP, all blocks for the toy model)")
 
 
 @flow(name="explain", flow_run_name="explain-{params.dataset}", validate_parameters=True)
@@ -56,25 +67,42 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                 plan.model.name, plan.model.pretrained or "random", plan.model.device, plan.model.precision)
     cfg = ClassifyConfig(plan.model, plan.classes, plan.templates, params.top_k, params.batch_size, params.workers)
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
-    futures = classify_shard_task.map(unmapped(cfg), plan.run_id, list(range(len(plan.shards))),
-                                      [list(s) for s in plan.shards], unmapped(params.out), unmapped(params.force))
-    index = {f.task_run_id: i for i, f in enumerate(futures)}
-    results, failed = [], []
-    for n, fut in enumerate(as_completed(futures), start=1):
+    shard_ids = list(range(len(plan.shards)))
+    classified = classify_shard_task.map(unmapped(cfg), plan.run_id, shard_ids, [list(s) for s in plan.shards],
+                                         unmapped(params.out), unmapped(params.force))
+    last = classified  # the last stage of each shard's chain
+    if "relevancy" in params.stages:
+        rcfg = RelevancyConfig(plan.model, plan.classes, plan.templates, tuple(params.relevancy_methods),
+                               tuple(params.start_layers) if params.start_layers else None,
+                               params.batch_size, params.workers)
+        last = relevancy_shard_task.map(unmapped(rcfg), plan.run_id, shard_ids, unmapped(params.out),
+                                        unmapped(params.force), upstream=classified)
+    shard_of = {f.task_run_id: i for i, f in enumerate(last)}
+    failed: set[int] = set()
+    for n, fut in enumerate(as_completed(last), start=1):
+        try:
+            fut.result()
+        except Exception as e:  # the shard's chain failed (its retries spent); the run records it
+            logger.error("shard %d failed: %s: %s", shard_of[fut.task_run_id], type(e).__name__, e)
+            failed.add(shard_of[fut.task_run_id])
+        update_progress_artifact(progress, 100.0 * n / len(last))
+    results = []
+    for i, fut in enumerate(classified):
         try:
             results.append(fut.result())
-        except Exception as e:  # the shard's task run failed (its retries spent); the run records it
-            shard = index[fut.task_run_id]
-            logger.error("shard %d failed: %s: %s", shard, type(e).__name__, e)
-            failed.append(shard)
-        update_progress_artifact(progress, 100.0 * n / len(futures))
+        except Exception:  # already logged through its chain
+            failed.add(i)
     status = "failed" if failed else "finished"
     record_run_task(params.out, plan, pdict, status, started, results, sorted(failed))
     if failed:
         raise RuntimeError(f"run {plan.run_id}: shard(s) {sorted(failed)} failed (see their task logs); rerun with "
                            f"run_name={plan.run_id!r} to redo only those")
+    if "relevancy" in params.stages and "evaluate" in params.stages:
+        evaluate_run_task(params.out, plan.run_id, plan.model, plan.classes, plan.templates, plan.dataset,
+                          params.eval_images)
     summary = run_summary_task(params.out, plan.run_id)
     create_markdown_artifact(summary["markdown"], key="mapcap-run-summary",
                              description=f"MapCap run {plan.run_id}: per-class accuracy")
     return {"run_id": plan.run_id, "root": params.out, "n_images": plan.n_images, "accuracy": summary["accuracy"],
-            "n_failures": summary["n_failures"], "shards_skipped": sum(r["skipped"] for r in results)}
+            "n_failures": summary["n_failures"], "shards_done": len(results),
+            "shards_skipped": sum(r["skipped"] for r in results)}

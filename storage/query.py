@@ -47,9 +47,15 @@ def connect(root: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _arrow(result) -> pa.Table:
+    """The result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
+    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+    return fetch()
+
+
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
     try:
-        return con.execute(sql, params or []).fetch_arrow_table()
+        return _arrow(con.execute(sql, params or []))
     except duckdb.Error as e:
         raise QueryError(f"query failed: {e}\nSQL: {sql.strip()}") from e
 
@@ -104,7 +110,7 @@ def named_query(con: duckdb.DuckDBPyConnection, name: str, run: str | None = Non
     sql = QUERIES[name]
     params = {"run": resolve_run(con, run or "latest")} if "$run" in sql else None
     try:
-        return con.execute(sql, params).fetch_arrow_table()
+        return _arrow(con.execute(sql, params))
     except duckdb.Error as e:
         raise QueryError(f"query {name!r} failed: {e}") from e
 

@@ -37,6 +37,18 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("shard", pa.int32()),
         ("stage", pa.string()), ("error_type", pa.string()), ("error", pa.string()),
     ]),
+    "relevancy": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),
+        ("target", pa.string()),  # 'pred' | 'label'
+        ("class_name", pa.string()), ("method", pa.string()),  # 'chefer' | 'gradient' | 'random' | ...
+        ("start_layer", pa.int32()),  # first block used (chefer; -1 = last block); null for other methods
+        ("grid", pa.int32()), ("map", pa.list_(pa.float32())),  # raw map, row-major grid × grid
+        ("peak", pa.int32()), ("entropy", pa.float32()), ("top10_mass", pa.float32()),
+    ]),
+    "evaluations": pa.schema([
+        ("run_id", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
+        ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),
+    ]),
 }
 TABLES = tuple(SCHEMAS)
 

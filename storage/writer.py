@@ -119,3 +119,14 @@ def count_rows(root: str, table: str, run_id: str, name: str) -> int:
     fs, _ = filesystem(root)
     with fs.open(table_path(root, table, run_id, name), "rb") as f:
         return pq.read_metadata(f).num_rows
+
+
+def read_run(root: str, table: str, run_id: str) -> pa.Table:
+    """Every shard file of one run's table, concatenated (empty table with the schema if none)."""
+    fs, base = filesystem(root)
+    files = sorted(fs.glob(f"{base}/{table}/run={run_id}/*.parquet"))
+    parts = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            parts.append(pq.read_table(f).cast(schema_for(table)))
+    return pa.concat_tables(parts) if parts else schema_for(table).empty_table()

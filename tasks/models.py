@@ -68,7 +68,7 @@ def resolve_spec(name: str, pretrained: str, device: str = "auto", precision: st
     """Validate a model name / pretrained pair and name what exists when it is wrong."""
     if name == TOY:
         name = TOY_MODEL_NAME
-    if pretrained == TOY or (name == TOY_MODEL_NAME and not pretrained):
+    if pretrained == TOY:
         pretrained = str(TOY_CHECKPOINT)
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().replace("/", "-")[:5] in m.lower()]

@@ -82,7 +82,7 @@ EVAL_TEMPLATES = {"{}": ["{}"], "a photo of a {}.": ["a photo of a {}."],
                   "simple": ["{}", "a {}", "a photo of a {}.", "a picture of a {}", "an image of a {}"]}
 
 
-def train(steps: int = 900, batch: int = 256, pool: int = 40_000, lr: float = 1.5e-3, seed: int = 0,
+def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5e-4, seed: int = 0,
           out: Path = TOY_CHECKPOINT, threads: int | None = None) -> dict:
     """Train from scratch and save an fp16 checkpoint with its training record; returns that record."""
     from tasks.models import create_clip

@@ -1,0 +1,73 @@
+"""Images/s of the classify stage: model forward alone, and end to end from files (decode included).
+
+    python bench/classify.py [--models toy ViT-B-16] [--batch 256] [--n 512]
+
+Random weights give the real cost of a model (no download needed). Prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tasks.classify import ClassifyConfig, classify_pixels, classify_shard, text_classifier
+from tasks.data import read_dataset
+from tasks.models import load_model, resolve_spec
+from tasks.templates import resolve_templates
+from toy.dataset import write_toy_dataset
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_forward(lm, classifier, batch: int, iters: int) -> float:
+    size = lm.model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+    x = torch.randn(batch, 3, size, size, device=lm.spec.device)
+    classify_pixels(lm, x, classifier)  # warm-up
+    _sync(lm.spec.device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        classify_pixels(lm, x, classifier)
+    _sync(lm.spec.device)
+    return batch * iters / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["toy", "ViT-B-16"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--n", type=int, default=256, help="images for the from-files run")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", nargs="+", default=["fp32"])
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="mapcap-bench-"))
+    write_toy_dataset(tmp / "data", n_per_class=max(args.n // 8, 1), seed=5)
+    ds = read_dataset(str(tmp / "data"))
+    rows = []
+    for name in args.models:
+        for prec in args.precision:
+            spec = resolve_spec(name, "toy" if name == "toy" else "", args.device, prec)
+            lm = load_model(spec)
+            tpl = resolve_templates("simple")
+            clf = text_classifier(lm, ds.classes, tpl)
+            fwd = bench_forward(lm, clf, args.batch, args.iters)
+            cfg = ClassifyConfig(spec, ds.classes, tpl, batch_size=args.batch, workers=8)
+            t = time.perf_counter()
+            classify_shard(cfg, f"bench-{name}-{prec}", 0, list(ds.items), str(tmp / "out"), force=True)
+            files = len(ds.items) / (time.perf_counter() - t)
+            rows.append((spec.name, spec.device, prec, args.batch, f"{fwd:,.0f}", f"{files:,.0f}"))
+    head = ("model", "device", "precision", "batch", "forward img/s", "from files img/s")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    for r in [head, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+
+
+if __name__ == "__main__":
+    main()

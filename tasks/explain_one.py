@@ -1,0 +1,50 @@
+"""Explaining one image against several texts (the interactive path: CLI now, the explorer page later)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks.data import load_image
+from tasks.models import LoadedModel
+from tasks.overlay import overlay_row
+from tasks.relevancy import default_start_layer, relevancy_maps
+
+
+@torch.no_grad()
+def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """(T, D) unit text embeddings."""
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("every text must be non-empty; pass at least one --text")
+    return F.normalize(lm.model.encode_text(lm.tokenizer(texts).to(lm.spec.device)).float(), dim=-1)
+
+
+def explain_image(lm: LoadedModel, image_path: str, texts: list[str], method: str = "chefer",
+                  start_layer: int | None = None) -> dict:
+    """Raw maps (T, g, g) float32, the softmax over the texts, and the decoded image."""
+    image, image_id = load_image(image_path)
+    txt = encode_texts(lm, texts)
+    pix = lm.preprocess(image).unsqueeze(0).expand(len(texts), -1, -1, -1)  # (T, 3, H, W)
+    maps = relevancy_maps(lm, method, pix, txt, start_layer, batch_size=len(texts))  # (T, g, g)
+    with torch.no_grad():
+        img = F.normalize(lm.model.encode_image(pix[:1].to(lm.spec.device)).float(), dim=-1)  # (1, D)
+        probs = (lm.model.logit_scale.exp() * img @ txt.T).softmax(-1)[0].cpu()
+    start = default_start_layer(lm.spec.name) if start_layer is None and method == "chefer" else start_layer
+    return {"maps": maps.numpy().astype(np.float32), "probs": probs.numpy(), "image": image,
+            "image_id": image_id, "start_layer": start}
+
+
+def save_explanation(result: dict, texts: list[str], out: str, method: str) -> tuple[Path, Path]:
+    """OUT.npz with `maps` (raw), `texts`, `probs`; and OUT.png with one overlay per text."""
+    out_path = Path(out)
+    if out_path.suffix != ".npz":
+        raise ValueError(f"--out {out} must end in .npz (the overlay goes beside it as .png)")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out_path, maps=result["maps"], texts=np.array(texts), probs=result["probs"], method=method,
+             start_layer=-999 if result["start_layer"] is None else result["start_layer"])
+    titles = [f"{t} ({p:.2f})" for t, p in zip(texts, result["probs"])]
+    png = out_path.with_suffix(".png")
+    overlay_row(result["image"], list(result["maps"]), titles).save(png)
+    return out_path, png

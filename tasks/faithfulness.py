@@ -1,0 +1,102 @@
+"""How faithful and how well-placed relevancy maps are.
+
+Perturbation (Chefer et al.'s ViT evaluation): remove patches in order of relevancy and re-classify.
+  positive: most relevant first; the accuracy curve should fall fast (lower AUC is better);
+  negative: least relevant first; accuracy should hold (higher AUC is better).
+Deletion / insertion (Petsiuk et al. 2018): the target class probability as the most relevant patches are
+  removed from the image (lower AUC is better) / added to an empty image (higher AUC is better).
+"Removed" means set to 0 in normalised pixel space, i.e. the dataset mean colour. AUCs are trapezoids over
+the removed fraction in [0, 1], averaged over images.
+Ground truth (toy world): pointing game at grid level (the peak cell touches the object) and pixel level
+(the peak of the upsampled map within a tolerance of the object: 15 px at 224 px, scaled), and class
+discrimination on two-object images (share of a class map's mass on its own object vs the other).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
+
+from tasks.models import LoadedModel
+from tasks.overlay import upsample
+
+FRACTIONS = tuple(i / 10 for i in range(10))  # share of patches removed (or inserted)
+
+
+def _keep_masks(maps: torch.Tensor, fraction: float, most_relevant: bool, size: int) -> torch.Tensor:
+    """(B, 1, size, size) 1 = keep: removes round(fraction·N) cells, most or least relevant first."""
+    B, g, _ = maps.shape
+    n = round(fraction * g * g)
+    order = maps.flatten(1).argsort(dim=1, descending=most_relevant)  # (B, N)
+    keep = torch.ones(B, g * g)
+    if n:
+        keep.scatter_(1, order[:, :n], 0.0)
+    return F.interpolate(keep.view(B, 1, g, g), size=(size, size), mode="nearest")
+
+
+@torch.no_grad()
+def _probs(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    img = F.normalize(lm.model.encode_image(pixels.to(lm.spec.device)).float(), dim=-1)  # (B, D)
+    return (lm.model.logit_scale.exp() * img @ classifier.T.to(img.device)).softmax(-1).cpu()  # (B, C)
+
+
+def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor, classifier: torch.Tensor,
+                        target: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Curves (B, F) over FRACTIONS: accuracy under positive / negative perturbation, target probability
+    under deletion and insertion. `target`, `label`: (B,) class indices; classifier (C, D)."""
+    size = pixels.shape[-1]
+    out = {k: [] for k in ("positive", "negative", "deletion", "insertion")}
+    rows = torch.arange(len(target))
+    for f in FRACTIONS:
+        pos = _probs(lm, pixels * _keep_masks(maps, f, True, size), classifier)
+        neg = _probs(lm, pixels * _keep_masks(maps, f, False, size), classifier)
+        ins = _probs(lm, pixels * (1 - _keep_masks(maps, 1 - f, False, size)), classifier) if f > 0 else \
+            _probs(lm, torch.zeros_like(pixels), classifier)
+        out["positive"].append((pos.argmax(-1) == label).float())
+        out["negative"].append((neg.argmax(-1) == label).float())
+        out["deletion"].append(pos[rows, target])
+        out["insertion"].append(ins[rows, target])
+    return {k: torch.stack(v, dim=1) for k, v in out.items()}
+
+
+def auc(curves: torch.Tensor) -> float:
+    """Mean area under (B, F) curves sampled at FRACTIONS (extended flat to 1.0)."""
+    x = np.array(list(FRACTIONS) + [1.0])
+    y = torch.cat([curves, curves[:, -1:]], dim=1).numpy()
+    return float(np.trapezoid(y, x, axis=1).mean())
+
+
+def pointing_grid(grid_map: np.ndarray, mask: np.ndarray) -> bool:
+    """The peak cell's footprint in the image overlaps the object mask (H, W)."""
+    g = grid_map.shape[0]
+    r, c = np.unravel_index(int(np.argmax(grid_map)), grid_map.shape)
+    H, W = mask.shape
+    cell = mask[r * H // g:(r + 1) * H // g, c * W // g:(c + 1) * W // g]
+    return bool(cell.any())
+
+
+def pointing_pixel(grid_map: np.ndarray, mask: np.ndarray, tolerance_at_224: float = 15.0) -> bool:
+    """The peak of the bilinearly upsampled map lies within the tolerance of the object."""
+    H, W = mask.shape
+    up = upsample(grid_map, (W, H))
+    y, x = np.unravel_index(int(np.argmax(up)), up.shape)
+    tol = tolerance_at_224 * max(H, W) / 224
+    return bool(distance_transform_edt(~mask)[y, x] <= tol)
+
+
+def mass_share(grid_map: np.ndarray, own: np.ndarray, other: np.ndarray) -> float:
+    """Share of the (non-negative, upsampled) map's mass on its own object among the two objects."""
+    H, W = own.shape
+    up = np.clip(upsample(grid_map, (W, H)), 0, None)
+    a, b = float(up[own].sum()), float(up[other].sum())
+    return a / (a + b) if a + b > 0 else 0.5
+
+
+def top_region_iou(grid_map: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of the map's above-mean area (upsampled) with the object: a quick region-quality proxy."""
+    H, W = mask.shape
+    up = upsample(grid_map, (W, H))
+    pred = up > up.mean()
+    union = (pred | mask).sum()
+    return float((pred & mask).sum() / union) if union else 0.0

@@ -1,0 +1,147 @@
+"""Relevancy maps: where in the image CLIP found evidence for a text.
+
+Methods register by name and implement one call: (model, pixels, text embeddings) -> (B, g, g) maps.
+- `chefer`: Chefer, Gur & Wolf 2021 as applied to CLIP by its authors: target = image–text logit; for each
+  vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; map = R[CLS, 1:].
+- `gradient`: plain input-gradient saliency, |d target / d pixels| summed over channels, pooled per patch.
+- `random`: a uniform random map, the baseline every method must beat.
+Every image's target depends only on its own row, so one backward pass of the summed targets gives every
+map of a batch.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from tasks.attention import attention_blocks, recording_attention
+from tasks.models import TOY_MODEL_NAME, LoadedModel
+
+MethodFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor, int], torch.Tensor]
+METHODS: dict[str, MethodFn] = {}
+MODEL_DEFAULT_START_LAYER = {TOY_MODEL_NAME: 0}  # measured on the toy world: all blocks localise best
+
+
+def register(name: str) -> Callable[[MethodFn], MethodFn]:
+    def deco(fn: MethodFn) -> MethodFn:
+        METHODS[name] = fn
+        return fn
+    return deco
+
+
+def get_method(name: str) -> MethodFn:
+    if name not in METHODS:
+        raise ValueError(f"unknown relevancy method {name!r}; registered methods are {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def default_start_layer(model_name: str) -> int:
+    """-1 (last block only, the authors' current CLIP default) unless the model's measured default differs."""
+    return MODEL_DEFAULT_START_LAYER.get(model_name, -1)
+
+
+def grid_size(lm: LoadedModel) -> int:
+    return int(lm.model.visual.grid_size[0])
+
+
+def _autocast(lm: LoadedModel):
+    dev = lm.spec.device.split(":")[0]
+    return torch.autocast(dev, dtype=lm.autocast_dtype) if lm.autocast_dtype else nullcontext()
+
+
+def image_text_logit(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """(B,) target: logit_scale · cos(image_b, text_b), each image against its own text row (B, D)."""
+    img = F.normalize(lm.model.encode_image(pixels).float(), dim=-1)  # (B, D)
+    return lm.model.logit_scale.exp().float() * (img * text_emb.float()).sum(-1)
+
+
+@register("chefer")
+def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
+    blocks = attention_blocks(lm.model.visual, "image")
+    start = start_layer % len(blocks)
+    with recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
+        target = image_text_logit(lm, pixels, text_emb)  # (B,)
+        attns = attns[start:]  # a copy: the store is emptied when the context exits
+        grads = torch.autograd.grad(target.sum(), attns)  # one backward for the whole batch
+    B, _, N, _ = attns[0].shape
+    R = torch.eye(N, device=pixels.device).expand(B, N, N)  # (B, N, N)
+    for A, G in zip(attns, grads):
+        cam = (G.float() * A.detach().float()).clamp(min=0).mean(dim=1)  # (B, N, N), mean over heads
+        R = R + torch.bmm(cam, R)
+    g = grid_size(lm)
+    return R[:, 0, 1:].reshape(B, g, g)  # CLS row, patch columns
+
+
+@register("gradient")
+def gradient(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
+    x = pixels.detach().clone().requires_grad_(True)  # (B, 3, H, W)
+    with torch.enable_grad(), _autocast(lm):
+        target = image_text_logit(lm, x, text_emb)
+        (grad,) = torch.autograd.grad(target.sum(), x)
+    g = grid_size(lm)
+    sal = grad.float().abs().sum(1, keepdim=True)  # (B, 1, H, W)
+    return F.adaptive_avg_pool2d(sal, g).squeeze(1)  # (B, g, g)
+
+
+@register("random")
+def random_map(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
+    g = grid_size(lm)
+    maps = []
+    for img in pixels.detach().float().cpu():  # seeded by the image itself: reproducible, batch-independent
+        gen = torch.Generator().manual_seed(int(img.abs().sum().item() * 1000) % (2**31))
+        maps.append(torch.rand(g, g, generator=gen))
+    return torch.stack(maps).to(pixels.device)
+
+
+def relevancy_maps(lm: LoadedModel, method: str, pixels: torch.Tensor, text_emb: torch.Tensor,
+                   start_layer: int | None = None, batch_size: int = 32) -> torch.Tensor:
+    """(B, g, g) float32 maps on CPU, computed in batches; a CUDA out-of-memory halves the batch and retries."""
+    fn = get_method(method)
+    start = default_start_layer(lm.spec.name) if start_layer is None else start_layer
+    out, i, bs = [], 0, max(batch_size, 1)
+    dev = lm.spec.device
+    while i < pixels.shape[0]:
+        try:
+            maps = fn(lm, pixels[i:i + bs].to(dev), text_emb[i:i + bs].to(dev), start)
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise
+            bs //= 2
+            torch.cuda.empty_cache()
+            continue
+        out.append(maps.detach().float().cpu())
+        i += bs
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def map_stats(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per map (B, g, g): peak cell index, entropy (nats) of the map as a distribution, top-10% cells' mass."""
+    flat = maps.flatten(1).clamp(min=0)  # (B, g*g)
+    p = flat / flat.sum(1, keepdim=True).clamp(min=1e-12)
+    entropy = -(p * p.clamp(min=1e-12).log()).sum(1)
+    k = max(1, math.ceil(0.1 * flat.shape[1]))
+    top = p.topk(k, dim=1).values.sum(1)
+    return {"peak": flat.argmax(1), "entropy": entropy, "top10_mass": top}
+
+
+def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch.Tensor,
+                         start_layer: int = 0) -> torch.Tensor:
+    """(B, L) relevancy of each text token for its image (B, D), read at the EOT row, Chefer's rule."""
+    tower = lm.model if hasattr(lm.model, "transformer") else getattr(lm.model, "text")
+    blocks = attention_blocks(tower, "text")
+    start = start_layer % len(blocks)
+    with recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
+        txt = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)  # (B, D)
+        target = lm.model.logit_scale.exp().float() * (txt * F.normalize(image_emb.float(), dim=-1)).sum(-1)
+        attns = attns[start:]
+        grads = torch.autograd.grad(target.sum(), attns)
+    B, _, N, _ = attns[0].shape
+    R = torch.eye(N, device=tokens.device).expand(B, N, N)
+    for A, G in zip(attns, grads):
+        R = R + torch.bmm((G.float() * A.detach().float()).clamp(min=0).mean(dim=1), R)
+    eot = tokens.argmax(dim=-1)  # open_clip pools text at the EOT token (the highest id)
+    return R[torch.arange(B), eot].detach().cpu()  # (B, L)

@@ -1,0 +1,78 @@
+"""End to end: the real flow under Prefect's test harness, read back through DuckDB."""
+import shutil
+
+import pytest
+
+from flows.cli import main
+from flows.explain import ExplainParams, explain
+from storage.query import connect, named_query, run_sql
+
+
+@pytest.fixture(scope="module")
+def toy_with_corrupt(toy_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("toyc") / "data"
+    shutil.copytree(toy_dir, root)
+    (root / "star" / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, toy_with_corrupt, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("results"))
+    params = ExplainParams(dataset=str(toy_with_corrupt), out=out, shard_size=16, batch_size=8,
+                           templates="simple", run_name="e2e", device="cpu")
+    return params, explain(params)
+
+
+def test_flow_classifies_the_toy_world_and_counts_add_up(first_run):
+    params, result = first_run
+    con = connect(params.out)
+    assert result["run_id"] == "e2e" and result["n_images"] == 49
+    assert result["accuracy"] >= 0.95
+    acc = run_sql(con, "SELECT avg(correct::INT) AS a FROM predictions WHERE template='ensemble'").column("a")[0]
+    assert acc.as_py() >= 0.95
+    counts = named_query(con, "row_counts", "e2e").to_pylist()[0]
+    assert counts == {"images": 49, "predicted": 48, "failed": 1}
+    fail = run_sql(con, "SELECT path, stage, error FROM failures").to_pylist()
+    assert len(fail) == 1 and fail[0]["path"].endswith("zz-corrupt.png") and fail[0]["stage"] == "load"
+    per_template = run_sql(con, "SELECT template, count(*) AS n FROM predictions GROUP BY 1").to_pylist()
+    assert {r["template"] for r in per_template} == {"ensemble", *params_templates()}
+    assert {r["n"] for r in per_template} == {48}
+    run = run_sql(con, "SELECT status, n_images, n_failures, n_shards, params_json, code_version FROM runs")
+    row = run.to_pylist()[0]
+    assert row["status"] == "finished" and row["n_images"] == 49 and row["n_failures"] == 1
+    assert row["n_shards"] == 4 and '"shard_size": 16' in row["params_json"] and row["code_version"]
+
+
+def params_templates():
+    from tasks.templates import resolve_templates
+    return resolve_templates("simple")
+
+
+def test_rerun_skips_finished_shards_and_force_redoes_them(first_run):
+    params, _ = first_run
+    again = explain(params)
+    assert again["shards_skipped"] == 4 and again["n_failures"] == 1
+    forced = explain(params.model_copy(update={"force": True}))
+    assert forced["shards_skipped"] == 0
+    con = connect(params.out)
+    assert run_sql(con, "SELECT count(*) AS n FROM images").column("n")[0].as_py() == 49  # no duplicates
+
+
+def test_cli_sql_and_named_queries(first_run, capsys):
+    params, _ = first_run
+    assert main(["classes", "e2e", "--root", params.out]) == 0
+    out = capsys.readouterr().out
+    assert "class_name" in out and "star" in out
+    assert main(["sql", "--root", params.out, "--format", "csv",
+                 "SELECT label, count(*) AS n FROM images GROUP BY 1 ORDER BY 1"]) == 0
+    csv = capsys.readouterr().out.splitlines()
+    assert csv[0] == '"label","n"' and len(csv) == 9
+    assert main(["classes", "no-such-run", "--root", params.out]) == 2
+    assert "unknown run 'no-such-run'" in capsys.readouterr().err
+
+
+def test_bad_model_fails_before_any_shard(prefect_harness, toy_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Nope'"):
+        explain(ExplainParams(dataset=str(toy_dir), model="ViT-Nope", pretrained="", out=str(tmp_path)))
+    assert not (tmp_path / "predictions").exists()

@@ -1,0 +1,76 @@
+import json
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.query import QueryError, connect, format_table, named_query, run_sql
+from storage.schemas import META_CONFIG_HASH, META_SCHEMA_VERSION, SCHEMA_VERSION
+from storage.writer import (CorruptShardError, check_root, is_complete, read_file_metadata, table_path,
+                            write_table)
+
+
+def _fail_row(i=0):
+    return {"run_id": "r1", "image_id": f"id{i}", "path": f"/p/{i}.png", "shard": 0, "stage": "load",
+            "error_type": "OSError", "error": "boom"}
+
+
+def test_write_is_atomic_and_carries_metadata(tmp_path):
+    root = str(tmp_path)
+    path = write_table(root, "failures", "r1", "shard-00000", [_fail_row()], config={"a": 1}, config_hash="h1",
+                       versions={"torch": "x"})
+    meta = pq.read_schema(path).metadata
+    assert meta[META_SCHEMA_VERSION].decode() == SCHEMA_VERSION
+    assert json.loads(meta[b"mapcap.config"]) == {"a": 1}
+    assert is_complete(root, ["failures"], "r1", "shard-00000", "h1")
+    assert not is_complete(root, ["failures"], "r1", "shard-00000", "other-config")
+    assert not is_complete(root, ["failures", "images"], "r1", "shard-00000", "h1")
+    assert [p.name for p in (tmp_path / "failures" / "run=r1").iterdir()] == ["shard-00000.parquet"]
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    bad = [_fail_row() | {"shard": "not an int"}]
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError)):
+        write_table(str(tmp_path), "failures", "r1", "shard-00000", bad)
+    folder = tmp_path / "failures" / "run=r1"
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_unknown_table_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown table 'nope'"):
+        write_table(str(tmp_path), "nope", "r1", "x", [])
+
+
+def test_corrupt_file_is_detected_and_named(tmp_path):
+    root = str(tmp_path)
+    write_table(root, "failures", "r1", "shard-00000", [_fail_row()], config_hash="h")
+    path = table_path(root, "failures", "r1", "shard-00001")
+    with open(path, "wb") as f:
+        f.write(b"PAR1 garbage")
+    with pytest.raises(CorruptShardError, match="shard-00001.parquet is not a readable Parquet file"):
+        read_file_metadata(root, "failures", "r1", "shard-00001")
+    assert not is_complete(root, ["failures"], "r1", "shard-00001", "h")  # redone, not trusted
+    ok, bad = check_root(root)
+    assert ok == 1 and len(bad) == 1 and bad[0][0].endswith("shard-00001.parquet")
+    with pytest.raises(QueryError, match="shard-00001.parquet|mapcap check"):
+        run_sql(connect(root), "SELECT count(*) FROM failures")
+
+
+def test_views_exist_before_any_run_and_queries_name_unknown_runs(tmp_path):
+    con = connect(str(tmp_path))
+    assert run_sql(con, "SELECT count(*) AS n FROM predictions").column("n").to_pylist() == [0]
+    with pytest.raises(QueryError, match="no runs under this root"):
+        named_query(con, "per_class_accuracy")
+    with pytest.raises(QueryError, match="unknown query"):
+        named_query(con, "nope")
+
+
+def test_duckdb_reads_a_remote_root_through_fsspec():
+    root = "memory://mapcap-test-root"
+    for i in range(2):
+        write_table(root, "failures", "r1", f"shard-{i:05d}", [_fail_row(i)])
+    assert fsspec.filesystem("memory").exists("/mapcap-test-root/failures/run=r1/shard-00001.parquet")
+    t = run_sql(connect(root), "SELECT image_id FROM failures ORDER BY 1")
+    assert t.column("image_id").to_pylist() == ["id0", "id1"]
+    assert "image_id" in format_table(t)

@@ -1,0 +1,83 @@
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from storage.writer import table_path
+from tasks.classify import ClassifyConfig, classify_pixels, classify_shard, classify_shard_task, text_classifier
+from tasks.data import read_dataset
+from tasks.templates import resolve_templates
+
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference_classify.json"
+
+
+@pytest.fixture(scope="module")
+def cfg(toy_model, toy_dir):
+    ds = read_dataset(str(toy_dir))
+    return ClassifyConfig(toy_model.spec, ds.classes, resolve_templates("simple"), top_k=3, batch_size=5, workers=2)
+
+
+def test_ensemble_is_the_normalised_mean_of_normalised_template_embeddings(toy_model, cfg):
+    emb = text_classifier(toy_model, cfg.classes, cfg.templates)
+    assert emb.shape == (len(cfg.templates) + 1, len(cfg.classes), 64)
+    one = F.normalize(toy_model.model.encode_text(toy_model.tokenizer([t.format("star") for t in cfg.templates])), dim=-1)
+    ens = F.normalize(one.mean(0), dim=-1)
+    assert torch.allclose(emb[-1, cfg.classes.index("star")], ens, atol=1e-5)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(emb.shape[:2]), atol=1e-5)
+
+
+def test_shard_task_writes_tables_records_failures_and_skips_when_done(cfg, toy_dir, tmp_path):
+    ds = read_dataset(str(toy_dir))
+    items = list(ds.items[:12])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    items.append(type(items[0])(str(bad), "star"))
+    root = str(tmp_path / "out")
+    res = classify_shard_task.fn(cfg, "r", 3, items, root)  # the task's logic, without a flow run
+    assert res == {"shard": 3, "skipped": False, "n_images": 13, "n_failures": 1}
+    preds = pq.read_table(table_path(root, "predictions", "r", "shard-00003")).to_pylist()
+    assert len(preds) == 12 * (len(cfg.templates) + 1)
+    for r in preds:
+        assert r["topk_probs"] == sorted(r["topk_probs"], reverse=True) and len(r["topk_labels"]) == 3
+        assert r["pred"] == r["topk_labels"][0] and r["correct"] == (r["pred"] == r["label"])
+        assert (r["label_rank"] == 1) == r["correct"]
+    fails = pq.read_table(table_path(root, "failures", "r", "shard-00003")).to_pylist()
+    assert [f["path"] for f in fails] == [str(bad)]
+    assert classify_shard(cfg, "r", 3, items, root)["skipped"]
+    assert not classify_shard(cfg, "r", 3, items[:-1], root)["skipped"]  # other inputs: redone
+
+
+def test_batch_size_does_not_change_results(toy_model, cfg, toy_dir):
+    from tasks.data import load_image
+    pix = torch.stack([toy_model.preprocess(load_image(it.path)[0]) for it in read_dataset(str(toy_dir)).items[:6]])
+    emb = text_classifier(toy_model, cfg.classes, cfg.templates)
+    whole = classify_pixels(toy_model, pix, emb)
+    parts = torch.cat([classify_pixels(toy_model, p, emb) for p in pix.split(2)], dim=1)
+    assert torch.allclose(whole, parts, atol=1e-5)
+    assert torch.allclose(whole.sum(-1), torch.ones(whole.shape[:2]), atol=1e-5)
+
+
+def test_matches_stored_reference_outputs(toy_model, cfg, toy_dir):
+    """Regression: ensemble probabilities of the first toy images, stored when the checkpoint was trained."""
+    from tasks.data import load_image
+    ref = json.loads(REFERENCE.read_text())
+    key = lambda it: f"{Path(it.path).parent.name}/{Path(it.path).name}"  # noqa: E731
+    items = [it for it in read_dataset(str(toy_dir)).items if key(it) in ref["images"]]
+    assert len(items) == len(ref["images"])
+    pix = torch.stack([toy_model.preprocess(load_image(it.path)[0]) for it in items])
+    probs = classify_pixels(toy_model, pix, text_classifier(toy_model, cfg.classes, cfg.templates))[-1]
+    expected = torch.tensor([ref["images"][key(it)] for it in items])
+    assert torch.allclose(probs, expected, atol=2e-4)
+
+
+def write_reference(toy_dir, toy_model, cfg, n=10):  # run by hand after retraining the toy CLIP
+    from tasks.data import load_image
+    items = read_dataset(str(toy_dir)).items[::5][:n]
+    pix = torch.stack([toy_model.preprocess(load_image(it.path)[0]) for it in items])
+    probs = classify_pixels(toy_model, pix, text_classifier(toy_model, cfg.classes, cfg.templates))[-1]
+    images = {f"{Path(it.path).parent.name}/{Path(it.path).name}": [round(float(v), 6) for v in p]
+              for it, p in zip(items, probs)}
+    REFERENCE.write_text(json.dumps({"classes": list(cfg.classes), "images": images}, indent=1))

@@ -1,0 +1,83 @@
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.data import ImageLoadError, Item, image_id_of, load_image, plan_shards, read_dataset
+
+
+def _save(path, mode, fmt):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    img = rgb.convert(mode) if mode != "P" else rgb.convert("P", palette=Image.ADAPTIVE)
+    img.save(path, format=fmt)
+
+
+@pytest.mark.parametrize("mode,fmt,ext", [("RGB", "JPEG", "jpg"), ("L", "PNG", "png"), ("P", "PNG", "png"),
+                                          ("RGBA", "PNG", "png"), ("CMYK", "JPEG", "jpg"), ("RGB", "WEBP", "webp"),
+                                          ("LA", "PNG", "png"), ("I;16", "PNG", "png")])
+def test_every_image_mode_loads_as_rgb(tmp_path, mode, fmt, ext):
+    p = tmp_path / f"x.{ext}"
+    _save(p, mode, fmt)
+    img, iid = load_image(str(p))
+    assert img.mode == "RGB" and img.size == (24, 20)
+    assert iid == image_id_of(p.read_bytes()) and len(iid) == 16
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    p = tmp_path / "t.png"
+    Image.new("RGBA", (10, 10), (255, 0, 0, 0)).save(p)
+    img, _ = load_image(str(p))
+    assert img.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_bad_images_raise_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ImageLoadError, match="cannot decode .*bad.jpg"):
+        load_image(str(bad))
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (3, 40)).save(tiny)
+    with pytest.raises(ImageLoadError, match="3x40 px"):
+        load_image(str(tiny))
+    with pytest.raises(ImageLoadError, match="cannot read"):
+        load_image(str(tmp_path / "missing.png"))
+
+
+def test_imagefolder_and_manifests_give_the_same_dataset(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            _save(tmp_path / "imgs" / cls / f"{i}.png", "RGB", "PNG")
+    folder = read_dataset(str(tmp_path / "imgs"))
+    assert folder.classes == ("cat", "dog") and len(folder.items) == 6
+    lines = ["path,label"] + [f"imgs/{it.label}/{it.path.rsplit('/', 1)[1]},{it.label}" for it in folder.items]
+    (tmp_path / "m.csv").write_text("\n".join(lines))
+    assert read_dataset(str(tmp_path / "m.csv")).items == folder.items
+    (tmp_path / "map.json").write_text(json.dumps({"cat": "tabby cat"}))
+    mapped = read_dataset(str(tmp_path / "imgs"), str(tmp_path / "map.json"))
+    assert mapped.classes == ("dog", "tabby cat")
+
+
+def test_bad_datasets_name_the_problem(tmp_path):
+    (tmp_path / "ds" / "empty").mkdir(parents=True)
+    (tmp_path / "ds" / "full").mkdir()
+    _save(tmp_path / "ds" / "full" / "a.png", "RGB", "PNG")
+    with pytest.raises(ValueError, match="empty holds no images"):
+        read_dataset(str(tmp_path / "ds"))
+    (tmp_path / "m.csv").write_text("file,cls\na.png,x\n")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['label', 'path'\]"):
+        read_dataset(str(tmp_path / "m.csv"))
+    with pytest.raises(ValueError, match="neither a folder nor a manifest"):
+        read_dataset(str(tmp_path / "nope"))
+
+
+def test_shards_are_fixed_size_and_deterministic():
+    items = tuple(Item(f"/x/{i:03d}.png", "a") for i in range(10))
+    shards = plan_shards(items, 4)
+    assert [len(s) for s in shards] == [4, 4, 2]
+    assert plan_shards(items, 4) == shards and shards[0][0].path == "/x/000.png"
+    with pytest.raises(ValueError):
+        plan_shards(items, 0)

