@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="checkpoint path (default: the shipped toy/weights/toy_clip.pt)")
+    p.add_argument("--init", help="continue from this checkpoint instead of random weights")
     return ap
 
 
@@ -135,7 +136,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(text)
     else:
-        print(text)
+        print(text.rstrip("\n"))
     return 0
 
 
@@ -181,7 +182,8 @@ def cmd_toy(args: argparse.Namespace) -> int:
     from toy import TOY_CHECKPOINT
     from toy.train import train
 
-    record = train(steps=args.steps, batch=args.batch, seed=args.seed, out=Path(args.out or TOY_CHECKPOINT))
+    record = train(steps=args.steps, batch=args.batch, seed=args.seed, out=Path(args.out or TOY_CHECKPOINT),
+                   init=Path(args.init) if args.init else None)
     print(json.dumps(record, indent=1))
     return 0
 

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.writer import count_rows, is_complete, shard_name, write_table
 from tasks.data import ImageLoadError, Item, load_image, image_id_of
-from tasks.models import LoadedModel, ModelSpec, load_model
+from tasks.models import LoadedModel, ModelSpec, load_model, model_lock
 from tasks.runinfo import config_hash, library_versions
 
 STAGE_VERSION = 1  # bump when the stage's output for the same inputs changes; redoes finished shards
@@ -45,7 +45,7 @@ def text_classifier(lm: LoadedModel, classes: tuple[str, ...], templates: tuple[
     Computed once per process for a model, class list and template list.
     """
     key = (lm.spec, classes, templates)
-    with _TEXT_LOCK:
+    with _TEXT_LOCK, model_lock(lm.model):
         if key not in _TEXT_CACHE:
             per_class = []
             for c in classes:
@@ -62,7 +62,7 @@ def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Ten
     """(T + 1, B, C) class probabilities of a preprocessed batch (B, 3, H, W) for every template row."""
     dev = lm.spec.device
     amp = torch.autocast(dev.split(":")[0], dtype=lm.autocast_dtype) if lm.autocast_dtype else nullcontext()
-    with amp:
+    with model_lock(lm.model), amp:
         img = lm.model.encode_image(pixels.to(dev, non_blocking=True))  # (B, D)
     img = F.normalize(img.float(), dim=-1)
     logits = lm.model.logit_scale.exp().float() * torch.einsum("bd,tcd->tbc", img, classifier)  # (T+1, B, C)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
-from tasks.models import LoadedModel
+from tasks.models import LoadedModel, model_lock
 from tasks.overlay import upsample
 
 FRACTIONS = tuple(i / 10 for i in range(10))  # share of patches removed (or inserted)
@@ -37,7 +37,8 @@ def _keep_masks(maps: torch.Tensor, fraction: float, most_relevant: bool, size: 
 
 @torch.no_grad()
 def _probs(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    img = F.normalize(lm.model.encode_image(pixels.to(lm.spec.device)).float(), dim=-1)  # (B, D)
+    with model_lock(lm.model):
+        img = F.normalize(lm.model.encode_image(pixels.to(lm.spec.device)).float(), dim=-1)  # (B, D)
     return (lm.model.logit_scale.exp() * img @ classifier.T.to(img.device)).softmax(-1).cpu()  # (B, C)
 
 

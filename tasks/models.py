@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -108,3 +109,15 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             model = model.to(spec.device).eval()
             _CACHE[spec] = LoadedModel(spec, model, preprocess, tokenizer)
         return _CACHE[spec]
+
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: torch.nn.Module) -> threading.RLock:
+    """One lock per model object: shard tasks share a model across threads, and relevancy temporarily swaps
+    its attention modules, so every forward pass holds this lock (one shard at a time on a device)."""
+    with _LOCK:
+        if model not in _MODEL_LOCKS:
+            _MODEL_LOCKS[model] = threading.RLock()
+        return _MODEL_LOCKS[model]

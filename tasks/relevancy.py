@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.attention import attention_blocks, recording_attention
-from tasks.models import TOY_MODEL_NAME, LoadedModel
+from tasks.models import TOY_MODEL_NAME, LoadedModel, model_lock
 
 MethodFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor, int], torch.Tensor]
 METHODS: dict[str, MethodFn] = {}
@@ -44,7 +44,12 @@ def default_start_layer(model_name: str) -> int:
 
 
 def grid_size(lm: LoadedModel) -> int:
-    return int(lm.model.visual.grid_size[0])
+    """The ViT patch grid; for convolutional towers (gradient baseline only), the stride-32 feature grid."""
+    visual = lm.model.visual
+    if hasattr(visual, "grid_size"):
+        return int(visual.grid_size[0])
+    size = visual.image_size
+    return int((size[0] if isinstance(size, (tuple, list)) else size) // 32)
 
 
 def _autocast(lm: LoadedModel):
@@ -105,7 +110,8 @@ def relevancy_maps(lm: LoadedModel, method: str, pixels: torch.Tensor, text_emb:
     dev = lm.spec.device
     while i < pixels.shape[0]:
         try:
-            maps = fn(lm, pixels[i:i + bs].to(dev), text_emb[i:i + bs].to(dev), start)
+            with model_lock(lm.model):
+                maps = fn(lm, pixels[i:i + bs].to(dev), text_emb[i:i + bs].to(dev), start)
         except torch.cuda.OutOfMemoryError:
             if bs == 1:
                 raise
@@ -134,7 +140,7 @@ def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch
     tower = lm.model if hasattr(lm.model, "transformer") else getattr(lm.model, "text")
     blocks = attention_blocks(tower, "text")
     start = start_layer % len(blocks)
-    with recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
+    with model_lock(lm.model), recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
         txt = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)  # (B, D)
         target = lm.model.logit_scale.exp().float() * (txt * F.normalize(image_emb.float(), dim=-1)).sum(-1)
         attns = attns[start:]

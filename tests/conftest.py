@@ -8,6 +8,7 @@ from pathlib import Path
 _HOME = tempfile.mkdtemp(prefix="mapcap-prefect-home-")
 os.environ["PREFECT_HOME"] = _HOME  # before prefect is imported anywhere
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
 os.environ["MAPCAP_TOY_DATA"] = str(Path(_HOME) / "toy-data")
 
 import pytest  # noqa: E402

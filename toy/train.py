@@ -83,14 +83,14 @@ EVAL_TEMPLATES = {"{}": ["{}"], "a photo of a {}.": ["a photo of a {}."],
 
 
 def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5e-4, seed: int = 0,
-          out: Path = TOY_CHECKPOINT, threads: int | None = None) -> dict:
+          out: Path = TOY_CHECKPOINT, threads: int | None = None, init: Path | None = None) -> dict:
     """Train from scratch and save an fp16 checkpoint with its training record; returns that record."""
     from tasks.models import create_clip
 
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-    model, _, tokenizer = create_clip(TOY_MODEL_NAME)
+    model, _, tokenizer = create_clip(TOY_MODEL_NAME, str(init) if init else "")  # init: continue training
     px = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
     t0 = time.time()
     images, objs = render_pool(pool, seed, px)
@@ -124,7 +124,7 @@ def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5
         if step % 100 == 0 or step == steps - 1:
             acc = zero_shot_accuracy(model, tokenizer, val_x[:160], val_y[:160], ["{}"])
             log.info("step %d/%d loss %.3f val-acc({}) %.3f %.0fs", step, steps, loss.item(), acc, time.time() - t0)
-    record = {"steps": steps, "batch": batch, "pool": pool, "lr": lr, "seed": seed,
+    record = {"steps": steps, "batch": batch, "pool": pool, "lr": lr, "seed": seed, "init": str(init or ""),
               "train_seconds": round(time.time() - t0, 1), "heldout_n": len(val_y)}
     for name, tpl in EVAL_TEMPLATES.items():
         record[f"heldout_acc[{name}]"] = zero_shot_accuracy(model, tokenizer, val_x, val_y, tpl)

@@ -76,3 +76,44 @@ def test_bad_model_fails_before_any_shard(prefect_harness, toy_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Nope'"):
         explain(ExplainParams(dataset=str(toy_dir), model="ViT-Nope", pretrained="", out=str(tmp_path)))
     assert not (tmp_path / "predictions").exists()
+
+
+def test_relevancy_stage_writes_maps_for_pred_and_label(first_run):
+    params, _ = first_run
+    con = connect(params.out)
+    rows = run_sql(con, "SELECT method, start_layer, target, count(*) AS n, count(DISTINCT image_id) AS images, "
+                        "min(len(map)) AS lo, max(len(map)) AS hi FROM relevancy GROUP BY ALL ORDER BY ALL").to_pylist()
+    assert [(r["method"], r["start_layer"], r["target"]) for r in rows] == [
+        ("chefer", 0, "label"), ("chefer", 0, "pred"), ("gradient", None, "label"), ("gradient", None, "pred")]
+    assert all(r["n"] == 48 and r["images"] == 48 and r["lo"] == r["hi"] == 64 for r in rows)
+    same = run_sql(con, """SELECT count(*) AS n FROM relevancy a JOIN relevancy b USING (image_id, method)
+                           JOIN predictions p USING (image_id)
+                           WHERE a.target = 'pred' AND b.target = 'label' AND p.template = 'ensemble'
+                             AND p.correct AND a.map = b.map""").column("n")[0].as_py()
+    n_correct = run_sql(con, "SELECT sum(correct::INT) AS n FROM predictions WHERE template='ensemble'")
+    assert same == 2 * n_correct.column("n")[0].as_py()  # correct: one map serves both targets
+
+
+def test_evaluations_table_scores_every_variant(first_run):
+    params, _ = first_run
+    ev = run_sql(connect(params.out), "SELECT method, start_layer, metric, value, n FROM evaluations").to_pylist()
+    got = {(r["method"], r["start_layer"], r["metric"]): r for r in ev}
+    for variant in (("chefer", 0), ("gradient", None)):
+        for metric in ("positive_auc", "negative_auc", "deletion_auc", "insertion_auc", "pointing_grid",
+                       "pointing_pixel"):
+            assert (*variant, metric) in got
+    assert got[("chefer", 0, "pointing_grid")]["value"] >= 0.8
+    assert got[("chefer", 0, "positive_auc")]["value"] < got[("chefer", 0, "negative_auc")]["value"]
+
+
+def test_cli_relevancy_writes_raw_maps_and_an_overlay(toy_dir, tmp_path, capsys):
+    import numpy as np
+    image = sorted((toy_dir / "star").glob("*.png"))[0]
+    out = tmp_path / "exp.npz"
+    assert main(["relevancy", "--image", str(image), "--text", "star", "--text", "ring", "--out", str(out)]) == 0
+    data = np.load(out)
+    assert data["maps"].shape == (2, 8, 8) and data["maps"].dtype == np.float32
+    assert data["probs"][0] > data["probs"][1]
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+    assert main(["relevancy", "--image", str(image), "--text", "", "--out", str(out)]) == 2

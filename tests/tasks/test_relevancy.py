@@ -109,14 +109,13 @@ def test_map_stats():
 
 
 def test_text_token_relevancy_points_at_the_class_word(toy_model):
-    from tasks.data import load_image
     from toy.dataset import make_scene
     from PIL import Image
     scene = make_scene(np.random.default_rng(3), "single", "star")
     pix = toy_model.preprocess(Image.fromarray(scene.image)).unsqueeze(0)
     with torch.no_grad():
         img = toy_model.model.encode_image(pix)
-    tokens = toy_model.tokenizer(["a photo of a star ."])
+    tokens = toy_model.tokenizer([scene.caption])  # e.g. "a red star in the top left"
     rel = text_token_relevancy(toy_model, img, tokens)
     assert rel.shape == tokens.shape
     words = tokens[0].tolist()

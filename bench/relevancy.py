@@ -1,0 +1,67 @@
+"""Relevancy maps per second: plain batch-1 fp32 loop vs the batched (mixed-precision on GPU) path.
+
+    python bench/relevancy.py [--models toy ViT-B-16 ViT-L-14] [--batch 64] [--n 64] [--methods chefer gradient]
+
+Random weights give the real cost. Chefer runs over all blocks (start_layer 0), the costliest setting.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tasks.models import LoadedModel, load_model, resolve_spec
+from tasks.relevancy import METHODS, relevancy_maps
+
+
+def _sync(dev: str) -> None:
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def rate(fn, n: int, dev: str) -> float:
+    fn()  # warm-up
+    _sync(dev)
+    t = time.perf_counter()
+    fn()
+    _sync(dev)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["toy", "ViT-B-16"])
+    ap.add_argument("--methods", nargs="+", default=["chefer", "gradient"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--n", type=int, default=32, help="maps per measurement")
+    ap.add_argument("--n-single", type=int, default=8, help="maps for the batch-1 fp32 loop")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    rows = []
+    for name in args.models:
+        fp32 = load_model(resolve_spec(name, "toy" if name == "toy" else "", args.device, "fp32"))
+        mixed_spec = resolve_spec(name, "toy" if name == "toy" else "", args.device, "auto")
+        mixed = LoadedModel(mixed_spec, fp32.model, fp32.preprocess, fp32.tokenizer)
+        dev = fp32.spec.device
+        size = fp32.model.visual.image_size
+        size = size[0] if isinstance(size, tuple) else size
+        pix = torch.randn(args.n, 3, size, size, device=dev)
+        txt = F.normalize(torch.randn(args.n, fp32.model.text_projection.shape[1], device=dev), dim=-1)
+        for method in args.methods:
+            fn = METHODS[method]
+            k = args.n_single
+            single = rate(lambda: [fn(fp32, pix[i:i + 1], txt[i:i + 1], 0) for i in range(k)], k, dev)
+            batched = rate(lambda: relevancy_maps(mixed, method, pix, txt, 0, args.batch), args.n, dev)
+            rows.append((fp32.spec.name, dev, method, f"{single:,.1f}", mixed_spec.precision, args.batch,
+                         f"{batched:,.1f}", f"{batched / single:.1f}x"))
+    head = ("model", "device", "method", "batch-1 fp32 img/s", "batched precision", "batch", "batched img/s",
+            "speed-up")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    for r in [head, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+
+
+if __name__ == "__main__":
+    main()

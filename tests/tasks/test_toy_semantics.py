@@ -1,0 +1,22 @@
+"""Semantic checks on the toy world with the shipped toy CLIP: what the README's figures claim."""
+import numpy as np
+import pytest
+
+from toy.evaluate import evaluate_toy_relevancy
+
+
+@pytest.fixture(scope="module")
+def figures(toy_model):
+    rows = evaluate_toy_relevancy(toy_model, n_single=48, n_pair=32, seed=77)
+    return {(r["method"], r["start_layer"], r["metric"]): r["value"] for r in rows}
+
+
+def test_chefer_all_blocks_points_at_the_object(figures):
+    assert figures[("chefer", 0, "pointing_grid")] >= 0.9
+
+
+@pytest.mark.parametrize("method,start", [("chefer", 0), ("chefer", -1), ("gradient", None)])
+def test_every_method_beats_the_random_map_widely(figures, method, start):
+    assert figures[(method, start, "pointing_grid")] >= figures[("random", None, "pointing_grid")] + 0.25
+    # removing the most relevant patches first hurts more than removing random ones
+    assert figures[(method, start, "deletion_auc")] < figures[("random", None, "deletion_auc")]
