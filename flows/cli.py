@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--kind", default="single", choices=["single", "distractor", "pair"])
     p = tsub.add_parser("train", help="train the toy CLIP on CPU and save its checkpoint")
-    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--steps", type=int, help="one phase of this many steps (default: the shipped 3-phase recipe)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="checkpoint path (default: the shipped toy/weights/toy_clip.pt)")
@@ -180,10 +180,14 @@ def cmd_toy(args: argparse.Namespace) -> int:
         print(f"wrote toy dataset {args.out} (manifest {manifest})")
         return 0
     from toy import TOY_CHECKPOINT
-    from toy.train import train
+    from toy.train import train, train_recipe
 
-    record = train(steps=args.steps, batch=args.batch, seed=args.seed, out=Path(args.out or TOY_CHECKPOINT),
-                   init=Path(args.init) if args.init else None)
+    out = Path(args.out or TOY_CHECKPOINT)
+    if args.steps is None and not args.init:
+        record = train_recipe(out)
+    else:
+        record = train(steps=args.steps or 1800, batch=args.batch, seed=args.seed, out=out,
+                       init=Path(args.init) if args.init else None)
     print(json.dumps(record, indent=1))
     return 0
 
