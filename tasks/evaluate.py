@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.manifest import read_toy_manifest
@@ -18,7 +18,7 @@ from tasks.classify import prepared, text_classifier
 from tasks.data import Item
 from tasks.faithfulness import auc, perturbation_curves, pointing_grid, pointing_pixel
 from tasks.models import ModelSpec, load_model
-from tasks.runinfo import library_versions
+from tasks.runinfo import library_versions, run_logger
 
 
 def dataset_masks(dataset: str) -> dict[str, np.ndarray]:
@@ -84,4 +84,5 @@ def evaluate_run(root: str, run_id: str, model: ModelSpec, classes: tuple[str, .
 @task(name="evaluate-run", cache_policy=NO_CACHE)
 def evaluate_run_task(root: str, run_id: str, model: ModelSpec, classes: tuple[str, ...],
                       templates: tuple[str, ...], dataset: str, max_images: int = 64) -> int:
-    return len(evaluate_run(root, run_id, model, classes, templates, dataset, max_images, log=get_run_logger()))
+    rows = evaluate_run(root, run_id, model, classes, templates, dataset, max_images, log=run_logger(__name__))
+    return len(rows)

@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.schemas import META_CONFIG_HASH
@@ -14,7 +14,7 @@ from tasks.classify import ENSEMBLE, prepared, text_classifier
 from tasks.data import Item
 from tasks.models import ModelSpec, load_model
 from tasks.relevancy import default_start_layer, map_stats, relevancy_maps
-from tasks.runinfo import config_hash, library_versions
+from tasks.runinfo import config_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 TARGETS = ("pred", "label")
@@ -113,4 +113,4 @@ def relevancy_shard(cfg: RelevancyConfig, run_id: str, shard: int, root: str, fo
 def relevancy_shard_task(cfg: RelevancyConfig, run_id: str, shard: int, root: str, force: bool = False,
                          upstream: dict | None = None) -> dict:
     """`upstream` is the shard's classify result: passing its future makes Prefect order the two."""
-    return relevancy_shard(cfg, run_id, shard, root, force, log=get_run_logger())
+    return relevancy_shard(cfg, run_id, shard, root, force, log=run_logger(__name__))

@@ -56,3 +56,16 @@ def config_hash(*parts) -> str:
     """A short stable hash of JSON-able parts (dataclasses included)."""
     blob = json.dumps(to_jsonable(parts), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_logger(name: str):
+    """Prefect's run logger inside a flow or task run (logs reach the UI), the module logger outside (`.fn()`)."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)
