@@ -47,15 +47,18 @@ def connect(root: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _arrow(result) -> pa.Table:
-    """The result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
-    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pa.Table:
+    """Run SQL into an Arrow table (DuckDB ≥ 2 relations have to_arrow_table; 1.x fetch_arrow_table)."""
+    rel = con.sql(sql, params=params or None)
+    if rel is None:  # a statement without a result (CREATE, SET ...)
+        return pa.table({})
+    fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
     return fetch()
 
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
     try:
-        return _arrow(con.execute(sql, params or []))
+        return _execute(con, sql, params)
     except duckdb.Error as e:
         raise QueryError(f"query failed: {e}\nSQL: {sql.strip()}") from e
 
@@ -84,6 +87,15 @@ QUERIES: dict[str, str] = {
             SELECT run_id, avg(correct::INT) AS accuracy FROM predictions WHERE template = 'ensemble'
             GROUP BY run_id) p USING (run_id)
         ORDER BY r.started_at""",
+    "evaluations": """
+        SELECT method, start_layer,
+               max(value) FILTER (metric = 'pointing_grid') AS pointing_grid,
+               max(value) FILTER (metric = 'pointing_pixel') AS pointing_pixel,
+               max(value) FILTER (metric = 'positive_auc') AS positive_auc,
+               max(value) FILTER (metric = 'negative_auc') AS negative_auc,
+               max(value) FILTER (metric = 'deletion_auc') AS deletion_auc,
+               max(value) FILTER (metric = 'insertion_auc') AS insertion_auc, max(n) AS n
+        FROM evaluations WHERE run_id = $run GROUP BY ALL ORDER BY method, start_layer""",
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,
                (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,
@@ -110,7 +122,7 @@ def named_query(con: duckdb.DuckDBPyConnection, name: str, run: str | None = Non
     sql = QUERIES[name]
     params = {"run": resolve_run(con, run or "latest")} if "$run" in sql else None
     try:
-        return _arrow(con.execute(sql, params))
+        return _execute(con, sql, params)
     except duckdb.Error as e:
         raise QueryError(f"query {name!r} failed: {e}") from e
 
