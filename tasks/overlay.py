@@ -24,14 +24,15 @@ def overlay(image: Image.Image, grid_map: np.ndarray, alpha: float = 0.5, cmap: 
     return Image.fromarray(np.uint8(255 * ((1 - alpha) * rgb + alpha * heat)))
 
 
-def overlay_row(image: Image.Image, maps: list[np.ndarray], titles: list[str], tile: int = 224,
+def overlay_row(image: Image.Image, maps: list[np.ndarray | None], titles: list[str], tile: int = 224,
                 boxes: list[list[tuple[int, int, int, int]]] | None = None) -> Image.Image:
-    """One overlay per map side by side, each titled (and optionally with region boxes in image pixels)."""
+    """One overlay per map side by side, each titled (a None map shows the plain image); optional region boxes
+    in image pixels."""
     pad = 18
     canvas = Image.new("RGB", (tile * len(maps), tile + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (m, title) in enumerate(zip(maps, titles)):
-        ov = overlay(image, m)
+        ov = image.convert("RGB") if m is None else overlay(image, m)
         if boxes and boxes[i]:
             d = ImageDraw.Draw(ov)
             for box in boxes[i]:

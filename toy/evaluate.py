@@ -1,6 +1,7 @@
 """Relevancy against the toy world's ground truth: pointing game, class discrimination, perturbation AUCs.
 
     python -m toy.evaluate            # prints the table quoted in the README
+    python -m toy.evaluate --figure docs/toy_relevancy.png
 """
 from __future__ import annotations
 
@@ -61,12 +62,39 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
     return rows
 
 
+def figure(lm: LoadedModel, path: str, seed: int = 5) -> None:
+    """A grid of overlays: rows of toy scenes (two single, two pairs), columns of methods, for the README."""
+    from tasks.overlay import overlay_row
+
+    rng = np.random.default_rng(seed)
+    scenes = [make_scene(rng, "single", "star"), make_scene(rng, "single", "ring"),
+              make_scene(rng, "pair", "triangle"), make_scene(rng, "pair", "cross")]
+    emb = text_classifier(lm, SHAPES, resolve_templates("simple"))[-1]
+    rows = []
+    for s in scenes:
+        pix = _pixels(lm, [s])
+        cls = torch.tensor([SHAPES.index(s.label)])
+        maps = [relevancy_maps(lm, m, pix, emb[cls], st)[0].numpy() for m, st in VARIANTS]
+        titles = [f"{m}" + ("" if st is None else f"@{st}") for m, st in VARIANTS]
+        img = Image.fromarray(s.image)
+        rows.append(overlay_row(img, [None] + maps, [f"{s.label} (true class)"] + titles, tile=128))
+    canvas = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
+    for i, r in enumerate(rows):
+        canvas.paste(r, (0, i * r.height))
+    canvas.save(path)
+
+
 def main() -> None:
     from storage.query import format_table
     import pyarrow as pa
     from tasks.models import load_model, resolve_spec
 
+    import sys
+
     lm = load_model(resolve_spec("toy", "toy", "cpu", "fp32"))
+    if len(sys.argv) > 2 and sys.argv[1] == "--figure":
+        figure(lm, sys.argv[2])
+        return
     rows = evaluate_toy_relevancy(lm)
     table = {}
     for r in rows:
