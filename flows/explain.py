@@ -44,7 +44,8 @@ class ExplainParams(BaseModel):
     stages: list[Literal["classify", "relevancy", "evaluate"]] = Field(
         ["classify", "relevancy", "evaluate"],
         description="stages to run: classify (always; later stages read it), relevancy (per shard), evaluate "
-                    "(faithfulness of the maps, and pointing game where the dataset has masks)")
+                    "(faithfulness of chefer all/last block, gradient and random maps on a sample; pointing game and "
+                    "class discrimination where the dataset's manifest has masks)")
     eval_images: int = Field(64, ge=1, description="images the evaluate stage perturbs")
     relevancy_methods: list[str] = Field(["chefer", "gradient"], description="relevancy methods (chefer, gradient, "
                                                                               "random)")
@@ -97,7 +98,7 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     if failed:
         raise RuntimeError(f"run {plan.run_id}: shard(s) {sorted(failed)} failed (see their task logs); rerun with "
                            f"run_name={plan.run_id!r} to redo only those")
-    if "relevancy" in params.stages and "evaluate" in params.stages:
+    if "evaluate" in params.stages:
         evaluate_run_task(params.out, plan.run_id, plan.model, plan.classes, plan.templates, plan.dataset,
                           params.eval_images)
     summary = run_summary_task(params.out, plan.run_id)

@@ -98,12 +98,15 @@ def test_evaluations_table_scores_every_variant(first_run):
     params, _ = first_run
     ev = run_sql(connect(params.out), "SELECT method, start_layer, metric, value, n FROM evaluations").to_pylist()
     got = {(r["method"], r["start_layer"], r["metric"]): r for r in ev}
-    for variant in (("chefer", 0), ("gradient", None)):
+    for variant in (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None)):
         for metric in ("positive_auc", "negative_auc", "deletion_auc", "insertion_auc", "pointing_grid",
                        "pointing_pixel"):
             assert (*variant, metric) in got
     assert got[("chefer", 0, "pointing_grid")]["value"] >= 0.8
     assert got[("chefer", 0, "positive_auc")]["value"] < got[("chefer", 0, "negative_auc")]["value"]
+    assert got[("random", None, "pointing_grid")]["value"] < 0.5
+    assert got[("chefer", 0, "pointing_grid")]["n"] == run_sql(connect(params.out), "SELECT sum(correct::INT) AS n "
+        "FROM predictions WHERE template = 'ensemble'").column("n")[0].as_py()
 
 
 def test_cli_relevancy_writes_raw_maps_and_an_overlay(toy_dir, tmp_path, capsys):
@@ -117,3 +120,16 @@ def test_cli_relevancy_writes_raw_maps_and_an_overlay(toy_dir, tmp_path, capsys)
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "wrote" in capsys.readouterr().out
     assert main(["relevancy", "--image", str(image), "--text", "", "--out", str(out)]) == 2
+
+
+def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path):
+    from toy.dataset import write_toy_dataset
+    write_toy_dataset(tmp_path / "pairs", n_per_class=3, seed=8, kind="pair")
+    out = str(tmp_path / "res")
+    explain(ExplainParams(dataset=str(tmp_path / "pairs"), out=out, stages=["classify", "evaluate"],
+                          run_name="pairs", device="cpu"))
+    ev = {(r["method"], r["start_layer"], r["metric"]): r for r in run_sql(
+        connect(out), "SELECT * FROM evaluations").to_pylist()}
+    assert ev[("chefer", 0, "discrimination")]["n"] == 48  # 24 images × both objects' class maps
+    assert abs(ev[("random", None, "discrimination")]["value"] - 0.5) < 0.1
+    assert run_sql(connect(out), "SELECT count(*) AS n FROM relevancy").column("n")[0].as_py() == 0
