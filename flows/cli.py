@@ -28,8 +28,8 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--run-name", help="run id; reuse it to resume a run")
     p.add_argument("--force", action="store_true", help="redo shards that are already complete")
-    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "evaluate"],
-                   choices=["classify", "relevancy", "evaluate"], help="stages to run (default: all)")
+    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "evaluate"],
+                   choices=["classify", "relevancy", "regions", "evaluate"], help="stages to run (default: all)")
     p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
     p.add_argument("--start-layers", nargs="+", type=int, help="chefer's first block(s) (default: the model's)")
 

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.classify import ClassifyConfig, classify_shard_task
 from tasks.evaluate import evaluate_run_task
 from tasks.plan import plan_run_task
+from tasks.regions_stage import RegionsConfig, regions_shard_task
 from tasks.relevancy_stage import RelevancyConfig, relevancy_shard_task
+from tasks.segment import SegmentConfig
 from tasks.runs import record_run_task
 from tasks.summary import run_summary_task
 
@@ -41,12 +43,19 @@ class ExplainParams(BaseModel):
     out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
     run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished shards")
     force: bool = Field(False, description="redo shards that are already complete")
-    stages: list[Literal["classify", "relevancy", "evaluate"]] = Field(
-        ["classify", "relevancy", "evaluate"],
-        description="stages to run: classify (always; later stages read it), relevancy (per shard), evaluate "
+    stages: list[Literal["classify", "relevancy", "regions", "evaluate"]] = Field(
+        ["classify", "relevancy", "regions", "evaluate"],
+        description="stages to run: classify (always; later stages read it), relevancy and regions (per shard; "
+                    "regions segments the stored maps), evaluate "
                     "(faithfulness of chefer all/last block, gradient and random maps on a sample; pointing game and "
                     "class discrimination where the dataset's manifest has masks)")
     eval_images: int = Field(64, ge=1, description="images the evaluate stage perturbs")
+    segment_threshold: Literal["otsu", "mass"] = Field("otsu", description="map threshold: Otsu, or the most "
+                                                                            "relevant pixels holding segment_mass")
+    segment_mass: float = Field(0.5, gt=0, le=1, description="share of relevancy mass kept (threshold='mass')")
+    segment_min_area: float = Field(0.005, ge=0, lt=1, description="drop regions below this share of the image")
+    segment_top_k: int = Field(3, ge=1, description="regions kept per map, ranked by relevancy mass")
+    segment_superpixels: int = Field(0, ge=0, description="snap regions to this many SLIC superpixels (0: off)")
     relevancy_methods: list[str] = Field(["chefer", "gradient"], description="relevancy methods (chefer, gradient, "
                                                                               "random)")
     start_layers: list[int] | None = Field(None, description="chefer's first block(s); empty: the model's default "
@@ -78,6 +87,11 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                                params.batch_size, params.workers)
         last = relevancy_shard_task.map(unmapped(rcfg), plan.run_id, shard_ids, unmapped(params.out),
                                         unmapped(params.force), upstream=classified)
+        if "regions" in params.stages:
+            seg = SegmentConfig(params.segment_threshold, params.segment_mass, params.segment_min_area,
+                                params.segment_top_k, params.segment_superpixels)
+            last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
+                                          unmapped(params.out), unmapped(params.force), upstream=last)
     shard_of = {f.task_run_id: i for i, f in enumerate(last)}
     failed: set[int] = set()
     for n, fut in enumerate(as_completed(last), start=1):

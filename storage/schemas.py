@@ -45,6 +45,15 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("grid", pa.int32()), ("map", pa.list_(pa.float32())),  # raw map, row-major grid × grid
         ("peak", pa.int32()), ("entropy", pa.float32()), ("top10_mass", pa.float32()),
     ]),
+    "regions": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()), ("target", pa.string()),
+        ("class_name", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
+        ("region_id", pa.int32()),  # rank by relevancy mass, 0 = most
+        ("bbox", pa.list_(pa.int32())),  # x0, y0, x1, y1 in image pixels (x1, y1 exclusive)
+        ("area", pa.int64()), ("centroid_x", pa.float32()), ("centroid_y", pa.float32()),
+        ("mean_relevancy", pa.float32()), ("mass", pa.float32()), ("mass_share", pa.float32()),
+        ("mask_rle", pa.list_(pa.int32())),  # row-major run lengths over the bbox, starting with a False run
+    ]),
     "evaluations": pa.schema([
         ("run_id", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),

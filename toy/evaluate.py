@@ -13,6 +13,7 @@ from tasks.classify import text_classifier
 from tasks.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
 from tasks.models import LoadedModel
 from tasks.relevancy import relevancy_maps
+from tasks.segment import SegmentConfig, region_iou, segment_map
 from tasks.templates import resolve_templates
 from toy.dataset import make_scene
 from toy.shapes import SHAPES
@@ -44,6 +45,11 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
         maps = relevancy_maps(lm, method, pix, emb[label], start)  # true-class maps (B, g, g)
         grid_hits = [pointing_grid(m.numpy(), s.masks[0]) for m, s, ok in zip(maps, singles, correct) if ok]
         pix_hits = [pointing_pixel(m.numpy(), s.masks[0]) for m, s, ok in zip(maps, singles, correct) if ok]
+        ious = []
+        for m, s, ok in zip(maps, singles, correct):  # the top region's IoU with the object
+            if ok:
+                regions = segment_map(m.numpy(), s.masks[0].shape[::-1], SegmentConfig())
+                ious.append(region_iou(regions[0], s.masks[0]) if regions else 0.0)
         pmaps = relevancy_maps(lm, method, pix, emb[pred], start)  # predicted-class maps for perturbation
         curves = perturbation_curves(lm, pix, pmaps, emb, pred, label)
         shares = []
@@ -55,6 +61,10 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
         rows += [
             {"method": method, "start_layer": start, "metric": "pointing_grid", "value": float(np.mean(grid_hits)), "n": n},
             {"method": method, "start_layer": start, "metric": "pointing_pixel", "value": float(np.mean(pix_hits)), "n": n},
+            {"method": method, "start_layer": start, "metric": "region_iou_median", "value": float(np.median(ious)),
+             "n": n},
+            {"method": method, "start_layer": start, "metric": "region_iou_ge_0.5",
+             "value": float(np.mean(np.array(ious) >= 0.5)), "n": n},
             {"method": method, "start_layer": start, "metric": "discrimination", "value": float(np.mean(shares)),
              "n": len(shares)},
         ] + [{"method": method, "start_layer": start, "metric": f"{k}_auc", "value": auc(v), "n": len(singles)}

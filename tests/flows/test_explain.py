@@ -133,3 +133,23 @@ def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path
     assert ev[("chefer", 0, "discrimination")]["n"] == 48  # 24 images × both objects' class maps
     assert abs(ev[("random", None, "discrimination")]["value"] - 0.5) < 0.1
     assert run_sql(connect(out), "SELECT count(*) AS n FROM relevancy").column("n")[0].as_py() == 0
+
+
+def test_regions_stage_segments_stored_maps_and_reruns_only_itself(first_run):
+    import numpy as np
+    from storage.writer import table_path
+    from tasks.segment import rle_decode
+    params, _ = first_run
+    con = connect(params.out)
+    regs = run_sql(con, "SELECT * FROM regions").to_pylist()
+    assert regs and max(r["region_id"] for r in regs) <= 2
+    for r in regs[:50]:
+        x0, y0, x1, y1 = r["bbox"]
+        assert rle_decode(r["mask_rle"], (y1 - y0, x1 - x0)).sum() == r["area"]
+    per_map = run_sql(con, "SELECT count(DISTINCT (image_id, target, method)) AS n FROM regions").column("n")[0]
+    assert per_map.as_py() >= 0.9 * 48 * 2 * 2  # nearly every map has at least one region
+    rel = table_path(params.out, "relevancy", "e2e", "shard-00000")
+    before = __import__("os").stat(rel).st_mtime_ns
+    explain(params.model_copy(update={"segment_top_k": 1}))
+    assert __import__("os").stat(rel).st_mtime_ns == before  # maps reused, not recomputed
+    assert run_sql(connect(params.out), "SELECT max(region_id) AS m FROM regions").column("m")[0].as_py() == 0

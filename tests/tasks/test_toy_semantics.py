@@ -20,3 +20,8 @@ def test_every_method_beats_the_random_map_widely(figures, method, start):
     assert figures[(method, start, "pointing_grid")] >= figures[("random", None, "pointing_grid")] + 0.25
     # removing the most relevant patches first hurts more than removing random ones
     assert figures[(method, start, "deletion_auc")] < figures[("random", None, "deletion_auc")]
+
+
+def test_top_region_of_default_segmentation_overlaps_the_object(figures):
+    iou = figures[("chefer", 0, "region_iou_median")]
+    assert iou >= 0.3 and iou >= 3 * figures[("random", None, "region_iou_median")]
