@@ -153,3 +153,27 @@ def test_regions_stage_segments_stored_maps_and_reruns_only_itself(first_run):
     explain(params.model_copy(update={"segment_top_k": 1}))
     assert __import__("os").stat(rel).st_mtime_ns == before  # maps reused, not recomputed
     assert run_sql(connect(params.out), "SELECT max(region_id) AS m FROM regions").column("m")[0].as_py() == 0
+
+
+def test_a_crashing_shard_is_recorded_and_a_rerun_resumes(prefect_harness, toy_dir, tmp_path, monkeypatch):
+    import tasks.classify as classify
+    original = classify.classify_shard
+
+    def crash_on_shard_1(cfg, run_id, shard, *args, **kwargs):
+        if shard == 1:
+            raise RuntimeError("simulated GPU fault")
+        return original(cfg, run_id, shard, *args, **kwargs)
+
+    params = ExplainParams(dataset=str(toy_dir), out=str(tmp_path), shard_size=16, run_name="crash", device="cpu",
+                           stages=["classify"])
+    monkeypatch.setattr(classify, "classify_shard", crash_on_shard_1)
+    with pytest.raises(RuntimeError, match=r"shard\(s\) \[1\] failed.*run_name='crash'"):
+        explain(params)
+    run = run_sql(connect(str(tmp_path)), "SELECT status, failed_shards FROM runs").to_pylist()[0]
+    assert run == {"status": "failed", "failed_shards": [1]}
+    monkeypatch.setattr(classify, "classify_shard", original)
+    again = explain(params)
+    assert again["shards_skipped"] == 2 and again["shards_done"] == 3  # only shard 1 was redone
+    con = connect(str(tmp_path))
+    assert named_query(con, "row_counts", "crash").to_pylist()[0] == {"images": 48, "predicted": 48, "failed": 0}
+    assert run_sql(con, "SELECT status FROM runs").column("status").to_pylist() == ["finished"]
