@@ -107,3 +107,8 @@ def write_toy_dataset(root: str | Path, n_per_class: int = 16, seed: int = 1234,
 
 __all__ = ["COLOURS", "SHAPES", "Scene", "make_scene", "write_toy_dataset", "mask_to_png", "png_to_mask",
            "size_word"]
+
+
+def caption_bank() -> dict[str, list[str]]:
+    """A concept bank in the words the toy CLIP was trained on: every colour of every shape."""
+    return {shape: [f"a {colour} {shape}" for colour in COLOURS] for shape in SHAPES}

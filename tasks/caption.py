@@ -1,0 +1,123 @@
+"""Captioners: crops in, strings out, registered by name; and CLIPScore (Hessel et al. 2021).
+
+A captioner implements one method, `caption(crops) -> list[str]`, and registers with `@register_captioner`.
+This module holds the interface, the `retrieval` captioner (the best phrases of a concept bank by CLIP
+similarity: works with any CLIP, no extra model) and CLIPScore / RefCLIPScore.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tasks.models import LoadedModel, model_lock
+
+CAPTIONERS: dict[str, Callable[..., "Captioner"]] = {}
+CLIPSCORE_PREFIX = "A photo depicts "
+
+
+class Captioner:
+    """Base class: `caption` turns a list of RGB crops into one string each."""
+
+    name = "base"
+
+    def caption(self, crops: list[Image.Image]) -> list[str]:
+        raise NotImplementedError
+
+
+def register_captioner(name: str):
+    def deco(cls):
+        cls.name = name
+        CAPTIONERS[name] = cls
+        return cls
+    return deco
+
+
+def make_captioner(name: str, **kwargs) -> Captioner:
+    if name not in CAPTIONERS:
+        raise ValueError(f"unknown captioner {name!r}; registered captioners are {sorted(CAPTIONERS)}")
+    return CAPTIONERS[name](**kwargs)
+
+
+def load_concept_bank(path: str | Path) -> dict[str, list[str]]:
+    """A JSON {class name: [descriptor, ...]} (the format of Menon & Vondrick's descriptor files)."""
+    try:
+        bank = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"concept bank {path} is not a readable JSON file: {e}") from e
+    if not isinstance(bank, dict) or not all(isinstance(v, list) for v in bank.values()):
+        raise ValueError(f"concept bank {path} must be a JSON object {{class name: [phrase, ...]}}")
+    return {str(k): [str(p) for p in v] for k, v in bank.items()}
+
+
+def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: float = 1.0) -> Image.Image:
+    """A square crop around a region's bbox, its side (1 + context) × the bbox's longer side.
+
+    Tight crops are far from what CLIP saw in training (objects with surroundings): on the toy world the
+    retrieval captioner names the shape of 30 % of tight crops, 67 % with context 0.5, 91 % with 1.0.
+    Outside the image is filled with the image's mean colour.
+    """
+    x0, y0, x1, y1 = bbox
+    half = max(x1 - x0, y1 - y0) * (1 + context) / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    box = tuple(int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half))
+    mean = tuple(int(v) for v in np.asarray(image.convert("RGB")).reshape(-1, 3).mean(0))
+    canvas = Image.new("RGB", (box[2] - box[0], box[3] - box[1]), mean)
+    inside = image.convert("RGB").crop((max(box[0], 0), max(box[1], 0), min(box[2], image.width),
+                                        min(box[3], image.height)))
+    canvas.paste(inside, (max(-box[0], 0), max(-box[1], 0)))
+    return canvas
+
+
+@torch.no_grad()
+def encode_images(lm: LoadedModel, crops: list[Image.Image]) -> torch.Tensor:
+    """(N, D) unit image embeddings of PIL crops."""
+    pix = torch.stack([lm.preprocess(c.convert("RGB")) for c in crops]).to(lm.spec.device)
+    with model_lock(lm.model):
+        return F.normalize(lm.model.encode_image(pix).float(), dim=-1)
+
+
+@torch.no_grad()
+def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
+    with model_lock(lm.model):
+        return F.normalize(lm.model.encode_text(lm.tokenizer(texts).to(lm.spec.device)).float(), dim=-1)
+
+
+@register_captioner("retrieval")
+class RetrievalCaptioner(Captioner):
+    """The `k` concept-bank phrases closest to the crop, joined with ', '."""
+
+    def __init__(self, lm: LoadedModel, bank: dict[str, list[str]], k: int = 1):
+        phrases = sorted({p for ps in bank.values() for p in ps})
+        if not phrases:
+            raise ValueError("the concept bank has no phrases")
+        self.lm, self.phrases, self.k = lm, phrases, k
+        self.text = encode_texts(lm, phrases)  # (P, D)
+
+    def caption(self, crops: list[Image.Image]) -> list[str]:
+        if not crops:
+            return []
+        sims = encode_images(self.lm, crops) @ self.text.T  # (N, P)
+        top = sims.topk(min(self.k, len(self.phrases)), dim=-1).indices
+        return [", ".join(self.phrases[j] for j in row) for row in top.tolist()]
+
+
+def clipscore(lm: LoadedModel, crops: list[Image.Image], captions: list[str]) -> torch.Tensor:
+    """CLIPScore = 2.5 · max(cos(image, "A photo depicts " + caption), 0), per pair."""
+    img = encode_images(lm, crops)
+    txt = encode_texts(lm, [CLIPSCORE_PREFIX + c for c in captions])
+    return 2.5 * (img * txt).sum(-1).clamp(min=0)
+
+
+def ref_clipscore(lm: LoadedModel, crops: list[Image.Image], captions: list[str],
+                  references: list[list[str]]) -> torch.Tensor:
+    """RefCLIPScore: harmonic mean of CLIPScore and max(cos(caption, reference), 0) over the references."""
+    cs = clipscore(lm, crops, captions)
+    cand = encode_texts(lm, captions)
+    ref = torch.stack([(encode_texts(lm, refs) @ c).max().clamp(min=0) for refs, c in zip(references, cand)])
+    return torch.where(cs + ref > 0, 2 * cs * ref / (cs + ref).clamp(min=1e-12), torch.zeros_like(cs))

@@ -1,0 +1,53 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.caption import clipscore, crop_region, load_concept_bank, make_captioner, ref_clipscore
+from toy.dataset import caption_bank, make_scene
+
+
+def _crops(n=48, seed=13):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        s = make_scene(rng, "single")
+        ys, xs = np.nonzero(s.masks[0])
+        box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        out.append((crop_region(Image.fromarray(s.image), box, context=1.0), s.objects[0]))
+    return out
+
+
+def test_retrieval_captioner_names_shape_and_colour_of_toy_crops(toy_model):
+    cap = make_captioner("retrieval", lm=toy_model, bank=caption_bank())
+    crops = _crops()
+    texts = cap.caption([c for c, _ in crops])
+    shape_ok = np.mean([o.shape in t for t, (_, o) in zip(texts, crops)])
+    colour_ok = np.mean([o.colour in t for t, (_, o) in zip(texts, crops)])
+    assert shape_ok >= 0.85 and colour_ok >= 0.9, (shape_ok, colour_ok)
+
+
+def test_clipscore_prefers_the_right_caption(toy_model):
+    crops = _crops(16, seed=3)
+    right = [f"a {o.colour} {o.shape}" for _, o in crops]
+    wrong = [f"a {o.colour} {'ring' if o.shape != 'ring' else 'star'}" for _, o in crops]
+    good = clipscore(toy_model, [c for c, _ in crops], right)
+    bad = clipscore(toy_model, [c for c, _ in crops], wrong)
+    assert (good >= 0).all() and (good <= 2.5).all() and good.mean() > bad.mean()
+    ref = ref_clipscore(toy_model, [c for c, _ in crops], right, [[r] for r in right])
+    assert (ref >= 0).all() and ref.mean() > 0
+
+
+def test_bad_banks_and_names(tmp_path, toy_model):
+    (tmp_path / "b.json").write_text(json.dumps(["not", "a", "dict"]))
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        load_concept_bank(tmp_path / "b.json")
+    with pytest.raises(ValueError, match="unknown captioner 'nope'"):
+        make_captioner("nope")
+
+
+def test_crop_region_is_square_with_context_and_pads_outside():
+    img = Image.new("RGB", (100, 100), (10, 20, 30))
+    c = crop_region(img, (0, 0, 20, 10), context=1.0)
+    assert c.size == (40, 40) and c.getpixel((0, 0)) == (10, 20, 30)
