@@ -28,8 +28,10 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--run-name", help="run id; reuse it to resume a run")
     p.add_argument("--force", action="store_true", help="redo shards that are already complete")
-    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "evaluate"],
-                   choices=["classify", "relevancy", "regions", "evaluate"], help="stages to run (default: all)")
+    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "captions", "evaluate"],
+                   choices=["classify", "relevancy", "regions", "captions", "evaluate"],
+                   help="stages to run (default: all)")
+    p.add_argument("--concept-bank", help="JSON {class: [phrase, ...]} for the retrieval captioner")
     p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
     p.add_argument("--start-layers", nargs="+", type=int, help="chefer's first block(s) (default: the model's)")
 
@@ -92,7 +94,8 @@ def _params(args: argparse.Namespace):
                          pretrained=args.pretrained, templates=args.template or args.templates, top_k=args.top_k,
                          shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
                          precision=args.precision, out=args.out, run_name=args.run_name, force=args.force,
-                         stages=args.stages, relevancy_methods=args.methods, start_layers=args.start_layers)
+                         stages=args.stages, relevancy_methods=args.methods, start_layers=args.start_layers,
+                         concept_bank=args.concept_bank)
 
 
 def _print_table(table) -> None:

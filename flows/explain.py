@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.captions_stage import CaptionsConfig, captions_shard_task
 from tasks.classify import ClassifyConfig, classify_shard_task
 from tasks.evaluate import evaluate_run_task
 from tasks.plan import plan_run_task
@@ -43,10 +44,10 @@ class ExplainParams(BaseModel):
     out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
     run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished shards")
     force: bool = Field(False, description="redo shards that are already complete")
-    stages: list[Literal["classify", "relevancy", "regions", "evaluate"]] = Field(
-        ["classify", "relevancy", "regions", "evaluate"],
-        description="stages to run: classify (always; later stages read it), relevancy and regions (per shard; "
-                    "regions segments the stored maps), evaluate "
+    stages: list[Literal["classify", "relevancy", "regions", "captions", "evaluate"]] = Field(
+        ["classify", "relevancy", "regions", "captions", "evaluate"],
+        description="stages to run: classify (always; later stages read it), relevancy, regions and captions (per "
+                    "shard; each reuses what the one before stored), evaluate "
                     "(faithfulness of chefer all/last block, gradient and random maps on a sample; pointing game and "
                     "class discrimination where the dataset's manifest has masks)")
     eval_images: int = Field(64, ge=1, description="images the evaluate stage perturbs")
@@ -56,6 +57,11 @@ class ExplainParams(BaseModel):
     segment_min_area: float = Field(0.005, ge=0, lt=1, description="drop regions below this share of the image")
     segment_top_k: int = Field(3, ge=1, description="regions kept per map, ranked by relevancy mass")
     segment_superpixels: int = Field(0, ge=0, description="snap regions to this many SLIC superpixels (0: off)")
+    captioner: str = Field("retrieval", description="registered captioner for regions and whole images")
+    concept_bank: str | None = Field(None, description="JSON {class: [phrase, ...]} for the retrieval captioner "
+                                                       "(the toy model has a built-in one)")
+    caption_top_k: int = Field(1, ge=1, description="regions per map to caption")
+    caption_context: float = Field(1.0, ge=0, description="crop context around a region, × its size")
     relevancy_methods: list[str] = Field(["chefer", "gradient"], description="relevancy methods (chefer, gradient, "
                                                                               "random)")
     start_layers: list[int] | None = Field(None, description="chefer's first block(s); empty: the model's default "
@@ -92,6 +98,11 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                                 params.segment_top_k, params.segment_superpixels)
             last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
                                           unmapped(params.out), unmapped(params.force), upstream=last)
+            if "captions" in params.stages:
+                ccfg = CaptionsConfig(plan.model, params.captioner, params.concept_bank, "chefer",
+                                      params.caption_top_k, params.caption_context, plan.dataset)
+                last = captions_shard_task.map(unmapped(ccfg), plan.run_id, shard_ids, unmapped(params.out),
+                                               unmapped(params.force), upstream=last)
     shard_of = {f.task_run_id: i for i, f in enumerate(last)}
     failed: set[int] = set()
     for n, fut in enumerate(as_completed(last), start=1):

@@ -54,6 +54,14 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("mean_relevancy", pa.float32()), ("mass", pa.float32()), ("mass_share", pa.float32()),
         ("mask_rle", pa.list_(pa.int32())),  # row-major run lengths over the bbox, starting with a False run
     ]),
+    "captions": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),
+        ("target", pa.string()),  # 'pred' | 'label' for regions, 'image' for the whole image
+        ("method", pa.string()), ("start_layer", pa.int32()),  # the map the region came from (null: image)
+        ("region_id", pa.int32()),  # -1 = the whole image
+        ("captioner", pa.string()), ("text", pa.string()),
+        ("clipscore", pa.float32()), ("ref_clipscore", pa.float32()),  # RefCLIPScore where references exist
+    ]),
     "evaluations": pa.schema([
         ("run_id", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),

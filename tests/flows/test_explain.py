@@ -177,3 +177,17 @@ def test_a_crashing_shard_is_recorded_and_a_rerun_resumes(prefect_harness, toy_d
     con = connect(str(tmp_path))
     assert named_query(con, "row_counts", "crash").to_pylist()[0] == {"images": 48, "predicted": 48, "failed": 0}
     assert run_sql(con, "SELECT status FROM runs").column("status").to_pylist() == ["finished"]
+
+
+def test_captions_stage_captions_regions_and_whole_images(first_run):
+    params, _ = first_run
+    con = connect(params.out)
+    rows = run_sql(con, """SELECT c.region_id, c.target, c.text, c.clipscore, c.ref_clipscore, p.label, p.correct
+                           FROM captions c JOIN predictions p USING (run_id, image_id)
+                           WHERE p.template = 'ensemble'""").to_pylist()
+    whole = [r for r in rows if r["region_id"] == -1]
+    assert len(whole) == 48 and all(r["target"] == "image" for r in whole)
+    assert all(0 <= r["clipscore"] <= 2.5 and r["ref_clipscore"] is not None for r in rows)
+    named = [r["label"] in r["text"] for r in whole if r["correct"]]
+    assert sum(named) / len(named) >= 0.9  # the whole-image caption names the true shape
+    assert any(r["region_id"] == 0 for r in rows)
