@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
     p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
     for name, helptext in (("classes", "per-class accuracy of a run"), ("templates", "per-template accuracy of a run"),
-                           ("confusion", "confusion pairs of a run"), ("evaluations", "relevancy evaluation of a run")):
+                           ("confusion", "confusion pairs of a run"), ("evaluations", "relevancy evaluation of a run"),
+                           ("captions", "most frequent top-region caption per class")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
         _root_arg(p)
@@ -116,6 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_table(named_query(con, "per_class_accuracy", result["run_id"]))
     print(f"\nper-template accuracy:")
     _print_table(named_query(con, "per_template_accuracy", result["run_id"]))
+    captions = named_query(con, "class_captions", result["run_id"])
+    if captions.num_rows:
+        print("\nmost frequent caption of the true class's top region, per class:")
+        _print_table(captions)
     evaluation = named_query(con, "evaluations", result["run_id"])
     if evaluation.num_rows:
         print("\nrelevancy maps against ground truth and perturbation (AUC: positive/deletion lower is better):")
@@ -156,7 +161,7 @@ def cmd_named(args: argparse.Namespace) -> int:
     from storage.query import connect, named_query
 
     name = {"classes": "per_class_accuracy", "templates": "per_template_accuracy", "confusion": "confusion_pairs",
-            "evaluations": "evaluations", "runs": "runs_compared"}[args.cmd]
+            "evaluations": "evaluations", "captions": "class_captions", "runs": "runs_compared"}[args.cmd]
     _print_table(named_query(connect(args.root), name, getattr(args, "run", None)))
     return 0
 
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("root", "httpx", "open_clip"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
     handlers = {"demo": cmd_run, "run": cmd_run, "sql": cmd_sql, "classes": cmd_named, "templates": cmd_named,
-                "confusion": cmd_named, "evaluations": cmd_named, "runs": cmd_named, "check": cmd_check,
+                "confusion": cmd_named, "evaluations": cmd_named, "captions": cmd_named, "runs": cmd_named, "check": cmd_check,
                 "relevancy": cmd_relevancy, "toy": cmd_toy}
     try:
         return handlers[args.cmd](args)

@@ -96,6 +96,14 @@ QUERIES: dict[str, str] = {
                max(value) FILTER (metric = 'deletion_auc') AS deletion_auc,
                max(value) FILTER (metric = 'insertion_auc') AS insertion_auc, max(n) AS n
         FROM evaluations WHERE run_id = $run GROUP BY ALL ORDER BY method, start_layer""",
+    "class_captions": """
+        SELECT p.label AS class_name, c.captioner, c.text AS top_caption, count(*) AS n,
+               avg(c.clipscore) AS mean_clipscore
+        FROM captions c JOIN predictions p USING (run_id, image_id)
+        WHERE c.run_id = $run AND p.template = 'ensemble' AND c.region_id = 0 AND c.target = 'label'
+        GROUP BY p.label, c.captioner, c.text QUALIFY row_number() OVER (PARTITION BY p.label, c.captioner ORDER BY count(*) DESC,
+                                                c.text) = 1
+        ORDER BY class_name, c.captioner""",
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,
                (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,
