@@ -13,12 +13,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.manifest import read_toy_manifest
-from storage.schemas import META_CONFIG_HASH
-from storage.writer import is_complete, read_file_metadata, read_table, shard_name, write_table
+from storage.writer import is_complete, read_table, shard_name, write_table
 from tasks.caption import clipscore, crop_region, load_concept_bank, make_captioner, ref_clipscore
 from tasks.data import ImageLoadError, load_image
 from tasks.models import TOY_MODEL_NAME, ModelSpec, load_model
-from tasks.runinfo import config_hash, library_versions, run_logger
+from tasks.runinfo import chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 
@@ -60,10 +59,7 @@ def captions_shard(cfg: CaptionsConfig, run_id: str, shard: int, root: str, forc
                    log: logging.Logger | None = None) -> dict:
     log = log or logging.getLogger(__name__)
     name = f"{shard_name(shard)}-{cfg.captioner}"
-    upstream = read_file_metadata(root, "regions", run_id, shard_name(shard))
-    if upstream is None:
-        raise FileNotFoundError(f"shard {shard} of run {run_id} has no regions; run the regions stage first")
-    chash = config_hash("captions", STAGE_VERSION, cfg, upstream.get(META_CONFIG_HASH, b"").decode())
+    chash = chained_hash(root, run_id, shard, "regions", "captions", STAGE_VERSION, cfg)
     if not force and is_complete(root, ["captions"], run_id, name, chash):
         log.info("shard %d captions (%s) already complete: skipped", shard, cfg.captioner)
         return {"shard": shard, "skipped": True}

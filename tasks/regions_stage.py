@@ -8,10 +8,9 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.schemas import META_CONFIG_HASH
-from storage.writer import is_complete, read_file_metadata, read_table, shard_name, write_table
+from storage.writer import is_complete, read_table, shard_name, write_table
 from tasks.data import ImageLoadError, load_image
-from tasks.runinfo import config_hash, library_versions, run_logger
+from tasks.runinfo import chained_hash, library_versions, run_logger
 from tasks.segment import SegmentConfig, rle_encode, segment_map
 
 STAGE_VERSION = 1
@@ -27,10 +26,7 @@ def regions_shard(cfg: RegionsConfig, run_id: str, shard: int, root: str, force:
     """Regions for every relevancy row of the shard; reuses the stored maps (no model needed)."""
     log = log or logging.getLogger(__name__)
     name = shard_name(shard)
-    upstream = read_file_metadata(root, "relevancy", run_id, name)
-    if upstream is None:
-        raise FileNotFoundError(f"shard {shard} of run {run_id} has no relevancy maps; run the relevancy stage first")
-    chash = config_hash("regions", STAGE_VERSION, cfg, upstream.get(META_CONFIG_HASH, b"").decode())
+    chash = chained_hash(root, run_id, shard, "relevancy", "regions", STAGE_VERSION, cfg)
     if not force and is_complete(root, ["regions"], run_id, name, chash):
         log.info("shard %d regions already complete: skipped", shard)
         return {"shard": shard, "skipped": True}

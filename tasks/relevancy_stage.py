@@ -8,13 +8,12 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.schemas import META_CONFIG_HASH
-from storage.writer import is_complete, read_file_metadata, read_table, shard_name, write_table
+from storage.writer import is_complete, read_table, shard_name, write_table
 from tasks.classify import ENSEMBLE, prepared, text_classifier
 from tasks.data import Item
 from tasks.models import ModelSpec, load_model
 from tasks.relevancy import default_start_layer, map_stats, relevancy_maps
-from tasks.runinfo import config_hash, library_versions, run_logger
+from tasks.runinfo import chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 TARGETS = ("pred", "label")
@@ -59,10 +58,7 @@ def relevancy_shard(cfg: RelevancyConfig, run_id: str, shard: int, root: str, fo
     """Compute and write the shard's relevancy table from its classify outputs; skip it if complete."""
     log = log or logging.getLogger(__name__)
     name = shard_name(shard)
-    upstream = read_file_metadata(root, "predictions", run_id, name)
-    if upstream is None:
-        raise FileNotFoundError(f"shard {shard} of run {run_id} has no predictions; run the classify stage first")
-    chash = config_hash("relevancy", STAGE_VERSION, cfg, upstream.get(META_CONFIG_HASH, b"").decode())
+    chash = chained_hash(root, run_id, shard, "predictions", "relevancy", STAGE_VERSION, cfg)
     if not force and is_complete(root, ["relevancy"], run_id, name, chash):
         log.info("shard %d relevancy already complete: skipped", shard)
         return {"shard": shard, "skipped": True}
