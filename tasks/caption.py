@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tasks.models import LoadedModel, model_lock
+from tasks.models import LoadedModel, encode_images, encode_texts
 
 CAPTIONERS: dict[str, Callable[..., "Captioner"]] = {}
 CLIPSCORE_PREFIX = "A photo depicts "
@@ -72,20 +71,6 @@ def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: fl
                                         min(box[3], image.height)))
     canvas.paste(inside, (max(-box[0], 0), max(-box[1], 0)))
     return canvas
-
-
-@torch.no_grad()
-def encode_images(lm: LoadedModel, crops: list[Image.Image]) -> torch.Tensor:
-    """(N, D) unit image embeddings of PIL crops."""
-    pix = torch.stack([lm.preprocess(c.convert("RGB")) for c in crops]).to(lm.spec.device)
-    with model_lock(lm.model):
-        return F.normalize(lm.model.encode_image(pix).float(), dim=-1)
-
-
-@torch.no_grad()
-def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
-    with model_lock(lm.model):
-        return F.normalize(lm.model.encode_text(lm.tokenizer(texts).to(lm.spec.device)).float(), dim=-1)
 
 
 @register_captioner("retrieval")

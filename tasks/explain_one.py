@@ -8,27 +8,21 @@ import torch
 import torch.nn.functional as F
 
 from tasks.data import load_image
-from tasks.models import LoadedModel
+from tasks.models import LoadedModel, encode_texts, model_lock
 from tasks.overlay import overlay_row
 from tasks.relevancy import default_start_layer, relevancy_maps
-
-
-@torch.no_grad()
-def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
-    """(T, D) unit text embeddings."""
-    if not texts or any(not t.strip() for t in texts):
-        raise ValueError("every text must be non-empty; pass at least one --text")
-    return F.normalize(lm.model.encode_text(lm.tokenizer(texts).to(lm.spec.device)).float(), dim=-1)
 
 
 def explain_image(lm: LoadedModel, image_path: str, texts: list[str], method: str = "chefer",
                   start_layer: int | None = None) -> dict:
     """Raw maps (T, g, g) float32, the softmax over the texts, and the decoded image."""
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("every text must be non-empty; pass at least one --text")
     image, image_id = load_image(image_path)
     txt = encode_texts(lm, texts)
     pix = lm.preprocess(image).unsqueeze(0).expand(len(texts), -1, -1, -1)  # (T, 3, H, W)
     maps = relevancy_maps(lm, method, pix, txt, start_layer, batch_size=len(texts))  # (T, g, g)
-    with torch.no_grad():
+    with torch.no_grad(), model_lock(lm.model):
         img = F.normalize(lm.model.encode_image(pix[:1].to(lm.spec.device)).float(), dim=-1)  # (1, D)
         probs = (lm.model.logit_scale.exp() * img @ txt.T).softmax(-1)[0].cpu()
     start = default_start_layer(lm.spec.name) if start_layer is None and method == "chefer" else start_layer

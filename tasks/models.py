@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch.nn.functional as F
+from PIL import Image
+
 import open_clip
 import torch
 
@@ -121,3 +124,18 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
         if model not in _MODEL_LOCKS:
             _MODEL_LOCKS[model] = threading.RLock()
         return _MODEL_LOCKS[model]
+
+
+@torch.no_grad()
+def encode_images(lm: LoadedModel, crops: list[Image.Image]) -> torch.Tensor:
+    """(N, D) unit image embeddings of PIL crops."""
+    pix = torch.stack([lm.preprocess(c.convert("RGB")) for c in crops]).to(lm.spec.device)
+    with model_lock(lm.model):
+        return F.normalize(lm.model.encode_image(pix).float(), dim=-1)
+
+
+@torch.no_grad()
+def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """(T, D) unit text embeddings."""
+    with model_lock(lm.model):
+        return F.normalize(lm.model.encode_text(lm.tokenizer(texts).to(lm.spec.device)).float(), dim=-1)
