@@ -38,3 +38,18 @@ def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
 def read_toy_manifest(path: str | Path) -> pa.Table:
     """The full toy manifest (masks, captions...) for semantic tests and evaluations."""
     return pq.read_table(path)
+
+
+def annotations(dataset: str) -> list[dict[str, Any]]:
+    """Rows of the dataset's Parquet manifest (a folder's manifest.parquet, or the file itself), each with
+    `path` made absolute; [] when the dataset has none. Masks and captions live there for the toy world."""
+    if not dataset:
+        return []
+    src = Path(dataset)
+    manifest = src / "manifest.parquet" if src.is_dir() else src
+    if manifest.suffix != ".parquet" or not manifest.is_file():
+        return []
+    rows = pq.read_table(manifest).to_pylist()
+    for r in rows:
+        r["path"] = str((manifest.parent / r["path"]).resolve())
+    return rows

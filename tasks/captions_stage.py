@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.manifest import read_toy_manifest
+from storage.manifest import annotations
 from storage.writer import is_complete, read_table, shard_name, write_table
 from tasks.caption import clipscore, crop_region, load_concept_bank, make_captioner, ref_clipscore
 from tasks.data import ImageLoadError, load_image
@@ -44,15 +43,8 @@ def _bank(cfg: CaptionsConfig) -> dict[str, list[str]]:
 
 
 def references(dataset: str) -> dict[str, list[str]]:
-    src = Path(dataset) if dataset else None
-    manifest = (src / "manifest.parquet" if src.is_dir() else src) if src else None
-    if not manifest or manifest.suffix != ".parquet" or not manifest.is_file():
-        return {}
-    t = read_toy_manifest(manifest)
-    if "caption" not in t.column_names:
-        return {}
-    return {str((manifest.parent / p).resolve()): [c] for p, c in zip(t.column("path").to_pylist(),
-                                                                     t.column("caption").to_pylist()) if c}
+    """{absolute image path: [reference caption]} from the dataset's manifest, for RefCLIPScore."""
+    return {r["path"]: [r["caption"]] for r in annotations(dataset) if r.get("caption")}
 
 
 def captions_shard(cfg: CaptionsConfig, run_id: str, shard: int, root: str, force: bool = False,

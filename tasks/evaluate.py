@@ -9,14 +9,13 @@ class discrimination uses images whose manifest also holds a second object's lab
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.manifest import read_toy_manifest
+from storage.manifest import annotations
 from storage.writer import read_run, write_table
 from tasks.classify import ENSEMBLE, prepared, text_classifier
 from tasks.data import Item
@@ -32,15 +31,10 @@ def dataset_masks(dataset: str) -> dict[str, dict]:
     """{absolute image path: {"mask", "second_label", "second_mask"}} from a manifest with masks, else {}."""
     from toy.dataset import png_to_mask
 
-    src = Path(dataset)
-    manifest = src / "manifest.parquet" if src.is_dir() else src
-    if manifest.suffix != ".parquet" or not manifest.is_file():
-        return {}
-    rows = read_toy_manifest(manifest).to_pylist()
-    return {str((manifest.parent / r["path"]).resolve()): {
+    return {r["path"]: {
         "mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
         "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}
-        for r in rows if r.get("mask")}
+        for r in annotations(dataset) if r.get("mask")}
 
 
 def evaluate_run(root: str, run_id: str, model: ModelSpec, classes: tuple[str, ...], templates: tuple[str, ...],
