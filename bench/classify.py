@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from timing import sync  # bench/timing.py
 from tasks.classify import ClassifyConfig, classify_pixels, classify_shard, text_classifier
 from tasks.data import read_dataset
 from tasks.models import load_model, resolve_spec
@@ -20,21 +21,16 @@ from tasks.templates import resolve_templates
 from toy.dataset import write_toy_dataset
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def bench_forward(lm, classifier, batch: int, iters: int) -> float:
     size = lm.model.visual.image_size
     size = size[0] if isinstance(size, tuple) else size
     x = torch.randn(batch, 3, size, size, device=lm.spec.device)
     classify_pixels(lm, x, classifier)  # warm-up
-    _sync(lm.spec.device)
+    sync(lm.spec.device)
     t = time.perf_counter()
     for _ in range(iters):
         classify_pixels(lm, x, classifier)
-    _sync(lm.spec.device)
+    sync(lm.spec.device)
     return batch * iters / (time.perf_counter() - t)
 
 

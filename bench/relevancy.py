@@ -7,27 +7,13 @@ Random weights give the real cost. Chefer runs over all blocks (start_layer 0), 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
+from timing import rate  # bench/timing.py (scripts run from bench/ on sys.path)
 from tasks.models import LoadedModel, load_model, resolve_spec
 from tasks.relevancy import METHODS, relevancy_maps
-
-
-def _sync(dev: str) -> None:
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def rate(fn, n: int, dev: str) -> float:
-    fn()  # warm-up
-    _sync(dev)
-    t = time.perf_counter()
-    fn()
-    _sync(dev)
-    return n / (time.perf_counter() - t)
 
 
 def main() -> None:

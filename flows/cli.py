@@ -28,9 +28,13 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--run-name", help="run id; reuse it to resume a run")
     p.add_argument("--force", action="store_true", help="redo shards that are already complete")
-    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "captions", "evaluate"],
-                   choices=["classify", "relevancy", "regions", "captions", "evaluate"],
+    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
+                   choices=["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
                    help="stages to run (default: all)")
+    p.add_argument("--captioner", default="retrieval", help="retrieval (default), clipcap or hf")
+    p.add_argument("--captioner-path", help="clipcap checkpoint (.pt or directory) or hf model directory")
+    p.add_argument("--captioner-tokenizer", help="local GPT-2 tokenizer directory for an authors' ClipCap .pt")
+    p.add_argument("--beams", type=int, default=1, help="beam width for generative captioners (1 = greedy)")
     p.add_argument("--concept-bank", help="JSON {class: [phrase, ...]} for the retrieval captioner")
     p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
     p.add_argument("--start-layers", nargs="+", type=int, help="chefer's first block(s) (default: the model's)")
@@ -53,10 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
     for name, helptext in (("classes", "per-class accuracy of a run"), ("templates", "per-template accuracy of a run"),
                            ("confusion", "confusion pairs of a run"), ("evaluations", "relevancy evaluation of a run"),
-                           ("captions", "most frequent top-region caption per class")):
+                           ("captions", "most frequent top-region caption per class"),
+                           ("summaries", "per-class table: accuracy, top confusion, caption summary, properties"),
+                           ("trends", "per-class accuracy against each summary property (Pearson, Spearman, slope)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
         _root_arg(p)
+    for name, helptext in (("drift", "accuracy over time of runs of the same dataset and model"),
+                           ("models", "accuracy per dataset and model across runs"),
+                           ("template-trends", "accuracy per prompt template and model across runs")):
+        _root_arg(sub.add_parser(name, help=helptext))
+    p = sub.add_parser("report", help="write a run's self-contained HTML report")
+    p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
+    _root_arg(p)
+    p.add_argument("--out", help="HTML file to write (default: <root>/reports/<run>.html)")
     p = sub.add_parser("relevancy", help="relevancy maps of one image for several texts (.npz + overlay .png)")
     p.add_argument("--image", required=True)
     p.add_argument("--text", action="append", required=True, help="a text to explain (repeat)")
@@ -71,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _root_arg(p)
     p = sub.add_parser("check", help="check that every Parquet file under the root is readable")
     _root_arg(p)
-    toy = sub.add_parser("toy", help="the toy world: make datasets, train the toy CLIP")
+    toy = sub.add_parser("toy", help="the toy world: make datasets, train the toy CLIP and captioner")
     tsub = toy.add_subparsers(dest="toy_cmd", required=True)
     p = tsub.add_parser("make", help="write a toy dataset (ImageFolder + manifest.parquet)")
     p.add_argument("out")
@@ -85,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="checkpoint path (default: the shipped toy/weights/toy_clip.pt)")
     p.add_argument("--init", help="continue from this checkpoint instead of random weights")
+    p = tsub.add_parser("train-captioner", help="train the toy ClipCap on toy crops (CPU) and save it")
+    p.add_argument("--scenes", type=int, default=20000, help="toy scenes to cut training crops from")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="directory (default: the shipped toy/weights/toy_clipcap)")
     return ap
 
 
@@ -96,6 +115,8 @@ def _params(args: argparse.Namespace):
                          shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
                          precision=args.precision, out=args.out, run_name=args.run_name, force=args.force,
                          stages=args.stages, relevancy_methods=args.methods, start_layers=args.start_layers,
+                         captioner=args.captioner, captioner_path=args.captioner_path,
+                         captioner_tokenizer=args.captioner_tokenizer, caption_beams=args.beams,
                          concept_bank=args.concept_bank)
 
 
@@ -161,8 +182,17 @@ def cmd_named(args: argparse.Namespace) -> int:
     from storage.query import connect, named_query
 
     name = {"classes": "per_class_accuracy", "templates": "per_template_accuracy", "confusion": "confusion_pairs",
-            "evaluations": "evaluations", "captions": "class_captions", "runs": "runs_compared"}[args.cmd]
+            "evaluations": "evaluations", "captions": "class_captions", "runs": "runs_compared",
+            "summaries": "per_class_table", "trends": "accuracy_vs_property", "drift": "accuracy_over_time",
+            "models": "models_across_runs", "template-trends": "templates_across_runs"}[args.cmd]
     _print_table(named_query(connect(args.root), name, getattr(args, "run", None)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tasks.report import write_report
+
+    print(f"wrote {write_report(args.root, args.run, args.out)}")
     return 0
 
 
@@ -196,6 +226,13 @@ def cmd_toy(args: argparse.Namespace) -> int:
         manifest = write_toy_dataset(args.out, args.n_per_class, args.seed, args.split, args.kind)
         print(f"wrote toy dataset {args.out} (manifest {manifest})")
         return 0
+    if args.toy_cmd == "train-captioner":
+        from toy import TOY_CLIPCAP
+        from toy.train_captioner import train_captioner
+
+        record = train_captioner(Path(args.out or TOY_CLIPCAP), args.scenes, args.steps, seed=args.seed)
+        print(json.dumps(record, indent=1))
+        return 0
     from toy import TOY_CHECKPOINT
     from toy.train import train, train_recipe
 
@@ -216,10 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("root", "httpx", "open_clip"):
+    for noisy in ("root", "httpx", "open_clip"):  # open_clip logs through the root logger
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    for ours in ("flows", "tasks", "storage", "toy"):  # so our own progress lines still show
+        logging.getLogger(ours).setLevel(logging.DEBUG if args.debug else logging.INFO)
     handlers = {"demo": cmd_run, "run": cmd_run, "sql": cmd_sql, "classes": cmd_named, "templates": cmd_named,
                 "confusion": cmd_named, "evaluations": cmd_named, "captions": cmd_named, "runs": cmd_named, "check": cmd_check,
+                "summaries": cmd_named, "trends": cmd_named, "drift": cmd_named, "models": cmd_named,
+                "template-trends": cmd_named, "report": cmd_report,
                 "relevancy": cmd_relevancy, "toy": cmd_toy}
     try:
         return handlers[args.cmd](args)

@@ -8,17 +8,21 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.caption import CaptionerConfig
 from tasks.captions_stage import CaptionsConfig, captions_shard_task
 from tasks.classify import ClassifyConfig, classify_shard_task
 from tasks.evaluate import evaluate_run_task
 from tasks.plan import plan_run_task
 from tasks.regions_stage import RegionsConfig, regions_shard_task
 from tasks.relevancy_stage import RelevancyConfig, relevancy_shard_task
+from tasks.report import write_report_task
 from tasks.segment import SegmentConfig
+from tasks.summarize import SummarizeConfig, summarize_run_task
 from tasks.runs import record_run_task
 from tasks.summary import run_summary_task
 
@@ -44,12 +48,16 @@ class ExplainParams(BaseModel):
     out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
     run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished shards")
     force: bool = Field(False, description="redo shards that are already complete")
-    stages: list[Literal["classify", "relevancy", "regions", "captions", "evaluate"]] = Field(
-        ["classify", "relevancy", "regions", "captions", "evaluate"],
+    stages: list[Literal["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"]] = Field(
+        ["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
         description="stages to run: classify (always; later stages read it), relevancy, regions and captions (per "
                     "shard; each reuses what the one before stored), evaluate "
                     "(faithfulness of chefer all/last block, gradient and random maps on a sample; pointing game and "
-                    "class discrimination where the dataset's manifest has masks)")
+                    "class discrimination where the dataset's manifest has masks), summarize (per-class caption "
+                    "summaries and their properties; needs captions), report (one HTML file under <out>/reports)")
+    summary_k: int = Field(3, ge=1, description="captions per class summary (picked by MMR)")
+    synonyms: dict[str, list[str]] | None = Field(None, description="{class: [synonym, ...]}: words that count as "
+                                                                    "naming the class in a caption")
     eval_images: int = Field(64, ge=1, description="images the evaluate stage perturbs")
     segment_threshold: Literal["otsu", "mass"] = Field("otsu", description="map threshold: Otsu, or the most "
                                                                             "relevant pixels holding segment_mass")
@@ -57,7 +65,16 @@ class ExplainParams(BaseModel):
     segment_min_area: float = Field(0.005, ge=0, lt=1, description="drop regions below this share of the image")
     segment_top_k: int = Field(3, ge=1, description="regions kept per map, ranked by relevancy mass")
     segment_superpixels: int = Field(0, ge=0, description="snap regions to this many SLIC superpixels (0: off)")
-    captioner: str = Field("retrieval", description="registered captioner for regions and whole images")
+    captioner: str = Field("retrieval", description="captioner for regions and whole images: retrieval (concept "
+                                                    "bank phrases by CLIP similarity), clipcap, hf")
+    captioner_path: str | None = Field(None, description="clipcap: a ClipCap .pt checkpoint or save_clipcap "
+                                                         "directory (toy model: the shipped toy ClipCap); hf: a local "
+                                                         "transformers image-to-text model directory")
+    captioner_tokenizer: str | None = Field(None, description="clipcap with an authors' .pt checkpoint: a local "
+                                                              "GPT-2 tokenizer directory")
+    caption_beams: int = Field(1, ge=1, description="generative captioners: 1 = greedy, more = beam search")
+    caption_max_tokens: int = Field(20, ge=1, description="generative captioners: longest caption in tokens")
+    caption_prompt: str | None = Field(None, description="hf: text prompt for conditional models (BLIP)")
     concept_bank: str | None = Field(None, description="JSON {class: [phrase, ...]} for the retrieval captioner "
                                                        "(the toy model has a built-in one)")
     caption_top_k: int = Field(1, ge=1, description="regions per map to caption")
@@ -99,8 +116,11 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
             last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
                                           unmapped(params.out), unmapped(params.force), upstream=last)
             if "captions" in params.stages:
-                ccfg = CaptionsConfig(plan.model, params.captioner, params.concept_bank, "chefer",
-                                      params.caption_top_k, params.caption_context, plan.dataset)
+                cap = CaptionerConfig(params.captioner, params.captioner_path, params.captioner_tokenizer,
+                                      params.concept_bank, beams=params.caption_beams,
+                                      max_tokens=params.caption_max_tokens, prompt=params.caption_prompt)
+                ccfg = CaptionsConfig(plan.model, cap, "chefer", params.caption_top_k, params.caption_context,
+                                      plan.dataset)
                 last = captions_shard_task.map(unmapped(ccfg), plan.run_id, shard_ids, unmapped(params.out),
                                                unmapped(params.force), upstream=last)
     shard_of = {f.task_run_id: i for i, f in enumerate(last)}
@@ -126,9 +146,17 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     if "evaluate" in params.stages:
         evaluate_run_task(params.out, plan.run_id, plan.model, plan.classes, plan.templates, plan.dataset,
                           params.eval_images)
+    if "summarize" in params.stages and "captions" in params.stages:
+        syn = tuple((c, tuple(v)) for c, v in sorted((params.synonyms or {}).items()))
+        summarize_run_task(params.out, plan.run_id, SummarizeConfig(plan.model, params.captioner, k=params.summary_k,
+                                                                    synonyms=syn, dataset=plan.dataset), plan.classes)
+    report = write_report_task(params.out, plan.run_id) if "report" in params.stages else None
     summary = run_summary_task(params.out, plan.run_id)
-    create_markdown_artifact(summary["markdown"], key="mapcap-run-summary",
+    report_line = f"\n\nHTML report: `{report}`\n" if report else ""
+    create_markdown_artifact(summary["markdown"] + report_line, key="mapcap-run-summary",
                              description=f"MapCap run {plan.run_id}: per-class accuracy")
+    create_table_artifact(summary["per_class_table"], key="mapcap-per-class",
+                          description=f"MapCap run {plan.run_id}: per-class accuracy, confusion and caption summary")
     return {"run_id": plan.run_id, "root": params.out, "n_images": plan.n_images, "accuracy": summary["accuracy"],
             "n_failures": summary["n_failures"], "shards_done": len(results),
-            "shards_skipped": sum(r["skipped"] for r in results)}
+            "shards_skipped": sum(r["skipped"] for r in results), "report": report}

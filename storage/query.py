@@ -104,6 +104,72 @@ QUERIES: dict[str, str] = {
         GROUP BY p.label, c.captioner, c.text QUALIFY row_number() OVER (PARTITION BY p.label, c.captioner ORDER BY count(*) DESC,
                                                 c.text) = 1
         ORDER BY class_name, c.captioner""",
+    "per_class_table": """
+        WITH acc AS (SELECT label AS class_name, count(*) AS n, avg(correct::INT) AS accuracy
+                     FROM predictions WHERE run_id = $run AND template = 'ensemble' GROUP BY label),
+             conf AS (SELECT class_name, arg_max(pred, n) AS top_confusion, max(n) AS n_confused
+                      FROM (SELECT label AS class_name, pred, count(*) AS n FROM predictions
+                            WHERE run_id = $run AND template = 'ensemble' AND NOT correct GROUP BY label, pred)
+                      GROUP BY class_name)
+        SELECT acc.class_name, acc.n, acc.accuracy, conf.top_confusion, conf.n_confused, s.captioner,
+               s.summary_text AS summary, s.n_captions, s.n_distinct, s.diversity, s.class_similarity,
+               s.class_mention_share, s.other_class_share, s.mean_clipscore, s.mass_outside_top, s.on_object_share
+        FROM acc LEFT JOIN conf USING (class_name)
+        LEFT JOIN (SELECT * FROM class_summaries WHERE run_id = $run AND subset = 'all') s USING (class_name)
+        ORDER BY acc.accuracy, acc.class_name, s.captioner""",
+    "class_summaries": """
+        SELECT class_name, subset, captioner, n_images, accuracy, summary_text AS summary, n_captions,
+               class_mention_share, other_class_share
+        FROM class_summaries WHERE run_id = $run ORDER BY class_name, captioner, subset""",
+    "property_points": """
+        SELECT captioner, property, class_name, value, accuracy FROM (
+            UNPIVOT (SELECT class_name, captioner, accuracy, n_distinct::DOUBLE AS n_distinct, diversity,
+                            class_similarity, class_mention_share, other_class_share, mean_clipscore,
+                            mass_outside_top, on_object_share
+                     FROM class_summaries WHERE run_id = $run AND subset = 'all')
+            ON n_distinct, diversity, class_similarity, class_mention_share, other_class_share, mean_clipscore,
+               mass_outside_top, on_object_share INTO NAME property VALUE value)
+        ORDER BY captioner, property, class_name""",
+    "accuracy_vs_property": """
+        WITH pts AS (
+            SELECT captioner, property, class_name, value, accuracy FROM (
+                UNPIVOT (SELECT class_name, captioner, accuracy, n_distinct::DOUBLE AS n_distinct, diversity,
+                                class_similarity, class_mention_share, other_class_share, mean_clipscore,
+                                mass_outside_top, on_object_share
+                         FROM class_summaries WHERE run_id = $run AND subset = 'all' AND accuracy IS NOT NULL)
+                ON n_distinct, diversity, class_similarity, class_mention_share, other_class_share, mean_clipscore,
+                   mass_outside_top, on_object_share INTO NAME property VALUE value)),
+             rn AS (SELECT *, row_number() OVER (PARTITION BY captioner, property ORDER BY accuracy) AS rna,
+                              row_number() OVER (PARTITION BY captioner, property ORDER BY value) AS rnv FROM pts),
+             rk AS (SELECT *, avg(rna) OVER (PARTITION BY captioner, property, accuracy) AS ra,
+                              avg(rnv) OVER (PARTITION BY captioner, property, value) AS rv FROM rn)
+        SELECT captioner, property, count(*) AS n, corr(accuracy, value) AS pearson, corr(ra, rv) AS spearman,
+               regr_slope(accuracy, value) AS slope, regr_intercept(accuracy, value) AS intercept
+        FROM rk GROUP BY captioner, property
+        ORDER BY captioner, abs(corr(accuracy, value)) DESC NULLS LAST, property""",
+    "templates_across_runs": """
+        SELECT r.model, r.pretrained, p.template, count(DISTINCT p.run_id) AS runs, count(*) AS n,
+               avg(p.correct::INT) AS accuracy, avg(p.label_prob) AS mean_label_prob
+        FROM predictions p JOIN runs r USING (run_id)
+        GROUP BY r.model, r.pretrained, p.template ORDER BY r.model, r.pretrained, accuracy DESC, p.template""",
+    "models_across_runs": """
+        SELECT r.dataset, r.model, r.pretrained, count(DISTINCT r.run_id) AS runs, avg(p.accuracy) AS accuracy,
+               min(p.accuracy) AS min_accuracy, max(p.accuracy) AS max_accuracy, max(r.started_at) AS last_run
+        FROM runs r JOIN (SELECT run_id, avg(correct::INT) AS accuracy FROM predictions
+                          WHERE template = 'ensemble' GROUP BY run_id) p USING (run_id)
+        GROUP BY r.dataset, r.model, r.pretrained ORDER BY r.dataset, accuracy DESC""",
+    "accuracy_over_time": """
+        SELECT r.dataset, r.model, r.pretrained, r.run_id, r.started_at, p.n, p.accuracy,
+               p.accuracy - lag(p.accuracy) OVER (PARTITION BY r.dataset, r.model, r.pretrained
+                                                  ORDER BY r.started_at) AS change
+        FROM runs r JOIN (SELECT run_id, count(*) AS n, avg(correct::INT) AS accuracy FROM predictions
+                          WHERE template = 'ensemble' GROUP BY run_id) p USING (run_id)
+        WHERE r.status = 'finished'
+        ORDER BY r.dataset, r.model, r.pretrained, r.started_at""",
+    "ensemble_predictions": """
+        SELECT image_id, label, pred, correct, pred_prob, label_prob, topk_labels, topk_probs
+        FROM predictions WHERE run_id = $run AND template = 'ensemble' ORDER BY image_id""",
+    "image_paths": """SELECT image_id, path FROM images WHERE run_id = $run ORDER BY image_id""",
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,
                (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,
@@ -133,6 +199,14 @@ def named_query(con: duckdb.DuckDBPyConnection, name: str, run: str | None = Non
         return _execute(con, sql, params)
     except duckdb.Error as e:
         raise QueryError(f"query {name!r} failed: {e}") from e
+
+
+def rows_for_images(con: duckdb.DuckDBPyConnection, table: str, run: str, image_ids: list[str]) -> list[dict]:
+    """Every row of `table` for these images of a run (the report reads a few images, not whole runs)."""
+    if table not in TABLES:
+        raise QueryError(f"unknown table {table!r}; MapCap tables are {TABLES}")
+    return run_sql(con, f"SELECT * FROM {table} WHERE run_id = ? AND list_contains(?, image_id)",
+                   [run, image_ids]).to_pylist()
 
 
 def format_table(table: pa.Table, max_rows: int = 200) -> str:

@@ -62,6 +62,20 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("captioner", pa.string()), ("text", pa.string()),
         ("clipscore", pa.float32()), ("ref_clipscore", pa.float32()),  # RefCLIPScore where references exist
     ]),
+    "class_summaries": pa.schema([
+        ("run_id", pa.string()), ("class_name", pa.string()),
+        ("subset", pa.string()),  # 'all' | 'correct' | 'wrong' (images of the class, by the ensemble prediction)
+        ("captioner", pa.string()), ("n_images", pa.int64()), ("accuracy", pa.float64()),
+        ("summary", pa.list_(pa.string())), ("summary_text", pa.string()),  # MMR-picked captions, '; '-joined
+        ("n_captions", pa.int64()), ("n_distinct", pa.int64()),
+        ("diversity", pa.float64()),  # mean pairwise cosine distance of the caption embeddings
+        ("class_similarity", pa.float64()),  # cos(caption centroid, "a photo of a <class>.")
+        ("class_mention_share", pa.float64()),  # captions naming the class or a synonym
+        ("other_class_share", pa.float64()),  # captions naming another class and not this one
+        ("mean_clipscore", pa.float64()),
+        ("mass_outside_top", pa.float64()),  # mean relevancy mass share outside each map's top region
+        ("on_object_share", pa.float64()),  # regions at least half on the true object (datasets with masks)
+    ]),
     "evaluations": pa.schema([
         ("run_id", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -50,19 +51,29 @@ def write_table(root: str, table: str, run_id: str, name: str, rows: list[dict[s
             META_CONFIG_HASH: config_hash.encode(), META_VERSIONS: json.dumps(versions or {}, sort_keys=True).encode()}
     data = data.replace_schema_metadata(meta)
     fs, _ = filesystem(root)
-    final = table_path(root, table, run_id, name)
-    folder = final.rsplit("/", 1)[0]
+    return _atomic(fs, table_path(root, table, run_id, name), lambda f: pq.write_table(data, f, compression="zstd"))
+
+
+def _atomic(fs: fsspec.AbstractFileSystem, final: str, write: Callable[[Any], None]) -> str:
+    """Write through `write(file)` to a temp name in the same folder, then rename: no half files."""
+    folder, name = final.rsplit("/", 1)
     fs.makedirs(folder, exist_ok=True)
     tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         with fs.open(tmp, "wb") as f:
-            pq.write_table(data, f, compression="zstd")
+            write(f)
         fs.mv(tmp, final)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
     return final
+
+
+def write_file(root: str, relpath: str, data: bytes) -> str:
+    """Write a non-table file (the HTML report) under the root, atomically; returns its path."""
+    fs, base = filesystem(root)
+    return _atomic(fs, f"{base}/{relpath}", lambda f: f.write(data))
 
 
 def read_file_metadata(root: str, table: str, run_id: str, name: str) -> dict[bytes, bytes] | None:

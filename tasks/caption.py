@@ -1,27 +1,45 @@
 """Captioners: crops in, strings out, registered by name; and CLIPScore (Hessel et al. 2021).
 
 A captioner implements one method, `caption(crops) -> list[str]`, and registers with `@register_captioner`.
-This module holds the interface, the `retrieval` captioner (the best phrases of a concept bank by CLIP
+This module holds the interface and its typed config, the `retrieval` captioner (the best phrases of a concept bank by CLIP
 similarity: works with any CLIP, no extra model) and CLIPScore / RefCLIPScore.
 """
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from tasks.models import LoadedModel, encode_images, encode_texts
+from tasks.models import TOY_MODEL_NAME, LoadedModel, encode_images, encode_texts
 
-CAPTIONERS: dict[str, Callable[..., "Captioner"]] = {}
+CAPTIONERS: dict[str, type["Captioner"]] = {}
 CLIPSCORE_PREFIX = "A photo depicts "
+BUILTIN_MODULES = ("tasks.clipcap_captioner", "tasks.hf_caption")  # register clipcap and hf on first use
+
+
+@dataclass(frozen=True)
+class CaptionerConfig:
+    name: str = "retrieval"  # a registered captioner: retrieval, clipcap, hf
+    path: str | None = None  # clipcap: checkpoint (.pt) or save_clipcap dir; hf: model dir; None: toy default
+    tokenizer: str | None = None  # clipcap with an authors' .pt: local GPT-2 tokenizer directory
+    concept_bank: str | None = None  # retrieval: JSON {class: [phrase]}; None: the toy bank for the toy model
+    phrases: int = 1  # retrieval: best phrases joined into one caption
+    beams: int = 1  # generative captioners: 1 = greedy, more = beam search
+    max_tokens: int = 20  # generative captioners: longest caption, in tokens
+    prompt: str | None = None  # hf: text prompt for conditional models (BLIP: "a picture of")
+    batch_size: int = 32  # crops per captioning call
 
 
 class Captioner:
-    """Base class: `caption` turns a list of RGB crops into one string each."""
+    """Base class: `caption` turns a list of RGB crops into one string each.
+
+    Subclasses are built as `cls(lm, cfg)` with the run's CLIP and a CaptionerConfig.
+    """
 
     name = "base"
 
@@ -37,10 +55,12 @@ def register_captioner(name: str):
     return deco
 
 
-def make_captioner(name: str, **kwargs) -> Captioner:
-    if name not in CAPTIONERS:
-        raise ValueError(f"unknown captioner {name!r}; registered captioners are {sorted(CAPTIONERS)}")
-    return CAPTIONERS[name](**kwargs)
+def make_captioner(cfg: CaptionerConfig, lm: LoadedModel | None = None) -> Captioner:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    if cfg.name not in CAPTIONERS:
+        raise ValueError(f"unknown captioner {cfg.name!r}; registered captioners are {sorted(CAPTIONERS)}")
+    return CAPTIONERS[cfg.name](lm, cfg)
 
 
 def load_concept_bank(path: str | Path) -> dict[str, list[str]]:
@@ -77,7 +97,16 @@ def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: fl
 class RetrievalCaptioner(Captioner):
     """The `k` concept-bank phrases closest to the crop, joined with ', '."""
 
-    def __init__(self, lm: LoadedModel, bank: dict[str, list[str]], k: int = 1):
+    def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
+        if cfg.concept_bank:
+            bank = load_concept_bank(cfg.concept_bank)
+        elif lm.spec.name == TOY_MODEL_NAME:
+            from toy.dataset import caption_bank
+            bank = caption_bank()
+        else:
+            raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
+                             "{class name: [phrase, ...]}")
+        k = cfg.phrases
         phrases = sorted({p for ps in bank.values() for p in ps})
         if not phrases:
             raise ValueError("the concept bank has no phrases")

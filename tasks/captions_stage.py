@@ -13,9 +13,9 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.manifest import annotations
 from storage.writer import is_complete, read_table, shard_name, write_table
-from tasks.caption import clipscore, crop_region, load_concept_bank, make_captioner, ref_clipscore
+from tasks.caption import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
 from tasks.data import ImageLoadError, load_image
-from tasks.models import TOY_MODEL_NAME, ModelSpec, load_model
+from tasks.models import ModelSpec, load_model
 from tasks.runinfo import chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
@@ -23,23 +23,12 @@ STAGE_VERSION = 1
 
 @dataclass(frozen=True)
 class CaptionsConfig:
-    model: ModelSpec  # the run's CLIP (retrieval and CLIPScore use it)
-    captioner: str = "retrieval"  # a registered captioner
-    concept_bank: str | None = None  # JSON {class: [phrase]}; None: the toy bank for the toy model
+    model: ModelSpec  # the run's CLIP (retrieval captions and CLIPScore use it)
+    captioner: CaptionerConfig = CaptionerConfig()  # which captioner, and its settings
     method: str = "chefer"  # whose regions to caption
     top_k: int = 1  # regions per map to caption
     context: float = 1.0  # crop context around a region (see tasks.caption.crop_region)
     dataset: str = ""  # for reference captions (RefCLIPScore) when its manifest has a `caption` column
-
-
-def _bank(cfg: CaptionsConfig) -> dict[str, list[str]]:
-    if cfg.concept_bank:
-        return load_concept_bank(cfg.concept_bank)
-    if cfg.model.name == TOY_MODEL_NAME:
-        from toy.dataset import caption_bank
-        return caption_bank()
-    raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
-                     "{class name: [phrase, ...]}")
 
 
 def references(dataset: str) -> dict[str, list[str]]:
@@ -50,14 +39,13 @@ def references(dataset: str) -> dict[str, list[str]]:
 def captions_shard(cfg: CaptionsConfig, run_id: str, shard: int, root: str, force: bool = False,
                    log: logging.Logger | None = None) -> dict:
     log = log or logging.getLogger(__name__)
-    name = f"{shard_name(shard)}-{cfg.captioner}"
+    name = f"{shard_name(shard)}-{cfg.captioner.name}"
     chash = chained_hash(root, run_id, shard, "regions", "captions", STAGE_VERSION, cfg)
     if not force and is_complete(root, ["captions"], run_id, name, chash):
-        log.info("shard %d captions (%s) already complete: skipped", shard, cfg.captioner)
+        log.info("shard %d captions (%s) already complete: skipped", shard, cfg.captioner.name)
         return {"shard": shard, "skipped": True}
     lm = load_model(cfg.model)
-    kwargs = {"lm": lm, "bank": _bank(cfg)} if cfg.captioner == "retrieval" else {"lm": lm}
-    captioner = make_captioner(cfg.captioner, **kwargs)
+    captioner = make_captioner(cfg.captioner, lm)
     images = {r["image_id"]: r for r in read_table(root, "images", run_id, shard_name(shard)).to_pylist()}
     regions = [r for r in read_table(root, "regions", run_id, shard_name(shard)).to_pylist()
                if r["method"] == cfg.method and r["region_id"] < cfg.top_k]
@@ -76,21 +64,22 @@ def captions_shard(cfg: CaptionsConfig, run_id: str, shard: int, root: str, forc
             crop = crop_region(decoded[r["image_id"]], tuple(r["bbox"]), cfg.context)
             jobs.append(({k: r[k] for k in ("target", "method", "start_layer", "region_id")}, r["image_id"], crop))
     rows = []
-    for b in range(0, len(jobs), 64):
-        chunk = jobs[b:b + 64]
+    step = cfg.captioner.batch_size
+    for b in range(0, len(jobs), step):
+        chunk = jobs[b:b + step]
         crops = [c for _, _, c in chunk]
         texts = captioner.caption(crops)
         scores = clipscore(lm, crops, texts).tolist()
         for (key, iid, crop), text, score in zip(chunk, texts, scores):
             ref = refs.get(images[iid]["path"])
-            rows.append({"run_id": run_id, "image_id": iid, "shard": shard, **key, "captioner": cfg.captioner,
+            rows.append({"run_id": run_id, "image_id": iid, "shard": shard, **key, "captioner": cfg.captioner.name,
                          "text": text, "clipscore": score,
                          "ref_clipscore": float(ref_clipscore(lm, [crop], [text], [ref])[0]) if ref else None})
     meta = {"config": cfg, "stage": "captions", "stage_version": STAGE_VERSION, "shard": shard}
     write_table(root, "failures", run_id, f"{name}-failures", failures, config=meta, config_hash=chash,
                 versions=library_versions())
     write_table(root, "captions", run_id, name, rows, config=meta, config_hash=chash, versions=library_versions())
-    log.info("shard %d: %d captions (%s)", shard, len(rows), cfg.captioner)
+    log.info("shard %d: %d captions (%s)", shard, len(rows), cfg.captioner.name)
     return {"shard": shard, "skipped": False, "n_captions": len(rows)}
 
 

@@ -127,11 +127,12 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
 
 
 @torch.no_grad()
-def encode_images(lm: LoadedModel, crops: list[Image.Image]) -> torch.Tensor:
-    """(N, D) unit image embeddings of PIL crops."""
+def encode_images(lm: LoadedModel, crops: list[Image.Image], normalize: bool = True) -> torch.Tensor:
+    """(N, D) image embeddings of PIL crops, unit length unless normalize=False."""
     pix = torch.stack([lm.preprocess(c.convert("RGB")) for c in crops]).to(lm.spec.device)
     with model_lock(lm.model):
-        return F.normalize(lm.model.encode_image(pix).float(), dim=-1)
+        emb = lm.model.encode_image(pix).float()
+    return F.normalize(emb, dim=-1) if normalize else emb
 
 
 @torch.no_grad()

@@ -17,8 +17,10 @@ def run_summary(root: str, run_id: str) -> dict:
           f"images {counts['images']}, predicted {counts['predicted']}, failed {counts['failed']}\n\n"
           f"## Per-class accuracy (template ensemble)\n\n{format_markdown(per_class)}\n\n"
           f"## Per-template accuracy\n\n{format_markdown(templates)}\n")
+    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if v is not None}
+             for row in named_query(con, "per_class_table", run_id).to_pylist()]
     return {"markdown": md, "accuracy": ens[0]["accuracy"] if ens else None, "n_failures": counts["failed"],
-            "counts": counts}
+            "counts": counts, "per_class_table": table}
 
 
 @task(name="run-summary", cache_policy=NO_CACHE)

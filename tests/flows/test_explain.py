@@ -191,3 +191,21 @@ def test_captions_stage_captions_regions_and_whole_images(first_run):
     named = [r["label"] in r["text"] for r in whole if r["correct"]]
     assert sum(named) / len(named) >= 0.9  # the whole-image caption names the true shape
     assert any(r["region_id"] == 0 for r in rows)
+
+
+def test_rerun_with_clipcap_reuses_maps_and_regions(first_run):
+    import os
+    from storage.writer import table_path
+    params, _ = first_run
+    stages = ["classify", "relevancy", "regions", "captions"]
+    explain(params.model_copy(update={"stages": stages}))  # whatever earlier tests changed, regions now match
+    kept = [table_path(params.out, t, "e2e", "shard-00000") for t in ("relevancy", "regions")]
+    before = [os.stat(p).st_mtime_ns for p in kept]
+    explain(params.model_copy(update={"captioner": "clipcap", "stages": stages}))
+    assert [os.stat(p).st_mtime_ns for p in kept] == before  # maps and regions reused, not recomputed
+    rows = run_sql(connect(params.out), """SELECT c.captioner, c.region_id, c.text, p.label
+                                           FROM captions c JOIN predictions p USING (run_id, image_id)
+                                           WHERE p.template = 'ensemble' AND p.correct""").to_pylist()
+    assert {r["captioner"] for r in rows} == {"retrieval", "clipcap"}  # both stay, side by side
+    whole = [r for r in rows if r["captioner"] == "clipcap" and r["region_id"] == -1]
+    assert len(whole) >= 40 and sum(r["label"] in r["text"] for r in whole) / len(whole) >= 0.85

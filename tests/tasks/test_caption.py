@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.caption import clipscore, crop_region, load_concept_bank, make_captioner, ref_clipscore
-from toy.dataset import caption_bank, make_scene
+from tasks.caption import CaptionerConfig, clipscore, crop_region, load_concept_bank, make_captioner, ref_clipscore
+from toy.dataset import make_scene
 
 
 def _crops(n=48, seed=13):
@@ -20,7 +20,7 @@ def _crops(n=48, seed=13):
 
 
 def test_retrieval_captioner_names_shape_and_colour_of_toy_crops(toy_model):
-    cap = make_captioner("retrieval", lm=toy_model, bank=caption_bank())
+    cap = make_captioner(CaptionerConfig("retrieval"), toy_model)
     crops = _crops()
     texts = cap.caption([c for c, _ in crops])
     shape_ok = np.mean([o.shape in t for t, (_, o) in zip(texts, crops)])
@@ -44,7 +44,7 @@ def test_bad_banks_and_names(tmp_path, toy_model):
     with pytest.raises(ValueError, match="must be a JSON object"):
         load_concept_bank(tmp_path / "b.json")
     with pytest.raises(ValueError, match="unknown captioner 'nope'"):
-        make_captioner("nope")
+        make_captioner(CaptionerConfig("nope"))
 
 
 def test_crop_region_is_square_with_context_and_pads_outside():

@@ -1,0 +1,70 @@
+"""Captions per second: ClipCap decoding batched vs one crop at a time, greedy and beam search.
+
+    python bench/captions.py [--sizes toy gpt2-small] [--batch 32] [--n 32] [--tokens 20] [--beams 1 3]
+
+`gpt2-small` is a GPT-2-small-sized decoder (12 × 768, 50257 tokens) behind the authors' MLP mapper
+(prefix 10, 512-d CLIP), with random weights: they cost what trained ones cost. Every caption is forced to
+`--tokens` tokens so that early stops do not flatter a setting. `toy` is the shipped toy ClipCap, end to end
+from crops (its CLIP included). On a GPU the decoder runs under bf16 autocast.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from timing import rate  # bench/timing.py (scripts run from bench/ on sys.path)
+from tasks.clipcap import ClipCapConfig, ClipCapModel, load_clipcap
+from tasks.models import encode_images, load_model, resolve_device, resolve_spec
+from toy import TOY_CLIPCAP
+
+
+def decoder(size: str, dev: str) -> ClipCapModel:
+    if size == "toy":
+        return load_clipcap(TOY_CLIPCAP)[0].to(dev)
+    cfg = ClipCapConfig(prefix_length=10, prefix_size=512)  # GPT-2 small behind the authors' MLP mapper
+    return ClipCapModel(cfg).to(dev).eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", nargs="+", default=["toy", "gpt2-small"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--n", type=int, default=32, help="captions per measurement")
+    ap.add_argument("--tokens", type=int, default=20, help="tokens per caption (forced)")
+    ap.add_argument("--beams", nargs="+", type=int, default=[1, 3])
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    amp = dev.startswith("cuda")
+    print(f"device {dev}{' (' + torch.cuda.get_device_name() + ')' if amp else ''}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads; {args.tokens} tokens per caption")
+    print(f"| decoder | beams | one at a time (capt/s) | batched ×{args.batch} (capt/s) | speed-up |")
+    print("|---|---|---|---|---|")
+    for size in args.sizes:
+        model = decoder(size, dev)
+        if size == "toy":
+            from PIL import Image
+            lm = load_model(resolve_spec("toy", "toy", dev, "fp32"))
+            crops = [Image.new("RGB", (48, 48), (40 * (i % 6), 90, 200)) for i in range(args.n)]
+
+            def embed(lo: int, hi: int) -> torch.Tensor:
+                return encode_images(lm, crops[lo:hi], normalize=False)
+        else:
+            emb = torch.randn(args.n, model.cfg.prefix_size, device=dev)
+
+            def embed(lo: int, hi: int) -> torch.Tensor:
+                return emb[lo:hi]
+        for beams in args.beams:
+            def run(step: int) -> None:
+                with torch.autocast(dev.split(":")[0], torch.bfloat16, enabled=amp):
+                    for lo in range(0, args.n, step):
+                        model.generate(embed(lo, lo + step), [model.cfg.eos_token_id], model.cfg.eos_token_id,
+                                       max_tokens=args.tokens, beams=beams, min_tokens=args.tokens)
+            one = rate(lambda: run(1), args.n, dev)
+            many = rate(lambda: run(args.batch), args.n, dev)
+            print(f"| {size} | {beams} | {one:.1f} | {many:.1f} | {many / one:.1f}× |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Shared timing for the benchmarks: items per second of a warmed-up call, GPU work synchronised."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def sync(dev: str) -> None:
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def rate(fn: Callable[[], object], n: int, dev: str) -> float:
+    """n / seconds of one call of fn, after one warm-up call."""
+    fn()
+    sync(dev)
+    t = time.perf_counter()
+    fn()
+    sync(dev)
+    return n / (time.perf_counter() - t)

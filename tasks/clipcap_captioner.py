@@ -1,0 +1,85 @@
+"""The `clipcap` captioner: crops → the ClipCap's own CLIP → prefix → GPT-2 captions (tasks/clipcap.py).
+
+A checkpoint is tied to the CLIP it was trained on: a `save_clipcap` directory names it in its config; an
+authors' `.pt` file uses the run's CLIP, whose embedding width must match the checkpoint's.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+from PIL import Image
+
+from tasks.caption import Captioner, CaptionerConfig, register_captioner
+from tasks.clipcap import ClipCapModel, load_clipcap
+from tasks.models import TOY_MODEL_NAME, LoadedModel, encode_images, load_model, model_lock, resolve_spec
+from toy import TOY_CLIPCAP
+
+_CACHE: dict[tuple, tuple] = {}
+_LOCK = threading.Lock()
+
+
+def _load(path: str, tokenizer: str | None, device: str) -> tuple:
+    """Model and tokenizer, loaded once per process and device."""
+    with _LOCK:
+        key = (path, tokenizer, device)
+        if key not in _CACHE:
+            model, tok = load_clipcap(path, tokenizer)
+            _CACHE[key] = (model.to(device), tok)
+        return _CACHE[key]
+
+
+def decode(tok, ids: torch.Tensor) -> list[str]:
+    """Token ids → captions, cut after the first full stop (the authors' models go on after it)."""
+    out = []
+    for text in tok.batch_decode(ids, skip_special_tokens=True):
+        text = text.strip()
+        out.append(text[:text.index(".") + 1] if "." in text else text)
+    return out
+
+
+@register_captioner("clipcap")
+class ClipCapCaptioner(Captioner):
+    """ClipCap captions, greedy (beams=1) or beam search, `batch_size` crops per generate call."""
+
+    def __init__(self, lm: LoadedModel | None, cfg: CaptionerConfig):
+        if lm is None:
+            raise ValueError("the clipcap captioner needs the run's CLIP (lm)")
+        path = cfg.path
+        if path is None:
+            if lm.spec.name != TOY_MODEL_NAME:
+                raise ValueError("the clipcap captioner needs captioner_path: a ClipCap .pt checkpoint (with "
+                                 "captioner_tokenizer, a local GPT-2 tokenizer dir) or a save_clipcap directory")
+            path = str(TOY_CLIPCAP)
+        self.model, self.tok = _load(path, cfg.tokenizer, lm.spec.device)
+        mc = self.model.cfg
+        if mc.clip_model:
+            lm = load_model(resolve_spec(mc.clip_model, mc.clip_pretrained, lm.spec.device, lm.spec.precision))
+        width = getattr(lm.model.visual, "output_dim", None)
+        if width is not None and width != mc.prefix_size:
+            raise ValueError(f"ClipCap {path} maps {mc.prefix_size}-d CLIP embeddings but {lm.spec.name} makes "
+                             f"{width}-d ones: use the CLIP it was trained with (model=..., pretrained=...)")
+        self.lm, self.cfg = lm, cfg
+        stop = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        dot = self.tok.convert_tokens_to_ids(".")
+        if dot is not None and dot != self.tok.unk_token_id:
+            stop.append(dot)
+        if not stop:
+            raise ValueError(f"tokenizer of {path} has neither an eos token nor '.': captions would never stop")
+        self.stop = stop
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else stop[0]
+
+    def token_ids(self, crops: list[Image.Image], use_cache: bool = True) -> torch.Tensor:
+        emb = encode_images(self.lm, crops, normalize=False)  # (N, D)
+        with model_lock(self.model), torch.autocast(emb.device.type, self.lm.autocast_dtype or torch.float32,
+                                                     enabled=self.lm.autocast_dtype is not None):
+            return self.model.generate(emb, self.stop, self.pad, self.cfg.max_tokens, self.cfg.beams, use_cache)
+
+    def caption(self, crops: list[Image.Image]) -> list[str]:
+        out: list[str] = []
+        for b in range(0, len(crops), self.cfg.batch_size):
+            out += decode(self.tok, self.token_ids(crops[b:b + self.cfg.batch_size]))
+        return out
+
+
+__all__ = ["ClipCapCaptioner", "ClipCapModel", "decode"]

@@ -1,0 +1,88 @@
+"""The `hf` captioner: any local transformers image-to-text model directory (BLIP, GIT, ViT-GPT2, ...).
+
+Loaded through the Auto classes with `local_files_only` (there is no model hub here), once per process.
+A directory with a processor config uses it; one with only an image processor and a tokenizer (ViT-GPT2's
+VisionEncoderDecoder) gets the two put together.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import (AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
+                          ProcessorMixin)
+
+from tasks.caption import Captioner, CaptionerConfig, register_captioner
+from tasks.models import LoadedModel, model_lock, resolve_device
+
+_CACHE: dict[tuple[str, str], tuple] = {}
+_LOCK = threading.Lock()
+
+
+def load_image_to_text(path: str, device: str) -> tuple:
+    """(model, image processor, tokenizer, processor or None) from a local directory, once per process."""
+    with _LOCK:
+        key = (str(Path(path).resolve()), device)
+        if key in _CACHE:
+            return _CACHE[key]
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"hf captioner: {path} is not a directory; pass captioner_path=DIR holding a "
+                                    "transformers image-to-text model (config.json, weights, processor files)")
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"hf captioner: {path} holds no image-to-text model the Auto classes know: {e}") from e
+        try:
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, TypeError):
+            processor = None  # no processor config: image processor and tokenizer are loaded on their own
+        if isinstance(processor, ProcessorMixin):
+            image_proc, tok = processor.image_processor, processor.tokenizer
+        else:
+            processor = None
+            try:
+                image_proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+                tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"hf captioner: {path} lacks an image processor or tokenizer: {e}") from e
+        _CACHE[key] = (model.to(device).eval(), image_proc, tok, processor)
+        return _CACHE[key]
+
+
+@register_captioner("hf")
+class HFCaptioner(Captioner):
+    """Captions from `model.generate`, greedy or beam search, `batch_size` crops per call."""
+
+    def __init__(self, lm: LoadedModel | None, cfg: CaptionerConfig):
+        if not cfg.path:
+            raise ValueError("the hf captioner needs captioner_path: a local transformers image-to-text model "
+                             "directory (e.g. a saved BLIP, GIT or ViT-GPT2)")
+        self.device = lm.spec.device if lm is not None else resolve_device("auto")
+        self.model, self.image_proc, self.tok, self.processor = load_image_to_text(cfg.path, self.device)
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def token_ids(self, crops: list[Image.Image]) -> torch.Tensor:
+        images = [c.convert("RGB") for c in crops]
+        if self.processor is not None and self.cfg.prompt:
+            inputs = self.processor(images=images, text=[self.cfg.prompt] * len(images), return_tensors="pt")
+        else:
+            inputs = self.image_proc(images=images, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        with model_lock(self.model):
+            return self.model.generate(**inputs, max_new_tokens=self.cfg.max_tokens, num_beams=self.cfg.beams,
+                                       do_sample=False, pad_token_id=pad)
+
+    def caption(self, crops: list[Image.Image]) -> list[str]:
+        out: list[str] = []
+        for b in range(0, len(crops), self.cfg.batch_size):
+            for text in self.tok.batch_decode(self.token_ids(crops[b:b + self.cfg.batch_size]),
+                                              skip_special_tokens=True):
+                text = text.strip()
+                if self.cfg.prompt and text.lower().startswith(self.cfg.prompt.lower()):
+                    text = text[len(self.cfg.prompt):].strip()  # conditional models repeat the prompt
+                out.append(text)
+        return out

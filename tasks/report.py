@@ -1,0 +1,167 @@
+"""The run report: one self-contained HTML file (figures and images inlined as data URIs).
+
+Sections: per-class accuracy, template comparison, top-k probability bars for sampled images, heatmap
+overlays with region boxes and captions (misclassified images first), per-class summaries, and accuracy
+against each summary property with its correlations. Data comes through storage/ (named queries).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from storage.query import connect, format_table, named_query, resolve_run, rows_for_images
+from storage.writer import write_file
+from tasks.data import ImageLoadError, load_image
+from tasks.overlay import overlay_row
+from tasks.report_plots import accuracy_bars, property_scatter, template_bars, topk_panels
+from tasks.runinfo import run_logger
+
+SECTIONS = ("accuracy", "templates", "topk", "explanations", "summaries", "trends")
+# Counts images that failed to decode and script errors into <body data-...> for headless checks.
+CHECK_JS = """<script>
+window.mapcapErrors = 0;
+window.addEventListener('error', () => { window.mapcapErrors += 1; }, true);
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  document.body.dataset.images = imgs.length;
+  document.body.dataset.broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  document.body.dataset.errors = window.mapcapErrors;
+});
+</script>"""
+CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}h2{border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}
+.card{display:inline-block;width:520px;margin:6px;vertical-align:top;font-size:13px}.wrong{color:#c44e52}
+.ok{color:#55a868}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow-x:auto}"""
+
+
+def _img(data: bytes, alt: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}"{w} src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    def cell(v):
+        return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _decode(path: str) -> Image.Image | None:
+    try:
+        return load_image(path)[0]
+    except ImageLoadError:
+        return None  # the failures table already records it; the report just leaves the picture out
+
+
+def _where(caption: dict) -> str:
+    return "image" if caption["region_id"] < 0 else f"{caption['target']} region {caption['region_id']}"
+
+
+def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
+    """Overlays (image, predicted-class map with its regions, true-class map) and the captions, mistakes first."""
+    chosen = sorted(preds, key=lambda p: (p["correct"], -p["pred_prob"], p["image_id"]))[:limit]
+    ids = [p["image_id"] for p in chosen]
+    paths = {r["image_id"]: r["path"] for r in rows_for_images(con, "images", run, ids)}
+    maps = {(r["image_id"], r["target"]): r for r in rows_for_images(con, "relevancy", run, ids)
+            if r["method"] == "chefer"}
+    regions, captions = defaultdict(list), defaultdict(list)
+    for r in rows_for_images(con, "regions", run, ids):
+        if r["method"] == "chefer" and r["target"] == "pred":
+            regions[r["image_id"]].append(r)
+    for c in rows_for_images(con, "captions", run, ids):
+        captions[c["image_id"]].append(c)
+    cards = []
+    for p in chosen:
+        image = _decode(paths.get(p["image_id"], ""))
+        if image is None:
+            continue
+        grid = {t: np.asarray(m["map"], np.float32).reshape(m["grid"], m["grid"])
+                for (iid, t), m in maps.items() if iid == p["image_id"]}
+        boxes = [[], [tuple(r["bbox"]) for r in regions[p["image_id"]]], []]
+        row = overlay_row(image, [None, grid.get("pred"), grid.get("label")],
+                          ["image", f"pred: {p['pred']}", f"true: {p['label']}"], tile=160, boxes=boxes)
+        caps = sorted(captions[p["image_id"]], key=lambda c: (c["captioner"], c["target"], c["region_id"]))
+        lines = "".join(f"<li>{html.escape(c['captioner'])} · {_where(c)}: <b>{html.escape(c['text'])}</b> "
+                        f"(CLIPScore {c['clipscore']:.2f})</li>" for c in caps)
+        verdict = "ok" if p["correct"] else "wrong"
+        cards.append(f'<div class="card">{_img(_png(row), "overlay " + p["image_id"])}<br>'
+                     f'<span class="{verdict}">{html.escape(p["label"])} → {html.escape(p["pred"])} '
+                     f'({p["pred_prob"]:.2f})</span><ul>{lines}</ul></div>')
+    return "".join(cards) or "<p>No relevancy maps in this run (stages relevancy, regions, captions).</p>"
+
+
+def build_report(root: str, run: str = "latest", explained: int = 12, sampled: int = 6) -> tuple[str, str]:
+    """(run id, HTML) of the report for a run."""
+    con = connect(root)
+    run = resolve_run(con, run)
+    per_class = named_query(con, "per_class_accuracy", run).to_pylist()
+    templates = named_query(con, "per_template_accuracy", run).to_pylist()
+    table = named_query(con, "per_class_table", run).to_pylist()
+    stats_rows = named_query(con, "accuracy_vs_property", run).to_pylist()
+    points = named_query(con, "property_points", run).to_pylist()
+    subsets = named_query(con, "class_summaries", run).to_pylist()
+    preds = named_query(con, "ensemble_predictions", run).to_pylist()
+    paths = {r["image_id"]: r["path"] for r in named_query(con, "image_paths", run).to_pylist()}
+    rng = np.random.default_rng(0)
+    wrong, right = [p for p in preds if not p["correct"]], [p for p in preds if p["correct"]]
+    sample = [wrong[i] for i in rng.permutation(len(wrong))[:sampled // 2]]
+    sample += [right[i] for i in rng.permutation(len(right))[:sampled - len(sample)]]
+    topk = [(img, p) for p in sample if (img := _decode(paths.get(p["image_id"], ""))) is not None]
+    captioner = points[0]["captioner"] if points else None
+    stats = {r["property"]: r for r in stats_rows if r["captioner"] == captioner}
+    acc = np.mean([p["correct"] for p in preds]) if preds else float("nan")
+    parts = [f"<h1>MapCap run <code>{html.escape(run)}</code></h1>",
+             f"<p>{len(preds)} images, ensemble accuracy {acc:.3f}. Written "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from <code>{html.escape(root)}</code>.</p>",
+             '<h2 id="accuracy">Per-class accuracy</h2>',
+             _img(accuracy_bars(per_class), "per-class accuracy") if per_class else "<p>No predictions.</p>",
+             '<h2 id="templates">Prompt templates</h2>',
+             _img(template_bars(templates), "template accuracy") if templates else "<p>No templates.</p>",
+             '<h2 id="topk">Top-k probabilities of sampled images</h2>',
+             _img(topk_panels(topk), "top-k probabilities") if topk else "<p>No images could be read.</p>",
+             '<h2 id="explanations">What CLIP looked at (misclassified first)</h2>',
+             explanation_cards(con, run, preds, explained),
+             '<h2 id="summaries">Per-class summaries</h2>',
+             _table(table, ["class_name", "n", "accuracy", "top_confusion", "captioner", "summary",
+                            "class_mention_share", "other_class_share", "on_object_share"]),
+             "<h3>Correct vs misclassified</h3>",
+             _table(subsets, ["class_name", "subset", "captioner", "n_images", "accuracy", "summary"]),
+             '<h2 id="trends">Accuracy against summary properties</h2>',
+             (_img(property_scatter([p for p in points if p["captioner"] == captioner], stats),
+                   "accuracy vs properties") if points else "<p>No class summaries (stage summarize).</p>"),
+             f"<pre>{html.escape(format_table(named_query(con, 'accuracy_vs_property', run)))}</pre>"]
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>MapCap {html.escape(run)}</title>"
+           f"<style>{CSS}</style>{CHECK_JS}</head><body>{''.join(parts)}</body></html>")
+    return run, doc
+
+
+def write_report(root: str, run: str = "latest", out: str | None = None) -> str:
+    """Write the report to `out`, or to <root>/reports/<run>.html; returns where."""
+    run_id, doc = build_report(root, run)
+    if out:
+        folder, name = os.path.split(os.path.abspath(out)) if "://" not in out else out.rsplit("/", 1)
+        return write_file(folder, name, doc.encode())
+    return write_file(root, f"reports/{run_id}.html", doc.encode())
+
+
+@task(name="write-report", cache_policy=NO_CACHE)
+def write_report_task(root: str, run_id: str) -> str:
+    path = write_report(root, run_id)
+    run_logger(__name__).info("report written to %s", path)
+    return path

@@ -1,0 +1,86 @@
+"""The report's figures (matplotlib, Agg), each returned as PNG bytes to be inlined."""
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def accuracy_bars(rows: list[dict]) -> bytes:
+    """Per-class accuracy, worst first, with each class's image count."""
+    rows = sorted(rows, key=lambda r: (r["accuracy"], r["class_name"]))
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1))
+    ax.barh([r["class_name"] for r in rows], [r["accuracy"] for r in rows], color="#4c72b0")
+    for i, r in enumerate(rows):
+        ax.text(min(r["accuracy"], 0.98), i, f" {r['accuracy']:.2f} (n={r['n']})", va="center",
+                ha="right" if r["accuracy"] > 0.5 else "left", color="white" if r["accuracy"] > 0.5 else "black",
+                fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy (template ensemble)")
+    return _png(fig)
+
+
+def template_bars(rows: list[dict]) -> bytes:
+    """Accuracy per prompt template, the ensemble highlighted."""
+    rows = sorted(rows, key=lambda r: r["accuracy"])
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1))
+    ax.barh([r["template"][:60] for r in rows], [r["accuracy"] for r in rows],
+            color=["#dd8452" if r["template"] == "ensemble" else "#55a868" for r in rows])
+    lo = min(r["accuracy"] for r in rows)
+    ax.set_xlim(max(0.0, lo - 0.1), 1)
+    ax.set_xlabel("accuracy")
+    return _png(fig)
+
+
+def topk_panels(items: list[tuple[Image.Image, dict]]) -> bytes:
+    """Image and its top-k probability bars, one row per sampled image (true class in green, wrong in red)."""
+    fig, axes = plt.subplots(len(items), 2, figsize=(7, 1.6 * len(items)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2.2]})
+    for (img, p), (ax_i, ax_b) in zip(items, axes):
+        ax_i.imshow(img)
+        ax_i.set_axis_off()
+        ax_i.set_title(f"true: {p['label']}", fontsize=8)
+        labels, probs = p["topk_labels"][::-1], p["topk_probs"][::-1]
+        ax_b.barh(range(len(labels)), probs,
+                  color=["#55a868" if lab == p["label"] else ("#c44e52" if lab == p["pred"] else "#8c8c8c")
+                         for lab in labels])
+        ax_b.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax_b.set_xlim(0, 1)
+        ax_b.tick_params(axis="x", labelsize=7)
+    return _png(fig)
+
+
+def property_scatter(points: list[dict], stats: dict[str, dict]) -> bytes:
+    """Per-class accuracy against each summary property, one panel each, titled with r, ρ and the slope."""
+    props = sorted({p["property"] for p in points})
+    cols = 3
+    fig, axes = plt.subplots(math.ceil(len(props) / cols), cols, figsize=(10, 3 * math.ceil(len(props) / cols)),
+                             squeeze=False)
+    for ax, prop in zip(axes.flat, props):
+        pts = [p for p in points if p["property"] == prop]
+        ax.scatter([p["value"] for p in pts], [p["accuracy"] for p in pts], color="#4c72b0")
+        for p in pts:
+            ax.annotate(p["class_name"], (p["value"], p["accuracy"]), fontsize=7, xytext=(3, 2),
+                        textcoords="offset points")
+        s = stats.get(prop, {})
+        fmt = (lambda v: "–" if v is None or v != v else f"{v:+.2f}")  # noqa: E731 (None and NaN print as –)
+        ax.set_title(f"{prop}\nr {fmt(s.get('pearson'))}  ρ {fmt(s.get('spearman'))}  "
+                     f"slope {fmt(s.get('slope'))}  n {s.get('n', len(pts))}", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(props):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _png(fig)
