@@ -90,9 +90,12 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     """Classify (and later explain) every image of a dataset, shard by shard, into Parquet under `params.out`."""
     logger = get_run_logger()
     started = datetime.now(timezone.utc)
+    cap = CaptionerConfig(params.captioner, params.captioner_path, params.captioner_tokenizer, params.concept_bank,
+                          beams=params.caption_beams, max_tokens=params.caption_max_tokens, prompt=params.caption_prompt)
     plan = plan_run_task(dataset=params.dataset, class_map=params.class_map, model=params.model,
                          pretrained=params.pretrained, templates=params.templates, shard_size=params.shard_size,
-                         device=params.device, precision=params.precision, run_name=params.run_name)
+                         device=params.device, precision=params.precision, run_name=params.run_name,
+                         captioner=cap if "captions" in params.stages else None)
     pdict = params.model_dump()
     record_run_task(params.out, plan, pdict, "running", started)
     logger.info("run %s: %d images in %d shards, %d classes, %d templates, model %s (%s) on %s/%s",
@@ -116,9 +119,6 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
             last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
                                           unmapped(params.out), unmapped(params.force), upstream=last)
             if "captions" in params.stages:
-                cap = CaptionerConfig(params.captioner, params.captioner_path, params.captioner_tokenizer,
-                                      params.concept_bank, beams=params.caption_beams,
-                                      max_tokens=params.caption_max_tokens, prompt=params.caption_prompt)
                 ccfg = CaptionsConfig(plan.model, cap, "chefer", params.caption_top_k, params.caption_context,
                                       plan.dataset)
                 last = captions_shard_task.map(unmapped(ccfg), plan.run_id, shard_ids, unmapped(params.out),

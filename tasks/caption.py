@@ -46,6 +46,10 @@ class Captioner:
     def caption(self, crops: list[Image.Image]) -> list[str]:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
+        """Cheap checks of cfg before a run starts (no model loading); raise ValueError naming the fix."""
+
 
 def register_captioner(name: str):
     def deco(cls):
@@ -55,12 +59,21 @@ def register_captioner(name: str):
     return deco
 
 
-def make_captioner(cfg: CaptionerConfig, lm: LoadedModel | None = None) -> Captioner:
+def captioner_class(name: str) -> type[Captioner]:
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
-    if cfg.name not in CAPTIONERS:
-        raise ValueError(f"unknown captioner {cfg.name!r}; registered captioners are {sorted(CAPTIONERS)}")
-    return CAPTIONERS[cfg.name](lm, cfg)
+    if name not in CAPTIONERS:
+        raise ValueError(f"unknown captioner {name!r}; registered captioners are {sorted(CAPTIONERS)}")
+    return CAPTIONERS[name]
+
+
+def make_captioner(cfg: CaptionerConfig, lm: LoadedModel | None = None) -> Captioner:
+    return captioner_class(cfg.name)(lm, cfg)
+
+
+def check_captioner(cfg: CaptionerConfig, model_name: str) -> None:
+    """Fail before any shard runs when the captioner cannot work with this config and model."""
+    captioner_class(cfg.name).check(cfg, model_name)
 
 
 def load_concept_bank(path: str | Path) -> dict[str, list[str]]:
@@ -97,15 +110,21 @@ def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: fl
 class RetrievalCaptioner(Captioner):
     """The `k` concept-bank phrases closest to the crop, joined with ', '."""
 
-    def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
+    @classmethod
+    def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
         if cfg.concept_bank:
-            bank = load_concept_bank(cfg.concept_bank)
-        elif lm.spec.name == TOY_MODEL_NAME:
-            from toy.dataset import caption_bank
-            bank = caption_bank()
-        else:
+            load_concept_bank(cfg.concept_bank)
+        elif model_name != TOY_MODEL_NAME:
             raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
                              "{class name: [phrase, ...]}")
+
+    def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
+        self.check(cfg, lm.spec.name)
+        if cfg.concept_bank:
+            bank = load_concept_bank(cfg.concept_bank)
+        else:
+            from toy.dataset import caption_bank
+            bank = caption_bank()
         k = cfg.phrases
         phrases = sorted({p for ps in bank.values() for p in ps})
         if not phrases:

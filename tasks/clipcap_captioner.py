@@ -6,6 +6,7 @@ authors' `.pt` file uses the run's CLIP, whose embedding width must match the ch
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -42,15 +43,22 @@ def decode(tok, ids: torch.Tensor) -> list[str]:
 class ClipCapCaptioner(Captioner):
     """ClipCap captions, greedy (beams=1) or beam search, `batch_size` crops per generate call."""
 
+    @classmethod
+    def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
+        if cfg.path is None and model_name != TOY_MODEL_NAME:
+            raise ValueError("the clipcap captioner needs captioner_path: a ClipCap .pt checkpoint (with "
+                             "captioner_tokenizer, a local GPT-2 tokenizer dir) or a save_clipcap directory")
+        if cfg.path is not None and not Path(cfg.path).exists():
+            raise ValueError(f"ClipCap checkpoint {cfg.path} does not exist")
+        if cfg.path is not None and Path(cfg.path).is_file() and not cfg.tokenizer:
+            raise ValueError(f"{cfg.path} is an authors' ClipCap checkpoint: pass captioner_tokenizer=DIR, a local "
+                             "directory with GPT-2's tokenizer files")
+
     def __init__(self, lm: LoadedModel | None, cfg: CaptionerConfig):
         if lm is None:
             raise ValueError("the clipcap captioner needs the run's CLIP (lm)")
-        path = cfg.path
-        if path is None:
-            if lm.spec.name != TOY_MODEL_NAME:
-                raise ValueError("the clipcap captioner needs captioner_path: a ClipCap .pt checkpoint (with "
-                                 "captioner_tokenizer, a local GPT-2 tokenizer dir) or a save_clipcap directory")
-            path = str(TOY_CLIPCAP)
+        self.check(cfg, lm.spec.name)
+        path = cfg.path or str(TOY_CLIPCAP)
         self.model, self.tok = _load(path, cfg.tokenizer, lm.spec.device)
         mc = self.model.cfg
         if mc.clip_model:

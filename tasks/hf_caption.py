@@ -27,9 +27,6 @@ def load_image_to_text(path: str, device: str) -> tuple:
         key = (str(Path(path).resolve()), device)
         if key in _CACHE:
             return _CACHE[key]
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"hf captioner: {path} is not a directory; pass captioner_path=DIR holding a "
-                                    "transformers image-to-text model (config.json, weights, processor files)")
         try:
             model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as e:
@@ -55,10 +52,17 @@ def load_image_to_text(path: str, device: str) -> tuple:
 class HFCaptioner(Captioner):
     """Captions from `model.generate`, greedy or beam search, `batch_size` crops per call."""
 
-    def __init__(self, lm: LoadedModel | None, cfg: CaptionerConfig):
+    @classmethod
+    def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
         if not cfg.path:
             raise ValueError("the hf captioner needs captioner_path: a local transformers image-to-text model "
                              "directory (e.g. a saved BLIP, GIT or ViT-GPT2)")
+        if not Path(cfg.path).is_dir():
+            raise FileNotFoundError(f"hf captioner: {cfg.path} is not a directory; pass captioner_path=DIR holding "
+                                    "a transformers image-to-text model (config.json, weights, processor files)")
+
+    def __init__(self, lm: LoadedModel | None, cfg: CaptionerConfig):
+        self.check(cfg, lm.spec.name if lm is not None else "")
         self.device = lm.spec.device if lm is not None else resolve_device("auto")
         self.model, self.image_proc, self.tok, self.processor = load_image_to_text(cfg.path, self.device)
         self.cfg = cfg

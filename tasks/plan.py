@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.caption import CaptionerConfig, check_captioner
 from tasks.data import Item, plan_shards, read_dataset
 from tasks.models import ModelSpec, resolve_spec
 from tasks.runinfo import config_hash
@@ -69,9 +70,12 @@ def make_run_id(run_name: str | None, params_hash: str) -> str:
 
 
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
-             shard_size: int, device: str, precision: str, run_name: str | None) -> RunPlan:
+             shard_size: int, device: str, precision: str, run_name: str | None,
+             captioner: CaptionerConfig | None = None) -> RunPlan:
     """Everything a run needs, validated before any shard starts (bad input fails here, with the fix)."""
     spec = resolve_spec(model, pretrained, device, precision)
+    if captioner is not None:
+        check_captioner(captioner, spec.name)
     tpl = resolve_templates(templates)
     source = str(ensure_toy_dataset()) if dataset == TOY else dataset
     ds = read_dataset(source, class_map)

@@ -76,6 +76,11 @@ def test_bad_model_fails_before_any_shard(prefect_harness, toy_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Nope'"):
         explain(ExplainParams(dataset=str(toy_dir), model="ViT-Nope", pretrained="", out=str(tmp_path)))
     assert not (tmp_path / "predictions").exists()
+    with pytest.raises(ValueError, match="hf captioner needs captioner_path"):
+        explain(ExplainParams(dataset=str(toy_dir), captioner="hf", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="retrieval captioner needs a concept bank"):
+        explain(ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", out=str(tmp_path)))
+    assert not (tmp_path / "predictions").exists()
 
 
 def test_relevancy_stage_writes_maps_for_pred_and_label(first_run):
