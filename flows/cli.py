@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                            ("models", "accuracy per dataset and model across runs"),
                            ("template-trends", "accuracy per prompt template and model across runs")):
         _root_arg(sub.add_parser(name, help=helptext))
+    p = sub.add_parser("serve", help="serve the explain (scheduled) and reprocess deployments from this process")
+    _flow_args(p)
+    p.add_argument("--dataset", default="toy", help="dataset of the scheduled explain runs")
+    p.add_argument("--cron", default="0 3 * * *", help="schedule of the explain deployment (UTC cron)")
     p = sub.add_parser("report", help="write a run's self-contained HTML report")
     p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
     _root_arg(p)
@@ -189,6 +193,19 @@ def cmd_named(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """flow.serve with the same deployments as deployments/prefect.yaml: one process, no work pool."""
+    from prefect import serve
+
+    from flows.explain import explain
+    from flows.reprocess import reprocess
+
+    params = _params(args).model_dump()
+    serve(explain.to_deployment("explain-nightly", cron=args.cron, parameters={"params": params}),
+          reprocess.to_deployment("reprocess"))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from tasks.report import write_report
 
@@ -260,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": cmd_run, "run": cmd_run, "sql": cmd_sql, "classes": cmd_named, "templates": cmd_named,
                 "confusion": cmd_named, "evaluations": cmd_named, "captions": cmd_named, "runs": cmd_named, "check": cmd_check,
                 "summaries": cmd_named, "trends": cmd_named, "drift": cmd_named, "models": cmd_named,
-                "template-trends": cmd_named, "report": cmd_report,
+                "template-trends": cmd_named, "report": cmd_report, "serve": cmd_serve,
                 "relevancy": cmd_relevancy, "toy": cmd_toy}
     try:
         return handlers[args.cmd](args)

@@ -17,7 +17,7 @@ from tasks.caption import CaptionerConfig
 from tasks.captions_stage import CaptionsConfig, captions_shard_task
 from tasks.classify import ClassifyConfig, classify_shard_task
 from tasks.evaluate import evaluate_run_task
-from tasks.plan import plan_run_task
+from tasks.plan import plan_run_task, shards_to_force
 from tasks.regions_stage import RegionsConfig, regions_shard_task
 from tasks.relevancy_stage import RelevancyConfig, relevancy_shard_task
 from tasks.report import write_report_task
@@ -48,6 +48,8 @@ class ExplainParams(BaseModel):
     out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
     run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished shards")
     force: bool = Field(False, description="redo shards that are already complete")
+    redo_classes: list[str] | None = Field(None, description="redo only the shards holding images of these classes "
+                                                             "(reprocessing a subset; other shards are reused)")
     stages: list[Literal["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"]] = Field(
         ["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
         description="stages to run: classify (always; later stages read it), relevancy, regions and captions (per "
@@ -95,7 +97,7 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     plan = plan_run_task(dataset=params.dataset, class_map=params.class_map, model=params.model,
                          pretrained=params.pretrained, templates=params.templates, shard_size=params.shard_size,
                          device=params.device, precision=params.precision, run_name=params.run_name,
-                         captioner=cap if "captions" in params.stages else None)
+                         captioner=cap if "captions" in params.stages else None, redo_classes=params.redo_classes)
     pdict = params.model_dump()
     record_run_task(params.out, plan, pdict, "running", started)
     logger.info("run %s: %d images in %d shards, %d classes, %d templates, model %s (%s) on %s/%s",
@@ -104,25 +106,26 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     cfg = ClassifyConfig(plan.model, plan.classes, plan.templates, params.top_k, params.batch_size, params.workers)
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
     shard_ids = list(range(len(plan.shards)))
+    forces = shards_to_force(plan, params.force, params.redo_classes)
     classified = classify_shard_task.map(unmapped(cfg), plan.run_id, shard_ids, [list(s) for s in plan.shards],
-                                         unmapped(params.out), unmapped(params.force))
+                                         unmapped(params.out), forces)
     last = classified  # the last stage of each shard's chain
     if "relevancy" in params.stages:
         rcfg = RelevancyConfig(plan.model, plan.classes, plan.templates, tuple(params.relevancy_methods),
                                tuple(params.start_layers) if params.start_layers else None,
                                params.batch_size, params.workers)
         last = relevancy_shard_task.map(unmapped(rcfg), plan.run_id, shard_ids, unmapped(params.out),
-                                        unmapped(params.force), upstream=classified)
+                                        forces, upstream=classified)
         if "regions" in params.stages:
             seg = SegmentConfig(params.segment_threshold, params.segment_mass, params.segment_min_area,
                                 params.segment_top_k, params.segment_superpixels)
             last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
-                                          unmapped(params.out), unmapped(params.force), upstream=last)
+                                          unmapped(params.out), forces, upstream=last)
             if "captions" in params.stages:
                 ccfg = CaptionsConfig(plan.model, cap, "chefer", params.caption_top_k, params.caption_context,
                                       plan.dataset)
                 last = captions_shard_task.map(unmapped(ccfg), plan.run_id, shard_ids, unmapped(params.out),
-                                               unmapped(params.force), upstream=last)
+                                               forces, upstream=last)
     shard_of = {f.task_run_id: i for i, f in enumerate(last)}
     failed: set[int] = set()
     for n, fut in enumerate(as_completed(last), start=1):

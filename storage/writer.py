@@ -67,6 +67,8 @@ def _atomic(fs: fsspec.AbstractFileSystem, final: str, write: Callable[[Any], No
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
+    for stale in fs.glob(f"{folder}/.{name}.*.tmp"):  # left by a writer killed mid-write (SIGKILL, power loss)
+        fs.rm(stale)
     return final
 
 

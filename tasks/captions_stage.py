@@ -16,7 +16,7 @@ from storage.writer import is_complete, read_table, shard_name, write_table
 from tasks.caption import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
 from tasks.data import ImageLoadError, load_image
 from tasks.models import ModelSpec, load_model
-from tasks.runinfo import chained_hash, library_versions, run_logger
+from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 
@@ -84,7 +84,7 @@ def captions_shard(cfg: CaptionsConfig, run_id: str, shard: int, root: str, forc
 
 
 @task(name="captions-shard", task_run_name="captions-shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE,
-      retries=1, retry_delay_seconds=5)
+      **SHARD_RETRIES)
 def captions_shard_task(cfg: CaptionsConfig, run_id: str, shard: int, root: str, force: bool = False,
                         upstream: dict | None = None) -> dict:
     return captions_shard(cfg, run_id, shard, root, force, log=run_logger(__name__))

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from storage.writer import count_rows, is_complete, shard_name, write_table
 from tasks.data import ImageLoadError, Item, load_image, image_id_of
 from tasks.models import LoadedModel, ModelSpec, load_model, model_lock
-from tasks.runinfo import config_hash, library_versions, run_logger
+from tasks.runinfo import SHARD_RETRIES, config_hash, library_versions, run_logger
 
 STAGE_VERSION = 1  # bump when the stage's output for the same inputs changes; redoes finished shards
 TABLES = ["images", "predictions", "failures"]
@@ -154,7 +154,7 @@ def classify_shard(cfg: ClassifyConfig, run_id: str, shard: int, items: list[Ite
 
 
 @task(name="classify-shard", task_run_name="classify-shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE,
-      retries=1, retry_delay_seconds=5)
+      **SHARD_RETRIES)
 def classify_shard_task(cfg: ClassifyConfig, run_id: str, shard: int, items: list[Item], root: str,
                         force: bool = False) -> dict:
     return classify_shard(cfg, run_id, shard, items, root, force, log=run_logger(__name__))

@@ -71,7 +71,7 @@ def make_run_id(run_name: str | None, params_hash: str) -> str:
 
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
              shard_size: int, device: str, precision: str, run_name: str | None,
-             captioner: CaptionerConfig | None = None) -> RunPlan:
+             captioner: CaptionerConfig | None = None, redo_classes: list[str] | None = None) -> RunPlan:
     """Everything a run needs, validated before any shard starts (bad input fails here, with the fix)."""
     spec = resolve_spec(model, pretrained, device, precision)
     if captioner is not None:
@@ -82,9 +82,20 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     if len(ds.classes) < 2:
         raise ValueError(f"dataset {source} has {len(ds.classes)} class(es) {list(ds.classes)}; zero-shot "
                          f"classification needs at least two")
+    unknown = sorted(set(redo_classes or ()) - set(ds.classes))
+    if unknown:
+        raise ValueError(f"redo_classes {unknown} are not classes of {source}; its classes are {list(ds.classes)}")
     shards = tuple(tuple(s) for s in plan_shards(ds.items, shard_size))
     run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
     return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
+
+
+def shards_to_force(plan: RunPlan, force: bool, redo_classes: list[str] | None) -> list[bool]:
+    """Per shard: redo it even if complete? All with force; with redo_classes, those holding such images."""
+    if redo_classes:
+        redo = set(redo_classes)
+        return [any(item.label in redo for item in shard) for shard in plan.shards]
+    return [force] * len(plan.shards)
 
 
 @task(name="plan-run", cache_policy=NO_CACHE)

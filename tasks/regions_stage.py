@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.writer import is_complete, read_table, shard_name, write_table
 from tasks.data import ImageLoadError, load_image
-from tasks.runinfo import chained_hash, library_versions, run_logger
+from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
 from tasks.segment import SegmentConfig, rle_encode, segment_map
 
 STAGE_VERSION = 1
@@ -63,8 +63,7 @@ def regions_shard(cfg: RegionsConfig, run_id: str, shard: int, root: str, force:
     return {"shard": shard, "skipped": False, "n_regions": len(rows)}
 
 
-@task(name="regions-shard", task_run_name="regions-shard-{shard}", cache_policy=NO_CACHE, retries=1,
-      retry_delay_seconds=5)
+@task(name="regions-shard", task_run_name="regions-shard-{shard}", cache_policy=NO_CACHE, **SHARD_RETRIES)
 def regions_shard_task(cfg: RegionsConfig, run_id: str, shard: int, root: str, force: bool = False,
                        upstream: dict | None = None) -> dict:
     return regions_shard(cfg, run_id, shard, root, force, log=run_logger(__name__))

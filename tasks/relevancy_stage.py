@@ -13,7 +13,7 @@ from tasks.classify import ENSEMBLE, prepared, text_classifier
 from tasks.data import Item
 from tasks.models import ModelSpec, load_model
 from tasks.relevancy import default_start_layer, map_stats, relevancy_maps
-from tasks.runinfo import chained_hash, library_versions, run_logger
+from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 TARGETS = ("pred", "label")
@@ -105,7 +105,7 @@ def relevancy_shard(cfg: RelevancyConfig, run_id: str, shard: int, root: str, fo
 
 
 @task(name="relevancy-shard", task_run_name="relevancy-shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE,
-      retries=1, retry_delay_seconds=5)
+      **SHARD_RETRIES)
 def relevancy_shard_task(cfg: RelevancyConfig, run_id: str, shard: int, root: str, force: bool = False,
                          upstream: dict | None = None) -> dict:
     """`upstream` is the shard's classify result: passing its future makes Prefect order the two."""

@@ -10,6 +10,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from prefect.tasks import exponential_backoff
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,3 +84,9 @@ def chained_hash(root: str, run_id: str, shard: int, upstream: str, stage: str, 
         raise FileNotFoundError(f"shard {shard} of run {run_id} has no {upstream} table yet; run the stage that "
                                 f"writes it first (stages run in the order classify, relevancy, regions, captions)")
     return config_hash(stage, version, cfg, meta.get(META_CONFIG_HASH, b"").decode())
+
+
+# Retries of every per-shard task: transient errors (a flaky filesystem, a GPU hiccup) get two more tries after
+# 2 s and 4 s, with jitter so that shards failing together do not retry together.
+SHARD_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+                 "retry_jitter_factor": 0.5}

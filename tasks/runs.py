@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.writer import write_table
+from storage.writer import read_run, write_table
 from tasks.plan import RunPlan
 from tasks.runinfo import code_version, library_versions, to_jsonable
 
@@ -42,3 +42,16 @@ def record_run(root: str, plan: RunPlan, params: dict, status: str, started_at: 
 def record_run_task(root: str, plan: RunPlan, params: dict, status: str, started_at: datetime,
                     shard_results: list[dict] | None = None, failed_shards: list[int] | None = None) -> str:
     return record_run(root, plan, params, status, started_at, shard_results, failed_shards)
+
+
+def stored_params(root: str, run_id: str) -> dict:
+    """The flow parameters a run was started with (from its `runs` row), to reprocess it."""
+    rows = read_run(root, "runs", run_id).to_pylist()
+    if not rows:
+        raise ValueError(f"no run {run_id!r} under {root}: `mapcap runs --root {root}` lists the runs there")
+    return json.loads(rows[0]["params_json"])
+
+
+@task(name="stored-params", cache_policy=NO_CACHE)
+def stored_params_task(root: str, run_id: str) -> dict:
+    return stored_params(root, run_id)

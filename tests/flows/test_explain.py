@@ -214,3 +214,26 @@ def test_rerun_with_clipcap_reuses_maps_and_regions(first_run):
     assert {r["captioner"] for r in rows} == {"retrieval", "clipcap"}  # both stay, side by side
     whole = [r for r in rows if r["captioner"] == "clipcap" and r["region_id"] == -1]
     assert len(whole) >= 40 and sum(r["label"] in r["text"] for r in whole) / len(whole) >= 0.85
+
+
+def test_reprocess_redoes_only_the_shards_of_the_named_classes(prefect_harness, toy_dir, tmp_path):
+    import os
+    from flows.reprocess import ReprocessParams, reprocess
+    from storage.writer import table_path
+    params = ExplainParams(dataset=str(toy_dir), out=str(tmp_path), shard_size=16, run_name="rp", device="cpu",
+                           stages=["classify"])
+    explain(params)
+    files = [table_path(str(tmp_path), "predictions", "rp", f"shard-{i:05d}") for i in range(3)]
+    before = [os.stat(f).st_mtime_ns for f in files]
+    labels = [set(r["label"] for r in run_sql(connect(str(tmp_path)), f"SELECT label FROM images WHERE shard = {i}")
+                  .to_pylist()) for i in range(3)]
+    result = reprocess(ReprocessParams(run_name="rp", out=str(tmp_path), classes=["ring"]))
+    after = [os.stat(f).st_mtime_ns for f in files]
+    assert [b != a for b, a in zip(before, after)] == ["ring" in ls for ls in labels]
+    assert result["shards_skipped"] == 3 - sum("ring" in ls for ls in labels)
+    con = connect(str(tmp_path))
+    assert named_query(con, "row_counts", "rp").to_pylist()[0] == {"images": 48, "predicted": 48, "failed": 0}
+    with pytest.raises(ValueError, match=r"redo_classes \['zebra'\] are not classes"):
+        reprocess(ReprocessParams(run_name="rp", out=str(tmp_path), classes=["zebra"]))
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        reprocess(ReprocessParams(run_name="nope", out=str(tmp_path)))

@@ -1,0 +1,167 @@
+"""Against the real thing: `prefect server start`, a process work pool, `prefect deploy` from
+deployments/prefect.yaml, a worker; flow runs triggered through the REST API as the UI does; a worker killed
+with SIGKILL mid-run and the run completed by a new one, with no duplicate and no missing row."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from storage.query import connect, run_sql
+from storage.writer import check_root
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid (from /proc), so a kill reaches the flow-run processes a worker started."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    for pid in [*_descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+class Service:
+    """A Prefect server, work pool, deployments and a worker, all in a temp PREFECT_HOME."""
+
+    def __init__(self, home: Path):
+        port = _free_port()
+        self.api = f"http://127.0.0.1:{port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
+                    "PREFECT_LOGGING_LEVEL": "INFO", "MAPCAP_REPO": str(REPO)}
+        self.log = open(home / "service.log", "w")
+        self.procs: list[subprocess.Popen] = []
+        self.server = self.start("server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui")
+        deadline = time.time() + 300  # a fresh SQLite database can take a minute to migrate
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            raise RuntimeError(f"prefect server did not come up; see {home / 'service.log'}")
+        self.cli("work-pool", "create", "process", "--type", "process")
+        self.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+        self.worker = self.start_worker()
+
+    def start(self, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([str(BIN / "prefect"), *args], env=self.env, cwd=REPO, stdout=self.log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self) -> subprocess.Popen:
+        return self.start("worker", "start", "--pool", "process")
+
+    def cli(self, *args: str) -> str:
+        run = subprocess.run([str(BIN / "prefect"), *args], env=self.env, cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return run.stdout
+
+    def deployment(self, name: str) -> dict:
+        found = httpx.post(f"{self.api}/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
+        assert len(found) == 1, found
+        return found[0]
+
+    def trigger(self, name: str, params: dict) -> str:
+        dep = self.deployment(name)
+        run = httpx.post(f"{self.api}/deployments/{dep['id']}/create_flow_run",
+                         json={"parameters": {"params": params}})
+        assert run.status_code < 300, run.text
+        return run.json()["id"]
+
+    def wait(self, flow_run_id: str, timeout: float = 400) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = httpx.get(f"{self.api}/flow_runs/{flow_run_id}").json()["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return state
+            time.sleep(1)
+        raise TimeoutError(f"flow run {flow_run_id} did not finish in {timeout}s")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                _kill(proc, signal.SIGTERM)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    svc = Service(tmp_path_factory.mktemp("prefect-service"))
+    yield svc
+    svc.close()
+
+
+def test_scheduled_deployment_carries_its_cron(service):
+    dep = service.deployment("explain-nightly")
+    crons = [s["schedule"].get("cron") for s in dep["schedules"]]
+    assert crons == ["0 3 * * *"] and dep["work_pool_name"] == "process"
+    assert "params" in dep["parameter_openapi_schema"]["properties"]  # the UI renders the typed form
+
+
+def test_sigkill_mid_run_then_resume_and_reprocess_from_the_api(service, toy_dir, tmp_path):
+    out = tmp_path / "results"
+    params = {"dataset": str(toy_dir), "out": str(out), "run_name": "svc", "device": "cpu", "shard_size": 4,
+              "stages": ["classify", "relevancy"]}
+    first = service.trigger("explain-nightly", params)
+    deadline = time.time() + 300
+    while not list(out.glob("relevancy/run=svc/*.parquet")) and time.time() < deadline:
+        time.sleep(0.2)
+    _kill(service.worker)  # SIGKILL the worker and the flow run it started, mid-run
+    done = len(list(out.glob("relevancy/run=svc/*.parquet")))
+    assert 0 < done < 12, done  # killed part-way: some shards written, not all
+    service.worker = service.start_worker()
+    again = service.trigger("explain-nightly", params)
+    assert service.wait(again) == "COMPLETED"
+    con = connect(str(out))
+    counts = run_sql(con, """SELECT count(*) AS n, count(DISTINCT image_id) AS ids FROM predictions
+                             WHERE run_id = 'svc' AND template = 'ensemble'""").to_pylist()[0]
+    assert counts == {"n": 48, "ids": 48}  # no duplicate, no missing row
+    maps = run_sql(con, "SELECT count(*) AS n FROM relevancy WHERE run_id = 'svc'").column("n")[0].as_py()
+    assert maps == 48 * 2 * 2  # pred and label maps, chefer and gradient
+    ok, bad = check_root(str(out))
+    assert not bad and ok > 0 and not list(out.rglob(".*.tmp"))  # no half file visible, no temp file left
+    skipped = run_sql(con, "SELECT n_shards_skipped FROM runs WHERE run_id = 'svc'").column(0)[0].as_py()
+    assert skipped >= done  # what the killed run finished was reused
+
+    rp = service.trigger("reprocess", {"run_name": "svc", "out": str(out), "classes": ["ring"]})
+    assert service.wait(rp) == "COMPLETED"
+    counts = run_sql(connect(str(out)), """SELECT count(*) AS n, count(DISTINCT image_id) AS ids FROM predictions
+                                          WHERE run_id = 'svc' AND template = 'ensemble'""").to_pylist()[0]
+    assert counts == {"n": 48, "ids": 48}
