@@ -36,7 +36,9 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--captioner-tokenizer", help="local GPT-2 tokenizer directory for an authors' ClipCap .pt")
     p.add_argument("--beams", type=int, default=1, help="beam width for generative captioners (1 = greedy)")
     p.add_argument("--concept-bank", help="JSON {class: [phrase, ...]} for the retrieval captioner")
-    p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
+    p.add_argument("--ray", nargs="?", const="local", help="run shard tasks on Ray: a cluster address "
+                                                            "(ray://head:10001), or none for a local Ray")
+        p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
     p.add_argument("--start-layers", nargs="+", type=int, help="chefer's first block(s) (default: the model's)")
 
 
@@ -134,7 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.explain import explain
     from storage.query import connect, named_query
 
-    result = explain(_params(args))
+    flow = explain
+    if getattr(args, "ray", None):
+        from flows.explain_ray import explain_on_ray
+        flow = explain_on_ray(None if args.ray == "local" else args.ray)
+    result = flow(_params(args))
     con = connect(args.out)
     print(f"run {result['run_id']}: {result['n_images']} images, {result['n_failures']} failed, "
           f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")

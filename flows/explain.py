@@ -4,6 +4,7 @@ This module only wires tasks; every stage's logic lives in tasks/.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -58,6 +59,8 @@ class ExplainParams(BaseModel):
                     "class discrimination where the dataset's manifest has masks), summarize (per-class caption "
                     "summaries and their properties; needs captions), report (one HTML file under <out>/reports)")
     summary_k: int = Field(3, ge=1, description="captions per class summary (picked by MMR)")
+    gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
+                                                        "for, so Ray places one shard per GPU; 0: no request")
     synonyms: dict[str, list[str]] | None = Field(None, description="{class: [synonym, ...]}: words that count as "
                                                                     "naming the class in a caption")
     eval_images: int = Field(64, ge=1, description="images the evaluate stage perturbs")
@@ -87,6 +90,14 @@ class ExplainParams(BaseModel):
                                                              "(last block for CLIP, all blocks for the toy model)")
 
 
+def gpu_request(gpus: float) -> AbstractContextManager:
+    """prefect-ray's remote_options(num_gpus=...) when asked for, else nothing."""
+    if gpus <= 0:
+        return nullcontext()
+    from prefect_ray.context import remote_options
+    return remote_options(num_gpus=gpus)
+
+
 @flow(name="explain", flow_run_name="explain-{params.dataset}", validate_parameters=True)
 def explain(params: ExplainParams = ExplainParams()) -> dict:
     """Classify (and later explain) every image of a dataset, shard by shard, into Parquet under `params.out`."""
@@ -107,25 +118,26 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
     shard_ids = list(range(len(plan.shards)))
     forces = shards_to_force(plan, params.force, params.redo_classes)
-    classified = classify_shard_task.map(unmapped(cfg), plan.run_id, shard_ids, [list(s) for s in plan.shards],
-                                         unmapped(params.out), forces)
-    last = classified  # the last stage of each shard's chain
-    if "relevancy" in params.stages:
-        rcfg = RelevancyConfig(plan.model, plan.classes, plan.templates, tuple(params.relevancy_methods),
-                               tuple(params.start_layers) if params.start_layers else None,
-                               params.batch_size, params.workers)
-        last = relevancy_shard_task.map(unmapped(rcfg), plan.run_id, shard_ids, unmapped(params.out),
-                                        forces, upstream=classified)
-        if "regions" in params.stages:
-            seg = SegmentConfig(params.segment_threshold, params.segment_mass, params.segment_min_area,
-                                params.segment_top_k, params.segment_superpixels)
-            last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
-                                          unmapped(params.out), forces, upstream=last)
-            if "captions" in params.stages:
-                ccfg = CaptionsConfig(plan.model, cap, "chefer", params.caption_top_k, params.caption_context,
-                                      plan.dataset)
-                last = captions_shard_task.map(unmapped(ccfg), plan.run_id, shard_ids, unmapped(params.out),
-                                               forces, upstream=last)
+    with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
+        classified = classify_shard_task.map(unmapped(cfg), plan.run_id, shard_ids, [list(s) for s in plan.shards],
+                                             unmapped(params.out), forces)
+        last = classified  # the last stage of each shard's chain
+        if "relevancy" in params.stages:
+            rcfg = RelevancyConfig(plan.model, plan.classes, plan.templates, tuple(params.relevancy_methods),
+                                   tuple(params.start_layers) if params.start_layers else None,
+                                   params.batch_size, params.workers)
+            last = relevancy_shard_task.map(unmapped(rcfg), plan.run_id, shard_ids, unmapped(params.out),
+                                            forces, upstream=classified)
+            if "regions" in params.stages:
+                seg = SegmentConfig(params.segment_threshold, params.segment_mass, params.segment_min_area,
+                                    params.segment_top_k, params.segment_superpixels)
+                last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
+                                              unmapped(params.out), forces, upstream=last)
+                if "captions" in params.stages:
+                    ccfg = CaptionsConfig(plan.model, cap, "chefer", params.caption_top_k, params.caption_context,
+                                          plan.dataset)
+                    last = captions_shard_task.map(unmapped(ccfg), plan.run_id, shard_ids, unmapped(params.out),
+                                                   forces, upstream=last)
     shard_of = {f.task_run_id: i for i, f in enumerate(last)}
     failed: set[int] = set()
     for n, fut in enumerate(as_completed(last), start=1):
