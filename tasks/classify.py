@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.writer import count_rows, is_complete, shard_name, write_table
 from tasks.data import ImageLoadError, Item, load_image, image_id_of
-from tasks.models import LoadedModel, ModelSpec, load_model, model_lock
+from tasks.models import LoadedModel, ModelSpec, in_batches, load_model, model_lock
 from tasks.runinfo import SHARD_RETRIES, config_hash, library_versions, run_logger
 
 STAGE_VERSION = 1  # bump when the stage's output for the same inputs changes; redoes finished shards
@@ -129,7 +129,9 @@ def classify_shard(cfg: ClassifyConfig, run_id: str, shard: int, items: list[Ite
     def flush():
         if batch:
             ids, labels, pix = zip(*batch)
-            probs = classify_pixels(lm, torch.stack(pix), classifier).cpu()
+            pixels = torch.stack(pix)  # (B, 3, H, W)
+            probs = in_batches(len(pix), len(pix), lambda i, j: classify_pixels(lm, pixels[i:j], classifier).cpu()
+                               .transpose(0, 1)).transpose(0, 1)  # (T + 1, B, C); OOM halves the batch
             preds.extend(prediction_rows(run_id, shard, list(ids), list(labels), cfg.classes, cfg.templates,
                                          probs, cfg.top_k))
             batch.clear()

@@ -140,3 +140,24 @@ def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
     """(T, D) unit text embeddings."""
     with model_lock(lm.model):
         return F.normalize(lm.model.encode_text(lm.tokenizer(texts).to(lm.spec.device)).float(), dim=-1)
+
+
+def in_batches(n: int, batch_size: int, fn: Callable[[int, int], torch.Tensor],
+               log: logging.Logger | None = None) -> torch.Tensor:
+    """fn(i, j) over [0, n) in batches, concatenated on dim 0; a CUDA out-of-memory halves the batch and retries
+    from where it stopped (down to 1, then it is raised)."""
+    out, i, bs = [], 0, max(batch_size, 1)
+    while i < n:
+        try:
+            part = fn(i, min(i + bs, n))
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise
+            bs //= 2
+            (log or logging.getLogger(__name__)).warning("CUDA out of memory: batch halved to %d", bs)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        out.append(part)
+        i += bs
+    return torch.cat(out) if out else torch.empty(0)

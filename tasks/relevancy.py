@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.attention import attention_blocks, recording_attention
-from tasks.models import TOY_MODEL_NAME, LoadedModel, model_lock
+from tasks.models import TOY_MODEL_NAME, LoadedModel, in_batches, model_lock
 
 MethodFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor, int], torch.Tensor]
 METHODS: dict[str, MethodFn] = {}
@@ -106,21 +106,13 @@ def relevancy_maps(lm: LoadedModel, method: str, pixels: torch.Tensor, text_emb:
     """(B, g, g) float32 maps on CPU, computed in batches; a CUDA out-of-memory halves the batch and retries."""
     fn = get_method(method)
     start = default_start_layer(lm.spec.name) if start_layer is None else start_layer
-    out, i, bs = [], 0, max(batch_size, 1)
     dev = lm.spec.device
-    while i < pixels.shape[0]:
-        try:
-            with model_lock(lm.model):
-                maps = fn(lm, pixels[i:i + bs].to(dev), text_emb[i:i + bs].to(dev), start)
-        except torch.cuda.OutOfMemoryError:
-            if bs == 1:
-                raise
-            bs //= 2
-            torch.cuda.empty_cache()
-            continue
-        out.append(maps.detach().float().cpu())
-        i += bs
-    return torch.cat(out) if out else torch.empty(0)
+
+    def batch(i: int, j: int) -> torch.Tensor:
+        with model_lock(lm.model):
+            return fn(lm, pixels[i:j].to(dev), text_emb[i:j].to(dev), start).detach().float().cpu()
+
+    return in_batches(pixels.shape[0], batch_size, batch)
 
 
 @torch.no_grad()

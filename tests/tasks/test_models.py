@@ -34,3 +34,21 @@ def test_toy_loads_through_open_clips_own_local_checkpoint_path(toy_model):
 def test_random_weights_for_any_vit_config():
     spec = resolve_spec("ViT-B-32", "", "cpu", "fp32")
     assert spec.pretrained == ""
+
+
+def test_in_batches_halves_the_batch_on_cuda_oom_and_loses_nothing():
+    import torch
+
+    from tasks.models import in_batches
+    calls = []
+
+    def fn(i, j):
+        calls.append(j - i)
+        if j - i > 3:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return torch.arange(i, j)
+
+    assert in_batches(10, 16, fn).tolist() == list(range(10))
+    assert calls[:3] == [10, 8, 4] and max(calls[3:]) <= 2  # 16 → 8 → 4 → 2, then on at 2
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        in_batches(3, 1, lambda i, j: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("always")))
