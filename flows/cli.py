@@ -38,7 +38,7 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concept-bank", help="JSON {class: [phrase, ...]} for the retrieval captioner")
     p.add_argument("--ray", nargs="?", const="local", help="run shard tasks on Ray: a cluster address "
                                                             "(ray://head:10001), or none for a local Ray")
-        p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
+    p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
     p.add_argument("--start-layers", nargs="+", type=int, help="chefer's first block(s) (default: the model's)")
 
 

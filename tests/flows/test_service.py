@@ -50,7 +50,10 @@ def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # did not stop on SIGTERM
+        _kill(proc, signal.SIGKILL)
 
 
 class Service:
@@ -93,22 +96,30 @@ class Service:
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         return run.stdout
 
+    def call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One REST call; a 503 (SQLite busy under the server's own background services) is retried."""
+        for attempt in range(10):
+            resp = httpx.request(method, f"{self.api}{path}", timeout=30, **kwargs)
+            if resp.status_code != 503:
+                return resp
+            time.sleep(0.5 * (attempt + 1))
+        return resp
+
     def deployment(self, name: str) -> dict:
-        found = httpx.post(f"{self.api}/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
+        found = self.call("POST", "/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
         assert len(found) == 1, found
         return found[0]
 
     def trigger(self, name: str, params: dict) -> str:
         dep = self.deployment(name)
-        run = httpx.post(f"{self.api}/deployments/{dep['id']}/create_flow_run",
-                         json={"parameters": {"params": params}})
+        run = self.call("POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": {"params": params}})
         assert run.status_code < 300, run.text
         return run.json()["id"]
 
     def wait(self, flow_run_id: str, timeout: float = 400) -> str:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            state = httpx.get(f"{self.api}/flow_runs/{flow_run_id}").json()["state"]["type"]
+            state = self.call("GET", f"/flow_runs/{flow_run_id}").json()["state"]["type"]
             if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 return state
             time.sleep(1)
@@ -165,3 +176,21 @@ def test_sigkill_mid_run_then_resume_and_reprocess_from_the_api(service, toy_dir
     counts = run_sql(connect(str(out)), """SELECT count(*) AS n, count(DISTINCT image_id) AS ids FROM predictions
                                           WHERE run_id = 'svc' AND template = 'ensemble'""").to_pylist()[0]
     assert counts == {"n": 48, "ids": 48}
+
+
+def test_mapcap_serve_serves_both_deployments_from_one_process(service, toy_dir, tmp_path):
+    """Last in this module: `mapcap serve` takes over the two deployments (same names), with its own cron."""
+    proc = subprocess.Popen([str(BIN / "mapcap"), "serve", "--dataset", str(toy_dir), "--out", str(tmp_path),
+                             "--cron", "30 4 * * *"], env=service.env, cwd=REPO, stdout=service.log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    service.procs.append(proc)
+    deadline, crons = time.time() + 180, []
+    while time.time() < deadline:
+        crons = [s["schedule"].get("cron") for s in service.deployment("explain-nightly")["schedules"]]
+        if crons == ["30 4 * * *"]:
+            break
+        time.sleep(1)
+    assert crons == ["30 4 * * *"] and proc.poll() is None
+    served = service.deployment("explain-nightly")
+    assert served["parameters"]["params"]["dataset"] == str(toy_dir)
+    assert service.deployment("reprocess")["entrypoint"].endswith("reprocess")
