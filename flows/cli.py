@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flow_args(p)
     p.add_argument("--dataset", default="toy", help="dataset of the scheduled explain runs")
     p.add_argument("--cron", default="0 3 * * *", help="schedule of the explain deployment (UTC cron)")
+    p = sub.add_parser("explorer", help="serve the explorer page on localhost: explain an image, browse a run")
+    _root_arg(p)
+    p.add_argument("--port", type=int, default=8765)
     p = sub.add_parser("report", help="write a run's self-contained HTML report")
     p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
     _root_arg(p)
@@ -212,6 +215,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explorer(args: argparse.Namespace) -> int:
+    from flows.explorer import serve_explorer
+
+    print(f"MapCap explorer on http://127.0.0.1:{args.port} (results root {args.root}); Ctrl-C stops it")
+    serve_explorer(args.root, args.port)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from tasks.report import write_report
 
@@ -284,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 "confusion": cmd_named, "evaluations": cmd_named, "captions": cmd_named, "runs": cmd_named, "check": cmd_check,
                 "summaries": cmd_named, "trends": cmd_named, "drift": cmd_named, "models": cmd_named,
                 "template-trends": cmd_named, "report": cmd_report, "serve": cmd_serve,
+                "explorer": cmd_explorer,
                 "relevancy": cmd_relevancy, "toy": cmd_toy}
     try:
         return handlers[args.cmd](args)

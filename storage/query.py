@@ -209,6 +209,16 @@ def rows_for_images(con: duckdb.DuckDBPyConnection, table: str, run: str, image_
                    [run, image_ids]).to_pylist()
 
 
+def predictions_for(con: duckdb.DuckDBPyConnection, run: str, template: str = "ensemble",
+                    class_name: str | None = None, correct: bool | None = None) -> list[dict]:
+    """One template's predictions of a run, optionally of one class and only right or only wrong ones."""
+    sql = """SELECT image_id, label, pred, correct, pred_prob, label_prob, topk_labels, topk_probs
+             FROM predictions WHERE run_id = ? AND template = ?
+               AND (?::VARCHAR IS NULL OR label = ?) AND (?::BOOLEAN IS NULL OR correct = ?)
+             ORDER BY image_id"""
+    return run_sql(con, sql, [run, template, class_name, class_name, correct, correct]).to_pylist()
+
+
 def format_table(table: pa.Table, max_rows: int = 200) -> str:
     """A plain-text table for terminals and logs."""
     cols = table.column_names

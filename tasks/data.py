@@ -112,17 +112,22 @@ def load_image(path: str) -> tuple[Image.Image, str]:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ImageLoadError(f"cannot read {path}: {e}") from e
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, name: str) -> tuple[Image.Image, str]:
+    """Image bytes (a file's, an upload's) → RGB image and content id; ImageLoadError naming `name`."""
     image_id = image_id_of(data)
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             rgb = to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        err = ImageLoadError(f"cannot decode {path}: {type(e).__name__}: {e}")
+        err = ImageLoadError(f"cannot decode {name}: {type(e).__name__}: {e}")
         err.image_id = image_id
         raise err from e
     if min(rgb.size) < MIN_SIDE:
-        err = ImageLoadError(f"{path} is {rgb.size[0]}x{rgb.size[1]} px, smaller than {MIN_SIDE} px on a side")
+        err = ImageLoadError(f"{name} is {rgb.size[0]}x{rgb.size[1]} px, smaller than {MIN_SIDE} px on a side")
         err.image_id = image_id
         raise err
     return rgb, image_id

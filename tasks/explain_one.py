@@ -6,19 +6,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from tasks.data import load_image
 from tasks.models import LoadedModel, encode_texts, model_lock
 from tasks.overlay import overlay_row
-from tasks.relevancy import default_start_layer, relevancy_maps
+from tasks.relevancy import default_start_layer, relevancy_maps, text_token_relevancy
 
 
-def explain_image(lm: LoadedModel, image_path: str, texts: list[str], method: str = "chefer",
-                  start_layer: int | None = None) -> dict:
-    """Raw maps (T, g, g) float32, the softmax over the texts, and the decoded image."""
+def explain_image(lm: LoadedModel, image_path: str | tuple[Image.Image, str], texts: list[str],
+                  method: str = "chefer", start_layer: int | None = None) -> dict:
+    """Raw maps (T, g, g) float32, the softmax over the texts, the decoded image, and each text's per-token
+    relevancy. `image_path` is a file, or an already decoded (image, image id)."""
     if not texts or any(not t.strip() for t in texts):
         raise ValueError("every text must be non-empty; pass at least one --text")
-    image, image_id = load_image(image_path)
+    image, image_id = load_image(image_path) if isinstance(image_path, str) else image_path
     txt = encode_texts(lm, texts)
     pix = lm.preprocess(image).unsqueeze(0).expand(len(texts), -1, -1, -1)  # (T, 3, H, W)
     maps = relevancy_maps(lm, method, pix, txt, start_layer, batch_size=len(texts))  # (T, g, g)
@@ -27,7 +29,23 @@ def explain_image(lm: LoadedModel, image_path: str, texts: list[str], method: st
         probs = (lm.model.logit_scale.exp() * img @ txt.T).softmax(-1)[0].cpu()
     start = default_start_layer(lm.spec.name) if start_layer is None and method == "chefer" else start_layer
     return {"maps": maps.numpy().astype(np.float32), "probs": probs.numpy(), "image": image,
-            "image_id": image_id, "start_layer": start}
+            "image_id": image_id, "start_layer": start, "tokens": token_weights(lm, img, texts)}
+
+
+def token_weights(lm: LoadedModel, image_emb: torch.Tensor, texts: list[str]) -> list[list[tuple[str, float]]]:
+    """Per text, (word piece, relevancy share) for each of its tokens: which words mattered for the match."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokens = lm.tokenizer(texts).to(lm.spec.device)  # (T, L)
+    rel = text_token_relevancy(lm, image_emb.expand(len(texts), -1), tokens, start_layer=0)  # (T, L)
+    decoder = SimpleTokenizer()
+    out = []
+    for row, weights in zip(tokens.tolist(), rel.tolist()):
+        eot = row.index(max(row))
+        pieces = [(decoder.decode([t]).strip(), w) for t, w in zip(row[1:eot], weights[1:eot])]  # no SOT/EOT
+        total = sum(max(w, 0) for _, w in pieces) or 1.0
+        out.append([(p, max(w, 0) / total) for p, w in pieces])
+    return out
 
 
 def save_explanation(result: dict, texts: list[str], out: str, method: str) -> tuple[Path, Path]:

@@ -73,8 +73,9 @@ def _where(caption: dict) -> str:
     return "image" if caption["region_id"] < 0 else f"{caption['target']} region {caption['region_id']}"
 
 
-def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
-    """Overlays (image, predicted-class map with its regions, true-class map) and the captions, mistakes first."""
+def explained_images(con, run: str, preds: list[dict], limit: int) -> list[dict]:
+    """Per chosen image (mistakes first, then by confidence): its overlay row (image, predicted-class map with
+    its regions, true-class map) as PNG bytes, and its captions."""
     chosen = sorted(preds, key=lambda p: (p["correct"], -p["pred_prob"], p["image_id"]))[:limit]
     ids = [p["image_id"] for p in chosen]
     paths = {r["image_id"]: r["path"] for r in rows_for_images(con, "images", run, ids)}
@@ -86,7 +87,7 @@ def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
             regions[r["image_id"]].append(r)
     for c in rows_for_images(con, "captions", run, ids):
         captions[c["image_id"]].append(c)
-    cards = []
+    out = []
     for p in chosen:
         image = _decode(paths.get(p["image_id"], ""))
         if image is None:
@@ -97,12 +98,22 @@ def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
         row = overlay_row(image, [None, grid.get("pred"), grid.get("label")],
                           ["image", f"pred: {p['pred']}", f"true: {p['label']}"], tile=160, boxes=boxes)
         caps = sorted(captions[p["image_id"]], key=lambda c: (c["captioner"], c["target"], c["region_id"]))
-        lines = "".join(f"<li>{html.escape(c['captioner'])} · {_where(c)}: <b>{html.escape(c['text'])}</b> "
-                        f"(CLIPScore {c['clipscore']:.2f})</li>" for c in caps)
-        verdict = "ok" if p["correct"] else "wrong"
-        cards.append(f'<div class="card">{_img(_png(row), "overlay " + p["image_id"])}<br>'
-                     f'<span class="{verdict}">{html.escape(p["label"])} → {html.escape(p["pred"])} '
-                     f'({p["pred_prob"]:.2f})</span><ul>{lines}</ul></div>')
+        out.append({**p, "png": _png(row), "captions": [
+            {"captioner": c["captioner"], "where": _where(c), "text": c["text"], "clipscore": c["clipscore"]}
+            for c in caps]})
+    return out
+
+
+def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
+    """The report's cards: overlays and captions of the explained images."""
+    cards = []
+    for e in explained_images(con, run, preds, limit):
+        lines = "".join(f"<li>{html.escape(c['captioner'])} · {c['where']}: <b>{html.escape(c['text'])}</b> "
+                        f"(CLIPScore {c['clipscore']:.2f})</li>" for c in e["captions"])
+        verdict = "ok" if e["correct"] else "wrong"
+        cards.append(f'<div class="card">{_img(e["png"], "overlay " + e["image_id"])}<br>'
+                     f'<span class="{verdict}">{html.escape(e["label"])} → {html.escape(e["pred"])} '
+                     f'({e["pred_prob"]:.2f})</span><ul>{lines}</ul></div>')
     return "".join(cards) or "<p>No relevancy maps in this run (stages relevancy, regions, captions).</p>"
 
 

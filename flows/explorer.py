@@ -1,0 +1,183 @@
+"""`mapcap explorer`: one local page to explain an image and to browse a run (FastAPI, served on localhost).
+
+The page (flows/explorer_static/index.html) is plain HTML and a little JS, served from here, no CDN. The JSON
+API below does the work through tasks/ and storage/; images travel as data URIs.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from storage.query import QueryError, connect, named_query, predictions_for
+from tasks.data import ImageLoadError, decode_image, load_image
+from tasks.explain_one import explain_image
+from tasks.models import load_model, resolve_spec
+from tasks.overlay import overlay_row
+from tasks.relevancy import METHODS
+from tasks.report import explained_images
+from tasks.report_plots import property_scatter
+
+STATIC = Path(__file__).resolve().parent / "explorer_static"
+log = logging.getLogger(__name__)
+
+
+class ImageRequest(BaseModel):
+    image_b64: str | None = Field(None, description="the uploaded file, base64 (a data URL is accepted)")
+    image_path: str | None = Field(None, description="or a path on this machine (an image of a run)")
+    model: str = "toy"
+    pretrained: str = "toy"
+    method: str = "chefer"
+    start_layer: int | None = None
+
+
+class ExplainRequest(ImageRequest):
+    texts: list[str]
+
+
+class GroundRequest(ImageRequest):
+    caption: str
+
+
+class ReprocessRequest(BaseModel):
+    run: str
+    classes: list[str] = []
+
+
+def _png_uri(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _image(req: ImageRequest):
+    if req.image_b64:
+        data = req.image_b64.split(",", 1)[1] if req.image_b64.startswith("data:") else req.image_b64
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except ValueError as e:
+            raise ValueError("the upload is not valid base64 data") from e
+        return decode_image(raw, "the uploaded file")
+    if req.image_path:
+        return load_image(req.image_path)
+    raise ValueError("upload an image or give the path of one")
+
+
+def _explain(req: ImageRequest, texts: list[str]) -> dict:
+    if req.method not in METHODS:
+        raise ValueError(f"unknown method {req.method!r}; choose one of {sorted(METHODS)}")
+    lm = load_model(resolve_spec(req.model, req.pretrained, "auto", "fp32"))
+    return explain_image(lm, _image(req), texts, req.method, req.start_layer)
+
+
+def make_app(root: str) -> FastAPI:
+    app = FastAPI(title="MapCap explorer")
+
+    async def bad_input(request: Request, exc: Exception) -> JSONResponse:
+        """Bad input → 400 with the message that names the fix (shown on the page)."""
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    for error in (ValueError, ImageLoadError, QueryError, FileNotFoundError):
+        app.add_exception_handler(error, bad_input)
+
+    @app.get("/")
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/info")
+    def info() -> dict:
+        runs = named_query(connect(root), "runs_compared").to_pylist()
+        return {"root": root, "runs": [r["run_id"] for r in runs][::-1], "methods": sorted(METHODS),
+                "prefect_api": bool(os.environ.get("PREFECT_API_URL"))}
+
+    @app.post("/api/explain")
+    def explain(req: ExplainRequest) -> dict:
+        texts = [t.strip() for t in req.texts]
+        r = _explain(req, texts)
+        return {"texts": texts, "probs": r["probs"].tolist(), "start_layer": r["start_layer"],
+                "overlays": [_png_uri(overlay_row(r["image"], [m], [t[:30]], tile=192))
+                             for t, m in zip(texts, r["maps"])],
+                "tokens": r["tokens"]}
+
+    @app.post("/api/ground")
+    def ground(req: GroundRequest) -> dict:
+        words = [w.strip(".,;:!?") for w in req.caption.split() if w.strip(".,;:!?")]
+        r = _explain(req, words)
+        return {"words": words, "overlays": [_png_uri(overlay_row(r["image"], [m], [w[:14]], tile=112))
+                                             for w, m in zip(words, r["maps"])]}
+
+    @app.get("/api/runs/{run}/classes")
+    def classes(run: str) -> list[dict]:
+        return named_query(connect(root), "per_class_table", run).to_pylist()
+
+    @app.get("/api/runs/{run}/templates")
+    def templates(run: str) -> list[str]:
+        return [r["template"] for r in named_query(connect(root), "per_template_accuracy", run).to_pylist()]
+
+    @app.get("/api/runs/{run}/images")
+    def images(run: str, class_name: str | None = None, subset: str = "all", template: str = "ensemble",
+               limit: int = 24) -> list[dict]:
+        if subset not in ("all", "correct", "wrong"):
+            raise ValueError(f"subset {subset!r}: choose all, correct or wrong")
+        con = connect(root)
+        correct = None if subset == "all" else subset == "correct"
+        preds = predictions_for(con, run, template, class_name or None, correct)
+        out = []
+        for e in explained_images(con, run, preds, limit):
+            png = e.pop("png")
+            out.append({**e, "overlay": "data:image/png;base64," + base64.b64encode(png).decode()})
+        return out
+
+    @app.get("/api/runs/{run}/trends")
+    def trends(run: str) -> dict:
+        con = connect(root)
+        points = named_query(con, "property_points", run).to_pylist()
+        stats = named_query(con, "accuracy_vs_property", run).to_pylist()
+        if not points:
+            return {"plot": None, "stats": []}
+        cap = points[0]["captioner"]
+        png = property_scatter([p for p in points if p["captioner"] == cap],
+                               {s["property"]: s for s in stats if s["captioner"] == cap})
+        return {"plot": "data:image/png;base64," + base64.b64encode(png).decode(), "stats": stats}
+
+    @app.post("/api/reprocess")
+    def reprocess(req: ReprocessRequest) -> dict:
+        if not os.environ.get("PREFECT_API_URL"):
+            raise HTTPException(409, "reprocessing is off: no Prefect API is configured (set PREFECT_API_URL to "
+                                     "your server and deploy deployments/prefect.yaml, see 'Run it as a service')")
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_UI_URL
+
+        try:
+            fr = run_deployment("reprocess/reprocess", timeout=0, parameters={"params": {
+                "run_name": req.run, "out": root, "classes": req.classes or None}})
+        except Exception as e:  # the API said no (no such deployment, server down): tell the page why
+            raise HTTPException(502, f"could not start the reprocess deployment: {e}") from e
+        ui = PREFECT_UI_URL.value()
+        return {"id": str(fr.id), "state": fr.state.name if fr.state else None,
+                "url": f"{ui}/runs/flow-run/{fr.id}" if ui else None}
+
+    @app.get("/api/flow-runs/{flow_run_id}")
+    def flow_run_state(flow_run_id: str) -> dict:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(flow_run_id)
+        return {"id": flow_run_id, "state": fr.state.name if fr.state else None}
+
+    return app
+
+
+def serve_explorer(root: str, port: int = 8765, host: str = "127.0.0.1") -> None:
+    import uvicorn
+
+    uvicorn.run(make_app(root), host=host, port=port, log_level="warning")
+
+
+__all__ = ["make_app", "serve_explorer"]

@@ -1,0 +1,138 @@
+"""The explorer page driven in headless Chromium (Playwright on Debian's /usr/bin/chromium), over a toy run."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from flows.explain import ExplainParams, explain
+from storage.query import connect, run_sql
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(prefect_harness, toy_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("explorer-results"))
+    explain(ExplainParams(dataset=str(toy_dir), out=out, shard_size=24, run_name="ex", device="cpu",
+                          stages=["classify", "relevancy", "regions", "captions", "summarize"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def url(toy_run):
+    import uvicorn
+
+    from flows.explorer import make_app
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(toy_run), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(f"{base}/api/info", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_selector("#classes tr.cls", state="attached")  # the run's table has loaded
+        page.errors = errors
+        yield page
+        browser.close()
+
+
+def _star_image(toy_dir) -> str:
+    return str(sorted((toy_dir / "star").glob("*.png"))[0])
+
+
+def test_explain_an_uploaded_image_in_the_browser(page, toy_dir, tmp_path):
+    from toy.shapes import SHAPES
+    page.click("#tab-explain")
+    page.set_input_files("#file", _star_image(toy_dir))
+    page.fill("#texts", "\n".join(f"a photo of a {s}" for s in SHAPES))
+    page.click("#explain")
+    page.wait_for_selector(".card.result >> nth=7")
+    assert page.locator(".card.result").count() == len(SHAPES)
+    assert page.inner_text(".card.top .text") == "a photo of a star"  # the true class wins
+    widths = page.eval_on_selector_all("img.overlay", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == len(SHAPES) and min(widths) > 0
+    assert "star" in page.inner_text(".card.top")  # its token chips
+    page.fill("#caption", "a blue star")
+    page.click("#ground")
+    page.wait_for_selector("img.word >> nth=2")
+    assert page.locator("img.word").count() == 3
+    page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+    assert not page.errors
+
+
+def test_bad_upload_empty_text_and_unknown_model_say_why(page, toy_dir, tmp_path):
+    page.click("#tab-explain")
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+    page.set_input_files("#file", str(bad))
+    page.fill("#texts", "a photo of a star")
+    page.click("#explain")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert "cannot decode the uploaded file" in page.inner_text("#error")
+    page.set_input_files("#file", _star_image(toy_dir))
+    page.fill("#texts", "")
+    page.click("#explain")
+    page.wait_for_function("document.getElementById('error').textContent.includes('non-empty')")
+    page.fill("#texts", "a star")
+    page.fill("#model", "ViT-Nope")
+    page.click("#explain")
+    page.wait_for_function("document.getElementById('error').textContent.includes('unknown open_clip model')")
+    page.fill("#model", "toy")
+
+
+def test_browse_a_run_misclassified_first(page, toy_run):
+    wrong = run_sql(connect(toy_run), """SELECT label FROM predictions WHERE run_id = 'ex' AND template = 'ensemble'
+                                         AND NOT correct ORDER BY label LIMIT 1""").to_pylist()
+    page.click("#tab-browse")
+    cls = wrong[0]["label"] if wrong else "star"
+    page.click(f"#classes tr.cls[data-c='{cls}']")
+    page.wait_for_function(f"document.getElementById('f-class').value === '{cls}'")
+    page.wait_for_selector("#images .card.image")
+    first = page.locator("#images .card.image").first
+    assert cls in first.inner_text()
+    if wrong:  # the class has a mistake: it comes first, marked wrong
+        assert "wrong" in first.get_attribute("class")
+    assert page.eval_on_selector_all("#images img", "imgs => imgs.every(i => i.naturalWidth > 0)")
+    page.select_option("#f-subset", "correct")
+    page.wait_for_function("Array.from(document.querySelectorAll('#images .card.image')).every(c => c.classList.contains('ok'))")
+    page.click("#classes th[data-k='class_name']")  # sort by name
+    assert page.get_attribute("#classes tr.cls >> nth=0", "data-c") == "circle"
+    page.click("#classes th[data-k='class_name']")  # and reversed
+    assert page.get_attribute("#classes tr.cls >> nth=0", "data-c") == "triangle"
+    assert page.eval_on_selector("#trend-plot", "i => i.naturalWidth") > 0
+    assert page.is_disabled("#reprocess") and "no Prefect API" in page.inner_text("#reprocess-status")
+    assert not page.errors
+
+
+def test_api_reprocess_is_off_without_a_prefect_api(url, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    r = httpx.post(f"{url}/api/reprocess", json={"run": "ex", "classes": ["star"]})
+    assert r.status_code == 409 and "PREFECT_API_URL" in r.json()["detail"]
+    r = httpx.get(f"{url}/api/runs/nope/classes")
+    assert r.status_code == 400 and "unknown run 'nope'" in r.json()["detail"]
