@@ -178,6 +178,35 @@ def test_sigkill_mid_run_then_resume_and_reprocess_from_the_api(service, toy_dir
     assert counts == {"n": 48, "ids": 48}
 
 
+def test_explorer_reprocess_button_starts_the_deployment(service, toy_dir, tmp_path):
+    out = tmp_path / "results"
+    base = service.trigger("explain-nightly", {"dataset": str(toy_dir), "out": str(out), "run_name": "ui",
+                                                "device": "cpu", "stages": ["classify"]})
+    assert service.wait(base) == "COMPLETED"
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN / "mapcap"), "explorer", "--root", str(out), "--port", str(port)],
+                            env=service.env, cwd=REPO, stdout=service.log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    service.procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            info = httpx.get(f"{url}/api/info", timeout=2).json()
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    assert info["prefect_api"] and info["runs"] == ["ui"]
+    started = httpx.post(f"{url}/api/reprocess", json={"run": "ui", "classes": ["star"]}, timeout=60).json()
+    assert started["url"].endswith(f"/runs/flow-run/{started['id']}")
+    deadline, state = time.time() + 300, None
+    while time.time() < deadline and state not in ("Completed", "Failed", "Crashed"):
+        state = httpx.get(f"{url}/api/flow-runs/{started['id']}", timeout=30).json()["state"]
+        time.sleep(1)
+    assert state == "Completed"
+    params = service.call("GET", f"/flow_runs/{started['id']}").json()["parameters"]["params"]
+    assert params["run_name"] == "ui" and params["classes"] == ["star"]
+
+
 def test_mapcap_serve_serves_both_deployments_from_one_process(service, toy_dir, tmp_path):
     """Last in this module: `mapcap serve` takes over the two deployments (same names), with its own cron."""
     proc = subprocess.Popen([str(BIN / "mapcap"), "serve", "--dataset", str(toy_dir), "--out", str(tmp_path),
