@@ -147,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     con = connect(args.out)
     print(f"run {result['run_id']}: {result['n_images']} images, {result['n_failures']} failed, "
           f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")
-    print(f"results: {args.out}\n\nper-class accuracy (DuckDB over the Parquet results):")
+    print(f"results: {args.out}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
+    print("\nper-class accuracy (DuckDB over the Parquet results):")
     _print_table(named_query(con, "per_class_accuracy", result["run_id"]))
     print(f"\nper-template accuracy:")
     _print_table(named_query(con, "per_template_accuracy", result["run_id"]))
