@@ -7,113 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-DEFAULT_ROOT = "./mapcap-results"
-
-
-def _root_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
-
-
-def _flow_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", help="open_clip model name, or 'toy' (default)")
-    p.add_argument("--pretrained", default="toy", help="open_clip pretrained tag, local checkpoint path, or 'toy'")
-    p.add_argument("--templates", default="simple", help="template set: openai, simple, compare (default simple)")
-    p.add_argument("--template", action="append", help="a template with '{}' (repeat; overrides --templates)")
-    p.add_argument("--class-map", help="JSON {folder or label: class name}")
-    p.add_argument("--out", default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
-    p.add_argument("--shard-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--run-name", help="run id; reuse it to resume a run")
-    p.add_argument("--force", action="store_true", help="redo shards that are already complete")
-    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
-                   choices=["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
-                   help="stages to run (default: all)")
-    p.add_argument("--captioner", default="retrieval", help="retrieval (default), clipcap or hf")
-    p.add_argument("--captioner-path", help="clipcap checkpoint (.pt or directory) or hf model directory")
-    p.add_argument("--captioner-tokenizer", help="local GPT-2 tokenizer directory for an authors' ClipCap .pt")
-    p.add_argument("--beams", type=int, default=1, help="beam width for generative captioners (1 = greedy)")
-    p.add_argument("--concept-bank", help="JSON {class: [phrase, ...]} for the retrieval captioner")
-    p.add_argument("--ray", nargs="?", const="local", help="run shard tasks on Ray: a cluster address "
-                                                            "(ray://head:10001), or none for a local Ray")
-    p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
-    p.add_argument("--start-layers", nargs="+", type=int, help="chefer's first block(s) (default: the model's)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mapcap", description="Explain why CLIP classifies images as it does.")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("demo", help="run the flow on the embedded toy dataset and print per-class accuracy")
-    _flow_args(p)
-    p.set_defaults(dataset="toy")
-    p = sub.add_parser("run", help="run the explain flow on a dataset")
-    p.add_argument("dataset", help="ImageFolder directory or manifest (.csv/.parquet with path,label)")
-    _flow_args(p)
-    p = sub.add_parser("sql", help="run SQL over the results (views: runs, images, predictions, failures)")
-    p.add_argument("query")
-    _root_arg(p)
-    p.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"])
-    p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
-    for name, helptext in (("classes", "per-class accuracy of a run"), ("templates", "per-template accuracy of a run"),
-                           ("confusion", "confusion pairs of a run"), ("evaluations", "relevancy evaluation of a run"),
-                           ("captions", "most frequent top-region caption per class"),
-                           ("summaries", "per-class table: accuracy, top confusion, caption summary, properties"),
-                           ("trends", "per-class accuracy against each summary property (Pearson, Spearman, slope)")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
-        _root_arg(p)
-    for name, helptext in (("drift", "accuracy over time of runs of the same dataset and model"),
-                           ("models", "accuracy per dataset and model across runs"),
-                           ("template-trends", "accuracy per prompt template and model across runs")):
-        _root_arg(sub.add_parser(name, help=helptext))
-    p = sub.add_parser("serve", help="serve the explain (scheduled) and reprocess deployments from this process")
-    _flow_args(p)
-    p.add_argument("--dataset", default="toy", help="dataset of the scheduled explain runs")
-    p.add_argument("--cron", default="0 3 * * *", help="schedule of the explain deployment (UTC cron)")
-    p = sub.add_parser("explorer", help="serve the explorer page on localhost: explain an image, browse a run")
-    _root_arg(p)
-    p.add_argument("--port", type=int, default=8765)
-    p = sub.add_parser("report", help="write a run's self-contained HTML report")
-    p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
-    _root_arg(p)
-    p.add_argument("--out", help="HTML file to write (default: <root>/reports/<run>.html)")
-    p = sub.add_parser("relevancy", help="relevancy maps of one image for several texts (.npz + overlay .png)")
-    p.add_argument("--image", required=True)
-    p.add_argument("--text", action="append", required=True, help="a text to explain (repeat)")
-    p.add_argument("--model", default="toy")
-    p.add_argument("--pretrained", default="toy")
-    p.add_argument("--method", default="chefer", help="chefer (default), gradient, or any registered method")
-    p.add_argument("--start-layer", type=int, help="chefer's first block (default: the model's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--out", required=True, help="OUT.npz (the overlay is written beside it as OUT.png)")
-    p = sub.add_parser("runs", help="all runs under the root, compared")
-    _root_arg(p)
-    p = sub.add_parser("check", help="check that every Parquet file under the root is readable")
-    _root_arg(p)
-    toy = sub.add_parser("toy", help="the toy world: make datasets, train the toy CLIP and captioner")
-    tsub = toy.add_subparsers(dest="toy_cmd", required=True)
-    p = tsub.add_parser("make", help="write a toy dataset (ImageFolder + manifest.parquet)")
-    p.add_argument("out")
-    p.add_argument("--n-per-class", type=int, default=16)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--split", default="test")
-    p.add_argument("--kind", default="single", choices=["single", "distractor", "pair"])
-    p = tsub.add_parser("train", help="train the toy CLIP on CPU and save its checkpoint")
-    p.add_argument("--steps", type=int, help="one phase of this many steps (default: the shipped 3-phase recipe)")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="checkpoint path (default: the shipped toy/weights/toy_clip.pt)")
-    p.add_argument("--init", help="continue from this checkpoint instead of random weights")
-    p = tsub.add_parser("train-captioner", help="train the toy ClipCap on toy crops (CPU) and save it")
-    p.add_argument("--scenes", type=int, default=20000, help="toy scenes to cut training crops from")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="directory (default: the shipped toy/weights/toy_clipcap)")
-    return ap
+from flows.cli_args import build_parser
 
 
 def _params(args: argparse.Namespace):
@@ -150,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {args.out}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
     print("\nper-class accuracy (DuckDB over the Parquet results):")
     _print_table(named_query(con, "per_class_accuracy", result["run_id"]))
-    print(f"\nper-template accuracy:")
+    print("\nper-template accuracy:")
     _print_table(named_query(con, "per_template_accuracy", result["run_id"]))
     captions = named_query(con, "class_captions", result["run_id"])
     if captions.num_rows:

@@ -141,7 +141,6 @@ def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path
 
 
 def test_regions_stage_segments_stored_maps_and_reruns_only_itself(first_run):
-    import numpy as np
     from storage.writer import table_path
     from tasks.segment import rle_decode
     params, _ = first_run

@@ -150,7 +150,7 @@ def test_sigkill_mid_run_then_resume_and_reprocess_from_the_api(service, toy_dir
     out = tmp_path / "results"
     params = {"dataset": str(toy_dir), "out": str(out), "run_name": "svc", "device": "cpu", "shard_size": 4,
               "stages": ["classify", "relevancy"]}
-    first = service.trigger("explain-nightly", params)
+    service.trigger("explain-nightly", params)
     deadline = time.time() + 300
     while not list(out.glob("relevancy/run=svc/*.parquet")) and time.time() < deadline:
         time.sleep(0.2)

@@ -1,5 +1,4 @@
 """Semantic checks on the toy world with the shipped toy CLIP: what the README's figures claim."""
-import numpy as np
 import pytest
 
 from toy.evaluate import evaluate_toy_relevancy
