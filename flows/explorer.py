@@ -6,7 +6,6 @@ API below does the work through tasks/ and storage/; images travel as data URIs.
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import os
 from pathlib import Path
@@ -21,7 +20,7 @@ from tasks.explain_one import explain_image
 from tasks.models import load_model, resolve_spec
 from tasks.overlay import overlay_row
 from tasks.relevancy import METHODS
-from tasks.report import explained_images
+from tasks.report import data_uri, explained_images, png_bytes
 from tasks.report_plots import property_scatter
 
 STATIC = Path(__file__).resolve().parent / "explorer_static"
@@ -48,12 +47,6 @@ class GroundRequest(ImageRequest):
 class ReprocessRequest(BaseModel):
     run: str
     classes: list[str] = []
-
-
-def _png_uri(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _image(req: ImageRequest):
@@ -101,7 +94,7 @@ def make_app(root: str) -> FastAPI:
         texts = [t.strip() for t in req.texts]
         r = _explain(req, texts)
         return {"texts": texts, "probs": r["probs"].tolist(), "start_layer": r["start_layer"],
-                "overlays": [_png_uri(overlay_row(r["image"], [m], [t[:30]], tile=192))
+                "overlays": [data_uri(png_bytes(overlay_row(r["image"], [m], [t[:30]], tile=192)))
                              for t, m in zip(texts, r["maps"])],
                 "tokens": r["tokens"]}
 
@@ -109,7 +102,7 @@ def make_app(root: str) -> FastAPI:
     def ground(req: GroundRequest) -> dict:
         words = [w.strip(".,;:!?") for w in req.caption.split() if w.strip(".,;:!?")]
         r = _explain(req, words)
-        return {"words": words, "overlays": [_png_uri(overlay_row(r["image"], [m], [w[:14]], tile=112))
+        return {"words": words, "overlays": [data_uri(png_bytes(overlay_row(r["image"], [m], [w[:14]], tile=112)))
                                              for w, m in zip(words, r["maps"])]}
 
     @app.get("/api/runs/{run}/classes")
@@ -131,7 +124,7 @@ def make_app(root: str) -> FastAPI:
         out = []
         for e in explained_images(con, run, preds, limit):
             png = e.pop("png")
-            out.append({**e, "overlay": "data:image/png;base64," + base64.b64encode(png).decode()})
+            out.append({**e, "overlay": data_uri(png)})
         return out
 
     @app.get("/api/runs/{run}/trends")
@@ -144,7 +137,7 @@ def make_app(root: str) -> FastAPI:
         cap = points[0]["captioner"]
         png = property_scatter([p for p in points if p["captioner"] == cap],
                                {s["property"]: s for s in stats if s["captioner"] == cap})
-        return {"plot": "data:image/png;base64," + base64.b64encode(png).decode(), "stats": stats}
+        return {"plot": data_uri(png), "stats": stats}
 
     @app.post("/api/reprocess")
     def reprocess(req: ReprocessRequest) -> dict:

@@ -166,9 +166,6 @@ QUERIES: dict[str, str] = {
                           WHERE template = 'ensemble' GROUP BY run_id) p USING (run_id)
         WHERE r.status = 'finished'
         ORDER BY r.dataset, r.model, r.pretrained, r.started_at""",
-    "ensemble_predictions": """
-        SELECT image_id, label, pred, correct, pred_prob, label_prob, topk_labels, topk_probs
-        FROM predictions WHERE run_id = $run AND template = 'ensemble' ORDER BY image_id""",
     "image_paths": """SELECT image_id, path FROM images WHERE run_id = $run ORDER BY image_id""",
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,

@@ -87,6 +87,14 @@ def load_concept_bank(path: str | Path) -> dict[str, list[str]]:
     return {str(k): [str(p) for p in v] for k, v in bank.items()}
 
 
+def square_box(bbox: tuple[float, float, float, float], context: float) -> tuple[int, int, int, int]:
+    """The square (x0, y0, x1, y1) centred on bbox, its side (1 + context) × the bbox's longer side."""
+    x0, y0, x1, y1 = bbox
+    half = max(x1 - x0, y1 - y0) * (1 + context) / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return tuple(int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half))
+
+
 def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: float = 1.0) -> Image.Image:
     """A square crop around a region's bbox, its side (1 + context) × the bbox's longer side.
 
@@ -94,10 +102,7 @@ def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: fl
     retrieval captioner names the shape of 30 % of tight crops, 67 % with context 0.5, 91 % with 1.0.
     Outside the image is filled with the image's mean colour.
     """
-    x0, y0, x1, y1 = bbox
-    half = max(x1 - x0, y1 - y0) * (1 + context) / 2
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    box = tuple(int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half))
+    box = square_box(bbox, context)
     mean = tuple(int(v) for v in np.asarray(image.convert("RGB")).reshape(-1, 3).mean(0))
     canvas = Image.new("RGB", (box[2] - box[0], box[3] - box[1]), mean)
     inside = image.convert("RGB").crop((max(box[0], 0), max(box[1], 0), min(box[2], image.width),

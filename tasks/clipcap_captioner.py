@@ -5,7 +5,6 @@ authors' `.pt` file uses the run's CLIP, whose embedding width must match the ch
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
@@ -13,21 +12,16 @@ from PIL import Image
 
 from tasks.caption import Captioner, CaptionerConfig, register_captioner
 from tasks.clipcap import ClipCapModel, load_clipcap
-from tasks.models import TOY_MODEL_NAME, LoadedModel, encode_images, load_model, model_lock, resolve_spec
+from tasks.models import (TOY_MODEL_NAME, LoadedModel, encode_images, load_model, load_once, model_lock,
+                          resolve_spec)
 from toy import TOY_CLIPCAP
-
-_CACHE: dict[tuple, tuple] = {}
-_LOCK = threading.Lock()
-
 
 def _load(path: str, tokenizer: str | None, device: str) -> tuple:
     """Model and tokenizer, loaded once per process and device."""
-    with _LOCK:
-        key = (path, tokenizer, device)
-        if key not in _CACHE:
-            model, tok = load_clipcap(path, tokenizer)
-            _CACHE[key] = (model.to(device), tok)
-        return _CACHE[key]
+    def build() -> tuple:
+        model, tok = load_clipcap(path, tokenizer)
+        return model.to(device), tok
+    return load_once(("clipcap", path, tokenizer, device), build)
 
 
 def decode(tok, ids: torch.Tensor) -> list[str]:

@@ -6,7 +6,6 @@ VisionEncoderDecoder) gets the two put together.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
@@ -15,37 +14,30 @@ from transformers import (AutoImageProcessor, AutoModelForImageTextToText, AutoP
                           ProcessorMixin)
 
 from tasks.caption import Captioner, CaptionerConfig, register_captioner
-from tasks.models import LoadedModel, model_lock, resolve_device
-
-_CACHE: dict[tuple[str, str], tuple] = {}
-_LOCK = threading.Lock()
-
+from tasks.models import LoadedModel, load_once, model_lock, resolve_device
 
 def load_image_to_text(path: str, device: str) -> tuple:
     """(model, image processor, tokenizer, processor or None) from a local directory, once per process."""
-    with _LOCK:
-        key = (str(Path(path).resolve()), device)
-        if key in _CACHE:
-            return _CACHE[key]
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"hf captioner: {path} holds no image-to-text model the Auto classes know: {e}") from e
-        try:
-            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, TypeError):
-            processor = None  # no processor config: image processor and tokenizer are loaded on their own
-        if isinstance(processor, ProcessorMixin):
-            image_proc, tok = processor.image_processor, processor.tokenizer
-        else:
-            processor = None
-            try:
-                image_proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-                tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"hf captioner: {path} lacks an image processor or tokenizer: {e}") from e
-        _CACHE[key] = (model.to(device).eval(), image_proc, tok, processor)
-        return _CACHE[key]
+    return load_once(("hf", str(Path(path).resolve()), device), lambda: _read(path, device))
+
+
+def _read(path: str, device: str) -> tuple:
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"hf captioner: {path} holds no image-to-text model the Auto classes know: {e}") from e
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        processor = None  # no processor config: image processor and tokenizer are loaded on their own
+    if isinstance(processor, ProcessorMixin):
+        return model.to(device).eval(), processor.image_processor, processor.tokenizer, processor
+    try:
+        image_proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"hf captioner: {path} lacks an image processor or tokenizer: {e}") from e
+    return model.to(device).eval(), image_proc, tok, None
 
 
 @register_captioner("hf")

@@ -114,6 +114,19 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         return _CACHE[spec]
 
 
+_ONCE: dict[tuple, Any] = {}
+_ONCE_LOCK = threading.RLock()
+
+
+def load_once(key: tuple, loader: Callable[[], Any]) -> Any:
+    """What `loader()` returns, built on the first call with `key` and shared by every task of the process
+    (the captioners' models, like the CLIPs above)."""
+    with _ONCE_LOCK:
+        if key not in _ONCE:
+            _ONCE[key] = loader()
+        return _ONCE[key]
+
+
 _MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

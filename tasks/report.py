@@ -18,7 +18,7 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.query import connect, format_table, named_query, resolve_run, rows_for_images
+from storage.query import connect, format_table, named_query, predictions_for, resolve_run, rows_for_images
 from storage.writer import write_file
 from tasks.data import ImageLoadError, load_image
 from tasks.overlay import overlay_row
@@ -43,12 +43,16 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;paddin
 .ok{color:#55a868}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow-x:auto}"""
 
 
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 def _img(data: bytes, alt: str, width: int | None = None) -> str:
     w = f' width="{width}"' if width else ""
-    return f'<img alt="{html.escape(alt)}"{w} src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    return f'<img alt="{html.escape(alt)}"{w} src="{data_uri(data)}">'
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -98,7 +102,7 @@ def explained_images(con, run: str, preds: list[dict], limit: int) -> list[dict]
         row = overlay_row(image, [None, grid.get("pred"), grid.get("label")],
                           ["image", f"pred: {p['pred']}", f"true: {p['label']}"], tile=160, boxes=boxes)
         caps = sorted(captions[p["image_id"]], key=lambda c: (c["captioner"], c["target"], c["region_id"]))
-        out.append({**p, "png": _png(row), "captions": [
+        out.append({**p, "png": png_bytes(row), "captions": [
             {"captioner": c["captioner"], "where": _where(c), "text": c["text"], "clipscore": c["clipscore"]}
             for c in caps]})
     return out
@@ -127,7 +131,7 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
     stats_rows = named_query(con, "accuracy_vs_property", run).to_pylist()
     points = named_query(con, "property_points", run).to_pylist()
     subsets = named_query(con, "class_summaries", run).to_pylist()
-    preds = named_query(con, "ensemble_predictions", run).to_pylist()
+    preds = predictions_for(con, run)
     paths = {r["image_id"]: r["path"] for r in named_query(con, "image_paths", run).to_pylist()}
     rng = np.random.default_rng(0)
     wrong, right = [p for p in preds if not p["correct"]], [p for p in preds if p["correct"]]

@@ -19,7 +19,7 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tasks.caption import crop_region
+from tasks.caption import crop_region, square_box
 from tasks.clipcap import ClipCapConfig, ClipCapModel, save_clipcap
 from tasks.models import encode_images, load_model, resolve_spec
 from toy import TOY_CLIPCAP, TOY_MODEL_NAME
@@ -45,14 +45,6 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
-def _square(bbox: tuple[float, float, float, float], context: float) -> tuple[int, int, int, int]:
-    """The square box crop_region takes around bbox."""
-    x0, y0, x1, y1 = bbox
-    half = max(x1 - x0, y1 - y0) * (1 + context) / 2
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return tuple(int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half))
 
 
 def _inside(mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
@@ -91,7 +83,7 @@ def sample_crops(n_scenes: int, seed: int, jitter: bool = True,
                 x0, x1, y0, y1 = cx - s * w / 2, cx + s * w / 2, cy - s * h / 2, cy + s * h / 2
                 context = rng.uniform(0.5, 1.5)
             words = [_phrase(obj)]
-            box = _square((x0, y0, x1, y1), context)
+            box = square_box((x0, y0, x1, y1), context)
             for j, (other, omask) in enumerate(zip(scene.objects, scene.masks)):
                 if j != k and _inside(omask, box) >= 0.5:
                     words.append(_phrase(other))
