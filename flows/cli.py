@@ -20,7 +20,7 @@ def _params(args: argparse.Namespace):
                          stages=args.stages, relevancy_methods=args.methods, start_layers=args.start_layers,
                          captioner=args.captioner, captioner_path=args.captioner_path,
                          captioner_tokenizer=args.captioner_tokenizer, caption_beams=args.beams,
-                         concept_bank=args.concept_bank)
+                         concept_bank=args.concept_bank, descriptors=args.descriptors)
 
 
 def _print_table(table) -> None:
@@ -166,11 +166,12 @@ def cmd_toy(args: argparse.Namespace) -> int:
     from toy.train import train, train_recipe
 
     out = Path(args.out or TOY_CHECKPOINT)
-    if args.steps is None and not args.init:
-        record = train_recipe(out)
+    init = Path(args.init) if args.init else None
+    if args.steps is None:
+        record = train_recipe(out, first=args.from_phase, init=init)
     else:
-        record = train(steps=args.steps or 1800, batch=args.batch, seed=args.seed, out=out,
-                       init=Path(args.init) if args.init else None)
+        record = train(steps=args.steps, batch=args.batch, seed=args.seed, out=out, init=init,
+                       descriptors=args.descriptors)
     print(json.dumps(record, indent=1))
     return 0
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from flows.stages import ALL_STAGES
+
 DEFAULT_ROOT = "./mapcap-results"
 
 
@@ -24,9 +26,8 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--run-name", help="run id; reuse it to resume a run")
     p.add_argument("--force", action="store_true", help="redo shards that are already complete")
-    p.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
-                   choices=["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
-                   help="stages to run (default: all)")
+    p.add_argument("--stages", nargs="+", default=ALL_STAGES, choices=ALL_STAGES, help="stages to run (default: all)")
+    p.add_argument("--descriptors", help="concept bank JSON {class: [descriptor, ...]} (the toy model has its own)")
     p.add_argument("--captioner", default="retrieval", help="retrieval (default), clipcap or hf")
     p.add_argument("--captioner-path", help="clipcap checkpoint (.pt or directory) or hf model directory")
     p.add_argument("--captioner-tokenizer", help="local GPT-2 tokenizer directory for an authors' ClipCap .pt")
@@ -99,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--kind", default="single", choices=["single", "distractor", "pair"])
     p = tsub.add_parser("train", help="train the toy CLIP on CPU and save its checkpoint")
-    p.add_argument("--steps", type=int, help="one phase of this many steps (default: the shipped 3-phase recipe)")
+    p.add_argument("--steps", type=int, help="one phase of this many steps (default: the shipped 5-phase recipe)")
+    p.add_argument("--from-phase", type=int, default=0,
+                   help="run the recipe from this phase on, starting from --init (3: add descriptors to a "
+                        "checkpoint of phases 0-2)")
+    p.add_argument("--descriptors", type=float, default=0.0,
+                   help="with --steps: share of single-object captions that say a descriptor")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="checkpoint path (default: the shipped toy/weights/toy_clip.pt)")

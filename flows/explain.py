@@ -14,9 +14,11 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.stages import ALL_STAGES, Stage
 from tasks.caption import CaptionerConfig
 from tasks.captions_stage import CaptionsConfig, captions_shard_task
 from tasks.classify import ClassifyConfig, classify_shard_task
+from tasks.concepts_stage import ConceptsConfig, concepts_shard_task
 from tasks.evaluate import evaluate_run_task
 from tasks.plan import plan_run_task, shards_to_force
 from tasks.regions_stage import RegionsConfig, regions_shard_task
@@ -51,13 +53,14 @@ class ExplainParams(BaseModel):
     force: bool = Field(False, description="redo shards that are already complete")
     redo_classes: list[str] | None = Field(None, description="redo only the shards holding images of these classes "
                                                              "(reprocessing a subset; other shards are reused)")
-    stages: list[Literal["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"]] = Field(
-        ["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"],
-        description="stages to run: classify (always; later stages read it), relevancy, regions and captions (per "
-                    "shard; each reuses what the one before stored), evaluate "
+    stages: list[Stage] = Field(
+        ALL_STAGES,
+        description="stages to run: classify (always; later stages read it), relevancy, regions, concepts and captions "
+                    "(per shard; each reuses what the one before stored), evaluate "
                     "(faithfulness of chefer all/last block, gradient and random maps on a sample; pointing game and "
                     "class discrimination where the dataset's manifest has masks), summarize (per-class caption "
-                    "summaries and their properties; needs captions), report (one HTML file under <out>/reports)")
+                    "summaries and their properties; needs captions), report (one HTML file under <out>/reports). "
+                    "concepts (visual / language concepts, mutual knowledge) needs a concept bank (`descriptors`)")
     summary_k: int = Field(3, ge=1, description="captions per class summary (picked by MMR)")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
                                                         "for, so Ray places one shard per GPU; 0: no request")
@@ -82,6 +85,13 @@ class ExplainParams(BaseModel):
     caption_prompt: str | None = Field(None, description="hf: text prompt for conditional models (BLIP)")
     concept_bank: str | None = Field(None, description="JSON {class: [phrase, ...]} for the retrieval captioner "
                                                        "(the toy model has a built-in one)")
+    descriptors: str | None = Field(None, description="concept bank: JSON {class: [descriptor, ...]} (Menon & "
+                                                      "Vondrick's format) for description-based classification "
+                                                      "and the concepts stage; the toy model has its own")
+    concept_subject: str = Field("an object", description="subject of class-free concept prompts: '<subject>, "
+                                                          "which has <descriptor>'")
+    concept_top_k: int = Field(3, ge=1, description="visual concepts (descriptors) per region and per image")
+    language_top_k: int = Field(5, ge=1, description="language concepts (descriptors nearest the predicted class)")
     caption_top_k: int = Field(1, ge=1, description="regions per map to caption")
     caption_context: float = Field(1.0, ge=0, description="crop context around a region, × its size")
     relevancy_methods: list[str] = Field(["chefer", "gradient"], description="relevancy methods (chefer, gradient, "
@@ -108,13 +118,15 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     plan = plan_run_task(dataset=params.dataset, class_map=params.class_map, model=params.model,
                          pretrained=params.pretrained, templates=params.templates, shard_size=params.shard_size,
                          device=params.device, precision=params.precision, run_name=params.run_name,
-                         captioner=cap if "captions" in params.stages else None, redo_classes=params.redo_classes)
+                         captioner=cap if "captions" in params.stages else None, redo_classes=params.redo_classes,
+                         descriptors=params.descriptors, need_bank="concepts" in params.stages)
     pdict = params.model_dump()
     record_run_task(params.out, plan, pdict, "running", started)
     logger.info("run %s: %d images in %d shards, %d classes, %d templates, model %s (%s) on %s/%s",
                 plan.run_id, plan.n_images, len(plan.shards), len(plan.classes), len(plan.templates),
                 plan.model.name, plan.model.pretrained or "random", plan.model.device, plan.model.precision)
-    cfg = ClassifyConfig(plan.model, plan.classes, plan.templates, params.top_k, params.batch_size, params.workers)
+    cfg = ClassifyConfig(plan.model, plan.classes, plan.templates, params.top_k, params.batch_size, params.workers,
+                         plan.bank)
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
     shard_ids = list(range(len(plan.shards)))
     forces = shards_to_force(plan, params.force, params.redo_classes)
@@ -133,6 +145,12 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                                     params.segment_top_k, params.segment_superpixels)
                 last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
                                               unmapped(params.out), forces, upstream=last)
+                if "concepts" in params.stages:
+                    kcfg = ConceptsConfig(plan.model, plan.classes, plan.templates, plan.bank, params.concept_subject,
+                                          params.concept_top_k, params.language_top_k, "chefer",
+                                          params.caption_context)
+                    last = concepts_shard_task.map(unmapped(kcfg), plan.run_id, shard_ids, unmapped(params.out),
+                                                   forces, upstream=last)
                 if "captions" in params.stages:
                     ccfg = CaptionsConfig(plan.model, cap, "chefer", params.caption_top_k, params.caption_context,
                                           plan.dataset)

@@ -12,9 +12,8 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.explain import ExplainParams, explain
+from flows.stages import Stage
 from tasks.runs import stored_params_task
-
-Stage = Literal["classify", "relevancy", "regions", "captions", "evaluate", "summarize", "report"]
 
 
 class ReprocessParams(BaseModel):

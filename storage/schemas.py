@@ -76,6 +76,33 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("mass_outside_top", pa.float64()),  # mean relevancy mass share outside each map's top region
         ("on_object_share", pa.float64()),  # regions at least half on the true object (datasets with masks)
     ]),
+    "concepts": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),
+        ("source", pa.string()),  # 'image' | 'region' (visual concepts) | 'language' (of the predicted class)
+        ("region_id", pa.int32()),  # the region's rank for 'region'; -1 otherwise
+        ("class_name", pa.string()),  # 'language': the predicted class; null otherwise
+        ("rank", pa.int32()),  # 0 = most similar
+        ("descriptor", pa.string()), ("similarity", pa.float32()),  # cosine, concept prompt vs crop / class
+        ("of_label", pa.bool_()), ("of_pred", pa.bool_()),  # a descriptor of the true / predicted class
+    ]),
+    "mutual_knowledge": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),
+        ("label", pa.string()), ("pred", pa.string()), ("correct", pa.bool_()),
+        ("method", pa.string()),  # whose regions are the image's parts
+        ("n_regions", pa.int32()), ("n_visual", pa.int32()), ("n_language", pa.int32()), ("n_shared", pa.int32()),
+        ("visual", pa.list_(pa.string())),  # distinct visual concepts, by importance
+        ("language", pa.list_(pa.string())),  # language concepts of the predicted class, by similarity
+        ("shared", pa.list_(pa.string())),  # visual concepts that are also language concepts
+        ("top_visual", pa.string()), ("top_visual_of_label", pa.bool_()),  # is it a descriptor of the true class
+        ("mi", pa.float64()),  # nats, the authors' estimator (tasks/concepts.py)
+        ("mi_curve", pa.list_(pa.float32())),  # MI as visual concepts are removed by importance: N + 1 points
+        ("auc", pa.float64()),  # mean of mi_curve
+        ("deletion_curve", pa.list_(pa.float32())), ("insertion_curve", pa.list_(pa.float32())),
+        ("deletion", pa.float64()), ("insertion", pa.float64()),  # means of the curves (predicted class prob.)
+        ("correct_after_drop", pa.bool_()),  # still right without the top concept's regions (AccDrop)
+        ("correct_after_insert", pa.bool_()),  # right with only the top concept's regions (AccInc)
+        ("correct_empty", pa.bool_()),  # right on the mean-colour image (AccInc's baseline)
+    ]),
     "evaluations": pa.schema([
         ("run_id", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),

@@ -14,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.writer import count_rows, is_complete, shard_name, write_table
+from tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
 from tasks.data import ImageLoadError, Item, load_image, image_id_of
 from tasks.models import LoadedModel, ModelSpec, in_batches, load_model, model_lock
 from tasks.runinfo import SHARD_RETRIES, config_hash, library_versions, run_logger
@@ -31,6 +32,7 @@ class ClassifyConfig:
     top_k: int = 5  # labels and probabilities kept per prediction
     batch_size: int = 64  # images per forward pass
     workers: int = 4  # decode threads per shard
+    bank: ConceptBank | None = None  # descriptors: adds description-based rows (template 'descriptors')
 
 
 _TEXT_CACHE: dict[tuple, torch.Tensor] = {}
@@ -58,27 +60,52 @@ def text_classifier(lm: LoadedModel, classes: tuple[str, ...], templates: tuple[
 
 
 @torch.no_grad()
-def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """(T + 1, B, C) class probabilities of a preprocessed batch (B, 3, H, W) for every template row."""
+def description_classifier(lm: LoadedModel, bank: ConceptBank) -> tuple[torch.Tensor, torch.Tensor]:
+    """Menon & Vondrick's description-based classifier: unit embeddings (P, D) of every prompt
+    "{class}, which (is/has) {descriptor}" and the (C, P) matrix that averages each class's prompt scores."""
+    key = ("descriptions", lm.spec, bank)
+    with _TEXT_LOCK, model_lock(lm.model):
+        if key not in _TEXT_CACHE:
+            prompts = [class_prompt(c, d) for c, descs in zip(bank.classes, bank.descriptors) for d in descs]
+            emb = F.normalize(lm.model.encode_text(lm.tokenizer(prompts).to(lm.spec.device)).float(), dim=-1)
+            avg = torch.zeros(len(bank.classes), len(prompts), device=emb.device)  # (C, P)
+            start = 0
+            for c, descs in enumerate(bank.descriptors):
+                avg[c, start:start + len(descs)] = 1.0 / len(descs)
+                start += len(descs)
+            _TEXT_CACHE[key] = (emb, avg)
+        return _TEXT_CACHE[key]
+
+
+@torch.no_grad()
+def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor,
+                    descriptions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(R, B, C) class probabilities of a preprocessed batch (B, 3, H, W): one row per template, the ensemble,
+    and with `descriptions` a last row scoring each class by the mean similarity to its descriptor prompts."""
     dev = lm.spec.device
     amp = torch.autocast(dev.split(":")[0], dtype=lm.autocast_dtype) if lm.autocast_dtype else nullcontext()
     with model_lock(lm.model), amp:
         img = lm.model.encode_image(pixels.to(dev, non_blocking=True))  # (B, D)
     img = F.normalize(img.float(), dim=-1)
-    logits = lm.model.logit_scale.exp().float() * torch.einsum("bd,tcd->tbc", img, classifier)  # (T+1, B, C)
+    scale = lm.model.logit_scale.exp().float()
+    logits = scale * torch.einsum("bd,tcd->tbc", img, classifier)  # (T+1, B, C)
+    if descriptions is not None:
+        emb, avg = descriptions  # (P, D), (C, P)
+        desc = scale * (img @ emb.T) @ avg.T  # (B, C): mean cosine over each class's prompts, scaled
+        logits = torch.cat([logits, desc.unsqueeze(0)], dim=0)  # (T+2, B, C)
     return logits.softmax(-1)
 
 
 def prediction_rows(run_id: str, shard: int, image_ids: list[str], labels: list[str], classes: tuple[str, ...],
                     templates: tuple[str, ...], probs: torch.Tensor, top_k: int) -> list[dict]:
-    """One row per image × template (+ the ensemble row) from probabilities (T + 1, B, C)."""
+    """One row per image × template (+ the ensemble row, + a 'descriptors' row when probs has one more)."""
     k = min(top_k, len(classes))
     top_p, top_i = probs.topk(k, dim=-1)  # (T + 1, B, k)
     label_idx = torch.tensor([classes.index(l) for l in labels])  # (B,)
     label_p = probs.gather(-1, label_idx.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(-1)  # (T+1, B)
     rank = (probs > label_p.unsqueeze(-1)).sum(-1) + 1  # (T + 1, B)
     rows = []
-    names = list(templates) + [ENSEMBLE]
+    names = list(templates) + [ENSEMBLE] + [DESCRIPTION_TEMPLATE] * (probs.shape[0] - len(templates) - 1)
     for t, name in enumerate(names):
         for b, (iid, label) in enumerate(zip(image_ids, labels)):
             pred = classes[int(top_i[t, b, 0])]
@@ -123,6 +150,7 @@ def classify_shard(cfg: ClassifyConfig, run_id: str, shard: int, items: list[Ite
                 "n_failures": count_rows(root, "failures", run_id, name)}
     lm = load_model(cfg.model)
     classifier = text_classifier(lm, cfg.classes, cfg.templates)
+    descriptions = description_classifier(lm, cfg.bank) if cfg.bank else None
     images, preds, failures = [], [], []
     batch: list[tuple[str, str, torch.Tensor]] = []
 
@@ -130,7 +158,7 @@ def classify_shard(cfg: ClassifyConfig, run_id: str, shard: int, items: list[Ite
         if batch:
             ids, labels, pix = zip(*batch)
             pixels = torch.stack(pix)  # (B, 3, H, W)
-            probs = in_batches(len(pix), len(pix), lambda i, j: classify_pixels(lm, pixels[i:j], classifier).cpu()
+            probs = in_batches(len(pix), len(pix), lambda i, j: classify_pixels(lm, pixels[i:j], classifier, descriptions).cpu()
                                .transpose(0, 1)).transpose(0, 1)  # (T + 1, B, C); OOM halves the batch
             preds.extend(prediction_rows(run_id, shard, list(ids), list(labels), cfg.classes, cfg.templates,
                                          probs, cfg.top_k))

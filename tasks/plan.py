@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.caption import CaptionerConfig, check_captioner
+from tasks.concept_bank import ConceptBank, resolve_bank
 from tasks.data import Item, plan_shards, read_dataset
 from tasks.models import ModelSpec, resolve_spec
 from tasks.runinfo import config_hash
@@ -30,6 +31,7 @@ class RunPlan:
     templates: tuple[str, ...]
     model: ModelSpec
     shards: tuple[tuple[Item, ...], ...]  # shard i holds these items
+    bank: ConceptBank | None = None  # descriptors per class (description-based classification, concepts)
 
     @property
     def n_images(self) -> int:
@@ -71,7 +73,8 @@ def make_run_id(run_name: str | None, params_hash: str) -> str:
 
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
              shard_size: int, device: str, precision: str, run_name: str | None,
-             captioner: CaptionerConfig | None = None, redo_classes: list[str] | None = None) -> RunPlan:
+             captioner: CaptionerConfig | None = None, redo_classes: list[str] | None = None,
+             descriptors: str | None = None, need_bank: bool = False) -> RunPlan:
     """Everything a run needs, validated before any shard starts (bad input fails here, with the fix)."""
     spec = resolve_spec(model, pretrained, device, precision)
     if captioner is not None:
@@ -85,9 +88,14 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     unknown = sorted(set(redo_classes or ()) - set(ds.classes))
     if unknown:
         raise ValueError(f"redo_classes {unknown} are not classes of {source}; its classes are {list(ds.classes)}")
+    bank = resolve_bank(descriptors, spec.name, ds.classes)
+    if need_bank and bank is None:
+        raise ValueError(f"the concepts stage needs a concept bank for model {spec.name}: pass descriptors=PATH to a "
+                         f"JSON {{class name: [descriptor, ...]}} (Menon & Vondrick's format, e.g. "
+                         f"descriptors_imagenet.json), or leave 'concepts' out of stages")
     shards = tuple(tuple(s) for s in plan_shards(ds.items, shard_size))
     run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
-    return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
+    return RunPlan(run_id, source, ds.classes, tpl, spec, shards, bank)
 
 
 def shards_to_force(plan: RunPlan, force: bool, redo_classes: list[str] | None) -> list[bool]:

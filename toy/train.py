@@ -57,14 +57,31 @@ def render_pool(n: int, seed: int, px: int, workers: int = 2) -> tuple[torch.Ten
 def zero_shot_accuracy(model, tokenizer, images: torch.Tensor, labels: list[str],
                        templates: list[str]) -> float:
     """Accuracy of the template ensemble (mean of normalised text embeddings) over SHAPES."""
+    return prompt_accuracy(model, tokenizer, images, labels, {s: [t.format(s) for t in templates] for s in SHAPES})
+
+
+@torch.no_grad()
+def description_accuracy(model, tokenizer, images: torch.Tensor, labels: list[str]) -> float:
+    """Accuracy of description-based classification with the toy concept bank (Menon & Vondrick)."""
+    from tasks.concept_bank import class_prompt
+    from toy.concepts import toy_concept_bank
+
+    bank = toy_concept_bank()
+    return prompt_accuracy(model, tokenizer, images, labels, {s: [class_prompt(s, d) for d in bank[s]] for s in SHAPES},
+                           mean_scores=True)
+
+
+@torch.no_grad()
+def prompt_accuracy(model, tokenizer, images: torch.Tensor, labels: list[str], prompts: dict[str, list[str]],
+                    mean_scores: bool = False) -> float:
+    """Accuracy over SHAPES: each class scored by its prompts' mean embedding, or by the mean of their scores."""
     model.eval()
-    txt = []
-    for shape in SHAPES:
-        e = F.normalize(model.encode_text(tokenizer([t.format(shape) for t in templates])), dim=-1)
-        txt.append(F.normalize(e.mean(0), dim=-1))
-    txt = torch.stack(txt)  # (C, D)
     img = F.normalize(torch.cat([model.encode_image(b) for b in images.split(256)]), dim=-1)  # (N, D)
-    pred = (img @ txt.T).argmax(-1)
+    scores = []
+    for shape in SHAPES:
+        e = F.normalize(model.encode_text(tokenizer(prompts[shape])), dim=-1)  # (P, D)
+        scores.append((img @ e.T).mean(-1) if mean_scores else img @ F.normalize(e.mean(0), dim=-1))  # (N,)
+    pred = torch.stack(scores, -1).argmax(-1)  # (N,)
     truth = torch.tensor([SHAPES.index(l) for l in labels])
     return float((pred == truth).float().mean())
 
@@ -83,8 +100,12 @@ EVAL_TEMPLATES = {"{}": ["{}"], "a photo of a {}.": ["a photo of a {}."],
 
 
 def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5e-4, seed: int = 0,
-          out: Path = TOY_CHECKPOINT, threads: int | None = None, init: Path | None = None) -> dict:
-    """Train from scratch and save an fp16 checkpoint with its training record; returns that record."""
+          out: Path = TOY_CHECKPOINT, threads: int | None = None, init: Path | None = None,
+          descriptors: float = 0.0) -> dict:
+    """Train (from scratch, or on from `init`) and save an fp16 checkpoint with its training record.
+
+    `descriptors` is the share of single-object captions that say a concept-bank descriptor (toy/concepts.py).
+    """
     from tasks.models import create_clip
 
     torch.manual_seed(seed)
@@ -108,7 +129,7 @@ def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5
     for step in range(steps):
         model.train()
         idx = rng.choice(len(images), batch, replace=False)
-        caps, cons = zip(*(sample_caption(rng, objs[i]) for i in idx))
+        caps, cons = zip(*(sample_caption(rng, objs[i], descriptors) for i in idx))
         truth = torch.from_numpy(truth_matrix(np.stack(cons), objs[idx])).float()  # (B texts, B images)
         img = F.normalize(model.encode_image(images[idx]), dim=-1)  # (B, D)
         txt = F.normalize(model.encode_text(tokenizer(list(caps))), dim=-1)  # (B, D)
@@ -123,14 +144,17 @@ def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0 or step == steps - 1:
             acc = zero_shot_accuracy(model, tokenizer, val_x[:160], val_y[:160], ["{}"])
-            log.info("step %d/%d loss %.3f val-acc({}) %.3f %.0fs", step, steps, loss.item(), acc, time.time() - t0)
-    record = {"steps": steps, "batch": batch, "pool": pool, "lr": lr, "seed": seed, "init": str(init or ""),
+            dacc = description_accuracy(model, tokenizer, val_x[:160], val_y[:160]) if descriptors else float("nan")
+            log.info("step %d/%d loss %.3f val-acc({}) %.3f val-acc(descriptors) %.3f %.0fs", step, steps,
+                     loss.item(), acc, dacc, time.time() - t0)
+    record = {"steps": steps, "batch": batch, "pool": pool, "lr": lr, "seed": seed, "init": str(init or ""), "descriptors": descriptors,
               "train_seconds": round(time.time() - t0, 1), "heldout_n": len(val_y)}
     for name, tpl in EVAL_TEMPLATES.items():
         record[f"heldout_acc[{name}]"] = zero_shot_accuracy(model, tokenizer, val_x, val_y, tpl)
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
     record["heldout_acc[openai]"] = zero_shot_accuracy(
         model, tokenizer, val_x, val_y, [t("{}") for t in OPENAI_IMAGENET_TEMPLATES])
+    record["heldout_acc[descriptors]"] = description_accuracy(model, tokenizer, val_x, val_y)
     sd = {k: v.detach().half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,22 +165,30 @@ def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5
     return record
 
 
-# The shipped checkpoint's recipe: three cosine phases (warm restarts), each on a freshly rendered pool.
+# The shipped checkpoint's recipe: cosine phases (warm restarts), each on a freshly rendered pool. The first
+# three learn the shapes from names; the last two add descriptor captions (issue 7) on top of them.
 RECIPE = ({"steps": 1800, "lr": 5e-4, "seed": 0}, {"steps": 1000, "lr": 3e-4, "seed": 1},
-          {"steps": 700, "lr": 1.5e-4, "seed": 2})
+          {"steps": 700, "lr": 1.5e-4, "seed": 2},
+          {"steps": 1200, "lr": 2e-4, "seed": 3, "descriptors": 0.3},
+          {"steps": 600, "lr": 1e-4, "seed": 4, "descriptors": 0.3})
 
 
-def train_recipe(out: Path = TOY_CHECKPOINT, recipe: tuple[dict, ...] = RECIPE) -> dict:
-    """Run every phase of `recipe`, each starting from the previous phase's checkpoint."""
+def train_recipe(out: Path = TOY_CHECKPOINT, recipe: tuple[dict, ...] = RECIPE, first: int = 0,
+                 init: Path | None = None) -> dict:
+    """Run the phases of `recipe` from `first` on, each starting from the previous phase's checkpoint
+    (the first of them from `init`: e.g. phases 3-4 on top of a checkpoint of phases 0-2)."""
     import tempfile
 
-    phases, init = [], None
+    phases = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, phase in enumerate(recipe):
+        for i, phase in list(enumerate(recipe))[first:]:
             last = i == len(recipe) - 1
             dest = Path(out) if last else Path(tmp) / f"phase{i}.pt"
             phases.append(train(**phase, init=init, out=dest))
             init = dest
+    if first and init:  # keep the record of the phases the starting checkpoint went through
+        before = torch.load(init, map_location="cpu", weights_only=False).get("mapcap_train", {})
+        phases = list(before.get("phases", [before] if before else []))[:first] + phases
     record = dict(phases[-1])
     record["phases"] = phases
     record["train_seconds_total"] = round(sum(p["train_seconds"] for p in phases), 1)

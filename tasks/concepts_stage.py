@@ -1,0 +1,139 @@
+"""The concepts stage of a shard: visual and language concepts, mutual knowledge and its faithfulness.
+
+Reads the shard's predictions (ensemble rows) and the regions of the predicted class's maps; writes
+`concepts` (top-k descriptors per image, per region, and per predicted class) and `mutual_knowledge` (one row
+per image). The measures are defined in tasks/concepts.py.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from storage.writer import is_complete, read_table, shard_name, write_table
+from tasks.caption import crop_region
+from tasks.classify import ENSEMBLE, text_classifier
+from tasks.concept_bank import ConceptBank
+from tasks.concepts import (concept_embeddings, concept_faithfulness, cumulative_masks, curve_auc,
+                            language_concepts, mi_curve, region_mask, top_k, visual_concepts)
+from tasks.data import ImageLoadError, load_image
+from tasks.models import ModelSpec, encode_images, load_model
+from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
+
+STAGE_VERSION = 1
+TABLES = ["concepts", "mutual_knowledge"]
+
+
+@dataclass(frozen=True)
+class ConceptsConfig:
+    model: ModelSpec  # the run's CLIP
+    classes: tuple[str, ...]  # the run's classes, in index order
+    templates: tuple[str, ...]  # the run's templates (the predicted class's embedding is their ensemble)
+    bank: ConceptBank  # descriptors per class; their union is the concept vocabulary
+    subject: str = "an object"  # class-free subject of concept prompts: "an object, which has four corners"
+    top_k: int = 3  # visual concepts per region (and per whole image)
+    language_k: int = 5  # language concepts of the predicted class
+    method: str = "chefer"  # whose regions (of the 'pred' target) are the image's parts
+    context: float = 1.0  # crop context around a region, × its size (as for captions)
+
+
+def _concept_rows(base: dict, source: str, region_id: int, class_name: str | None, vals, idx, vocab, label_set,
+                  pred_set) -> list[dict]:
+    return [base | {"source": source, "region_id": region_id, "class_name": class_name, "rank": rank,
+                    "descriptor": vocab[v], "similarity": float(s), "of_label": vocab[v] in label_set,
+                    "of_pred": vocab[v] in pred_set}
+            for rank, (s, v) in enumerate(zip(vals, idx))]
+
+
+def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: dict, concept_emb: torch.Tensor,
+                   class_emb: torch.Tensor, language: dict[str, tuple[list[int], list[float]]],
+                   base: dict) -> tuple[list[dict], dict]:
+    """Concept rows and the mutual-knowledge row of one decoded image."""
+    vocab = cfg.bank.vocabulary
+    label_set, pred_set = set(cfg.bank.of(pred["label"])), set(cfg.bank.of(pred["pred"]))
+    parts = [crop_region(image, tuple(r["bbox"]), cfg.context) for r in regions] or [image]
+    emb = encode_images(lm, [image] + parts).cpu()  # (1 + R, D), unit
+    sims = emb @ concept_emb.T  # (1 + R, V)
+    vals, idx = top_k(sims, cfg.top_k)  # (1 + R, k)
+    rows = _concept_rows(base, "image", -1, None, vals[0].tolist(), idx[0].tolist(), vocab, label_set, pred_set)
+    for r, reg in enumerate(regions):
+        rows += _concept_rows(base, "region", reg["region_id"], None, vals[r + 1].tolist(), idx[r + 1].tolist(),
+                              vocab, label_set, pred_set)
+    lang_idx, lang_vals = language[pred["pred"]]
+    rows += _concept_rows(base, "language", -1, pred["pred"], lang_vals, lang_idx, vocab, label_set, pred_set)
+    order, tied = visual_concepts(idx[1:], sims[0])
+    curve = mi_curve(order, lang_idx)
+    masks = [region_mask(r["bbox"], r["mask_rle"], image.size) for r in regions]
+    if not masks:  # the whole image is the one part
+        masks = [torch.ones(image.size[1], image.size[0], dtype=torch.bool).numpy()]
+    faith = concept_faithfulness(lm, image, cumulative_masks(order, tied, masks), class_emb,
+                                 cfg.classes.index(pred["pred"]), cfg.classes.index(pred["label"]))
+    visual = [vocab[v] for v in order]
+    language_words = [vocab[v] for v in lang_idx]
+    mk = base | {"label": pred["label"], "pred": pred["pred"], "correct": pred["correct"], "method": cfg.method,
+                 "n_regions": len(regions), "n_visual": len(visual), "n_language": len(language_words),
+                 "visual": visual, "language": language_words,
+                 "shared": [w for w in visual if w in language_words],
+                 "n_shared": sum(w in language_words for w in visual),
+                 "top_visual": visual[0] if visual else None,
+                 "top_visual_of_label": bool(visual) and visual[0] in label_set,
+                 "mi": curve[0], "mi_curve": curve, "auc": curve_auc(curve)} | faith
+    return rows, mk
+
+
+def concepts_shard(cfg: ConceptsConfig, run_id: str, shard: int, root: str, force: bool = False,
+                   log: logging.Logger | None = None) -> dict:
+    log = log or logging.getLogger(__name__)
+    name = shard_name(shard)
+    chash = chained_hash(root, run_id, shard, "regions", "concepts", STAGE_VERSION, cfg)
+    if not force and is_complete(root, TABLES, run_id, name, chash):
+        log.info("shard %d concepts already complete: skipped", shard)
+        return {"shard": shard, "skipped": True}
+    lm = load_model(cfg.model)
+    concept_emb = concept_embeddings(lm, cfg.bank.vocabulary, cfg.subject)  # (V, D)
+    class_emb = text_classifier(lm, cfg.classes, cfg.templates)[-1].cpu()  # (C, D) ensemble
+    language = {c: language_concepts(class_emb[i], concept_emb, cfg.language_k) for i, c in enumerate(cfg.classes)}
+    images = {r["image_id"]: r for r in read_table(root, "images", run_id, name).to_pylist()}
+    preds = {r["image_id"]: r for r in read_table(root, "predictions", run_id, name).to_pylist()
+             if r["template"] == ENSEMBLE}
+    regions: dict[str, list[dict]] = {}
+    for r in read_table(root, "regions", run_id, name).to_pylist():
+        if r["target"] == "pred" and r["method"] == cfg.method:
+            regions.setdefault(r["image_id"], []).append(r)
+    concept_rows, mk_rows, failures = [], [], []
+    for iid in sorted(preds):
+        path = images[iid]["path"]
+        try:
+            image = load_image(path)[0]
+        except ImageLoadError as e:
+            failures.append({"run_id": run_id, "image_id": iid, "path": path, "shard": shard, "stage": "concepts",
+                             "error_type": "ImageLoadError", "error": str(e)})
+            continue
+        regs = regions.get(iid, [])
+        if regs:  # one map per image: the first start layer, regions by rank
+            first = min((r["start_layer"] is None, r["start_layer"] or 0) for r in regs)
+            regs = sorted((r for r in regs if (r["start_layer"] is None, r["start_layer"] or 0) == first),
+                          key=lambda r: r["region_id"])
+        base = {"run_id": run_id, "image_id": iid, "shard": shard}
+        rows, mk = image_concepts(cfg, lm, image, regs, preds[iid], concept_emb, class_emb, language, base)
+        concept_rows += rows
+        mk_rows.append(mk)
+    meta = {"config": cfg, "stage": "concepts", "stage_version": STAGE_VERSION, "shard": shard}
+    write_table(root, "failures", run_id, f"{name}-concepts", failures, config=meta, config_hash=chash,
+                versions=library_versions())
+    write_table(root, "concepts", run_id, name, concept_rows, config=meta, config_hash=chash,
+                versions=library_versions())
+    write_table(root, "mutual_knowledge", run_id, name, mk_rows, config=meta, config_hash=chash,
+                versions=library_versions())
+    log.info("shard %d: concepts of %d images, %d failures", shard, len(mk_rows), len(failures))
+    return {"shard": shard, "skipped": False, "n_images": len(mk_rows)}
+
+
+@task(name="concepts-shard", task_run_name="concepts-shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE,
+      **SHARD_RETRIES)
+def concepts_shard_task(cfg: ConceptsConfig, run_id: str, shard: int, root: str, force: bool = False,
+                        upstream: dict | None = None) -> dict:
+    return concepts_shard(cfg, run_id, shard, root, force, log=run_logger(__name__))
