@@ -54,7 +54,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     if evaluation.num_rows:
         print("\nrelevancy maps against ground truth and perturbation (AUC: positive/deletion lower is better):")
         _print_table(evaluation)
+    desc = [r for r in named_query(con, "descriptors_vs_names", result["run_id"]).to_pylist()
+            if r["class_name"] == "(all)" and r["descriptors_accuracy"] is not None]
+    if desc:
+        print(f"\ndescription-based classification: accuracy {desc[0]['descriptors_accuracy']:.4f} "
+              f"(class-name templates {desc[0]['names_accuracy']:.4f}); per class: mapcap concepts --root {args.out}")
+    mk = named_query(con, "mutual_knowledge_vs_accuracy", result["run_id"])
+    if mk.num_rows:
+        print("\nmutual knowledge of the two encoders against per-class accuracy:")
+        _print_table(mk)
     print(f"\nmore: mapcap sql --root {args.out} \"SELECT * FROM predictions LIMIT 5\"")
+    return 0
+
+
+def cmd_concepts(args: argparse.Namespace) -> int:
+    from storage.query import connect, named_query
+
+    con = connect(args.root)
+    sections = (("accuracy: description-based (Menon & Vondrick) vs class-name templates", "descriptors_vs_names"),
+                ("mutual knowledge per class (MI in nats; AUC of the MI curve; concept deletion / insertion, "
+                 "AccDrop / AccInc)", "mutual_knowledge_by_class"),
+                ("across classes: MI and AUC against accuracy", "mutual_knowledge_vs_accuracy"),
+                ("top visual concept per class (is it one of the class's descriptors?)", "visual_concepts"))
+    for i, (title, name) in enumerate(sections):
+        print(("\n" if i else "") + title + ":")
+        _print_table(named_query(con, name, args.run))
+    return 0
+
+
+def cmd_mk_runs(args: argparse.Namespace) -> int:
+    from storage.query import connect, named_query
+
+    con = connect(args.root)
+    print("mutual knowledge per run:")
+    _print_table(named_query(con, "mutual_knowledge_runs"))
+    print("\nacross runs: MI and AUC against accuracy:")
+    _print_table(named_query(con, "mutual_knowledge_runs_vs_accuracy"))
     return 0
 
 
@@ -191,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 "confusion": cmd_named, "evaluations": cmd_named, "captions": cmd_named, "runs": cmd_named, "check": cmd_check,
                 "summaries": cmd_named, "trends": cmd_named, "drift": cmd_named, "models": cmd_named,
                 "template-trends": cmd_named, "report": cmd_report, "serve": cmd_serve,
-                "explorer": cmd_explorer,
+                "explorer": cmd_explorer, "concepts": cmd_concepts, "mk-runs": cmd_mk_runs,
                 "relevancy": cmd_relevancy, "toy": cmd_toy}
     try:
         return handlers[args.cmd](args)

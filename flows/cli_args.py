@@ -58,13 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                            ("confusion", "confusion pairs of a run"), ("evaluations", "relevancy evaluation of a run"),
                            ("captions", "most frequent top-region caption per class"),
                            ("summaries", "per-class table: accuracy, top confusion, caption summary, properties"),
-                           ("trends", "per-class accuracy against each summary property (Pearson, Spearman, slope)")):
+                           ("trends", "per-class accuracy against each summary property (Pearson, Spearman, slope)"),
+                           ("concepts", "description-based accuracy, mutual knowledge per class and vs accuracy")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
         _root_arg(p)
     for name, helptext in (("drift", "accuracy over time of runs of the same dataset and model"),
                            ("models", "accuracy per dataset and model across runs"),
-                           ("template-trends", "accuracy per prompt template and model across runs")):
+                           ("template-trends", "accuracy per prompt template and model across runs"),
+                           ("mk-runs", "mutual knowledge per run and against accuracy across runs")):
         _root_arg(sub.add_parser(name, help=helptext))
     p = sub.add_parser("serve", help="serve the explain (scheduled) and reprocess deployments from this process")
     _flow_args(p)

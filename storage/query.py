@@ -8,6 +8,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from storage.concept_queries import CONCEPT_QUERIES
 from storage.schemas import TABLES, schema_for
 from storage.writer import filesystem
 
@@ -172,6 +173,8 @@ QUERIES: dict[str, str] = {
                (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,
                (SELECT count(*) FROM failures WHERE run_id = $run AND stage = 'load') AS failed""",
 }
+
+QUERIES.update(CONCEPT_QUERIES)
 
 
 def resolve_run(con: duckdb.DuckDBPyConnection, run: str) -> str:

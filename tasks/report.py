@@ -1,8 +1,9 @@
 """The run report: one self-contained HTML file (figures and images inlined as data URIs).
 
 Sections: per-class accuracy, template comparison, top-k probability bars for sampled images, heatmap
-overlays with region boxes and captions (misclassified images first), per-class summaries, and accuracy
-against each summary property with its correlations. Data comes through storage/ (named queries).
+overlays with region boxes and captions (misclassified images first), per-class summaries, accuracy
+against each summary property with its correlations, and textual concepts (description-based accuracy,
+mutual knowledge against accuracy). Data comes through storage/ (named queries).
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from storage.query import connect, format_table, named_query, predictions_for, r
 from storage.writer import write_file
 from tasks.data import ImageLoadError, load_image
 from tasks.overlay import overlay_row
+from tasks.report_concepts import concepts_section
 from tasks.report_plots import accuracy_bars, property_scatter, template_bars, topk_panels
 from tasks.runinfo import run_logger
 
-SECTIONS = ("accuracy", "templates", "topk", "explanations", "summaries", "trends")
+SECTIONS = ("accuracy", "templates", "topk", "explanations", "summaries", "trends", "concepts")
 # Counts images that failed to decode and script errors into <body data-...> for headless checks.
 CHECK_JS = """<script>
 window.mapcapErrors = 0;
@@ -160,7 +162,8 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
              '<h2 id="trends">Accuracy against summary properties</h2>',
              (_img(property_scatter([p for p in points if p["captioner"] == captioner], stats),
                    "accuracy vs properties") if points else "<p>No class summaries (stage summarize).</p>"),
-             f"<pre>{html.escape(format_table(named_query(con, 'accuracy_vs_property', run)))}</pre>"]
+             f"<pre>{html.escape(format_table(named_query(con, 'accuracy_vs_property', run)))}</pre>",
+             concepts_section(con, run, _img)]
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>MapCap {html.escape(run)}</title>"
            f"<style>{CSS}</style>{CHECK_JS}</head><body>{''.join(parts)}</body></html>")
     return run, doc

@@ -84,3 +84,21 @@ def property_scatter(points: list[dict], stats: dict[str, dict]) -> bytes:
         ax.set_axis_off()
     fig.tight_layout()
     return _png(fig)
+
+
+def mi_curves(rows: list[dict]) -> bytes:
+    """Mean MI curve per class (visual concepts removed by importance), curves zero-padded to the longest."""
+    by_class: dict[str, list[list[float]]] = {}
+    for r in rows:
+        by_class.setdefault(r["label"], []).append(list(r["mi_curve"]))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for cls, curves in sorted(by_class.items()):
+        n = max(len(c) for c in curves)
+        mean = [sum(c[i] if i < len(c) else 0.0 for c in curves) / len(curves) for i in range(n)]
+        ax.plot(range(n), mean, marker="o", ms=3, label=cls)
+    ax.set_xlabel("visual concepts removed (most important first)", fontsize=8)
+    ax.set_ylabel("MI (nats)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _png(fig)

@@ -36,7 +36,7 @@ def test_flow_classifies_the_toy_world_and_counts_add_up(first_run):
     fail = run_sql(con, "SELECT path, stage, error FROM failures").to_pylist()
     assert len(fail) == 1 and fail[0]["path"].endswith("zz-corrupt.png") and fail[0]["stage"] == "load"
     per_template = run_sql(con, "SELECT template, count(*) AS n FROM predictions GROUP BY 1").to_pylist()
-    assert {r["template"] for r in per_template} == {"ensemble", *params_templates()}
+    assert {r["template"] for r in per_template} == {"ensemble", "descriptors", *params_templates()}
     assert {r["n"] for r in per_template} == {48}
     run = run_sql(con, "SELECT status, n_images, n_failures, n_shards, params_json, code_version FROM runs")
     row = run.to_pylist()[0]
@@ -80,6 +80,13 @@ def test_bad_model_fails_before_any_shard(prefect_harness, toy_dir, tmp_path):
         explain(ExplainParams(dataset=str(toy_dir), captioner="hf", out=str(tmp_path)))
     with pytest.raises(ValueError, match="retrieval captioner needs a concept bank"):
         explain(ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="concepts stage needs a concept bank for model ViT-B-32: pass descriptors"):
+        explain(ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", out=str(tmp_path),
+                              stages=["classify", "relevancy", "regions", "concepts"]))
+    bank = tmp_path / "bank.json"
+    bank.write_text('{"star": ["five points"]}')
+    with pytest.raises(ValueError, match=r"has no descriptors for classes \['circle', 'cross'"):
+        explain(ExplainParams(dataset=str(toy_dir), descriptors=str(bank), out=str(tmp_path)))
     assert not (tmp_path / "predictions").exists()
 
 
@@ -97,6 +104,28 @@ def test_relevancy_stage_writes_maps_for_pred_and_label(first_run):
                              AND p.correct AND a.map = b.map""").column("n")[0].as_py()
     n_correct = run_sql(con, "SELECT sum(correct::INT) AS n FROM predictions WHERE template='ensemble'")
     assert same == 2 * n_correct.column("n")[0].as_py()  # correct: one map serves both targets
+
+
+def test_concepts_stage_writes_concepts_and_mutual_knowledge(first_run, capsys):
+    params, _ = first_run
+    con = connect(params.out)
+    mk = run_sql(con, "SELECT * FROM mutual_knowledge").to_pylist()
+    assert len(mk) == 48 and len({r["image_id"] for r in mk}) == 48  # the corrupt image has no row
+    for r in mk:
+        assert r["n_visual"] == len(r["visual"]) >= 3 and r["n_language"] == 5
+        assert len(r["mi_curve"]) == r["n_visual"] + 1 and r["mi_curve"][-1] == 0.0
+        assert abs(r["mi"] - r["mi_curve"][0]) < 1e-5 and abs(r["auc"] - sum(r["mi_curve"]) / len(r["mi_curve"])) < 1e-5
+        assert len(r["deletion_curve"]) == len(r["insertion_curve"]) == r["n_visual"] + 1
+    kinds = run_sql(con, "SELECT source, count(DISTINCT image_id) AS n, max(rank) AS k FROM concepts "
+                         "GROUP BY 1 ORDER BY 1").to_pylist()
+    assert [(k["source"], k["n"], k["k"]) for k in kinds] == [("image", 48, 2), ("language", 48, 4), ("region", 48, 2)]
+    per_class = named_query(con, "mutual_knowledge_by_class", "e2e").to_pylist()
+    assert len(per_class) == 8
+    run = named_query(con, "mutual_knowledge_runs").to_pylist()[0]
+    assert run["deletion"] < run["insertion"] and run["acc_drop"] > 0.3  # the top concepts' regions matter
+    assert main(["concepts", "e2e", "--root", params.out]) == 0
+    out = capsys.readouterr().out
+    assert "descriptors_accuracy" in out and "mean_auc" in out and "(all)" in out
 
 
 def test_evaluations_table_scores_every_variant(first_run):

@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow.parquet as pq
 
-from toy.captions import ANY, ABSENT, truth_matrix
+from toy.captions import ANY, ABSENT, bit, sample_caption, truth_matrix
 from toy.dataset import make_scene, png_to_mask, write_toy_dataset
 from toy.shapes import COLOURS, SHAPES
 
@@ -52,8 +52,30 @@ def test_truth_matrix_treats_any_true_caption_as_positive():
     objs = np.array([[[3, 0, 0, 1], [ABSENT] * 4],  # red star
                      [[3, 2, 4, 1], [4, 0, 1, 0]],  # blue star + red ring
                      [[4, 2, 0, 0], [ABSENT] * 4]])  # blue ring
-    cons = np.array([[[3, ANY, ANY, ANY], [ABSENT] * 4],  # "a star"
-                     [[3, 0, ANY, ANY], [ABSENT] * 4],  # "a red star"
-                     [[3, ANY, ANY, ANY], [4, ANY, ANY, ANY]]])  # "a star and a ring"
+    cons = np.array([[[bit(3), ANY, ANY, ANY], [ABSENT] * 4],  # "a star"
+                     [[bit(3), 0, ANY, ANY], [ABSENT] * 4],  # "a red star"
+                     [[bit(3), ANY, ANY, ANY], [bit(4), ANY, ANY, ANY]],  # "a star and a ring"
+                     [[bit(["star", "cross"]), ANY, ANY, ANY], [ABSENT] * 4],  # "inward corners"
+                     [[bit(["circle", "ring"]), 0, ANY, ANY], [ABSENT] * 4]])  # "a red shape, which has no corners"
     t = truth_matrix(cons, objs)
-    assert t.tolist() == [[True, True, False], [True, False, False], [False, True, False]]
+    assert t.tolist() == [[True, True, False], [True, False, False], [False, True, False], [True, True, False],
+                          [False, True, False]]
+
+
+def test_descriptor_captions_are_true_of_every_shape_with_that_property():
+    from toy.concepts import PROPERTIES
+    rng = np.random.default_rng(0)
+    every = np.array([[[s, 0, 0, 1], [ABSENT] * 4] for s in range(len(SHAPES))])  # one red object per shape
+    seen = set()
+    for _ in range(400):
+        text, cons = sample_caption(rng, every[SHAPES.index("cross")], descriptors=1.0)
+        true_of = {SHAPES[i] for i, ok in enumerate(truth_matrix(cons[None], every)[0]) if ok}
+        assert "cross" in true_of
+        descriptor = next((d for d in PROPERTIES if text.endswith(d)), None)
+        assert descriptor is not None and descriptor in ("right angles", "inward corners", "four arms", "twelve corners")
+        if "cross" not in text.split(", ")[0] or text == descriptor:
+            assert true_of == PROPERTIES[descriptor]  # class-free: every shape with the property
+            seen.add(descriptor)
+        else:
+            assert true_of == {"cross"}  # names the class
+    assert len(seen) == 4
