@@ -123,6 +123,8 @@ def test_concepts_stage_writes_concepts_and_mutual_knowledge(first_run, capsys):
     assert len(per_class) == 8
     run = named_query(con, "mutual_knowledge_runs").to_pylist()[0]
     assert run["deletion"] < run["insertion"] and run["acc_drop"] > 0.3  # the top concepts' regions matter
+    top = run_sql(con, "SELECT avg(top_visual_of_label::INT) AS share FROM mutual_knowledge WHERE correct")
+    assert top.column("share")[0].as_py() >= 0.8  # the top visual concept is a true descriptor of the class
     assert main(["concepts", "e2e", "--root", params.out]) == 0
     out = capsys.readouterr().out
     assert "descriptors_accuracy" in out and "mean_auc" in out and "(all)" in out

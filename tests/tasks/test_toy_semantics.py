@@ -24,3 +24,13 @@ def test_every_method_beats_the_random_map_widely(figures, method, start):
 def test_top_region_of_default_segmentation_overlaps_the_object(figures):
     iou = figures[("chefer", 0, "region_iou_median")]
     assert iou >= 0.3 and iou >= 3 * figures[("random", None, "region_iou_median")]
+
+
+def test_description_based_classification_is_as_good_as_class_names(toy_model):
+    """Menon & Vondrick's classifier with the toy concept bank, on held-out scenes the CLIP never saw."""
+    from toy.train import EVAL_TEMPLATES, description_accuracy, heldout, zero_shot_accuracy
+
+    x, y = heldout(n=240, seed=2024)
+    names = zero_shot_accuracy(toy_model.model, toy_model.tokenizer, x, y, EVAL_TEMPLATES["simple"])
+    described = description_accuracy(toy_model.model, toy_model.tokenizer, x, y)
+    assert names >= 0.93 and described >= names - 0.02
