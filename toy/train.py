@@ -179,6 +179,10 @@ def train_recipe(out: Path = TOY_CHECKPOINT, recipe: tuple[dict, ...] = RECIPE, 
     (the first of them from `init`: e.g. phases 3-4 on top of a checkpoint of phases 0-2)."""
     import tempfile
 
+    before: list[dict] = []
+    if first and init:  # keep the record of the phases the starting checkpoint went through
+        start = torch.load(init, map_location="cpu", weights_only=False).get("mapcap_train", {})
+        before = list(start.get("phases", [start] if start else []))[:first]
     phases = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, phase in list(enumerate(recipe))[first:]:
@@ -186,10 +190,18 @@ def train_recipe(out: Path = TOY_CHECKPOINT, recipe: tuple[dict, ...] = RECIPE, 
             dest = Path(out) if last else Path(tmp) / f"phase{i}.pt"
             phases.append(train(**phase, init=init, out=dest))
             init = dest
-    if first and init:  # keep the record of the phases the starting checkpoint went through
-        before = torch.load(init, map_location="cpu", weights_only=False).get("mapcap_train", {})
-        phases = list(before.get("phases", [before] if before else []))[:first] + phases
+    record = finish_record(Path(out), before + phases)
+    return record
+
+
+def finish_record(out: Path, phases: list[dict]) -> dict:
+    """Store the whole recipe's record (every phase) in the final checkpoint; returns it."""
     record = dict(phases[-1])
     record["phases"] = phases
     record["train_seconds_total"] = round(sum(p["train_seconds"] for p in phases), 1)
+    ckpt = torch.load(out, map_location="cpu", weights_only=False)
+    ckpt["mapcap_train"] = record
+    tmp = out.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(out)
     return record
