@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -68,7 +69,7 @@ def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: di
     curve = mi_curve(order, lang_idx)
     masks = [region_mask(r["bbox"], r["mask_rle"], image.size) for r in regions]
     if not masks:  # the whole image is the one part
-        masks = [torch.ones(image.size[1], image.size[0], dtype=torch.bool).numpy()]
+        masks = [np.ones((image.size[1], image.size[0]), dtype=bool)]
     faith = concept_faithfulness(lm, image, cumulative_masks(order, tied, masks), class_emb,
                                  cfg.classes.index(pred["pred"]), cfg.classes.index(pred["label"]))
     visual = [vocab[v] for v in order]
