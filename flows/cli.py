@@ -185,9 +185,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_toy(args: argparse.Namespace) -> int:
     if args.toy_cmd == "make":
-        from toy.dataset import write_toy_dataset
+        from toy.dataset import SHAPES, write_toy_dataset
 
-        manifest = write_toy_dataset(args.out, args.n_per_class, args.seed, args.split, args.kind)
+        rate = {s: args.distractor_rate for s in SHAPES} if args.distractor_rate else None
+        manifest = write_toy_dataset(args.out, args.n_per_class, args.seed, args.split, args.kind, rate)
         print(f"wrote toy dataset {args.out} (manifest {manifest})")
         return 0
     if args.toy_cmd == "train-captioner":

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--split", default="test")
     p.add_argument("--kind", default="single", choices=["single", "distractor", "pair"])
+    p.add_argument("--distractor-rate", type=float, default=0.0,
+                   help="with --kind single: share of each class's images that also carry a smaller other shape")
     p = tsub.add_parser("train", help="train the toy CLIP on CPU and save its checkpoint")
     p.add_argument("--steps", type=int, help="one phase of this many steps (default: the shipped 5-phase recipe)")
     p.add_argument("--from-phase", type=int, default=0,
