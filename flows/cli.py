@@ -90,6 +90,10 @@ def cmd_mk_runs(args: argparse.Namespace) -> int:
     _print_table(named_query(con, "mutual_knowledge_runs"))
     print("\nacross runs: MI and AUC against accuracy:")
     _print_table(named_query(con, "mutual_knowledge_runs_vs_accuracy"))
+    if args.figure:
+        from tasks.report_concepts import runs_figure
+        Path(args.figure).write_bytes(runs_figure(con))
+        print(f"\nwrote {args.figure}")
     return 0
 
 

@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                            ("models", "accuracy per dataset and model across runs"),
                            ("template-trends", "accuracy per prompt template and model across runs"),
                            ("mk-runs", "mutual knowledge per run and against accuracy across runs")):
-        _root_arg(sub.add_parser(name, help=helptext))
+        p = sub.add_parser(name, help=helptext)
+        _root_arg(p)
+        if name == "mk-runs":
+            p.add_argument("--figure", help="also write a PNG of every run's mean MI and AUC against accuracy")
     p = sub.add_parser("serve", help="serve the explain (scheduled) and reprocess deployments from this process")
     _flow_args(p)
     p.add_argument("--dataset", default="toy", help="dataset of the scheduled explain runs")

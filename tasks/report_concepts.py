@@ -33,3 +33,12 @@ def concepts_section(con, run: str, img) -> str:
               "are removed / restored; AccDrop / AccInc: accuracy change after removing / keeping only the top "
               "concept's regions (definitions in tasks/concepts.py).</p>"]
     return "".join(parts)
+
+
+def runs_figure(con) -> bytes:
+    """PNG: mean MI and AUC of every run against its accuracy, with the correlations across runs."""
+    runs = named_query(con, "mutual_knowledge_runs").to_pylist()
+    stats = {MEASURES[r["measure"]]: r for r in named_query(con, "mutual_knowledge_runs_vs_accuracy").to_pylist()}
+    points = [{"property": MEASURES[m], "class_name": r["run_id"], "value": r[f"mean_{m}"], "accuracy": r["accuracy"]}
+              for r in runs for m in MEASURES]
+    return property_scatter(points, stats)
