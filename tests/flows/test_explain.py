@@ -106,7 +106,7 @@ def test_relevancy_stage_writes_maps_for_pred_and_label(first_run):
     assert same == 2 * n_correct.column("n")[0].as_py()  # correct: one map serves both targets
 
 
-def test_concepts_stage_writes_concepts_and_mutual_knowledge(first_run, capsys):
+def test_concepts_stage_writes_concepts_and_mutual_knowledge(first_run, capsys, tmp_path):
     params, _ = first_run
     con = connect(params.out)
     mk = run_sql(con, "SELECT * FROM mutual_knowledge").to_pylist()
@@ -128,6 +128,9 @@ def test_concepts_stage_writes_concepts_and_mutual_knowledge(first_run, capsys):
     assert main(["concepts", "e2e", "--root", params.out]) == 0
     out = capsys.readouterr().out
     assert "descriptors_accuracy" in out and "mean_auc" in out and "(all)" in out
+    figure = tmp_path / "runs.png"
+    assert main(["mk-runs", "--root", params.out, "--figure", str(figure)]) == 0
+    assert "e2e" in capsys.readouterr().out and figure.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluations_table_scores_every_variant(first_run):
