@@ -17,9 +17,13 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 @pytest.fixture(scope="module")
-def toy_run(prefect_harness, toy_dir, tmp_path_factory):
+def toy_run(prefect_harness, tmp_path_factory):
+    """A run with mistakes to browse: 9 in 10 toy images carry a distractor shape."""
+    from toy.dataset import SHAPES, write_toy_dataset
+    data = tmp_path_factory.mktemp("explorer-data") / "data"
+    write_toy_dataset(data, n_per_class=3, seed=4321, distractor_rate={s: 0.9 for s in SHAPES})
     out = str(tmp_path_factory.mktemp("explorer-results"))
-    explain(ExplainParams(dataset=str(toy_dir), out=out, shard_size=24, run_name="ex", device="cpu",
+    explain(ExplainParams(dataset=str(data), out=out, shard_size=12, run_name="ex", device="cpu",
                           stages=["classify", "relevancy", "regions", "captions", "summarize"]))
     return out
 
@@ -110,14 +114,16 @@ def test_browse_a_run_misclassified_first(page, toy_run):
     wrong = run_sql(connect(toy_run), """SELECT label FROM predictions WHERE run_id = 'ex' AND template = 'ensemble'
                                          AND NOT correct ORDER BY label LIMIT 1""").to_pylist()
     page.click("#tab-browse")
-    cls = wrong[0]["label"] if wrong else "star"
+    assert wrong, "the distractor run should have a mistake to show first"
+    cls = wrong[0]["label"]
     page.click(f"#classes tr.cls[data-c='{cls}']")
     page.wait_for_function(f"document.getElementById('f-class').value === '{cls}'")
-    page.wait_for_selector("#images .card.image")
+    page.wait_for_function(  # the filtered list replaced the unfiltered one
+        f"(cs => cs.length > 0 && cs.every(c => c.innerText.includes('{cls} →')))"
+        f"(Array.from(document.querySelectorAll('#images .card.image')))")
     first = page.locator("#images .card.image").first
     assert cls in first.inner_text()
-    if wrong:  # the class has a mistake: it comes first, marked wrong
-        assert "wrong" in first.get_attribute("class")
+    assert "wrong" in first.get_attribute("class")  # the class's mistake comes first, marked wrong
     assert page.eval_on_selector_all("#images img", "imgs => imgs.every(i => i.naturalWidth > 0)")
     page.select_option("#f-subset", "correct")
     page.wait_for_function("Array.from(document.querySelectorAll('#images .card.image')).every(c => c.classList.contains('ok'))")
