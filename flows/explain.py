@@ -12,9 +12,9 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.futures import as_completed
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flows.stages import ALL_STAGES, Stage
+from flows.stages import ALL_STAGES, Stage, check_stages
 from tasks.caption import CaptionerConfig
 from tasks.captions_stage import CaptionsConfig, captions_shard_task
 from tasks.classify import ClassifyConfig, classify_shard_task
@@ -99,6 +99,11 @@ class ExplainParams(BaseModel):
     start_layers: list[int] | None = Field(None, description="chefer's first block(s); empty: the model's default "
                                                              "(last block for CLIP, all blocks for the toy model)")
 
+    @field_validator("stages")
+    @classmethod
+    def _stages_with_their_upstream(cls, stages: list[str]) -> list[str]:
+        return check_stages(stages)
+
 
 def gpu_request(gpus: float) -> AbstractContextManager:
     """prefect-ray's remote_options(num_gpus=...) when asked for, else nothing."""
@@ -146,9 +151,9 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                 last = regions_shard_task.map(unmapped(RegionsConfig(seg)), plan.run_id, shard_ids,
                                               unmapped(params.out), forces, upstream=last)
                 if "concepts" in params.stages:
+                    method = "chefer" if "chefer" in params.relevancy_methods else params.relevancy_methods[0]
                     kcfg = ConceptsConfig(plan.model, plan.classes, plan.templates, plan.bank, params.concept_subject,
-                                          params.concept_top_k, params.language_top_k, "chefer",
-                                          params.caption_context)
+                                          params.concept_top_k, params.language_top_k, method, params.caption_context)
                     last = concepts_shard_task.map(unmapped(kcfg), plan.run_id, shard_ids, unmapped(params.out),
                                                    forces, upstream=last)
                 if "captions" in params.stages:

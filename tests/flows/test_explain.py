@@ -270,3 +270,12 @@ def test_reprocess_redoes_only_the_shards_of_the_named_classes(prefect_harness, 
         reprocess(ReprocessParams(run_name="rp", out=str(tmp_path), classes=["zebra"]))
     with pytest.raises(ValueError, match="no run 'nope'"):
         reprocess(ReprocessParams(run_name="nope", out=str(tmp_path)))
+
+
+def test_a_stage_without_its_upstream_stage_is_refused_not_skipped(capsys):
+    with pytest.raises(ValueError, match=r"stage 'concepts' needs 'regions'.*'classify', 'relevancy', 'regions', "
+                                         r"'concepts'"):
+        ExplainParams(stages=["classify", "concepts"])
+    assert main(["run", "toy", "--stages", "classify", "relevancy", "summarize"]) == 2
+    assert "stage 'summarize' needs 'captions'" in capsys.readouterr().err
+    assert ExplainParams(stages=["classify", "relevancy", "regions", "concepts"]).stages[-1] == "concepts"
