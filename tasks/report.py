@@ -81,7 +81,8 @@ def _where(caption: dict) -> str:
 
 def explained_images(con, run: str, preds: list[dict], limit: int) -> list[dict]:
     """Per chosen image (mistakes first, then by confidence): its overlay row (image, predicted-class map with
-    its regions, true-class map) as PNG bytes, and its captions."""
+    its regions, true-class map) as PNG bytes, its captions, and its concepts (None without the concepts stage):
+    visual concepts by importance, those shared with the predicted class's language concepts, MI and AUC."""
     chosen = sorted(preds, key=lambda p: (p["correct"], -p["pred_prob"], p["image_id"]))[:limit]
     ids = [p["image_id"] for p in chosen]
     paths = {r["image_id"]: r["path"] for r in rows_for_images(con, "images", run, ids)}
@@ -93,6 +94,8 @@ def explained_images(con, run: str, preds: list[dict], limit: int) -> list[dict]
             regions[r["image_id"]].append(r)
     for c in rows_for_images(con, "captions", run, ids):
         captions[c["image_id"]].append(c)
+    concepts = {m["image_id"]: {k: m[k] for k in ("visual", "language", "shared", "mi", "auc")}
+                for m in rows_for_images(con, "mutual_knowledge", run, ids)}
     out = []
     for p in chosen:
         image = _decode(paths.get(p["image_id"], ""))
@@ -104,7 +107,7 @@ def explained_images(con, run: str, preds: list[dict], limit: int) -> list[dict]
         row = overlay_row(image, [None, grid.get("pred"), grid.get("label")],
                           ["image", f"pred: {p['pred']}", f"true: {p['label']}"], tile=160, boxes=boxes)
         caps = sorted(captions[p["image_id"]], key=lambda c: (c["captioner"], c["target"], c["region_id"]))
-        out.append({**p, "png": png_bytes(row), "captions": [
+        out.append({**p, "png": png_bytes(row), "concepts": concepts.get(p["image_id"]), "captions": [
             {"captioner": c["captioner"], "where": _where(c), "text": c["text"], "clipscore": c["clipscore"]}
             for c in caps]})
     return out
@@ -116,6 +119,11 @@ def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
     for e in explained_images(con, run, preds, limit):
         lines = "".join(f"<li>{html.escape(c['captioner'])} · {c['where']}: <b>{html.escape(c['text'])}</b> "
                         f"(CLIPScore {c['clipscore']:.2f})</li>" for c in e["captions"])
+        if e["concepts"]:
+            k = e["concepts"]
+            lines += (f'<li class="concepts">visual concepts: <b>{html.escape(", ".join(k["visual"]))}</b>; shared with '
+                      f'{html.escape(e["pred"])}: {html.escape(", ".join(k["shared"]) or "none")} '
+                      f'(MI {k["mi"]:.2f}, AUC {k["auc"]:.2f})</li>')
         verdict = "ok" if e["correct"] else "wrong"
         cards.append(f'<div class="card">{_img(e["png"], "overlay " + e["image_id"])}<br>'
                      f'<span class="{verdict}">{html.escape(e["label"])} → {html.escape(e["pred"])} '

@@ -1,5 +1,6 @@
 """End to end: the real flow under Prefect's test harness, read back through DuckDB."""
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -128,6 +129,8 @@ def test_concepts_stage_writes_concepts_and_mutual_knowledge(first_run, capsys, 
     assert main(["concepts", "e2e", "--root", params.out]) == 0
     out = capsys.readouterr().out
     assert "descriptors_accuracy" in out and "mean_auc" in out and "(all)" in out
+    report = Path(first_run[1]["report"]).read_text()
+    assert 'id="concepts"' in report and report.count('<li class="concepts">visual concepts: <b>') >= 8
     figure = tmp_path / "runs.png"
     assert main(["mk-runs", "--root", params.out, "--figure", str(figure)]) == 0
     assert "e2e" in capsys.readouterr().out and figure.read_bytes()[:4] == b"\x89PNG"

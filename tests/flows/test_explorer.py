@@ -24,7 +24,7 @@ def toy_run(prefect_harness, tmp_path_factory):
     write_toy_dataset(data, n_per_class=3, seed=4321, distractor_rate={s: 0.9 for s in SHAPES})
     out = str(tmp_path_factory.mktemp("explorer-results"))
     explain(ExplainParams(dataset=str(data), out=out, shard_size=12, run_name="ex", device="cpu",
-                          stages=["classify", "relevancy", "regions", "captions", "summarize"]))
+                          stages=["classify", "relevancy", "regions", "concepts", "captions", "summarize"]))
     return out
 
 
@@ -124,6 +124,7 @@ def test_browse_a_run_misclassified_first(page, toy_run):
     first = page.locator("#images .card.image").first
     assert cls in first.inner_text()
     assert "wrong" in first.get_attribute("class")  # the class's mistake comes first, marked wrong
+    assert "visual concepts:" in first.inner_text() and "AUC" in first.inner_text()
     assert page.eval_on_selector_all("#images img", "imgs => imgs.every(i => i.naturalWidth > 0)")
     page.select_option("#f-subset", "correct")
     page.wait_for_function("Array.from(document.querySelectorAll('#images .card.image')).every(c => c.classList.contains('ok'))")
