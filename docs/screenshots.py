@@ -1,4 +1,4 @@
-"""Regenerate the explorer screenshots in docs/: python docs/screenshots.py RESULTS_ROOT IMAGE (needs chromium)."""
+"""Regenerate the explorer screenshots in docs/: python docs/screenshots.py RESULTS_ROOT IMAGE [RUN] (needs chromium)."""
 import socket
 import sys
 import threading
@@ -29,8 +29,11 @@ with sync_playwright() as pw:
     page.wait_for_selector("img.word")
     page.screenshot(path="docs/explorer_explain.png", full_page=True)
     page.click("#tab-browse")
+    if len(sys.argv) > 3:
+        page.select_option("#runs", sys.argv[3])
     page.select_option("#f-subset", "wrong")
-    page.wait_for_selector("#images .card.image")
+    page.wait_for_function("(cs => cs.length > 0 && cs.every(c => c.classList.contains('wrong')))"
+                           "(Array.from(document.querySelectorAll('#images .card.image')))")
     page.screenshot(path="docs/explorer_browse.png", full_page=False)
     browser.close()
 server.should_exit = True
