@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from storage.writer import count_rows, is_complete, shard_name, write_table
 from tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
 from tasks.data import ImageLoadError, Item, load_image, image_id_of
-from tasks.models import LoadedModel, ModelSpec, in_batches, load_model, model_lock
+from tasks.models import LoadedModel, ModelSpec, encode_texts, in_batches, load_model, model_lock
 from tasks.runinfo import SHARD_RETRIES, config_hash, library_versions, run_logger
 
 STAGE_VERSION = 1  # bump when the stage's output for the same inputs changes; redoes finished shards
@@ -67,7 +67,7 @@ def description_classifier(lm: LoadedModel, bank: ConceptBank) -> tuple[torch.Te
     with _TEXT_LOCK, model_lock(lm.model):
         if key not in _TEXT_CACHE:
             prompts = [class_prompt(c, d) for c, descs in zip(bank.classes, bank.descriptors) for d in descs]
-            emb = F.normalize(lm.model.encode_text(lm.tokenizer(prompts).to(lm.spec.device)).float(), dim=-1)
+            emb = in_batches(len(prompts), 512, lambda i, j: encode_texts(lm, prompts[i:j]))  # (P, D), unit
             avg = torch.zeros(len(bank.classes), len(prompts), device=emb.device)  # (C, P)
             start = 0
             for c, descs in enumerate(bank.descriptors):

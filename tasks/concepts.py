@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from tasks.concept_bank import concept_prompt
-from tasks.models import LoadedModel, encode_images, encode_texts
+from tasks.models import LoadedModel, encode_images, encode_texts, in_batches
 from tasks.segment import rle_decode
 
 REMOVED = -1  # placeholder of a removed visual concept: matches no language concept
@@ -49,7 +49,8 @@ def concept_embeddings(lm: LoadedModel, vocabulary: tuple[str, ...], subject: st
     key = (lm.spec, vocabulary, subject)
     with _EMB_LOCK:
         if key not in _EMB_CACHE:
-            _EMB_CACHE[key] = encode_texts(lm, [concept_prompt(d, subject) for d in vocabulary]).cpu()
+            prompts = [concept_prompt(d, subject) for d in vocabulary]
+            _EMB_CACHE[key] = in_batches(len(prompts), 512, lambda i, j: encode_texts(lm, prompts[i:j]).cpu())
         return _EMB_CACHE[key]
 
 
