@@ -7,14 +7,13 @@ similarity: works with any CLIP, no extra model) and CLIPScore / RefCLIPScore.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from tasks.concept_bank import load_descriptors
 from tasks.models import TOY_MODEL_NAME, LoadedModel, encode_images, encode_texts
 
 CAPTIONERS: dict[str, type["Captioner"]] = {}
@@ -76,17 +75,6 @@ def check_captioner(cfg: CaptionerConfig, model_name: str) -> None:
     captioner_class(cfg.name).check(cfg, model_name)
 
 
-def load_concept_bank(path: str | Path) -> dict[str, list[str]]:
-    """A JSON {class name: [descriptor, ...]} (the format of Menon & Vondrick's descriptor files)."""
-    try:
-        bank = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"concept bank {path} is not a readable JSON file: {e}") from e
-    if not isinstance(bank, dict) or not all(isinstance(v, list) for v in bank.values()):
-        raise ValueError(f"concept bank {path} must be a JSON object {{class name: [phrase, ...]}}")
-    return {str(k): [str(p) for p in v] for k, v in bank.items()}
-
-
 def square_box(bbox: tuple[float, float, float, float], context: float) -> tuple[int, int, int, int]:
     """The square (x0, y0, x1, y1) centred on bbox, its side (1 + context) × the bbox's longer side."""
     x0, y0, x1, y1 = bbox
@@ -118,7 +106,7 @@ class RetrievalCaptioner(Captioner):
     @classmethod
     def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
         if cfg.concept_bank:
-            load_concept_bank(cfg.concept_bank)
+            load_descriptors(cfg.concept_bank)
         elif model_name != TOY_MODEL_NAME:
             raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
                              "{class name: [phrase, ...]}")
@@ -126,7 +114,7 @@ class RetrievalCaptioner(Captioner):
     def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
         self.check(cfg, lm.spec.name)
         if cfg.concept_bank:
-            bank = load_concept_bank(cfg.concept_bank)
+            bank = load_descriptors(cfg.concept_bank)
         else:
             from toy.dataset import caption_bank
             bank = caption_bank()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.caption import CaptionerConfig, clipscore, crop_region, load_concept_bank, make_captioner, ref_clipscore
+from tasks.caption import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
+from tasks.concept_bank import load_descriptors
 from toy.dataset import make_scene
 
 
@@ -42,7 +43,7 @@ def test_clipscore_prefers_the_right_caption(toy_model):
 def test_bad_banks_and_names(tmp_path, toy_model):
     (tmp_path / "b.json").write_text(json.dumps(["not", "a", "dict"]))
     with pytest.raises(ValueError, match="must be a JSON object"):
-        load_concept_bank(tmp_path / "b.json")
+        load_descriptors(tmp_path / "b.json")
     with pytest.raises(ValueError, match="unknown captioner 'nope'"):
         make_captioner(CaptionerConfig("nope"))
 
