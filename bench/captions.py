@@ -14,9 +14,9 @@ import argparse
 import torch
 
 from timing import rate  # bench/timing.py (scripts run from bench/ on sys.path)
-from tasks.clipcap import ClipCapConfig, ClipCapModel, load_clipcap
-from tasks.models import encode_images, load_model, resolve_device, resolve_spec
-from toy import TOY_CLIPCAP
+from mapcap.tasks.captioners.clipcap_model import ClipCapConfig, ClipCapModel, load_clipcap
+from mapcap.tasks.models import encode_images, load_model, resolve_device, resolve_spec
+from mapcap.toy import TOY_CLIPCAP
 
 
 def decoder(size: str, dev: str) -> ClipCapModel:

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from timing import sync  # bench/timing.py
-from tasks.classify import ClassifyConfig, classify_pixels, classify_shard, text_classifier
-from tasks.data import read_dataset
-from tasks.models import load_model, resolve_spec
-from tasks.templates import resolve_templates
-from toy.dataset import write_toy_dataset
+from mapcap.tasks.stages.classify import ClassifyConfig, classify_pixels, classify_shard, text_classifier
+from mapcap.tasks.data import read_dataset
+from mapcap.tasks.models import load_model, resolve_spec
+from mapcap.tasks.templates import resolve_templates
+from mapcap.toy.dataset import write_toy_dataset
 
 
 def bench_forward(lm, classifier, batch: int, iters: int) -> float:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from timing import rate  # bench/timing.py (scripts run from bench/ on sys.path)
-from tasks.models import LoadedModel, load_model, resolve_spec
-from tasks.relevancy import METHODS, relevancy_maps
+from mapcap.tasks.models import LoadedModel, load_model, resolve_spec
+from mapcap.tasks.relevancy.methods import METHODS, relevancy_maps
 
 
 def main() -> None:

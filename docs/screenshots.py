@@ -7,7 +7,7 @@ import time
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-from flows.explorer import make_app
+from mapcap.flows.explorer import make_app
 
 root, image = sys.argv[1], sys.argv[2]
 with socket.socket() as s:

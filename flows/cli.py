@@ -7,11 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from flows.cli_args import build_parser
+from mapcap.flows.cli_args import build_parser
 
 
 def _params(args: argparse.Namespace):
-    from flows.explain import ExplainParams
+    from mapcap.flows.explain import ExplainParams
 
     return ExplainParams(dataset=args.dataset, class_map=args.class_map, model=args.model,
                          pretrained=args.pretrained, templates=args.template or args.templates, top_k=args.top_k,
@@ -24,18 +24,18 @@ def _params(args: argparse.Namespace):
 
 
 def _print_table(table) -> None:
-    from storage.query import format_table
+    from mapcap.storage.query import format_table
 
     print(format_table(table))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.explain import explain
-    from storage.query import connect, named_query
+    from mapcap.flows.explain import explain
+    from mapcap.storage.query import connect, named_query
 
     flow = explain
     if getattr(args, "ray", None):
-        from flows.explain_ray import explain_on_ray
+        from mapcap.flows.explain_ray import explain_on_ray
         flow = explain_on_ray(None if args.ray == "local" else args.ray)
     result = flow(_params(args))
     con = connect(args.out)
@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_concepts(args: argparse.Namespace) -> int:
-    from storage.query import connect, named_query
+    from mapcap.storage.query import connect, named_query
 
     con = connect(args.root)
     sections = (("accuracy: description-based (Menon & Vondrick) vs class-name templates", "descriptors_vs_names"),
@@ -83,7 +83,7 @@ def cmd_concepts(args: argparse.Namespace) -> int:
 
 
 def cmd_mk_runs(args: argparse.Namespace) -> int:
-    from storage.query import connect, named_query
+    from mapcap.storage.query import connect, named_query
 
     con = connect(args.root)
     print("mutual knowledge per run:")
@@ -91,14 +91,14 @@ def cmd_mk_runs(args: argparse.Namespace) -> int:
     print("\nacross runs: MI and AUC against accuracy:")
     _print_table(named_query(con, "mutual_knowledge_runs_vs_accuracy"))
     if args.figure:
-        from tasks.report_concepts import runs_figure
+        from mapcap.tasks.report.concepts import runs_figure
         Path(args.figure).write_bytes(runs_figure(con))
         print(f"\nwrote {args.figure}")
     return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from storage.query import connect, format_table, run_sql
+    from mapcap.storage.query import connect, format_table, run_sql
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -126,7 +126,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_named(args: argparse.Namespace) -> int:
-    from storage.query import connect, named_query
+    from mapcap.storage.query import connect, named_query
 
     name = {"classes": "per_class_accuracy", "templates": "per_template_accuracy", "confusion": "confusion_pairs",
             "evaluations": "evaluations", "captions": "class_captions", "runs": "runs_compared",
@@ -140,8 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """flow.serve with the same deployments as deployments/prefect.yaml: one process, no work pool."""
     from prefect import serve
 
-    from flows.explain import explain
-    from flows.reprocess import reprocess
+    from mapcap.flows.explain import explain
+    from mapcap.flows.reprocess import reprocess
 
     params = _params(args).model_dump()
     serve(explain.to_deployment("explain-nightly", cron=args.cron, parameters={"params": params}),
@@ -150,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explorer(args: argparse.Namespace) -> int:
-    from flows.explorer import serve_explorer
+    from mapcap.flows.explorer import serve_explorer
 
     print(f"MapCap explorer on http://127.0.0.1:{args.port} (results root {args.root}); Ctrl-C stops it")
     serve_explorer(args.root, args.port)
@@ -158,15 +158,15 @@ def cmd_explorer(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tasks.report import write_report
+    from mapcap.tasks.report.html import write_report
 
     print(f"wrote {write_report(args.root, args.run, args.out)}")
     return 0
 
 
 def cmd_relevancy(args: argparse.Namespace) -> int:
-    from tasks.explain_one import explain_image, save_explanation
-    from tasks.models import load_model, resolve_spec
+    from mapcap.tasks.single_image import explain_image, save_explanation
+    from mapcap.tasks.models import load_model, resolve_spec
 
     lm = load_model(resolve_spec(args.model, args.pretrained, args.device, args.precision))
     result = explain_image(lm, args.image, args.text, args.method, args.start_layer)
@@ -178,7 +178,7 @@ def cmd_relevancy(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from storage.writer import check_root
+    from mapcap.storage.writer import check_root
 
     ok, bad = check_root(args.root)
     for path, err in bad:
@@ -189,21 +189,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_toy(args: argparse.Namespace) -> int:
     if args.toy_cmd == "make":
-        from toy.dataset import SHAPES, write_toy_dataset
+        from mapcap.toy.dataset import SHAPES, write_toy_dataset
 
         rate = {s: args.distractor_rate for s in SHAPES} if args.distractor_rate else None
         manifest = write_toy_dataset(args.out, args.n_per_class, args.seed, args.split, args.kind, rate)
         print(f"wrote toy dataset {args.out} (manifest {manifest})")
         return 0
     if args.toy_cmd == "train-captioner":
-        from toy import TOY_CLIPCAP
-        from toy.train_captioner import train_captioner
+        from mapcap.toy import TOY_CLIPCAP
+        from mapcap.toy.train_captioner import train_captioner
 
         record = train_captioner(Path(args.out or TOY_CLIPCAP), args.scenes, args.steps, seed=args.seed)
         print(json.dumps(record, indent=1))
         return 0
-    from toy import TOY_CHECKPOINT
-    from toy.train import train, train_recipe
+    from mapcap.toy import TOY_CHECKPOINT
+    from mapcap.toy.train import train, train_recipe
 
     out = Path(args.out or TOY_CHECKPOINT)
     init = Path(args.init) if args.init else None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.stages import ALL_STAGES
+from mapcap.flows.stages import ALL_STAGES
 
 DEFAULT_ROOT = "./mapcap-results"
 

@@ -14,20 +14,20 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flows.stages import ALL_STAGES, Stage, check_stages
-from tasks.caption import CaptionerConfig
-from tasks.captions_stage import CaptionsConfig, captions_shard_task
-from tasks.classify import ClassifyConfig, classify_shard_task
-from tasks.concepts_stage import ConceptsConfig, concepts_shard_task
-from tasks.evaluate import evaluate_run_task
-from tasks.plan import plan_run_task, shards_to_force
-from tasks.regions_stage import RegionsConfig, regions_shard_task
-from tasks.relevancy_stage import RelevancyConfig, relevancy_shard_task
-from tasks.report import write_report_task
-from tasks.segment import SegmentConfig
-from tasks.summarize import SummarizeConfig, summarize_run_task
-from tasks.runs import record_run_task
-from tasks.summary import run_summary_task
+from mapcap.flows.stages import ALL_STAGES, Stage, check_stages
+from mapcap.tasks.captioners.base import CaptionerConfig
+from mapcap.tasks.stages.captions import CaptionsConfig, captions_shard_task
+from mapcap.tasks.stages.classify import ClassifyConfig, classify_shard_task
+from mapcap.tasks.stages.concepts import ConceptsConfig, concepts_shard_task
+from mapcap.tasks.stages.evaluate import evaluate_run_task
+from mapcap.tasks.plan import plan_run_task, shards_to_force
+from mapcap.tasks.stages.regions import RegionsConfig, regions_shard_task
+from mapcap.tasks.stages.relevancy import RelevancyConfig, relevancy_shard_task
+from mapcap.tasks.report.html import write_report_task
+from mapcap.tasks.segment import SegmentConfig
+from mapcap.tasks.stages.summarize import SummarizeConfig, summarize_run_task
+from mapcap.tasks.run_record import record_run_task
+from mapcap.tasks.report.run_summary import run_summary_task
 
 
 class ExplainParams(BaseModel):

@@ -12,7 +12,7 @@ import os
 
 from prefect import Flow
 
-from flows.explain import explain
+from mapcap.flows.explain import explain
 
 
 def explain_on_ray(address: str | None = None, num_cpus: int | None = None) -> Flow:

@@ -14,14 +14,14 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from storage.query import QueryError, connect, named_query, predictions_for
-from tasks.data import ImageLoadError, decode_image, load_image
-from tasks.explain_one import explain_image
-from tasks.models import load_model, resolve_spec
-from tasks.overlay import overlay_row
-from tasks.relevancy import METHODS
-from tasks.report import data_uri, explained_images, png_bytes
-from tasks.report_plots import property_scatter
+from mapcap.storage.query import QueryError, connect, named_query, predictions_for
+from mapcap.tasks.data import ImageLoadError, decode_image, load_image
+from mapcap.tasks.single_image import explain_image
+from mapcap.tasks.models import load_model, resolve_spec
+from mapcap.tasks.report.overlay import overlay_row
+from mapcap.tasks.relevancy.methods import METHODS
+from mapcap.tasks.report.html import data_uri, explained_images, png_bytes
+from mapcap.tasks.report.plots import property_scatter
 
 STATIC = Path(__file__).resolve().parent / "explorer_static"
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.explain import ExplainParams, explain
-from flows.stages import Stage
-from tasks.runs import stored_params_task
+from mapcap.flows.explain import ExplainParams, explain
+from mapcap.flows.stages import Stage
+from mapcap.tasks.run_record import stored_params_task
 
 
 class ReprocessParams(BaseModel):

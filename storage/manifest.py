@@ -1,12 +1,15 @@
 """Dataset manifests: CSV or Parquet files with at least `path` and `label` columns."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from PIL import Image
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
@@ -33,6 +36,11 @@ def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
     tmp.replace(path)
+
+
+def png_to_mask(data: bytes) -> np.ndarray:
+    """A mask stored in a manifest as PNG bytes → (H, W) bool (pixels above mid-grey are the object)."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127
 
 
 def read_toy_manifest(path: str | Path) -> pa.Table:

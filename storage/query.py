@@ -8,9 +8,9 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from storage.concept_queries import CONCEPT_QUERIES
-from storage.schemas import TABLES, schema_for
-from storage.writer import filesystem
+from mapcap.storage.concept_queries import CONCEPT_QUERIES
+from mapcap.storage.schemas import TABLES, schema_for
+from mapcap.storage.writer import filesystem
 
 
 class QueryError(RuntimeError):

@@ -15,7 +15,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.schemas import (META_CONFIG, META_CONFIG_HASH, META_SCHEMA_VERSION, META_TABLE, META_VERSIONS,
+from mapcap.storage.schemas import (META_CONFIG, META_CONFIG_HASH, META_SCHEMA_VERSION, META_TABLE, META_VERSIONS,
                              SCHEMA_VERSION, schema_for)
 
 log = logging.getLogger(__name__)

@@ -81,12 +81,12 @@ class ConceptBank:
 
 
 def resolve_bank(path: str | None, model_name: str, classes: tuple[str, ...]) -> ConceptBank | None:
-    """The run's concept bank: the given JSON, the toy bank for the toy model, else None (no concepts)."""
+    """The run's concept bank: the given JSON, the model preset's bank (the toy model's), else None."""
     if not path:
-        from toy import TOY_MODEL_NAME
-        if model_name != TOY_MODEL_NAME:
+        from mapcap.tasks.plugins import preset_for_model
+        p = preset_for_model(model_name)
+        if p is None or not p.descriptors:
             return None
-        from toy.concepts import TOY_CONCEPTS
-        path = str(TOY_CONCEPTS)
+        path = p.descriptors
     bank = load_descriptors(path, list(classes))
     return ConceptBank(tuple(classes), tuple(tuple(bank[c]) for c in classes), str(path))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from storage.manifest import read_manifest
+from mapcap.storage.manifest import read_manifest
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MIN_SIDE = 8  # pixels: smaller images cannot be resized meaningfully and become failures

@@ -20,12 +20,9 @@ from PIL import Image
 import open_clip
 import torch
 
-from toy import TOY_CHECKPOINT, TOY_DIR, TOY_MODEL_NAME
+from mapcap.tasks.plugins import load_plugins, preset
 
 log = logging.getLogger(__name__)
-open_clip.add_model_config(TOY_DIR / "model_configs")
-
-TOY = "toy"  # shorthand accepted for model and pretrained: the shipped toy CLIP
 
 
 @dataclass(frozen=True)
@@ -70,10 +67,11 @@ def resolve_precision(precision: str, device: str) -> str:
 
 def resolve_spec(name: str, pretrained: str, device: str = "auto", precision: str = "auto") -> ModelSpec:
     """Validate a model name / pretrained pair and name what exists when it is wrong."""
-    if name == TOY:
-        name = TOY_MODEL_NAME
-    if pretrained == TOY:
-        pretrained = str(TOY_CHECKPOINT)
+    load_plugins()  # plugins register their open_clip configs and presets (the toy world: 'toy')
+    if (p := preset(name)) is not None:
+        name = p.model
+    if (p := preset(pretrained)) is not None:
+        pretrained = p.checkpoint
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().replace("/", "-")[:5] in m.lower()]
         raise ValueError(f"unknown open_clip model {name!r}; did you mean one of {close[:10] or 'ViT-B-16'}? "

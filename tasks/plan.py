@@ -1,10 +1,7 @@
 """Planning a run: resolve the dataset, model and templates, cut deterministic shards, name the run."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,15 +9,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.caption import CaptionerConfig, check_captioner
-from tasks.concept_bank import ConceptBank, resolve_bank
-from tasks.data import Item, plan_shards, read_dataset
-from tasks.models import ModelSpec, resolve_spec
-from tasks.runinfo import config_hash
-from tasks.templates import resolve_templates
+from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
+from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
+from mapcap.tasks.data import Item, plan_shards, read_dataset
+from mapcap.tasks.models import ModelSpec, resolve_spec
+from mapcap.tasks.plugins import named_dataset
+from mapcap.tasks.provenance import config_hash
+from mapcap.tasks.templates import resolve_templates
 
-TOY = "toy"
-TOY_DATA_VERSION = "v1"  # bump when the generator's output changes
 
 
 @dataclass(frozen=True)
@@ -36,29 +32,6 @@ class RunPlan:
     @property
     def n_images(self) -> int:
         return sum(len(s) for s in self.shards)
-
-
-def toy_data_dir() -> Path:
-    """Where the embedded toy dataset lives (MAPCAP_TOY_DATA overrides)."""
-    default = Path.home() / ".cache" / "mapcap" / f"toy-data-{TOY_DATA_VERSION}"
-    return Path(os.environ.get("MAPCAP_TOY_DATA", default)).expanduser()
-
-
-def ensure_toy_dataset(path: Path | None = None, n_per_class: int = 16, seed: int = 1234) -> Path:
-    """Build the toy test split if absent (written to a temp folder, then renamed: never half-built)."""
-    from toy.dataset import write_toy_dataset
-
-    path = path or toy_data_dir()
-    if (path / "manifest.parquet").exists():
-        return path
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    write_toy_dataset(tmp, n_per_class=n_per_class, seed=seed, split="test")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def make_run_id(run_name: str | None, params_hash: str) -> str:
@@ -80,7 +53,7 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     if captioner is not None:
         check_captioner(captioner, spec.name)
     tpl = resolve_templates(templates)
-    source = str(ensure_toy_dataset()) if dataset == TOY else dataset
+    source = named_dataset(dataset) or dataset  # a plugin's named dataset ('toy'), else a path
     ds = read_dataset(source, class_map)
     if len(ds.classes) < 2:
         raise ValueError(f"dataset {source} has {len(ds.classes)} class(es) {list(ds.classes)}; zero-shot "

@@ -13,7 +13,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 from skimage.segmentation import slic
 
-from tasks.overlay import upsample
+from mapcap.tasks.report.overlay import upsample
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def toy_dir(tmp_path_factory) -> Path:
     """A small toy test split: 8 classes × 6 images, ImageFolder + manifest."""
-    from toy.dataset import write_toy_dataset
+    from mapcap.toy.dataset import write_toy_dataset
 
     root = tmp_path_factory.mktemp("toy") / "data"
     write_toy_dataset(root, n_per_class=6, seed=4321, split="test")
@@ -35,6 +35,6 @@ def toy_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_model():
-    from tasks.models import load_model, resolve_spec
+    from mapcap.tasks.models import load_model, resolve_spec
 
     return load_model(resolve_spec("toy", "toy", "cpu", "fp32"))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from tasks.concept_bank import descriptor_sentence
-from toy.concepts import PROPERTIES, SUBJECTS
-from toy.shapes import COLOURS, SHAPES, ToyObject, position_words, size_word
+from mapcap.tasks.concept_bank import descriptor_sentence
+from mapcap.toy.concepts import PROPERTIES, SUBJECTS
+from mapcap.toy.shapes import COLOURS, SHAPES, ToyObject, position_words, size_word
 
 POSITIONS = tuple(position_words(c * 40 + 20, r * 40 + 20, 120) for r in range(3) for c in range(3))
 SIZES = ("small", "", "large")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toy.shapes import SHAPES
+from mapcap.toy.shapes import SHAPES
 
 TOY_CONCEPTS = Path(__file__).resolve().parent / "concepts.json"
 

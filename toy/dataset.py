@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from toy.shapes import COLOURS, SHAPES, ToyObject, describe, position_words, random_object, render, size_word
+from mapcap.storage.manifest import png_to_mask  # noqa: F401  (re-exported: masks are a manifest format)
+from mapcap.toy.shapes import COLOURS, SHAPES, ToyObject, describe, position_words, random_object, render, size_word
 
 SIDE = 128  # pixel side of written toy images (the toy CLIP sees them resized to 64)
 KINDS = ("single", "distractor", "pair")
@@ -67,10 +68,6 @@ def mask_to_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def png_to_mask(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127
-
-
 def write_toy_dataset(root: str | Path, n_per_class: int = 16, seed: int = 1234, split: str = "test",
                       kind: str = "single", distractor_rate: dict[str, float] | None = None) -> Path:
     """Write `n_per_class` scenes per shape as `root/<shape>/<split>-<i>.png` plus `root/manifest.parquet`.
@@ -78,7 +75,7 @@ def write_toy_dataset(root: str | Path, n_per_class: int = 16, seed: int = 1234,
     `distractor_rate` maps a class to the share of its images that carry a distractor shape (used to build
     a class that the trend analysis must find harder). Returns the manifest path.
     """
-    from storage.manifest import write_manifest  # only storage/ touches Parquet
+    from mapcap.storage.manifest import write_manifest  # only storage/ touches Parquet
 
     root = Path(root)
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """Relevancy against the toy world's ground truth: pointing game, class discrimination, perturbation AUCs.
 
-    python -m toy.evaluate            # prints the table quoted in the README
-    python -m toy.evaluate --figure docs/toy_relevancy.png
+    python -m mapcap.toy.evaluate            # prints the table quoted in the README
+    python -m mapcap.toy.evaluate --figure docs/toy_relevancy.png
 """
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.classify import text_classifier
-from tasks.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
-from tasks.models import LoadedModel
-from tasks.relevancy import relevancy_maps
-from tasks.segment import SegmentConfig, region_iou, segment_map
-from tasks.templates import resolve_templates
-from toy.dataset import make_scene
-from toy.shapes import SHAPES
+from mapcap.tasks.stages.classify import text_classifier
+from mapcap.tasks.metrics.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
+from mapcap.tasks.models import LoadedModel
+from mapcap.tasks.relevancy.methods import relevancy_maps
+from mapcap.tasks.segment import SegmentConfig, region_iou, segment_map
+from mapcap.tasks.templates import resolve_templates
+from mapcap.toy.dataset import make_scene
+from mapcap.toy.shapes import SHAPES
 
 VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))
 
@@ -74,7 +74,7 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
 
 def figure(lm: LoadedModel, path: str, seed: int = 5) -> None:
     """A grid of overlays: rows of toy scenes (two single, two pairs), columns of methods, for the README."""
-    from tasks.overlay import overlay_row
+    from mapcap.tasks.report.overlay import overlay_row
 
     rng = np.random.default_rng(seed)
     scenes = [make_scene(rng, "single", "star"), make_scene(rng, "single", "ring"),
@@ -95,9 +95,9 @@ def figure(lm: LoadedModel, path: str, seed: int = 5) -> None:
 
 
 def main() -> None:
-    from storage.query import format_table
+    from mapcap.storage.query import format_table
     import pyarrow as pa
-    from tasks.models import load_model, resolve_spec
+    from mapcap.tasks.models import load_model, resolve_spec
 
     import sys
 

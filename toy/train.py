@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from toy import TOY_CHECKPOINT, TOY_MODEL_NAME
-from toy.captions import ABSENT, attributes, sample_caption, truth_matrix
-from toy.dataset import SIDE, make_scene
-from toy.shapes import SHAPES
+from mapcap.toy import TOY_CHECKPOINT, TOY_MODEL_NAME
+from mapcap.toy.captions import ABSENT, attributes, sample_caption, truth_matrix
+from mapcap.toy.dataset import SIDE, make_scene
+from mapcap.toy.shapes import SHAPES
 
 log = logging.getLogger(__name__)
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)  # open_clip's default (OpenAI)
@@ -63,8 +63,8 @@ def zero_shot_accuracy(model, tokenizer, images: torch.Tensor, labels: list[str]
 @torch.no_grad()
 def description_accuracy(model, tokenizer, images: torch.Tensor, labels: list[str]) -> float:
     """Accuracy of description-based classification with the toy concept bank (Menon & Vondrick)."""
-    from tasks.concept_bank import class_prompt
-    from toy.concepts import toy_concept_bank
+    from mapcap.tasks.concept_bank import class_prompt
+    from mapcap.toy.concepts import toy_concept_bank
 
     bank = toy_concept_bank()
     return prompt_accuracy(model, tokenizer, images, labels, {s: [class_prompt(s, d) for d in bank[s]] for s in SHAPES},
@@ -106,7 +106,7 @@ def train(steps: int = 1800, batch: int = 128, pool: int = 40_000, lr: float = 5
 
     `descriptors` is the share of single-object captions that say a concept-bank descriptor (toy/concepts.py).
     """
-    from tasks.models import create_clip
+    from mapcap.tasks.models import create_clip
 
     torch.manual_seed(seed)
     if threads:

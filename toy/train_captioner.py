@@ -19,12 +19,12 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tasks.caption import crop_region, square_box
-from tasks.clipcap import ClipCapConfig, ClipCapModel, save_clipcap
-from tasks.models import encode_images, load_model, resolve_spec
-from toy import TOY_CLIPCAP, TOY_MODEL_NAME
-from toy.dataset import make_scene
-from toy.shapes import COLOURS, SHAPES
+from mapcap.tasks.captioners.base import crop_region, square_box
+from mapcap.tasks.captioners.clipcap_model import ClipCapConfig, ClipCapModel, save_clipcap
+from mapcap.tasks.models import encode_images, load_model, resolve_spec
+from mapcap.toy import TOY_CLIPCAP, TOY_MODEL_NAME
+from mapcap.toy.dataset import make_scene
+from mapcap.toy.shapes import COLOURS, SHAPES
 
 log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"

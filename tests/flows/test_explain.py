@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.explain import ExplainParams, explain
-from storage.query import connect, named_query, run_sql
+from mapcap.flows.cli import main
+from mapcap.flows.explain import ExplainParams, explain
+from mapcap.storage.query import connect, named_query, run_sql
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_flow_classifies_the_toy_world_and_counts_add_up(first_run):
 
 
 def params_templates():
-    from tasks.templates import resolve_templates
+    from mapcap.tasks.templates import resolve_templates
     return resolve_templates("simple")
 
 
@@ -165,7 +165,7 @@ def test_cli_relevancy_writes_raw_maps_and_an_overlay(toy_dir, tmp_path, capsys)
 
 
 def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path):
-    from toy.dataset import write_toy_dataset
+    from mapcap.toy.dataset import write_toy_dataset
     write_toy_dataset(tmp_path / "pairs", n_per_class=3, seed=8, kind="pair")
     out = str(tmp_path / "res")
     explain(ExplainParams(dataset=str(tmp_path / "pairs"), out=out, stages=["classify", "evaluate"],
@@ -178,8 +178,8 @@ def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path
 
 
 def test_regions_stage_segments_stored_maps_and_reruns_only_itself(first_run):
-    from storage.writer import table_path
-    from tasks.segment import rle_decode
+    from mapcap.storage.writer import table_path
+    from mapcap.tasks.segment import rle_decode
     params, _ = first_run
     con = connect(params.out)
     regs = run_sql(con, "SELECT * FROM regions").to_pylist()
@@ -197,7 +197,7 @@ def test_regions_stage_segments_stored_maps_and_reruns_only_itself(first_run):
 
 
 def test_a_crashing_shard_is_recorded_and_a_rerun_resumes(prefect_harness, toy_dir, tmp_path, monkeypatch):
-    import tasks.classify as classify
+    import mapcap.tasks.stages.classify as classify
     original = classify.classify_shard
 
     def crash_on_shard_1(cfg, run_id, shard, *args, **kwargs):
@@ -236,7 +236,7 @@ def test_captions_stage_captions_regions_and_whole_images(first_run):
 
 def test_rerun_with_clipcap_reuses_maps_and_regions(first_run):
     import os
-    from storage.writer import table_path
+    from mapcap.storage.writer import table_path
     params, _ = first_run
     stages = ["classify", "relevancy", "regions", "captions"]
     explain(params.model_copy(update={"stages": stages}))  # whatever earlier tests changed, regions now match
@@ -254,8 +254,8 @@ def test_rerun_with_clipcap_reuses_maps_and_regions(first_run):
 
 def test_reprocess_redoes_only_the_shards_of_the_named_classes(prefect_harness, toy_dir, tmp_path):
     import os
-    from flows.reprocess import ReprocessParams, reprocess
-    from storage.writer import table_path
+    from mapcap.flows.reprocess import ReprocessParams, reprocess
+    from mapcap.storage.writer import table_path
     params = ExplainParams(dataset=str(toy_dir), out=str(tmp_path), shard_size=16, run_name="rp", device="cpu",
                            stages=["classify"])
     explain(params)

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from flows.explain import ExplainParams, explain
-from storage.query import connect, run_sql
+from mapcap.flows.explain import ExplainParams, explain
+from mapcap.storage.query import connect, run_sql
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -19,7 +19,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 @pytest.fixture(scope="module")
 def toy_run(prefect_harness, tmp_path_factory):
     """A run with mistakes to browse: 9 in 10 toy images carry a distractor shape."""
-    from toy.dataset import SHAPES, write_toy_dataset
+    from mapcap.toy.dataset import SHAPES, write_toy_dataset
     data = tmp_path_factory.mktemp("explorer-data") / "data"
     write_toy_dataset(data, n_per_class=3, seed=4321, distractor_rate={s: 0.9 for s in SHAPES})
     out = str(tmp_path_factory.mktemp("explorer-results"))
@@ -32,7 +32,7 @@ def toy_run(prefect_harness, tmp_path_factory):
 def url(toy_run):
     import uvicorn
 
-    from flows.explorer import make_app
+    from mapcap.flows.explorer import make_app
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -71,7 +71,7 @@ def _star_image(toy_dir) -> str:
 
 
 def test_explain_an_uploaded_image_in_the_browser(page, toy_dir, tmp_path):
-    from toy.shapes import SHAPES
+    from mapcap.toy.shapes import SHAPES
     page.click("#tab-explain")
     page.set_input_files("#file", _star_image(toy_dir))
     page.fill("#texts", "\n".join(f"a photo of a {s}" for s in SHAPES))

@@ -1,9 +1,9 @@
 """Scale-out: the explain flow on a local Ray (CPU) through prefect-ray gives the same results as on threads."""
 import numpy as np
 
-from flows.explain import ExplainParams, explain
-from flows.explain_ray import explain_on_ray
-from storage.query import connect, run_sql
+from mapcap.flows.explain import ExplainParams, explain
+from mapcap.flows.explain_ray import explain_on_ray
+from mapcap.storage.query import connect, run_sql
 
 QUERY = """SELECT image_id, template, pred, pred_prob FROM predictions ORDER BY image_id, template"""
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from storage.query import connect, run_sql
-from storage.writer import check_root
+from mapcap.storage.query import connect, run_sql
+from mapcap.storage.writer import check_root
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

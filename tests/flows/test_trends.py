@@ -5,9 +5,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from flows.cli import main
-from flows.explain import ExplainParams, explain
-from storage.query import connect, named_query, run_sql
+from mapcap.flows.cli import main
+from mapcap.flows.explain import ExplainParams, explain
+from mapcap.storage.query import connect, named_query, run_sql
 
 DISTRACTOR_RATE = {"circle": 0.9, "star": 0.9, "cross": 0.6, "square": 0.6, "diamond": 0.3}
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium; .ci/run installs it
@@ -18,7 +18,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="module")
 def trend_run(prefect_harness, tmp_path_factory):
-    from toy.dataset import write_toy_dataset
+    from mapcap.toy.dataset import write_toy_dataset
     data = tmp_path_factory.mktemp("trend") / "data"
     write_toy_dataset(data, n_per_class=20, seed=77, distractor_rate=DISTRACTOR_RATE)
     out = str(tmp_path_factory.mktemp("trend-results"))
@@ -44,8 +44,8 @@ def test_accuracy_falls_as_captions_name_other_classes(trend_run):
         rows = {r["subset"]: r for r in subsets if r["class_name"] == cname}
         assert rows["all"]["n_images"] == 20
         assert sum(rows.get(s, {"n_images": 0})["n_images"] for s in ("correct", "wrong")) == 20
-    from tasks.summarize import mentions
-    from toy.shapes import SHAPES
+    from mapcap.tasks.stages.summarize import mentions
+    from mapcap.toy.shapes import SHAPES
     summaries = run_sql(con, "SELECT class_name, summary_text FROM class_summaries").to_pylist()
     assert any(mentions(r["summary_text"], tuple(s for s in SHAPES if s != r["class_name"]))
                for r in summaries if r["class_name"] in DISTRACTOR_RATE)  # a distractor class's summary names it

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.query import QueryError, connect, format_table, named_query, run_sql
-from storage.schemas import META_SCHEMA_VERSION, SCHEMA_VERSION
-from storage.writer import (CorruptShardError, check_root, is_complete, read_file_metadata, table_path,
+from mapcap.storage.query import QueryError, connect, format_table, named_query, run_sql
+from mapcap.storage.schemas import META_SCHEMA_VERSION, SCHEMA_VERSION
+from mapcap.storage.writer import (CorruptShardError, check_root, is_complete, read_file_metadata, table_path,
                             write_table)
 
 

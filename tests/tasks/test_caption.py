@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.caption import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
-from tasks.concept_bank import load_descriptors
-from toy.dataset import make_scene
+from mapcap.tasks.captioners.base import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
+from mapcap.tasks.concept_bank import load_descriptors
+from mapcap.toy.dataset import make_scene
 
 
 def _crops(n=48, seed=13):

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from storage.writer import table_path
-from tasks.classify import ClassifyConfig, classify_pixels, classify_shard, classify_shard_task, text_classifier
-from tasks.data import read_dataset
-from tasks.templates import resolve_templates
+from mapcap.storage.writer import table_path
+from mapcap.tasks.stages.classify import ClassifyConfig, classify_pixels, classify_shard, classify_shard_task, text_classifier
+from mapcap.tasks.data import read_dataset
+from mapcap.tasks.templates import resolve_templates
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference_classify.json"
 
@@ -51,7 +51,7 @@ def test_shard_task_writes_tables_records_failures_and_skips_when_done(cfg, toy_
 
 
 def test_batch_size_does_not_change_results(toy_model, cfg, toy_dir):
-    from tasks.data import load_image
+    from mapcap.tasks.data import load_image
     pix = torch.stack([toy_model.preprocess(load_image(it.path)[0]) for it in read_dataset(str(toy_dir)).items[:6]])
     emb = text_classifier(toy_model, cfg.classes, cfg.templates)
     whole = classify_pixels(toy_model, pix, emb)
@@ -62,7 +62,7 @@ def test_batch_size_does_not_change_results(toy_model, cfg, toy_dir):
 
 def test_matches_stored_reference_outputs(toy_model, cfg, toy_dir):
     """Regression: ensemble probabilities of the first toy images, stored when the checkpoint was trained."""
-    from tasks.data import load_image
+    from mapcap.tasks.data import load_image
     ref = json.loads(REFERENCE.read_text())
     key = lambda it: f"{Path(it.path).parent.name}/{Path(it.path).name}"  # noqa: E731
     items = [it for it in read_dataset(str(toy_dir)).items if key(it) in ref["images"]]
@@ -74,7 +74,7 @@ def test_matches_stored_reference_outputs(toy_model, cfg, toy_dir):
 
 
 def write_reference(toy_dir, toy_model, cfg, n=10):  # run by hand after retraining the toy CLIP
-    from tasks.data import load_image
+    from mapcap.tasks.data import load_image
     items = read_dataset(str(toy_dir)).items[::5][:n]
     pix = torch.stack([toy_model.preprocess(load_image(it.path)[0]) for it in items])
     probs = classify_pixels(toy_model, pix, text_classifier(toy_model, cfg.classes, cfg.templates))[-1]

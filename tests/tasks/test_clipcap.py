@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.caption import CaptionerConfig, make_captioner
-from tasks.clipcap import ClipCapConfig, ClipCapModel, infer_config, load_clipcap, save_clipcap
-from toy import TOY_CLIPCAP
-from toy.train_captioner import build_tokenizer, caption_accuracy, sample_crops
+from mapcap.tasks.captioners.base import CaptionerConfig, make_captioner
+from mapcap.tasks.captioners.clipcap_model import ClipCapConfig, ClipCapModel, infer_config, load_clipcap, save_clipcap
+from mapcap.toy import TOY_CLIPCAP
+from mapcap.toy.train_captioner import build_tokenizer, caption_accuracy, sample_crops
 
 TINY = dict(n_embd=32, n_layer=2, n_head=2, n_positions=24)
 # the parameter names of Mokady et al.'s train.py (ClipCaptionModel), read from their code

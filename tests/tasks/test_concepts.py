@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.classify import classify_pixels, description_classifier, text_classifier
-from tasks.concept_bank import ConceptBank, class_prompt, descriptor_sentence, load_descriptors, resolve_bank
-from tasks.concepts import (REMOVED, cumulative_masks, curve_auc, mi_curve, mutual_information, perturbed,
+from mapcap.tasks.stages.classify import classify_pixels, description_classifier, text_classifier
+from mapcap.tasks.concept_bank import ConceptBank, class_prompt, descriptor_sentence, load_descriptors, resolve_bank
+from mapcap.tasks.metrics.mutual_knowledge import (REMOVED, cumulative_masks, curve_auc, mi_curve, mutual_information, perturbed,
                             region_mask, visual_concepts)
-from tasks.segment import rle_encode
-from toy.concepts import PROPERTIES, TOY_CONCEPTS, toy_concept_bank
-from toy.shapes import SHAPES
+from mapcap.tasks.segment import rle_encode
+from mapcap.toy.concepts import PROPERTIES, TOY_CONCEPTS, toy_concept_bank
+from mapcap.toy.shapes import SHAPES
 
 
 @pytest.mark.parametrize("descriptor,sentence", [

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.data import ImageLoadError, Item, image_id_of, load_image, plan_shards, read_dataset
+from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image, plan_shards, read_dataset
 
 
 def _save(path, mode, fmt):

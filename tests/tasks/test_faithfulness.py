@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from tasks.faithfulness import FRACTIONS, _keep_masks, auc, mass_share, pointing_grid, pointing_pixel
+from mapcap.tasks.metrics.faithfulness import FRACTIONS, _keep_masks, auc, mass_share, pointing_grid, pointing_pixel
 
 
 def _square_mask(H=128, box=(10, 10, 40, 40)):

@@ -6,8 +6,8 @@ from PIL import Image
 from transformers import (GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig,
                           ViTImageProcessor)
 
-from tasks.caption import CaptionerConfig, make_captioner
-from toy.train_captioner import WORDS, build_tokenizer
+from mapcap.tasks.captioners.base import CaptionerConfig, make_captioner
+from mapcap.toy.train_captioner import WORDS, build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ import open_clip
 import pytest
 import torch
 
-from tasks.models import load_model, resolve_spec
-from toy import TOY_CHECKPOINT, TOY_MODEL_NAME
+from mapcap.tasks.models import load_model, resolve_spec
+from mapcap.toy import TOY_CHECKPOINT, TOY_MODEL_NAME
 
 
 def test_unknown_names_and_tags_list_what_exists():
@@ -39,7 +39,7 @@ def test_random_weights_for_any_vit_config():
 def test_in_batches_halves_the_batch_on_cuda_oom_and_loses_nothing():
     import torch
 
-    from tasks.models import in_batches
+    from mapcap.tasks.models import in_batches
     calls = []
 
     def fn(i, j):

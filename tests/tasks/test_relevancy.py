@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.attention import UnsupportedArchitecture, attention_blocks, recording_attention
-from tasks.models import LoadedModel, create_clip, resolve_spec
-from tasks.relevancy import METHODS, map_stats, relevancy_maps, text_token_relevancy
+from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks, recording_attention
+from mapcap.tasks.models import LoadedModel, create_clip, resolve_spec
+from mapcap.tasks.relevancy.methods import METHODS, map_stats, relevancy_maps, text_token_relevancy
 
 
 def _random_model(name: str) -> LoadedModel:
@@ -109,7 +109,7 @@ def test_map_stats():
 
 
 def test_text_token_relevancy_points_at_the_class_word(toy_model):
-    from toy.dataset import make_scene
+    from mapcap.toy.dataset import make_scene
     from PIL import Image
     scene = make_scene(np.random.default_rng(3), "single", "star")
     pix = toy_model.preprocess(Image.fromarray(scene.image)).unsqueeze(0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.segment import SegmentConfig, rle_decode, rle_encode, region_iou, segment_map
+from mapcap.tasks.segment import SegmentConfig, rle_decode, rle_encode, region_iou, segment_map
 
 
 @pytest.mark.parametrize("seed", range(4))

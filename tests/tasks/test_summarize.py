@@ -1,8 +1,8 @@
 """Extractive summaries (MMR over CLIP text embeddings) and the caption properties."""
 import numpy as np
 
-from tasks.models import encode_texts
-from tasks.summarize import class_properties, diversity, mentions, mmr_summary
+from mapcap.tasks.models import encode_texts
+from mapcap.tasks.stages.summarize import class_properties, diversity, mentions, mmr_summary
 
 
 def _emb(lm, texts):

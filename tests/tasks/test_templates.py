@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.templates import TEMPLATE_SETS, resolve_templates
+from mapcap.tasks.templates import TEMPLATE_SETS, resolve_templates
 
 
 def test_named_sets():

@@ -1,7 +1,7 @@
 """Semantic checks on the toy world with the shipped toy CLIP: what the README's figures claim."""
 import pytest
 
-from toy.evaluate import evaluate_toy_relevancy
+from mapcap.toy.evaluate import evaluate_toy_relevancy
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_top_region_of_default_segmentation_overlaps_the_object(figures):
 
 def test_description_based_classification_is_as_good_as_class_names(toy_model):
     """Menon & Vondrick's classifier with the toy concept bank, on held-out scenes the CLIP never saw."""
-    from toy.train import EVAL_TEMPLATES, description_accuracy, heldout, zero_shot_accuracy
+    from mapcap.toy.train import EVAL_TEMPLATES, description_accuracy, heldout, zero_shot_accuracy
 
     x, y = heldout(n=240, seed=2024)
     names = zero_shot_accuracy(toy_model.model, toy_model.tokenizer, x, y, EVAL_TEMPLATES["simple"])

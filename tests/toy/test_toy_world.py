@@ -1,9 +1,9 @@
 import numpy as np
 import pyarrow.parquet as pq
 
-from toy.captions import ANY, ABSENT, bit, sample_caption, truth_matrix
-from toy.dataset import make_scene, png_to_mask, write_toy_dataset
-from toy.shapes import COLOURS, SHAPES
+from mapcap.toy.captions import ANY, ABSENT, bit, sample_caption, truth_matrix
+from mapcap.toy.dataset import make_scene, png_to_mask, write_toy_dataset
+from mapcap.toy.shapes import COLOURS, SHAPES
 
 
 def test_scene_is_deterministic_per_seed():
@@ -63,7 +63,7 @@ def test_truth_matrix_treats_any_true_caption_as_positive():
 
 
 def test_descriptor_captions_are_true_of_every_shape_with_that_property():
-    from toy.concepts import PROPERTIES
+    from mapcap.toy.concepts import PROPERTIES
     rng = np.random.default_rng(0)
     every = np.array([[[s, 0, 0, 1], [ABSENT] * 4] for s in range(len(SHAPES))])  # one red object per shape
     seen = set()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import html
 
-from storage.query import format_table, named_query, run_sql
-from tasks.report_plots import mi_curves, property_scatter
+from mapcap.storage.query import format_table, named_query, run_sql
+from mapcap.tasks.report.plots import mi_curves, property_scatter
 
 MEASURES = {"mi": "mean MI (nats)", "auc": "mean AUC of the MI curve"}
 

@@ -17,12 +17,12 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from tasks.attention import attention_blocks, recording_attention
-from tasks.models import TOY_MODEL_NAME, LoadedModel, in_batches, model_lock
+from mapcap.tasks.relevancy.attention import attention_blocks, recording_attention
+from mapcap.tasks.models import LoadedModel, in_batches, model_lock
+from mapcap.tasks.plugins import preset_for_model
 
 MethodFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor, int], torch.Tensor]
 METHODS: dict[str, MethodFn] = {}
-MODEL_DEFAULT_START_LAYER = {TOY_MODEL_NAME: 0}  # measured on the toy world: all blocks localise best
 
 
 def register(name: str) -> Callable[[MethodFn], MethodFn]:
@@ -40,7 +40,8 @@ def get_method(name: str) -> MethodFn:
 
 def default_start_layer(model_name: str) -> int:
     """-1 (last block only, the authors' current CLIP default) unless the model's measured default differs."""
-    return MODEL_DEFAULT_START_LAYER.get(model_name, -1)
+    p = preset_for_model(model_name)
+    return p.start_layer if p is not None and p.start_layer is not None else -1
 
 
 def grid_size(lm: LoadedModel) -> int:

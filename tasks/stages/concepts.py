@@ -14,15 +14,15 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.writer import is_complete, read_table, shard_name, write_table
-from tasks.caption import crop_region
-from tasks.classify import ENSEMBLE, text_classifier
-from tasks.concept_bank import ConceptBank
-from tasks.concepts import (concept_embeddings, concept_faithfulness, cumulative_masks, curve_auc,
+from mapcap.storage.writer import is_complete, read_table, shard_name, write_table
+from mapcap.tasks.captioners.base import crop_region
+from mapcap.tasks.stages.classify import ENSEMBLE, text_classifier
+from mapcap.tasks.concept_bank import ConceptBank
+from mapcap.tasks.metrics.mutual_knowledge import (concept_embeddings, concept_faithfulness, cumulative_masks, curve_auc,
                             language_concepts, mi_curve, region_mask, top_k, visual_concepts)
-from tasks.data import ImageLoadError, load_image
-from tasks.models import ModelSpec, encode_images, load_model
-from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
+from mapcap.tasks.data import ImageLoadError, load_image
+from mapcap.tasks.models import ModelSpec, encode_images, load_model
+from mapcap.tasks.provenance import SHARD_RETRIES, chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 TABLES = ["concepts", "mutual_knowledge"]

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
-from tasks.models import LoadedModel, model_lock
-from tasks.overlay import upsample
+from mapcap.tasks.models import LoadedModel, model_lock
+from mapcap.tasks.report.overlay import upsample
 
 FRACTIONS = tuple(i / 10 for i in range(10))  # share of patches removed (or inserted)
 

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.writer import count_rows, is_complete, shard_name, write_table
-from tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
-from tasks.data import ImageLoadError, Item, load_image, image_id_of
-from tasks.models import LoadedModel, ModelSpec, encode_texts, in_batches, load_model, model_lock
-from tasks.runinfo import SHARD_RETRIES, config_hash, library_versions, run_logger
+from mapcap.storage.writer import count_rows, is_complete, shard_name, write_table
+from mapcap.tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
+from mapcap.tasks.data import ImageLoadError, Item, load_image, image_id_of
+from mapcap.tasks.models import LoadedModel, ModelSpec, encode_texts, in_batches, load_model, model_lock
+from mapcap.tasks.provenance import SHARD_RETRIES, config_hash, library_versions, run_logger
 
 STAGE_VERSION = 1  # bump when the stage's output for the same inputs changes; redoes finished shards
 TABLES = ["images", "predictions", "failures"]

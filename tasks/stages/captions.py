@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.manifest import annotations
-from storage.writer import is_complete, read_table, shard_name, write_table
-from tasks.caption import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
-from tasks.data import ImageLoadError, load_image
-from tasks.models import ModelSpec, load_model
-from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
+from mapcap.storage.manifest import annotations
+from mapcap.storage.writer import is_complete, read_table, shard_name, write_table
+from mapcap.tasks.captioners.base import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
+from mapcap.tasks.data import ImageLoadError, load_image
+from mapcap.tasks.models import ModelSpec, load_model
+from mapcap.tasks.provenance import SHARD_RETRIES, chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 
@@ -27,7 +27,7 @@ class CaptionsConfig:
     captioner: CaptionerConfig = CaptionerConfig()  # which captioner, and its settings
     method: str = "chefer"  # whose regions to caption
     top_k: int = 1  # regions per map to caption
-    context: float = 1.0  # crop context around a region (see tasks.caption.crop_region)
+    context: float = 1.0  # crop context around a region (see mapcap.tasks.captioners.base.crop_region)
     dataset: str = ""  # for reference captions (RefCLIPScore) when its manifest has a `caption` column
 
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tasks.data import load_image
-from tasks.models import LoadedModel, encode_texts, model_lock
-from tasks.overlay import overlay_row
-from tasks.relevancy import default_start_layer, relevancy_maps, text_token_relevancy
+from mapcap.tasks.data import load_image
+from mapcap.tasks.models import LoadedModel, encode_texts, model_lock
+from mapcap.tasks.report.overlay import overlay_row
+from mapcap.tasks.relevancy.methods import default_start_layer, relevancy_maps, text_token_relevancy
 
 
 def explain_image(lm: LoadedModel, image_path: str | tuple[Image.Image, str], texts: list[str],

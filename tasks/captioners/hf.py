@@ -13,8 +13,8 @@ from PIL import Image
 from transformers import (AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
                           ProcessorMixin)
 
-from tasks.caption import Captioner, CaptionerConfig, register_captioner
-from tasks.models import LoadedModel, load_once, model_lock, resolve_device
+from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
+from mapcap.tasks.models import LoadedModel, load_once, model_lock, resolve_device
 
 def load_image_to_text(path: str, device: str) -> tuple:
     """(model, image processor, tokenizer, processor or None) from a local directory, once per process."""

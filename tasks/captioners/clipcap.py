@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tasks.caption import Captioner, CaptionerConfig, register_captioner
-from tasks.clipcap import ClipCapModel, load_clipcap
-from tasks.models import (TOY_MODEL_NAME, LoadedModel, encode_images, load_model, load_once, model_lock,
+from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
+from mapcap.tasks.captioners.clipcap_model import ClipCapModel, load_clipcap
+from mapcap.tasks.models import (LoadedModel, encode_images, load_model, load_once, model_lock,
                           resolve_spec)
-from toy import TOY_CLIPCAP
+from mapcap.tasks.plugins import preset_for_model
 
 def _load(path: str, tokenizer: str | None, device: str) -> tuple:
     """Model and tokenizer, loaded once per process and device."""
@@ -33,13 +33,19 @@ def decode(tok, ids: torch.Tensor) -> list[str]:
     return out
 
 
+def default_path(model_name: str) -> str | None:
+    """The model preset's ClipCap directory (the toy model ships one), or None."""
+    p = preset_for_model(model_name)
+    return p.captioner_path if p is not None else None
+
+
 @register_captioner("clipcap")
 class ClipCapCaptioner(Captioner):
     """ClipCap captions, greedy (beams=1) or beam search, `batch_size` crops per generate call."""
 
     @classmethod
     def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
-        if cfg.path is None and model_name != TOY_MODEL_NAME:
+        if cfg.path is None and default_path(model_name) is None:
             raise ValueError("the clipcap captioner needs captioner_path: a ClipCap .pt checkpoint (with "
                              "captioner_tokenizer, a local GPT-2 tokenizer dir) or a save_clipcap directory")
         if cfg.path is not None and not Path(cfg.path).exists():
@@ -52,7 +58,7 @@ class ClipCapCaptioner(Captioner):
         if lm is None:
             raise ValueError("the clipcap captioner needs the run's CLIP (lm)")
         self.check(cfg, lm.spec.name)
-        path = cfg.path or str(TOY_CLIPCAP)
+        path = cfg.path or default_path(lm.spec.name)
         self.model, self.tok = _load(path, cfg.tokenizer, lm.spec.device)
         mc = self.model.cfg
         if mc.clip_model:

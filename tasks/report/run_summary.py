@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.query import connect, format_markdown, named_query
+from mapcap.storage.query import connect, format_markdown, named_query
 
 
 def run_summary(root: str, run_id: str) -> dict:

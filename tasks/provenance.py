@@ -76,8 +76,8 @@ def run_logger(name: str):
 def chained_hash(root: str, run_id: str, shard: int, upstream: str, stage: str, version: int, cfg) -> str:
     """A downstream stage's config hash: its own config plus the hash of the upstream file it reads, so
     redoing an upstream shard redoes what depends on it. Raises if the upstream file is missing."""
-    from storage.schemas import META_CONFIG_HASH
-    from storage.writer import read_file_metadata, shard_name
+    from mapcap.storage.schemas import META_CONFIG_HASH
+    from mapcap.storage.writer import read_file_metadata, shard_name
 
     meta = read_file_metadata(root, upstream, run_id, shard_name(shard))
     if meta is None:

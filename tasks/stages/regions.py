@@ -8,10 +8,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.writer import is_complete, read_table, shard_name, write_table
-from tasks.data import ImageLoadError, load_image
-from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
-from tasks.segment import SegmentConfig, rle_encode, segment_map
+from mapcap.storage.writer import is_complete, read_table, shard_name, write_table
+from mapcap.tasks.data import ImageLoadError, load_image
+from mapcap.tasks.provenance import SHARD_RETRIES, chained_hash, library_versions, run_logger
+from mapcap.tasks.segment import SegmentConfig, rle_encode, segment_map
 
 STAGE_VERSION = 1
 

@@ -8,12 +8,12 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.writer import is_complete, read_table, shard_name, write_table
-from tasks.classify import ENSEMBLE, prepared, text_classifier
-from tasks.data import Item
-from tasks.models import ModelSpec, load_model
-from tasks.relevancy import default_start_layer, map_stats, relevancy_maps
-from tasks.runinfo import SHARD_RETRIES, chained_hash, library_versions, run_logger
+from mapcap.storage.writer import is_complete, read_table, shard_name, write_table
+from mapcap.tasks.stages.classify import ENSEMBLE, prepared, text_classifier
+from mapcap.tasks.data import Item
+from mapcap.tasks.models import ModelSpec, load_model
+from mapcap.tasks.relevancy.methods import default_start_layer, map_stats, relevancy_maps
+from mapcap.tasks.provenance import SHARD_RETRIES, chained_hash, library_versions, run_logger
 
 STAGE_VERSION = 1
 TARGETS = ("pred", "label")

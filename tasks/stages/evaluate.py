@@ -15,22 +15,20 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.manifest import annotations
-from storage.writer import read_run, write_table
-from tasks.classify import ENSEMBLE, prepared, text_classifier
-from tasks.data import Item
-from tasks.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
-from tasks.models import ModelSpec, load_model
-from tasks.relevancy import relevancy_maps
-from tasks.runinfo import library_versions, run_logger
+from mapcap.storage.manifest import annotations, png_to_mask
+from mapcap.storage.writer import read_run, write_table
+from mapcap.tasks.stages.classify import ENSEMBLE, prepared, text_classifier
+from mapcap.tasks.data import Item
+from mapcap.tasks.metrics.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
+from mapcap.tasks.models import ModelSpec, load_model
+from mapcap.tasks.relevancy.methods import relevancy_maps
+from mapcap.tasks.provenance import library_versions, run_logger
 
 VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))
 
 
 def dataset_masks(dataset: str) -> dict[str, dict]:
     """{absolute image path: {"mask", "second_label", "second_mask"}} from a manifest with masks, else {}."""
-    from toy.dataset import png_to_mask
-
     return {r["path"]: {
         "mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
         "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}

@@ -15,11 +15,11 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.writer import read_run, write_table
-from tasks.evaluate import dataset_masks
-from tasks.models import ModelSpec, encode_texts, load_model
-from tasks.runinfo import library_versions, run_logger
-from tasks.segment import rle_decode
+from mapcap.storage.writer import read_run, write_table
+from mapcap.tasks.stages.evaluate import dataset_masks
+from mapcap.tasks.models import ModelSpec, encode_texts, load_model
+from mapcap.tasks.provenance import library_versions, run_logger
+from mapcap.tasks.segment import rle_decode
 
 SUBSETS = ("all", "correct", "wrong")
 

@@ -19,13 +19,13 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.query import connect, format_table, named_query, predictions_for, resolve_run, rows_for_images
-from storage.writer import write_file
-from tasks.data import ImageLoadError, load_image
-from tasks.overlay import overlay_row
-from tasks.report_concepts import concepts_section
-from tasks.report_plots import accuracy_bars, property_scatter, template_bars, topk_panels
-from tasks.runinfo import run_logger
+from mapcap.storage.query import connect, format_table, named_query, predictions_for, resolve_run, rows_for_images
+from mapcap.storage.writer import write_file
+from mapcap.tasks.data import ImageLoadError, load_image
+from mapcap.tasks.report.overlay import overlay_row
+from mapcap.tasks.report.concepts import concepts_section
+from mapcap.tasks.report.plots import accuracy_bars, property_scatter, template_bars, topk_panels
+from mapcap.tasks.provenance import run_logger
 
 SECTIONS = ("accuracy", "templates", "topk", "explanations", "summaries", "trends", "concepts")
 # Counts images that failed to decode and script errors into <body data-...> for headless checks.

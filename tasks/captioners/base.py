@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.concept_bank import load_descriptors
-from tasks.models import TOY_MODEL_NAME, LoadedModel, encode_images, encode_texts
+from mapcap.tasks.concept_bank import load_descriptors
+from mapcap.tasks.models import LoadedModel, encode_images, encode_texts
+from mapcap.tasks.plugins import preset_for_model
 
 CAPTIONERS: dict[str, type["Captioner"]] = {}
 CLIPSCORE_PREFIX = "A photo depicts "
-BUILTIN_MODULES = ("tasks.clipcap_captioner", "tasks.hf_caption")  # register clipcap and hf on first use
+BUILTIN_MODULES = ("mapcap.tasks.captioners.clipcap", "mapcap.tasks.captioners.hf")  # register clipcap and hf on first use
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,12 @@ def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: fl
     return canvas
 
 
+def phrase_bank(cfg: CaptionerConfig, model_name: str) -> str | None:
+    """The retrieval captioner's phrase bank: the configured JSON, else the model preset's, else None."""
+    p = preset_for_model(model_name)
+    return cfg.concept_bank or (p.phrases if p is not None else None)
+
+
 @register_captioner("retrieval")
 class RetrievalCaptioner(Captioner):
     """The `k` concept-bank phrases closest to the crop, joined with ', '."""
@@ -107,17 +114,13 @@ class RetrievalCaptioner(Captioner):
     def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
         if cfg.concept_bank:
             load_descriptors(cfg.concept_bank)
-        elif model_name != TOY_MODEL_NAME:
+        elif not phrase_bank(cfg, model_name):
             raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
                              "{class name: [phrase, ...]}")
 
     def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
         self.check(cfg, lm.spec.name)
-        if cfg.concept_bank:
-            bank = load_descriptors(cfg.concept_bank)
-        else:
-            from toy.dataset import caption_bank
-            bank = caption_bank()
+        bank = load_descriptors(phrase_bank(cfg, lm.spec.name))
         k = cfg.phrases
         phrases = sorted({p for ps in bank.values() for p in ps})
         if not phrases:

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.concept_bank import concept_prompt
-from tasks.models import LoadedModel, encode_images, encode_texts, in_batches
-from tasks.segment import rle_decode
+from mapcap.tasks.concept_bank import concept_prompt
+from mapcap.tasks.models import LoadedModel, encode_images, encode_texts, in_batches
+from mapcap.tasks.segment import rle_decode
 
 REMOVED = -1  # placeholder of a removed visual concept: matches no language concept
 _EMB_CACHE: dict[tuple, torch.Tensor] = {}

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.writer import read_run, write_table
-from tasks.plan import RunPlan
-from tasks.runinfo import code_version, library_versions, to_jsonable
+from mapcap.storage.writer import read_run, write_table
+from mapcap.tasks.plan import RunPlan
+from mapcap.tasks.provenance import code_version, library_versions, to_jsonable
 
 
 def run_row(plan: RunPlan, params: dict, status: str, started_at: datetime, shard_results: list[dict],
