@@ -11,16 +11,9 @@ from mapcap.flows.cli_args import build_parser
 
 
 def _params(args: argparse.Namespace):
-    from mapcap.flows.explain import ExplainParams
+    from mapcap.flows.cli_params import params_from_args
 
-    return ExplainParams(dataset=args.dataset, class_map=args.class_map, model=args.model,
-                         pretrained=args.pretrained, templates=args.template or args.templates, top_k=args.top_k,
-                         shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
-                         precision=args.precision, out=args.out, run_name=args.run_name, force=args.force,
-                         stages=args.stages, relevancy_methods=args.methods, start_layers=args.start_layers,
-                         captioner=args.captioner, captioner_path=args.captioner_path,
-                         captioner_tokenizer=args.captioner_tokenizer, caption_beams=args.beams,
-                         concept_bank=args.concept_bank, descriptors=args.descriptors)
+    return params_from_args(args, **({"dataset": "toy"} if args.cmd == "demo" else {}))
 
 
 def _print_table(table) -> None:
@@ -37,11 +30,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None):
         from mapcap.flows.explain_ray import explain_on_ray
         flow = explain_on_ray(None if args.ray == "local" else args.ray)
-    result = flow(_params(args))
-    con = connect(args.out)
+    params = _params(args)
+    result = flow(params)
+    con = connect(params.out)
     print(f"run {result['run_id']}: {result['n_images']} images, {result['n_failures']} failed, "
           f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")
-    print(f"results: {args.out}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
+    print(f"results: {params.out}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
+    for what, why in result.get("skipped_stages", []):
+        print(f"skipped {what}: {why}")
     print("\nper-class accuracy (DuckDB over the Parquet results):")
     _print_table(named_query(con, "per_class_accuracy", result["run_id"]))
     print("\nper-template accuracy:")
@@ -58,12 +54,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             if r["class_name"] == "(all)" and r["descriptors_accuracy"] is not None]
     if desc:
         print(f"\ndescription-based classification: accuracy {desc[0]['descriptors_accuracy']:.4f} "
-              f"(class-name templates {desc[0]['names_accuracy']:.4f}); per class: mapcap concepts --root {args.out}")
+              f"(class-name templates {desc[0]['names_accuracy']:.4f}); per class: mapcap concepts --root {params.out}")
     mk = named_query(con, "mutual_knowledge_vs_accuracy", result["run_id"])
     if mk.num_rows:
         print("\nmutual knowledge of the two encoders against per-class accuracy:")
         _print_table(mk)
-    print(f"\nmore: mapcap sql --root {args.out} \"SELECT * FROM predictions LIMIT 5\"")
+    print(f"\nmore: mapcap sql --root {params.out} \"SELECT * FROM predictions LIMIT 5\"")
     return 0
 
 
@@ -225,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("root", "httpx", "open_clip"):  # open_clip logs through the root logger
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
-    for ours in ("flows", "tasks", "storage", "toy"):  # so our own progress lines still show
+    for ours in ("mapcap",):  # so our own progress lines still show
         logging.getLogger(ours).setLevel(logging.DEBUG if args.debug else logging.INFO)
     handlers = {"demo": cmd_run, "run": cmd_run, "sql": cmd_sql, "classes": cmd_named, "templates": cmd_named,
                 "confusion": cmd_named, "evaluations": cmd_named, "captions": cmd_named, "runs": cmd_named, "check": cmd_check,

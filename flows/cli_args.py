@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mapcap.flows.stages import ALL_STAGES
+from mapcap.flows.cli_params import add_param_flags
 
 DEFAULT_ROOT = "./mapcap-results"
 
@@ -12,31 +12,10 @@ def _root_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
 
 
-def _flow_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", help="open_clip model name, or 'toy' (default)")
-    p.add_argument("--pretrained", default="toy", help="open_clip pretrained tag, local checkpoint path, or 'toy'")
-    p.add_argument("--templates", default="simple", help="template set: openai, simple, compare (default simple)")
-    p.add_argument("--template", action="append", help="a template with '{}' (repeat; overrides --templates)")
-    p.add_argument("--class-map", help="JSON {folder or label: class name}")
-    p.add_argument("--out", default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
-    p.add_argument("--shard-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--run-name", help="run id; reuse it to resume a run")
-    p.add_argument("--force", action="store_true", help="redo shards that are already complete")
-    p.add_argument("--stages", nargs="+", default=ALL_STAGES, choices=ALL_STAGES, help="stages to run (default: all)")
-    p.add_argument("--descriptors", help="concept bank JSON {class: [descriptor, ...]} (the toy model has its own)")
-    p.add_argument("--captioner", default="retrieval", help="retrieval (default), clipcap or hf")
-    p.add_argument("--captioner-path", help="clipcap checkpoint (.pt or directory) or hf model directory")
-    p.add_argument("--captioner-tokenizer", help="local GPT-2 tokenizer directory for an authors' ClipCap .pt")
-    p.add_argument("--beams", type=int, default=1, help="beam width for generative captioners (1 = greedy)")
-    p.add_argument("--concept-bank", help="JSON {class: [phrase, ...]} for the retrieval captioner")
+def _flow_args(p: argparse.ArgumentParser, positional_dataset: bool = False) -> None:
+    add_param_flags(p, positional_dataset)
     p.add_argument("--ray", nargs="?", const="local", help="run shard tasks on Ray: a cluster address "
                                                             "(ray://head:10001), or none for a local Ray")
-    p.add_argument("--methods", nargs="+", default=["chefer", "gradient"], help="relevancy methods")
-    p.add_argument("--start-layers", nargs="+", type=int, help="chefer's first block(s) (default: the model's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,10 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="run the flow on the embedded toy dataset and print per-class accuracy")
     _flow_args(p)
-    p.set_defaults(dataset="toy")
-    p = sub.add_parser("run", help="run the explain flow on a dataset")
-    p.add_argument("dataset", help="ImageFolder directory or manifest (.csv/.parquet with path,label)")
-    _flow_args(p)
+    p = sub.add_parser("run", help="run the explain flow on a dataset (every parameter is a flag: see below)")
+    _flow_args(p, positional_dataset=True)
     p = sub.add_parser("sql", help="run SQL over the results (views: runs, images, predictions, failures)")
     p.add_argument("query")
     _root_arg(p)
@@ -73,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--figure", help="also write a PNG of every run's mean MI and AUC against accuracy")
     p = sub.add_parser("serve", help="serve the explain (scheduled) and reprocess deployments from this process")
     _flow_args(p)
-    p.add_argument("--dataset", default="toy", help="dataset of the scheduled explain runs")
     p.add_argument("--cron", default="0 3 * * *", help="schedule of the explain deployment (UTC cron)")
     p = sub.add_parser("explorer", help="serve the explorer page on localhost: explain an image, browse a run")
     _root_arg(p)

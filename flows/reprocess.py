@@ -11,8 +11,8 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from mapcap.flows.explain import ExplainParams, explain
-from mapcap.flows.stages import Stage
+from mapcap.flows.explain import explain
+from mapcap.flows.params import ExplainParams, StageName
 from mapcap.tasks.run_record import stored_params_task
 
 
@@ -25,7 +25,7 @@ class ReprocessParams(BaseModel):
     out: str = Field("./mapcap-results", description="results root holding that run")
     classes: list[str] | None = Field(None, description="redo only the shards holding images of these classes; "
                                                         "empty: every shard that is not complete (all with force)")
-    stages: list[Stage] | None = Field(None, description="stages to run; empty: the run's own")
+    stages: list[StageName] | None = Field(None, description="stages to run; empty: the run's own")  # type: ignore
     captioner: Literal["retrieval", "clipcap", "hf"] | None = Field(None, description="another captioner; its "
                                                                                       "captions sit beside the old")
     captioner_path: str | None = Field(None, description="checkpoint or model directory for that captioner")
@@ -40,9 +40,9 @@ def reprocess(params: ReprocessParams) -> dict:
               "redo_classes": params.classes or None}
     if params.stages:
         update["stages"] = params.stages
+    base = ExplainParams.model_validate(stored).model_dump()  # old flat names move into their sections
     if params.captioner:
-        update["captioner"] = params.captioner
+        base["captions"]["captioner"] = params.captioner
     if params.captioner_path:
-        update["captioner_path"] = params.captioner_path
-    known = set(ExplainParams.model_fields)
-    return explain(ExplainParams(**{**{k: v for k, v in stored.items() if k in known}, **update}))
+        base["captions"]["path"] = params.captioner_path
+    return explain(ExplainParams.model_validate({**base, **update}))

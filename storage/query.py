@@ -171,7 +171,7 @@ QUERIES: dict[str, str] = {
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,
                (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,
-               (SELECT count(*) FROM failures WHERE run_id = $run AND stage = 'load') AS failed""",
+               (SELECT count(*) FROM failures WHERE run_id = $run AND stage IN ('classify', 'load')) AS failed""",
 }
 
 QUERIES.update(CONCEPT_QUERIES)

@@ -21,6 +21,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("n_images", pa.int64()), ("n_predicted", pa.int64()), ("n_failures", pa.int64()),
         ("n_shards_skipped", pa.int32()), ("failed_shards", pa.list_(pa.int32())),
         ("params_json", pa.string()), ("code_version", pa.string()), ("versions_json", pa.string()),
+        ("config_json", pa.string()),  # resolved config of every stage that ran: {stage: config} (JSON)
+        ("stages_json", pa.string()),  # per stage: ran / reused / skipped and why, rows, failures, seconds
     ]),
     "images": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),

@@ -92,11 +92,16 @@ def read_file_metadata(root: str, table: str, run_id: str, name: str) -> dict[by
 
 
 def is_complete(root: str, tables: list[str], run_id: str, name: str, config_hash: str) -> bool:
-    """True when every table's file for this shard exists and was written with `config_hash`.
+    """True when every table's file for this shard exists and was written with `config_hash`."""
+    return files_complete(root, run_id, [(t, name) for t in tables], config_hash)
 
-    A corrupt file counts as incomplete (the shard is redone and the file replaced), and says so in the log.
+
+def files_complete(root: str, run_id: str, files: list[tuple[str, str]], config_hash: str) -> bool:
+    """True when every (table, file name) exists and was written with `config_hash`.
+
+    A corrupt file counts as incomplete (the work is redone and the file replaced), and says so in the log.
     """
-    for table in tables:
+    for table, name in files:
         try:
             meta = read_file_metadata(root, table, run_id, name)
         except CorruptShardError as e:
@@ -105,6 +110,12 @@ def is_complete(root: str, tables: list[str], run_id: str, name: str, config_has
         if meta is None or meta.get(META_CONFIG_HASH, b"").decode() != config_hash:
             return False
     return True
+
+
+def file_exists(root: str, relpath: str) -> bool:
+    """Does a non-table file (the HTML report) exist under the root?"""
+    fs, base = filesystem(root)
+    return fs.exists(f"{base}/{relpath}")
 
 
 def read_table(root: str, table: str, run_id: str, name: str) -> pa.Table:
@@ -139,7 +150,12 @@ def read_run(root: str, table: str, run_id: str) -> pa.Table:
     fs, base = filesystem(root)
     files = sorted(fs.glob(f"{base}/{table}/run={run_id}/*.parquet"))
     parts = []
+    schema = schema_for(table)
     for path in files:
         with fs.open(path, "rb") as f:
-            parts.append(pq.read_table(f).cast(schema_for(table)))
+            part = pq.read_table(f)
+        for field in schema:  # files written before a column was added read it as nulls
+            if field.name not in part.column_names:
+                part = part.append_column(field, pa.nulls(part.num_rows, field.type))
+        parts.append(part.select(schema.names).cast(schema))
     return pa.concat_tables(parts) if parts else schema_for(table).empty_table()

@@ -9,8 +9,6 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
-from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
 from mapcap.tasks.data import Item, plan_shards, read_dataset
 from mapcap.tasks.models import ModelSpec, resolve_spec
 from mapcap.tasks.plugins import named_dataset
@@ -27,7 +25,6 @@ class RunPlan:
     templates: tuple[str, ...]
     model: ModelSpec
     shards: tuple[tuple[Item, ...], ...]  # shard i holds these items
-    bank: ConceptBank | None = None  # descriptors per class (description-based classification, concepts)
 
     @property
     def n_images(self) -> int:
@@ -46,12 +43,9 @@ def make_run_id(run_name: str | None, params_hash: str) -> str:
 
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
              shard_size: int, device: str, precision: str, run_name: str | None,
-             captioner: CaptionerConfig | None = None, redo_classes: list[str] | None = None,
-             descriptors: str | None = None, need_bank: bool = False) -> RunPlan:
-    """Everything a run needs, validated before any shard starts (bad input fails here, with the fix)."""
+             redo_classes: list[str] | None = None) -> RunPlan:
+    """The dataset, model, templates and shards of a run, validated before any shard starts (with the fix)."""
     spec = resolve_spec(model, pretrained, device, precision)
-    if captioner is not None:
-        check_captioner(captioner, spec.name)
     tpl = resolve_templates(templates)
     source = named_dataset(dataset) or dataset  # a plugin's named dataset ('toy'), else a path
     ds = read_dataset(source, class_map)
@@ -61,14 +55,9 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     unknown = sorted(set(redo_classes or ()) - set(ds.classes))
     if unknown:
         raise ValueError(f"redo_classes {unknown} are not classes of {source}; its classes are {list(ds.classes)}")
-    bank = resolve_bank(descriptors, spec.name, ds.classes)
-    if need_bank and bank is None:
-        raise ValueError(f"the concepts stage needs a concept bank for model {spec.name}: pass descriptors=PATH to a "
-                         f"JSON {{class name: [descriptor, ...]}} (Menon & Vondrick's format, e.g. "
-                         f"descriptors_imagenet.json), or leave 'concepts' out of stages")
     shards = tuple(tuple(s) for s in plan_shards(ds.items, shard_size))
     run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
-    return RunPlan(run_id, source, ds.classes, tpl, spec, shards, bank)
+    return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
 
 
 def shards_to_force(plan: RunPlan, force: bool, redo_classes: list[str] | None) -> list[bool]:
@@ -80,5 +69,6 @@ def shards_to_force(plan: RunPlan, force: bool, redo_classes: list[str] | None) 
 
 
 @task(name="plan-run", cache_policy=NO_CACHE)
-def plan_run_task(**kwargs) -> RunPlan:
-    return plan_run(**kwargs)
+def plan_run_task(params):
+    """`params.resolve()`: the run plan and every stage's config (the flow's parameter model knows how)."""
+    return params.resolve()

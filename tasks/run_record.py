@@ -8,40 +8,68 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mapcap.storage.writer import read_run, write_table
-from mapcap.tasks.plan import RunPlan
 from mapcap.tasks.provenance import code_version, library_versions, to_jsonable
 
 
-def run_row(plan: RunPlan, params: dict, status: str, started_at: datetime, shard_results: list[dict],
-            failed_shards: list[int]) -> dict:
+def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dict]) -> dict[str, dict]:
+    """Per stage: what ran, what was reused, what was skipped and why, rows, failures and seconds (timings)."""
+    out: dict[str, dict] = {}
+    for sp in resolved.shard_stages:
+        parts = [r["stages"][sp.name] for r in shard_results if sp.name in r.get("stages", {})]
+        out[sp.name] = {"status": "ran", "shards_computed": sum(not s["skipped"] for s in parts),
+                        "shards_reused": sum(s["skipped"] for s in parts),
+                        "seconds": round(sum(s["seconds"] for s in parts), 3),
+                        "rows": {t: sum(s["rows"].get(t, 0) for s in parts) for t in
+                                 dict.fromkeys(k for s in parts for k in s["rows"])}}
+    for sp in resolved.run_stages:
+        r = run_results.get(sp.name)
+        out[sp.name] = {"status": "pending"} if r is None else {
+            "status": "ran", "reused": r["skipped"], "seconds": round(r["seconds"], 3), "rows": r["rows"]}
+    for what, why in resolved.skipped:
+        out[what] = {"status": "skipped", "reason": why}
+    return out
+
+
+def run_row(resolved, params: dict, status: str, started_at: datetime, shard_results: list[dict],
+            failed_shards: list[int], run_results: dict[str, dict]) -> dict:
+    plan = resolved.plan
     done = [r for r in shard_results if r]
     finished = datetime.now(timezone.utc) if status != "running" else None
+    classify = [r["stages"]["classify"] for r in done if "classify" in r.get("stages", {})]
+    n_failed = sum(s["rows"].get("failures", 0) for s in classify) if classify else None
+    configs = {sp.name: to_jsonable(sp.config) for sp in resolved.shard_stages + resolved.run_stages}
     return {
         "run_id": plan.run_id, "status": status, "started_at": started_at, "finished_at": finished,
         "duration_s": (finished - started_at).total_seconds() if finished else None,
         "dataset": plan.dataset, "model": plan.model.name, "pretrained": plan.model.pretrained,
         "templates": list(plan.templates), "n_classes": len(plan.classes), "n_shards": len(plan.shards),
         "n_images": plan.n_images,
-        "n_predicted": sum(r["n_images"] - r["n_failures"] for r in done) if done else None,
-        "n_failures": sum(r["n_failures"] for r in done) if done else None,
-        "n_shards_skipped": sum(bool(r.get("skipped")) for r in done), "failed_shards": failed_shards,
+        "n_predicted": sum(r["n_images"] for r in done) - n_failed if classify else None,
+        "n_failures": n_failed,
+        "n_shards_skipped": sum(all(s["skipped"] for s in r["stages"].values()) for r in done),
+        "failed_shards": failed_shards,
         "params_json": json.dumps(to_jsonable(params), sort_keys=True, default=str),
         "code_version": code_version(), "versions_json": json.dumps(library_versions(), sort_keys=True),
+        "config_json": json.dumps(configs, sort_keys=True),
+        "stages_json": json.dumps(stage_record(resolved, done, run_results), sort_keys=True),
     }
 
 
-def record_run(root: str, plan: RunPlan, params: dict, status: str, started_at: datetime,
-               shard_results: list[dict] | None = None, failed_shards: list[int] | None = None) -> str:
+def record_run(root: str, resolved, params: dict, status: str, started_at: datetime,
+               shard_results: list[dict] | None = None, failed_shards: list[int] | None = None,
+               run_results: dict[str, dict] | None = None) -> str:
     """Write (or replace, atomically) the run's row; called at the start and at the end of a run."""
-    row = run_row(plan, params, status, started_at, shard_results or [], failed_shards or [])
-    return write_table(root, "runs", plan.run_id, "run", [row], config={"params": params, "plan_model": plan.model},
+    row = run_row(resolved, params, status, started_at, shard_results or [], failed_shards or [], run_results or {})
+    return write_table(root, "runs", resolved.plan.run_id, "run", [row],
+                       config={"params": to_jsonable(params), "stages": json.loads(row["config_json"])},
                        versions=library_versions())
 
 
 @task(name="record-run", cache_policy=NO_CACHE)
-def record_run_task(root: str, plan: RunPlan, params: dict, status: str, started_at: datetime,
-                    shard_results: list[dict] | None = None, failed_shards: list[int] | None = None) -> str:
-    return record_run(root, plan, params, status, started_at, shard_results, failed_shards)
+def record_run_task(root: str, resolved, params: dict, status: str, started_at: datetime,
+                    shard_results: list[dict] | None = None, failed_shards: list[int] | None = None,
+                    run_results: dict[str, dict] | None = None) -> str:
+    return record_run(root, resolved, params, status, started_at, shard_results, failed_shards, run_results)
 
 
 def stored_params(root: str, run_id: str) -> dict:

@@ -1,8 +1,8 @@
 """Captioners: crops in, strings out, registered by name; and CLIPScore (Hessel et al. 2021).
 
 A captioner implements one method, `caption(crops) -> list[str]`, and registers with `@register_captioner`.
-This module holds the interface and its typed config, the `retrieval` captioner (the best phrases of a concept bank by CLIP
-similarity: works with any CLIP, no extra model) and CLIPScore / RefCLIPScore.
+This module holds the interface, its typed config and the crop helpers; each backend is one file of this package
+(`retrieval`, `clipcap`, `hf`), imported on first use.
 """
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ import importlib
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
-from mapcap.tasks.concept_bank import load_descriptors
-from mapcap.tasks.models import LoadedModel, encode_images, encode_texts
-from mapcap.tasks.plugins import preset_for_model
+from mapcap.tasks.models import LoadedModel
 
 CAPTIONERS: dict[str, type["Captioner"]] = {}
-CLIPSCORE_PREFIX = "A photo depicts "
-BUILTIN_MODULES = ("mapcap.tasks.captioners.clipcap", "mapcap.tasks.captioners.hf")  # register clipcap and hf on first use
+BUILTIN_MODULES = ("mapcap.tasks.captioners.retrieval", "mapcap.tasks.captioners.clipcap",
+                   "mapcap.tasks.captioners.hf")  # each registers its captioner on first use
 
 
 @dataclass(frozen=True)
@@ -98,55 +95,3 @@ def crop_region(image: Image.Image, bbox: tuple[int, int, int, int], context: fl
                                         min(box[3], image.height)))
     canvas.paste(inside, (max(-box[0], 0), max(-box[1], 0)))
     return canvas
-
-
-def phrase_bank(cfg: CaptionerConfig, model_name: str) -> str | None:
-    """The retrieval captioner's phrase bank: the configured JSON, else the model preset's, else None."""
-    p = preset_for_model(model_name)
-    return cfg.concept_bank or (p.phrases if p is not None else None)
-
-
-@register_captioner("retrieval")
-class RetrievalCaptioner(Captioner):
-    """The `k` concept-bank phrases closest to the crop, joined with ', '."""
-
-    @classmethod
-    def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
-        if cfg.concept_bank:
-            load_descriptors(cfg.concept_bank)
-        elif not phrase_bank(cfg, model_name):
-            raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
-                             "{class name: [phrase, ...]}")
-
-    def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
-        self.check(cfg, lm.spec.name)
-        bank = load_descriptors(phrase_bank(cfg, lm.spec.name))
-        k = cfg.phrases
-        phrases = sorted({p for ps in bank.values() for p in ps})
-        if not phrases:
-            raise ValueError("the concept bank has no phrases")
-        self.lm, self.phrases, self.k = lm, phrases, k
-        self.text = encode_texts(lm, phrases)  # (P, D)
-
-    def caption(self, crops: list[Image.Image]) -> list[str]:
-        if not crops:
-            return []
-        sims = encode_images(self.lm, crops) @ self.text.T  # (N, P)
-        top = sims.topk(min(self.k, len(self.phrases)), dim=-1).indices
-        return [", ".join(self.phrases[j] for j in row) for row in top.tolist()]
-
-
-def clipscore(lm: LoadedModel, crops: list[Image.Image], captions: list[str]) -> torch.Tensor:
-    """CLIPScore = 2.5 · max(cos(image, "A photo depicts " + caption), 0), per pair."""
-    img = encode_images(lm, crops)
-    txt = encode_texts(lm, [CLIPSCORE_PREFIX + c for c in captions])
-    return 2.5 * (img * txt).sum(-1).clamp(min=0)
-
-
-def ref_clipscore(lm: LoadedModel, crops: list[Image.Image], captions: list[str],
-                  references: list[list[str]]) -> torch.Tensor:
-    """RefCLIPScore: harmonic mean of CLIPScore and max(cos(caption, reference), 0) over the references."""
-    cs = clipscore(lm, crops, captions)
-    cand = encode_texts(lm, captions)
-    ref = torch.stack([(encode_texts(lm, refs) @ c).max().clamp(min=0) for refs, c in zip(references, cand)])
-    return torch.where(cs + ref > 0, 2 * cs * ref / (cs + ref).clamp(min=1e-12), torch.zeros_like(cs))

@@ -16,8 +16,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 from PIL import Image
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mapcap.storage.query import connect, format_table, named_query, predictions_for, resolve_run, rows_for_images
 from mapcap.storage.writer import write_file
@@ -25,7 +23,6 @@ from mapcap.tasks.data import ImageLoadError, load_image
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.report.concepts import concepts_section
 from mapcap.tasks.report.plots import accuracy_bars, property_scatter, template_bars, topk_panels
-from mapcap.tasks.provenance import run_logger
 
 SECTIONS = ("accuracy", "templates", "topk", "explanations", "summaries", "trends", "concepts")
 # Counts images that failed to decode and script errors into <body data-...> for headless checks.
@@ -184,10 +181,3 @@ def write_report(root: str, run: str = "latest", out: str | None = None) -> str:
         folder, name = os.path.split(os.path.abspath(out)) if "://" not in out else out.rsplit("/", 1)
         return write_file(folder, name, doc.encode())
     return write_file(root, f"reports/{run_id}.html", doc.encode())
-
-
-@task(name="write-report", cache_policy=NO_CACHE)
-def write_report_task(root: str, run_id: str) -> str:
-    path = write_report(root, run_id)
-    run_logger(__name__).info("report written to %s", path)
-    return path

@@ -1,31 +1,25 @@
-"""The concepts stage of a shard: visual and language concepts, mutual knowledge and its faithfulness.
+"""Stage `concepts`: visual and language concepts, mutual knowledge and its faithfulness.
 
-Reads the shard's predictions (ensemble rows) and the regions of the predicted class's maps; writes
+Reads the shard's predictions (ensemble rows) and the regions of the predicted class's primary map; writes
 `concepts` (top-k descriptors per image, per region, and per predicted class) and `mutual_knowledge` (one row
-per image). The measures are defined in tasks/concepts.py.
+per image). The measures are defined in tasks/metrics/mutual_knowledge.py.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from mapcap.storage.writer import is_complete, read_table, shard_name, write_table
 from mapcap.tasks.captioners.base import crop_region
-from mapcap.tasks.stages.classify import ENSEMBLE, text_classifier
 from mapcap.tasks.concept_bank import ConceptBank
-from mapcap.tasks.metrics.mutual_knowledge import (concept_embeddings, concept_faithfulness, cumulative_masks, curve_auc,
-                            language_concepts, mi_curve, region_mask, top_k, visual_concepts)
-from mapcap.tasks.data import ImageLoadError, load_image
+from mapcap.tasks.metrics.mutual_knowledge import (concept_embeddings, concept_faithfulness, cumulative_masks,
+                                                   curve_auc, language_concepts, mi_curve, region_mask, top_k,
+                                                   visual_concepts)
 from mapcap.tasks.models import ModelSpec, encode_images, load_model
-from mapcap.tasks.provenance import SHARD_RETRIES, chained_hash, library_versions, run_logger
-
-STAGE_VERSION = 1
-TABLES = ["concepts", "mutual_knowledge"]
+from mapcap.tasks.stages.base import Stage, register_stage
+from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
 
 @dataclass(frozen=True)
@@ -37,7 +31,8 @@ class ConceptsConfig:
     subject: str = "an object"  # class-free subject of concept prompts: "an object, which has four corners"
     top_k: int = 3  # visual concepts per region (and per whole image)
     language_k: int = 5  # language concepts of the predicted class
-    method: str = "chefer"  # whose regions (of the 'pred' target) are the image's parts
+    method: str = "chefer"  # the primary relevancy method: its regions (of the 'pred' target) are the parts
+    start_layer: int | None = -1  # ... and its start layer
     context: float = 1.0  # crop context around a region, × its size (as for captions)
 
 
@@ -85,56 +80,34 @@ def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: di
     return rows, mk
 
 
-def concepts_shard(cfg: ConceptsConfig, run_id: str, shard: int, root: str, force: bool = False,
-                   log: logging.Logger | None = None) -> dict:
-    log = log or logging.getLogger(__name__)
-    name = shard_name(shard)
-    chash = chained_hash(root, run_id, shard, "regions", "concepts", STAGE_VERSION, cfg)
-    if not force and is_complete(root, TABLES, run_id, name, chash):
-        log.info("shard %d concepts already complete: skipped", shard)
-        return {"shard": shard, "skipped": True}
-    lm = load_model(cfg.model)
-    concept_emb = concept_embeddings(lm, cfg.bank.vocabulary, cfg.subject)  # (V, D)
-    class_emb = text_classifier(lm, cfg.classes, cfg.templates)[-1].cpu()  # (C, D) ensemble
-    language = {c: language_concepts(class_emb[i], concept_emb, cfg.language_k) for i, c in enumerate(cfg.classes)}
-    images = {r["image_id"]: r for r in read_table(root, "images", run_id, name).to_pylist()}
-    preds = {r["image_id"]: r for r in read_table(root, "predictions", run_id, name).to_pylist()
-             if r["template"] == ENSEMBLE}
-    regions: dict[str, list[dict]] = {}
-    for r in read_table(root, "regions", run_id, name).to_pylist():
-        if r["target"] == "pred" and r["method"] == cfg.method:
-            regions.setdefault(r["image_id"], []).append(r)
-    concept_rows, mk_rows, failures = [], [], []
-    for iid in sorted(preds):
-        path = images[iid]["path"]
-        try:
-            image = load_image(path)[0]
-        except ImageLoadError as e:
-            failures.append({"run_id": run_id, "image_id": iid, "path": path, "shard": shard, "stage": "concepts",
-                             "error_type": "ImageLoadError", "error": str(e)})
-            continue
-        regs = regions.get(iid, [])
-        if regs:  # one map per image: the first start layer, regions by rank
-            first = min((r["start_layer"] is None, r["start_layer"] or 0) for r in regs)
-            regs = sorted((r for r in regs if (r["start_layer"] is None, r["start_layer"] or 0) == first),
-                          key=lambda r: r["region_id"])
-        base = {"run_id": run_id, "image_id": iid, "shard": shard}
-        rows, mk = image_concepts(cfg, lm, image, regs, preds[iid], concept_emb, class_emb, language, base)
-        concept_rows += rows
-        mk_rows.append(mk)
-    meta = {"config": cfg, "stage": "concepts", "stage_version": STAGE_VERSION, "shard": shard}
-    write_table(root, "failures", run_id, f"{name}-concepts", failures, config=meta, config_hash=chash,
-                versions=library_versions())
-    write_table(root, "concepts", run_id, name, concept_rows, config=meta, config_hash=chash,
-                versions=library_versions())
-    write_table(root, "mutual_knowledge", run_id, name, mk_rows, config=meta, config_hash=chash,
-                versions=library_versions())
-    log.info("shard %d: concepts of %d images, %d failures", shard, len(mk_rows), len(failures))
-    return {"shard": shard, "skipped": False, "n_images": len(mk_rows)}
+@register_stage("concepts")
+class Concepts(Stage):
+    version = 1
+    order = 3
+    reads = ("predictions", "images", "regions")
+    writes = ("concepts", "mutual_knowledge")
+    Config = ConceptsConfig
+    summary = "visual / language concepts and mutual knowledge (needs a concept bank covering the classes)"
 
-
-@task(name="concepts-shard", task_run_name="concepts-shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE,
-      **SHARD_RETRIES)
-def concepts_shard_task(cfg: ConceptsConfig, run_id: str, shard: int, root: str, force: bool = False,
-                        upstream: dict | None = None) -> dict:
-    return concepts_shard(cfg, run_id, shard, root, force, log=run_logger(__name__))
+    def compute(self, cfg: ConceptsConfig, ctx: StageContext) -> dict:
+        lm = load_model(cfg.model)
+        concept_emb = concept_embeddings(lm, cfg.bank.vocabulary, cfg.subject)  # (V, D)
+        class_emb = text_classifier(lm, cfg.classes, cfg.templates)[-1].cpu()  # (C, D) ensemble
+        language = {c: language_concepts(class_emb[i], concept_emb, cfg.language_k)
+                    for i, c in enumerate(cfg.classes)}
+        paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
+        preds = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}
+        regions: dict[str, list[dict]] = {}
+        for r in ctx.table("regions"):
+            if r["target"] == "pred" and r["method"] == cfg.method and r["start_layer"] == cfg.start_layer:
+                regions.setdefault(r["image_id"], []).append(r)
+        decoded = ctx.images({i: paths[i] for i in sorted(preds)})
+        concept_rows, mk_rows = [], []
+        for iid in sorted(decoded):
+            regs = sorted(regions.get(iid, []), key=lambda r: r["region_id"])
+            base = {"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard}
+            rows, mk = image_concepts(cfg, lm, decoded[iid], regs, preds[iid], concept_emb, class_emb, language,
+                                      base)
+            concept_rows += rows
+            mk_rows.append(mk)
+        return {"concepts": concept_rows, "mutual_knowledge": mk_rows}

@@ -44,7 +44,7 @@ def test_accuracy_falls_as_captions_name_other_classes(trend_run):
         rows = {r["subset"]: r for r in subsets if r["class_name"] == cname}
         assert rows["all"]["n_images"] == 20
         assert sum(rows.get(s, {"n_images": 0})["n_images"] for s in ("correct", "wrong")) == 20
-    from mapcap.tasks.stages.summarize import mentions
+    from mapcap.tasks.metrics.summaries import mentions
     from mapcap.toy.shapes import SHAPES
     summaries = run_sql(con, "SELECT class_name, summary_text FROM class_summaries").to_pylist()
     assert any(mentions(r["summary_text"], tuple(s for s in SHAPES if s != r["class_name"]))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mapcap.tasks.captioners.base import CaptionerConfig, clipscore, crop_region, make_captioner, ref_clipscore
+from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner
+from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.concept_bank import load_descriptors
 from mapcap.toy.dataset import make_scene
 

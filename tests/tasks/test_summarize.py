@@ -2,7 +2,7 @@
 import numpy as np
 
 from mapcap.tasks.models import encode_texts
-from mapcap.tasks.stages.summarize import class_properties, diversity, mentions, mmr_summary
+from mapcap.tasks.metrics.summaries import class_properties, diversity, mentions, mmr_summary
 
 
 def _emb(lm, texts):

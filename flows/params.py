@@ -1,0 +1,177 @@
+"""The one parameter model of a run, nested by stage. Prefect renders its UI form from it, the CLI is generated
+from it (flows/cli_args.py), and each section builds its stage's frozen config at planning (`resolve`).
+
+Old flat names (`top_k`, `relevancy_methods`, `caption_beams`, ...) of deployments made before the sections keep
+working: they are moved to their section, with a warning naming the new field.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mapcap.tasks.stages.base import stage_order
+
+log = logging.getLogger(__name__)
+StageName = Literal[tuple(stage_order())]  # type: ignore[valid-type]  # every registered stage, in run order
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ClassifyParams(Section):
+    templates: str | list[str] = Field("simple", description="template set (openai, simple, compare) or a list of "
+                                                             "templates with one '{}' each")
+    top_k: int = Field(5, ge=1, description="labels and probabilities kept per prediction")
+    batch_size: int = Field(64, ge=1, description="images per forward pass")
+    descriptions: bool = Field(True, description="add description-based rows (template 'descriptors') when the "
+                                                 "concept bank covers the dataset's classes")
+
+
+class RelevancyParams(Section):
+    methods: list[str] = Field(["chefer", "gradient"], min_length=1,
+                               description="relevancy methods (chefer, gradient, random); the first is the primary "
+                                           "one that regions' captions, concepts and summaries use")
+    start_layers: list[int] | None = Field(None, description="chefer's first block(s), from 0 (all blocks) to "
+                                                             "depth-1, or -1 for the last block; empty: the "
+                                                             "model's default (last block; all for the toy model)")
+    batch_size: int = Field(32, ge=1, description="(image, class) pairs per backward pass")
+
+
+class RegionsParams(Section):
+    threshold: Literal["otsu", "mass"] = Field("otsu", description="map threshold: Otsu, or the most relevant "
+                                                                   "pixels holding `mass`")
+    mass: float = Field(0.5, gt=0, le=1, description="share of relevancy mass kept (threshold='mass')")
+    min_area: float = Field(0.005, ge=0, lt=1, description="drop regions below this share of the image")
+    top_k: int = Field(3, ge=1, description="regions kept per map, ranked by relevancy mass")
+    superpixels: int = Field(0, ge=0, description="snap regions to this many SLIC superpixels (0: off)")
+
+
+class CaptionsParams(Section):
+    captioner: str = Field("retrieval", description="captioner for regions and whole images: retrieval (phrase "
+                                                    "bank by CLIP similarity), clipcap, hf")
+    path: str | None = Field(None, description="clipcap: a ClipCap .pt checkpoint or save_clipcap directory (toy "
+                                               "model: the shipped one); hf: a local image-to-text model dir")
+    tokenizer: str | None = Field(None, description="clipcap with an authors' .pt checkpoint: a local GPT-2 "
+                                                    "tokenizer directory")
+    phrase_bank: str | None = Field(None, description="retrieval: JSON {class: [phrase, ...]} (the toy model has "
+                                                      "its own)")
+    phrases: int = Field(1, ge=1, description="retrieval: best phrases joined into one caption")
+    beams: int = Field(1, ge=1, description="generative captioners: 1 = greedy, more = beam search")
+    max_tokens: int = Field(20, ge=1, description="generative captioners: longest caption in tokens")
+    prompt: str | None = Field(None, description="hf: text prompt for conditional models (BLIP: 'a picture of')")
+    top_k: int = Field(1, ge=1, description="regions per map to caption")
+    context: float = Field(1.0, ge=0, description="crop context around a region, × its size")
+    batch_size: int = Field(32, ge=1, description="crops per captioning call")
+
+
+class ConceptsParams(Section):
+    descriptors: str | None = Field(None, description="concept bank: JSON {class: [descriptor, ...]} (Menon & "
+                                                      "Vondrick's format) for description-based classification "
+                                                      "and the concepts stage; the toy model has its own")
+    subject: str = Field("an object", description="subject of class-free concept prompts: '<subject>, which has "
+                                                  "<descriptor>'")
+    top_k: int = Field(3, ge=1, description="visual concepts (descriptors) per region and per image")
+    language_top_k: int = Field(5, ge=1, description="language concepts (descriptors nearest the predicted class)")
+
+
+class EvaluateParams(Section):
+    images: int = Field(64, ge=1, description="classified images the evaluate stage perturbs")
+
+
+class SummarizeParams(Section):
+    k: int = Field(3, ge=1, description="captions per class summary (picked by MMR)")
+    synonyms: dict[str, list[str]] | None = Field(None, description="{class: [synonym, ...]}: words that count "
+                                                                    "as naming the class in a caption")
+
+
+class ReportParams(Section):
+    explained: int = Field(12, ge=0, description="images shown with overlays and captions (misclassified first)")
+    sampled: int = Field(6, ge=0, description="images shown with top-k probability bars")
+
+
+SECTIONS = {"classify": ClassifyParams, "relevancy": RelevancyParams, "regions": RegionsParams,
+            "captions": CaptionsParams, "concepts": ConceptsParams, "evaluate": EvaluateParams,
+            "summarize": SummarizeParams, "report": ReportParams}
+
+# old flat parameter -> (section, field) or several (a value that fed several stages)
+FLAT_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "templates": (("classify", "templates"),), "top_k": (("classify", "top_k"),),
+    "batch_size": (("classify", "batch_size"), ("relevancy", "batch_size")),
+    "relevancy_methods": (("relevancy", "methods"),), "start_layers": (("relevancy", "start_layers"),),
+    "segment_threshold": (("regions", "threshold"),), "segment_mass": (("regions", "mass"),),
+    "segment_min_area": (("regions", "min_area"),), "segment_top_k": (("regions", "top_k"),),
+    "segment_superpixels": (("regions", "superpixels"),), "captioner": (("captions", "captioner"),),
+    "captioner_path": (("captions", "path"),), "captioner_tokenizer": (("captions", "tokenizer"),),
+    "caption_beams": (("captions", "beams"),), "caption_max_tokens": (("captions", "max_tokens"),),
+    "caption_prompt": (("captions", "prompt"),), "concept_bank": (("captions", "phrase_bank"),),
+    "caption_top_k": (("captions", "top_k"),), "caption_context": (("captions", "context"),),
+    "descriptors": (("concepts", "descriptors"),), "concept_subject": (("concepts", "subject"),),
+    "concept_top_k": (("concepts", "top_k"),), "language_top_k": (("concepts", "language_top_k"),),
+    "eval_images": (("evaluate", "images"),), "summary_k": (("summarize", "k"),),
+    "synonyms": (("summarize", "synonyms"),),
+}
+
+
+class ExplainParams(BaseModel):
+    """Parameters of one MapCap run (Prefect renders its UI form from this model; the CLI is built from it)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    dataset: str = Field("toy", description="ImageFolder directory, manifest (.csv/.parquet with path,label), "
+                                            "or 'toy' for the embedded toy shapes dataset")
+    class_map: str | None = Field(None, description="optional JSON {folder or label: class name}")
+    model: str = Field("toy", description="open_clip model name (e.g. ViT-B-16), or 'toy'")
+    pretrained: str = Field("toy", description="open_clip pretrained tag, a local checkpoint path, or 'toy'")
+    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, "
+                                                                                   "fp32 on CPU")
+    out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
+    run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished work")
+    force: bool = Field(False, description="redo work that is already complete")
+    redo_classes: list[str] | None = Field(None, description="redo only the shards holding images of these classes "
+                                                             "(reprocessing a subset; other shards are reused)")
+    stages: list[StageName] | None = Field(  # type: ignore[valid-type]
+        None, description="stages to run, e.g. [classify, relevancy, regions]; empty: every stage this run can do "
+                          "(a stage missing what it needs, such as a concept bank covering the classes, is skipped "
+                          "with the reason in the run's record). A stage listed here must run, or the run fails.")
+    shard_size: int = Field(256, ge=1, description="images per shard (one task, one file per table and stage)")
+    workers: int = Field(4, ge=1, description="image decode threads per shard")
+    gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
+                                                        "for, so Ray places one shard per GPU; 0: no request")
+    classify: ClassifyParams = Field(default_factory=ClassifyParams, description="zero-shot classification")
+    relevancy: RelevancyParams = Field(default_factory=RelevancyParams, description="relevancy maps")
+    regions: RegionsParams = Field(default_factory=RegionsParams, description="segmenting maps into regions")
+    captions: CaptionsParams = Field(default_factory=CaptionsParams, description="captioning regions")
+    concepts: ConceptsParams = Field(default_factory=ConceptsParams, description="textual concepts, mutual "
+                                                                                  "knowledge")
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="evaluation of the map methods")
+    summarize: SummarizeParams = Field(default_factory=SummarizeParams, description="per-class caption summaries")
+    report: ReportParams = Field(default_factory=ReportParams, description="the HTML report")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names(cls, data: Any) -> Any:
+        """Move old flat parameters into their sections (deployments made before the sections keep working)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old in [k for k in data if k in FLAT_NAMES]:
+            value = data.pop(old)
+            targets = FLAT_NAMES[old]
+            log.warning("parameter %r is now %s; the old name still works but will go", old,
+                        " and ".join(f"{s}.{f}" for s, f in targets))
+            for section, field in targets:
+                sec = data.get(section)
+                sec = dict(sec) if isinstance(sec, dict) else (sec.model_dump() if isinstance(sec, BaseModel) else {})
+                sec.setdefault(field, value)
+                data[section] = sec
+        return data
+
+    def resolve(self):
+        """The run plan and every stage's config, validated before any shard starts (see flows/planning.py)."""
+        from mapcap.flows.planning import resolve_run
+
+        return resolve_run(self)

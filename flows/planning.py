@@ -1,0 +1,192 @@
+"""Planning: the parameter model's sections become stage configs, and everything is validated before any shard
+starts — method names, start layers against the model's depth, the captioner, stage dependencies, the concept
+bank's coverage. A stage that lacks what it needs is skipped with its reason when it was picked by default, and
+fails the run when the user listed it.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import open_clip
+
+from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
+from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
+from mapcap.tasks.plan import RunPlan, plan_run
+from mapcap.tasks.plugins import preset_for_model
+from mapcap.tasks.relevancy.methods import default_start_layer, get_method
+from mapcap.tasks.segment import SegmentConfig
+from mapcap.tasks.stages.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
+from mapcap.tasks.stages.captions import CaptionsConfig
+from mapcap.tasks.stages.classify import ClassifyConfig
+from mapcap.tasks.stages.concepts import ConceptsConfig
+from mapcap.tasks.stages.driver import StagePlan
+from mapcap.tasks.stages.evaluate import EvaluateConfig
+from mapcap.tasks.stages.regions import RegionsConfig
+from mapcap.tasks.stages.relevancy import RelevancyConfig
+from mapcap.tasks.stages.report import ReportConfig
+from mapcap.tasks.stages.summarize import SummarizeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    plan: RunPlan  # dataset, model, classes, templates, shards, run id
+    shard_stages: tuple[StagePlan, ...]  # per-shard stages to run, in order
+    run_stages: tuple[StagePlan, ...]  # per-run stages to run, in order
+    skipped: tuple[tuple[str, str], ...]  # (stage or feature, why it does not run)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the builders share: the plan, the bank (or why there is none), the primary map variant."""
+
+    plan: RunPlan
+    bank: ConceptBank | None
+    bank_reason: str
+    variants: tuple[tuple[str, int | None], ...]
+
+    @property
+    def primary(self) -> tuple[str, int | None]:
+        return self.variants[0]
+
+
+def vision_depth(model_name: str) -> int | None:
+    """Blocks of the model's vision transformer (from its open_clip config), None for other towers."""
+    cfg = open_clip.get_model_config(model_name) or {}
+    vision = cfg.get("vision_cfg", {})
+    layers = vision.get("layers")
+    return layers if isinstance(layers, int) and not vision.get("timm_model_name") else None
+
+
+def map_variants(p, model_name: str) -> tuple[tuple[str, int | None], ...]:
+    """(method, start layer) per map to compute, the primary first; unknown methods and bad layers fail here."""
+    for m in p.relevancy.methods:
+        get_method(m)
+    depth = vision_depth(model_name)
+    out: list[tuple[str, int | None]] = []
+    for m in dict.fromkeys(p.relevancy.methods):
+        if m != "chefer":
+            out.append((m, None))
+            continue
+        if depth is None:
+            raise ValueError(f"relevancy method 'chefer' needs a ViT vision tower; {model_name} has none. Use "
+                             f"relevancy.methods=['gradient'] for it")
+        for s in dict.fromkeys(p.relevancy.start_layers or [default_start_layer(model_name)]):
+            if not -depth <= s < depth:
+                raise ValueError(f"relevancy start layer {s} is out of range for {model_name}, whose vision tower "
+                                 f"has {depth} blocks: use 0..{depth - 1} (0 = all blocks) or -{depth}..-1 "
+                                 f"(-1 = the last block)")
+            out.append((m, s))
+    return tuple(out)
+
+
+def concept_bank(p, plan: RunPlan) -> tuple[ConceptBank | None, str]:
+    """The run's concept bank and, without one, why. A bank the user named must cover the classes."""
+    if p.concepts.descriptors:
+        return resolve_bank(p.concepts.descriptors, plan.model.name, plan.classes), ""
+    try:
+        bank = resolve_bank(None, plan.model.name, plan.classes)
+    except ValueError as e:  # the model preset's bank (the toy one) does not cover this dataset
+        return None, f"the model's own concept bank does not cover this dataset: {e}; pass concepts.descriptors"
+    if bank is None:
+        return None, (f"no concept bank for model {plan.model.name}: pass concepts.descriptors=PATH, a JSON "
+                      f"{{class name: [descriptor, ...]}} covering the dataset's classes")
+    return bank, ""
+
+
+def _classify(p, f: Facts) -> ClassifyConfig:
+    bank = f.bank if p.classify.descriptions else None
+    return ClassifyConfig(f.plan.model, f.plan.classes, f.plan.templates, p.classify.top_k, p.classify.batch_size,
+                          bank)
+
+
+def _relevancy(p, f: Facts) -> RelevancyConfig:
+    return RelevancyConfig(f.plan.model, f.plan.classes, f.plan.templates, f.variants, p.relevancy.batch_size)
+
+
+def _regions(p, f: Facts) -> RegionsConfig:
+    r = p.regions
+    return RegionsConfig(SegmentConfig(r.threshold, r.mass, r.min_area, r.top_k, r.superpixels))
+
+
+def _concepts(p, f: Facts) -> ConceptsConfig:
+    if f.bank is None:
+        raise StageUnavailable(f.bank_reason)
+    c = p.concepts
+    return ConceptsConfig(f.plan.model, f.plan.classes, f.plan.templates, f.bank, c.subject, c.top_k,
+                          c.language_top_k, f.primary[0], f.primary[1], p.captions.context)
+
+
+def captioner_config(p) -> CaptionerConfig:
+    c = p.captions
+    return CaptionerConfig(c.captioner, c.path, c.tokenizer, c.phrase_bank, c.phrases, c.beams, c.max_tokens, c.prompt,
+                           c.batch_size)
+
+
+def _captions(p, f: Facts) -> CaptionsConfig:
+    cap = captioner_config(p)
+    preset = preset_for_model(f.plan.model.name)
+    if cap.name == "retrieval" and not cap.concept_bank and not (preset and preset.phrases):
+        raise StageUnavailable(f"the retrieval captioner has no phrase bank for model {f.plan.model.name}: pass "
+                               f"captions.phrase_bank=PATH (JSON {{class: [phrase, ...]}}) or another "
+                               f"captions.captioner (clipcap, hf)")
+    check_captioner(cap, f.plan.model.name)
+    return CaptionsConfig(f.plan.model, cap, f.primary[0], f.primary[1], p.captions.top_k, p.captions.context,
+                          f.plan.dataset)
+
+
+def _evaluate(p, f: Facts) -> EvaluateConfig:
+    variants = EvaluateConfig.__dataclass_fields__["variants"].default
+    if vision_depth(f.plan.model.name) is None:  # attention-based variants need a ViT
+        variants = tuple(v for v in variants if v[0] != "chefer")
+    return EvaluateConfig(f.plan.model, f.plan.classes, f.plan.templates, f.plan.dataset, p.evaluate.images, variants)
+
+
+def _summarize(p, f: Facts) -> SummarizeConfig:
+    syn = tuple((c, tuple(v)) for c, v in sorted((p.summarize.synonyms or {}).items()))
+    return SummarizeConfig(f.plan.model, f.plan.classes, p.captions.captioner, "pred", f.primary[0], f.primary[1],
+                           p.summarize.k, synonyms=syn, dataset=f.plan.dataset)
+
+
+def _report(p, f: Facts) -> ReportConfig:
+    return ReportConfig(p.report.explained, p.report.sampled)
+
+
+BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {
+    "classify": _classify, "relevancy": _relevancy, "regions": _regions, "concepts": _concepts,
+    "captions": _captions, "evaluate": _evaluate, "summarize": _summarize, "report": _report}
+
+
+def resolve_run(p) -> Resolved:
+    """Plan the run and build the config of every stage it will run; see the module doc."""
+    plan = plan_run(p.dataset, p.class_map, p.model, p.pretrained, p.classify.templates, p.shard_size, p.device,
+                    p.precision, p.run_name, p.redo_classes)
+    explicit = p.stages is not None
+    picked = check_stage_list(list(p.stages)) if explicit else stage_order()
+    bank, bank_reason = concept_bank(p, plan)
+    facts = Facts(plan, bank, bank_reason, map_variants(p, plan.model.name))
+    configs: dict[str, Any] = {}
+    skipped: list[tuple[str, str]] = []
+    for name in picked:
+        missing = [d for d in upstream(name) if d not in configs]
+        try:
+            if missing:
+                raise StageUnavailable(f"it reads what {missing} write, and they do not run")
+            if name not in BUILDERS:
+                raise ValueError(f"stage {name!r} has no parameter section to build its config from")
+            configs[name] = BUILDERS[name](p, facts)
+        except StageUnavailable as e:
+            if explicit:
+                raise ValueError(f"stage {name!r} was asked for but cannot run: {e}") from e
+            log.warning("stage %s skipped: %s", name, e)
+            skipped.append((name, str(e)))
+    if "classify" in configs and p.classify.descriptions and bank is None:
+        skipped.append(("classify.descriptions", f"description-based classification off: {bank_reason}"))
+        log.info("description-based classification off: %s", bank_reason)
+    plans = [StagePlan(n, configs[n]) for n in picked if n in configs]
+    return Resolved(plan, tuple(s for s in plans if get_stage(s.name).scope == "shard"),
+                    tuple(s for s in plans if get_stage(s.name).scope == "run"), tuple(skipped))

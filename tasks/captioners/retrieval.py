@@ -1,0 +1,45 @@
+"""The `retrieval` captioner: the best phrases of a phrase bank by CLIP similarity (any CLIP, no extra model)."""
+from __future__ import annotations
+
+from PIL import Image
+
+from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
+from mapcap.tasks.concept_bank import load_descriptors
+from mapcap.tasks.models import LoadedModel, encode_images, encode_texts
+from mapcap.tasks.plugins import preset_for_model
+
+
+def phrase_bank(cfg: CaptionerConfig, model_name: str) -> str | None:
+    """The retrieval captioner's phrase bank: the configured JSON, else the model preset's, else None."""
+    p = preset_for_model(model_name)
+    return cfg.concept_bank or (p.phrases if p is not None else None)
+
+
+@register_captioner("retrieval")
+class RetrievalCaptioner(Captioner):
+    """The `k` concept-bank phrases closest to the crop, joined with ', '."""
+
+    @classmethod
+    def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
+        if cfg.concept_bank:
+            load_descriptors(cfg.concept_bank)
+        elif not phrase_bank(cfg, model_name):
+            raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
+                             "{class name: [phrase, ...]}")
+
+    def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
+        self.check(cfg, lm.spec.name)
+        bank = load_descriptors(phrase_bank(cfg, lm.spec.name))
+        k = cfg.phrases
+        phrases = sorted({p for ps in bank.values() for p in ps})
+        if not phrases:
+            raise ValueError("the concept bank has no phrases")
+        self.lm, self.phrases, self.k = lm, phrases, k
+        self.text = encode_texts(lm, phrases)  # (P, D)
+
+    def caption(self, crops: list[Image.Image]) -> list[str]:
+        if not crops:
+            return []
+        sims = encode_images(self.lm, crops) @ self.text.T  # (N, P)
+        top = sims.topk(min(self.k, len(self.phrases)), dim=-1).indices
+        return [", ".join(self.phrases[j] for j in row) for row in top.tolist()]

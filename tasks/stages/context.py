@@ -1,0 +1,142 @@
+"""What a stage's `compute` sees: its shard (or run), the tables it reads, and images decoded once.
+
+Images are decoded once per shard and shared by every stage of the shard's chain (a byte-bounded cache); an
+image a stage cannot use becomes a `failures` row naming that stage, never a silent loss.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mapcap.storage.writer import read_run, read_table, shard_name
+from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image
+
+Rows = list[dict[str, Any]]
+CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per worker process (then the oldest are dropped)
+
+
+class ImageCache:
+    """Least-recently-used images (and preprocessed pixels) up to a byte budget, shared across stages."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Any | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def put(self, key: tuple, value: Any, nbytes: int) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            self._items[key] = (value, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                self._bytes -= self._items.popitem(last=False)[1][1]
+
+
+class StageContext:
+    """Inputs of one stage run: `table(name)` for what upstream stages wrote, `images(...)` for pixels."""
+
+    def __init__(self, root: str, run_id: str, shard: int | None = None, items: list[Item] | None = None,
+                 workers: int = 4, cache: ImageCache | None = None, log: logging.Logger | None = None,
+                 extra: dict[str, Any] | None = None):
+        self.root, self.run_id, self.shard = root, run_id, shard
+        self.items = items or []
+        self.workers = max(int(workers), 1)
+        self.cache = cache or ImageCache()
+        self.log = log or logging.getLogger(__name__)
+        self.extra = extra or {}  # run-level facts a stage may use (dataset, classes)
+        self.outputs: dict[str, Rows] = {}  # tables written earlier in this chain, read from memory
+        self.stage = ""  # the stage now computing (set by the driver; failures rows name it)
+        self.failures: Rows = []
+
+    # tables -------------------------------------------------------------------------------------------------
+    def table(self, name: str) -> Rows:
+        """Rows of an upstream table for this shard (or the whole run, for run-level stages)."""
+        if name in self.outputs:
+            return self.outputs[name]
+        if self.shard is None:
+            return read_run(self.root, name, self.run_id).to_pylist()
+        return read_table(self.root, name, self.run_id, shard_name(self.shard)).to_pylist()
+
+    # failures -----------------------------------------------------------------------------------------------
+    def fail(self, image_id: str | None, path: str, error: BaseException | str, error_type: str | None = None,
+             shard: int | None = None) -> None:
+        """Record that the current stage could not use an image (a `failures` row)."""
+        etype = error_type or (type(error.__cause__ or error).__name__ if isinstance(error, BaseException)
+                               else "Error")
+        self.log.warning("%s: image %s: %s", self.stage, path, error)
+        self.failures.append({"run_id": self.run_id, "image_id": image_id, "path": path,
+                              "shard": self.shard if shard is None else shard, "stage": self.stage,
+                              "error_type": etype, "error": str(error)})
+
+    # images -------------------------------------------------------------------------------------------------
+    def _decode(self, path: str) -> tuple[Image.Image | None, str, ImageLoadError | None]:
+        try:
+            img, image_id = load_image(path)
+            return img, image_id, None
+        except ImageLoadError as e:
+            return None, getattr(e, "image_id", None) or image_id_of(path.encode()), e
+
+    def _decode_all(self, paths: list[str]) -> list[tuple[Image.Image | None, str, ImageLoadError | None]]:
+        todo = [p for p in dict.fromkeys(paths) if self.cache.get(("path", p)) is None]
+        if todo:
+            with ThreadPoolExecutor(min(self.workers, len(todo))) as ex:
+                for path, res in zip(todo, ex.map(self._decode, todo)):
+                    img = res[0]
+                    self.cache.put(("path", path), res, img.width * img.height * 3 if img is not None else 64)
+        out = []
+        for p in paths:
+            res = self.cache.get(("path", p))
+            out.append(res if res is not None else self._decode(p))  # evicted meanwhile: decode again
+        return out
+
+    def decode_items(self) -> list[tuple[Item, str, Image.Image | None]]:
+        """Every item of the shard decoded (in parallel, once): (item, image id, image or None if it failed)."""
+        out = []
+        for item, (img, image_id, err) in zip(self.items, self._decode_all([it.path for it in self.items])):
+            if err is not None:
+                self.fail(image_id, item.path, err)
+            out.append((item, image_id, img))
+        return out
+
+    def images(self, refs: dict[str, str]) -> dict[str, Image.Image]:
+        """{image id: decoded image} for {image id: path}; an unreadable or changed file is a failure row."""
+        ids = list(refs)
+        out = {}
+        for iid, (img, found, err) in zip(ids, self._decode_all([refs[i] for i in ids])):
+            if err is not None:
+                self.fail(iid, refs[iid], err)
+            elif found != iid:
+                self.fail(iid, refs[iid], f"{refs[iid]} changed since it was classified (content id {found}, "
+                                          f"stored {iid}); rerun with force=True to redo the run", "ImageChanged")
+            else:
+                out[iid] = img
+        return out
+
+    def pixels(self, preprocess: Callable[[Image.Image], torch.Tensor],
+               images: dict[str, Image.Image]) -> dict[str, torch.Tensor]:
+        """Preprocessed (3, H, W) tensors of decoded images, computed once per preprocess and image."""
+        out = {}
+        for iid, img in images.items():
+            key = ("pixels", id(preprocess), iid)
+            pix = self.cache.get(key)
+            if pix is None:
+                pix = preprocess(img)
+                self.cache.put(key, pix, pix.numel() * pix.element_size())
+            out[iid] = pix
+        return out

@@ -1,0 +1,125 @@
+"""The one driver of every stage: config hashing chained through upstream stages, skip-if-complete, the
+decoded images shared by a shard's stages, `failures` rows, atomic writes, logging and timing.
+
+A shard's picked per-shard stages run back to back in one worker (`run_shard`), so each image is decoded once;
+each stage still writes its own files and is skipped on its own when they are complete. Per-run stages run
+once after every shard (`run_run_stage`), hashed over the per-shard hashes of what they read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mapcap.storage.schemas import META_CONFIG
+from mapcap.storage.writer import count_rows, file_exists, files_complete, read_file_metadata, write_file, write_table
+from mapcap.tasks.data import Item
+from mapcap.tasks.provenance import config_from_json, config_hash, library_versions, to_jsonable
+from mapcap.tasks.stages.base import Stage, get_stage, upstream, writers
+from mapcap.tasks.stages.context import ImageCache, StageContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str  # a registered stage
+    config: Any  # its resolved, frozen config
+
+
+def failures_file(stage: Stage, cfg: Any, shard: int | None) -> str:
+    """Each stage's failures go to their own file beside its outputs: `shard-00003-relevancy`."""
+    return f"{stage.file_name(cfg, shard)}-{stage.name}"
+
+
+def output_files(stage: Stage, cfg: Any, shard: int | None) -> list[tuple[str, str]]:
+    """(table, file name) of everything the stage writes; complete when all carry its config hash."""
+    name = stage.file_name(cfg, shard)
+    return [("failures", failures_file(stage, cfg, shard))] + [(t, name) for t in stage.writes]
+
+
+def stage_hash(stage: Stage, cfg: Any, upstream_hashes: dict[str, Any], inputs: str = "") -> str:
+    """What makes finished work reusable: the stage, its version and config, and the hashes of what it read."""
+    return config_hash(stage.name, stage.version, to_jsonable(cfg), upstream_hashes, inputs)
+
+
+def _meta(stage: Stage, cfg: Any, shard: int | None) -> dict:
+    return {"stage": stage.name, "stage_version": stage.version, "shard": shard, "config": to_jsonable(cfg)}
+
+
+def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool = False) -> dict:
+    """Compute and write one stage for ctx's shard (or run) unless its files are complete."""
+    where = f"shard {ctx.shard}" if ctx.shard is not None else f"run {ctx.run_id}"
+    files = output_files(stage, cfg, ctx.shard)
+    extra = stage.files(cfg, ctx)
+    if not force and files_complete(ctx.root, ctx.run_id, files, chash) and all(
+            file_exists(ctx.root, f) for f in extra):
+        ctx.log.info("%s %s: complete (config %s), skipped", where, stage.name, chash)
+        return {"skipped": True, "hash": chash, "seconds": 0.0,
+                "rows": {t: count_rows(ctx.root, t, ctx.run_id, n) for t, n in files}}
+    t0 = time.perf_counter()
+    ctx.stage, ctx.failures = stage.name, []
+    out = stage.compute(cfg, ctx)
+    failures = ctx.failures + list(out.pop("failures", []))
+    blobs = out.pop("files", {})
+    unknown = set(out) - set(stage.writes)
+    if unknown:
+        raise RuntimeError(f"stage {stage.name!r} returned tables {sorted(unknown)} it does not declare in `writes`")
+    meta, versions = _meta(stage, cfg, ctx.shard), library_versions()
+    for relpath, data in blobs.items():
+        write_file(ctx.root, relpath, data)
+    write_table(ctx.root, "failures", ctx.run_id, files[0][1], failures, config=meta, config_hash=chash,
+                versions=versions)
+    for table, name in files[1:]:  # the outputs last: a killed run leaves the stage incomplete
+        rows = out.get(table, [])
+        write_table(ctx.root, table, ctx.run_id, name, rows, config=meta, config_hash=chash, versions=versions)
+        ctx.outputs[table] = rows
+    seconds = time.perf_counter() - t0
+    counts = {"failures": len(failures)} | {t: len(out.get(t, [])) for t in stage.writes}
+    ctx.log.info("%s %s: %s in %.2f s", where, stage.name, ", ".join(f"{n} {t}" for t, n in counts.items()),
+                 seconds)
+    return {"skipped": False, "hash": chash, "seconds": seconds, "rows": counts}
+
+
+def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
+              workers: int = 4, log_: logging.Logger | None = None) -> dict:
+    """Every picked per-shard stage of one shard, in order, sharing decoded images."""
+    ctx = StageContext(root, run_id, shard, list(items), workers, ImageCache(), log_ or log)
+    inputs = config_hash([(it.path, it.label) for it in items])
+    hashes: dict[str, str] = {}
+    stages: dict[str, dict] = {}
+    for sp in plans:
+        stage = get_stage(sp.name)
+        up = {d: hashes[d] for d in upstream(sp.name)}
+        hashes[sp.name] = stage_hash(stage, sp.config, up, inputs)
+        stages[sp.name] = run_stage(stage, sp.config, ctx, hashes[sp.name], force)
+    return {"shard": shard, "n_images": len(items), "stages": stages}
+
+
+def run_run_stage(sp: StagePlan, root: str, run_id: str, shard_results: list[dict], run_results: dict[str, dict],
+                  force: bool = False, workers: int = 4, extra: dict | None = None,
+                  log_: logging.Logger | None = None) -> dict:
+    """One per-run stage over the whole run; its hash chains the per-shard hashes of the stages it follows."""
+    stage = get_stage(sp.name)
+    follows = set(upstream(sp.name)) | {writers()[t] for t in stage.uses if t in writers()}
+    up: dict[str, Any] = {}
+    for name in sorted(follows):
+        if name in run_results:
+            up[name] = run_results[name]["hash"]
+        elif any(name in r["stages"] for r in shard_results):
+            up[name] = [r["stages"][name]["hash"] if name in r["stages"] else None for r in shard_results]
+    ctx = StageContext(root, run_id, None, None, workers, ImageCache(), log_ or log, extra)
+    return run_stage(stage, sp.config, ctx, stage_hash(stage, sp.config, up), force)
+
+
+def stored_config(root: str, table: str, run_id: str, name: str) -> Any:
+    """The resolved stage config a Parquet file was written with, as the stage's config object."""
+    meta = read_file_metadata(root, table, run_id, name)
+    if meta is None:
+        raise FileNotFoundError(f"no {table} file {name!r} in run {run_id!r} under {root}")
+    doc = json.loads(meta.get(META_CONFIG, b"{}"))
+    if "stage" not in doc:
+        raise ValueError(f"{table}/{name} of run {run_id} was written before stage configs were stored as data")
+    return config_from_json(get_stage(doc["stage"]).Config, json.dumps(doc["config"]))

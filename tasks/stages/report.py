@@ -1,0 +1,41 @@
+"""Stage `report` (per run): one self-contained HTML file under <root>/reports/<run>.html."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mapcap.tasks.report.html import build_report
+from mapcap.tasks.stages.base import Stage, register_stage
+from mapcap.tasks.stages.context import StageContext
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    explained: int = 12  # images with overlays and captions (misclassified first)
+    sampled: int = 6  # images with top-k probability bars
+
+
+def report_path(run_id: str) -> str:
+    """Where the run's report lies, relative to the results root."""
+    return f"reports/{run_id}.html"
+
+
+@register_stage("report")
+class Report(Stage):
+    version = 1
+    scope = "run"
+    order = 20
+    reads = ("predictions",)
+    uses = ("relevancy", "regions", "captions", "concepts", "evaluations", "class_summaries")  # when present
+    writes = ()
+    Config = ReportConfig
+    summary = "one HTML report: accuracy, templates, overlays, summaries, trends, concepts"
+
+    def file_name(self, cfg: ReportConfig, shard: int | None) -> str:
+        return "report"
+
+    def files(self, cfg: ReportConfig, ctx: StageContext) -> list[str]:
+        return [report_path(ctx.run_id)]
+
+    def compute(self, cfg: ReportConfig, ctx: StageContext) -> dict:
+        run_id, doc = build_report(ctx.root, ctx.run_id, cfg.explained, cfg.sampled)
+        return {"files": {report_path(run_id): doc.encode()}}

@@ -1,0 +1,21 @@
+"""The Prefect tasks around the driver: one per shard (its stages back to back), one per run-level stage."""
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from mapcap.tasks.data import Item
+from mapcap.tasks.provenance import SHARD_RETRIES, run_logger
+from mapcap.tasks.stages.driver import StagePlan, run_run_stage, run_shard
+
+
+@task(name="shard", task_run_name="shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE, **SHARD_RETRIES)
+def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
+               workers: int = 4) -> dict:
+    return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__))
+
+
+@task(name="run-stage", task_run_name="{sp.name}", cache_policy=NO_CACHE, **SHARD_RETRIES)
+def run_stage_task(sp: StagePlan, root: str, run_id: str, shard_results: list[dict], run_results: dict[str, dict],
+                   force: bool = False, workers: int = 4, extra: dict | None = None) -> dict:
+    return run_run_stage(sp, root, run_id, shard_results, run_results, force, workers, extra, run_logger(__name__))
