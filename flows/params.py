@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mapcap.tasks.stages.base import stage_order
+from mapcap.tasks.stages.base import check_stage_list, stage_order
 
 log = logging.getLogger(__name__)
 StageName = Literal[tuple(stage_order())]  # type: ignore[valid-type]  # every registered stage, in run order
@@ -150,6 +150,11 @@ class ExplainParams(BaseModel):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="evaluation of the map methods")
     summarize: SummarizeParams = Field(default_factory=SummarizeParams, description="per-class caption summaries")
     report: ReportParams = Field(default_factory=ReportParams, description="the HTML report")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_with_their_upstream(cls, stages: list[str] | None) -> list[str] | None:
+        return None if stages is None else check_stage_list(stages)
 
     @model_validator(mode="before")
     @classmethod

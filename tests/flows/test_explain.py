@@ -20,8 +20,8 @@ def toy_with_corrupt(toy_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, toy_with_corrupt, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("results"))
-    params = ExplainParams(dataset=str(toy_with_corrupt), out=out, shard_size=16, batch_size=8,
-                           templates="simple", run_name="e2e", device="cpu")
+    params = ExplainParams(dataset=str(toy_with_corrupt), out=out, shard_size=16, run_name="e2e", device="cpu",
+                           classify={"templates": "simple", "batch_size": 8}, relevancy={"batch_size": 8})
     return params, explain(params)
 
 
@@ -35,7 +35,7 @@ def test_flow_classifies_the_toy_world_and_counts_add_up(first_run):
     counts = named_query(con, "row_counts", "e2e").to_pylist()[0]
     assert counts == {"images": 49, "predicted": 48, "failed": 1}
     fail = run_sql(con, "SELECT path, stage, error FROM failures").to_pylist()
-    assert len(fail) == 1 and fail[0]["path"].endswith("zz-corrupt.png") and fail[0]["stage"] == "load"
+    assert len(fail) == 1 and fail[0]["path"].endswith("zz-corrupt.png") and fail[0]["stage"] == "classify"
     per_template = run_sql(con, "SELECT template, count(*) AS n FROM predictions GROUP BY 1").to_pylist()
     assert {r["template"] for r in per_template} == {"ensemble", "descriptors", *params_templates()}
     assert {r["n"] for r in per_template} == {48}
@@ -78,16 +78,20 @@ def test_bad_model_fails_before_any_shard(prefect_harness, toy_dir, tmp_path):
         explain(ExplainParams(dataset=str(toy_dir), model="ViT-Nope", pretrained="", out=str(tmp_path)))
     assert not (tmp_path / "predictions").exists()
     with pytest.raises(ValueError, match="hf captioner needs captioner_path"):
-        explain(ExplainParams(dataset=str(toy_dir), captioner="hf", out=str(tmp_path)))
-    with pytest.raises(ValueError, match="retrieval captioner needs a concept bank"):
-        explain(ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", out=str(tmp_path)))
-    with pytest.raises(ValueError, match="concepts stage needs a concept bank for model ViT-B-32: pass descriptors"):
+        explain(ExplainParams(dataset=str(toy_dir), captions={"captioner": "hf"}, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="stage 'concepts' was asked for but cannot run: no concept bank for model "
+                                         "ViT-B-32: pass concepts.descriptors"):
         explain(ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", out=str(tmp_path),
                               stages=["classify", "relevancy", "regions", "concepts"]))
     bank = tmp_path / "bank.json"
     bank.write_text('{"star": ["five points"]}')
     with pytest.raises(ValueError, match=r"has no descriptors for classes \['circle', 'cross'"):
-        explain(ExplainParams(dataset=str(toy_dir), descriptors=str(bank), out=str(tmp_path)))
+        explain(ExplainParams(dataset=str(toy_dir), concepts={"descriptors": str(bank)}, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="unknown relevancy method 'grad-cam'"):
+        explain(ExplainParams(dataset=str(toy_dir), relevancy={"methods": ["grad-cam"]}, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="start layer 4 is out of range for MapCap-Toy-ViT, whose vision tower has "
+                                         "4 blocks"):
+        explain(ExplainParams(dataset=str(toy_dir), relevancy={"start_layers": [4]}, out=str(tmp_path)))
     assert not (tmp_path / "predictions").exists()
 
 
@@ -191,28 +195,31 @@ def test_regions_stage_segments_stored_maps_and_reruns_only_itself(first_run):
     assert per_map.as_py() >= 0.9 * 48 * 2 * 2  # nearly every map has at least one region
     rel = table_path(params.out, "relevancy", "e2e", "shard-00000")
     before = __import__("os").stat(rel).st_mtime_ns
-    explain(params.model_copy(update={"segment_top_k": 1}))
+    explain(params.model_copy(update={"regions": params.regions.model_copy(update={"top_k": 1})}))
     assert __import__("os").stat(rel).st_mtime_ns == before  # maps reused, not recomputed
     assert run_sql(connect(params.out), "SELECT max(region_id) AS m FROM regions").column("m")[0].as_py() == 0
 
 
 def test_a_crashing_shard_is_recorded_and_a_rerun_resumes(prefect_harness, toy_dir, tmp_path, monkeypatch):
-    import mapcap.tasks.stages.classify as classify
-    original = classify.classify_shard
+    from mapcap.tasks.stages.classify import Classify
+    original = Classify.compute
+    tries = []
 
-    def crash_on_shard_1(cfg, run_id, shard, *args, **kwargs):
-        if shard == 1:
-            raise RuntimeError("simulated GPU fault")
-        return original(cfg, run_id, shard, *args, **kwargs)
+    def crash_on_shard_1(self, cfg, ctx):
+        if ctx.shard == 1:
+            tries.append(1)
+            raise OSError("simulated GPU fault")  # transient: retried (twice), then the shard fails
+        return original(self, cfg, ctx)
 
     params = ExplainParams(dataset=str(toy_dir), out=str(tmp_path), shard_size=16, run_name="crash", device="cpu",
                            stages=["classify"])
-    monkeypatch.setattr(classify, "classify_shard", crash_on_shard_1)
+    monkeypatch.setattr(Classify, "compute", crash_on_shard_1)
     with pytest.raises(RuntimeError, match=r"shard\(s\) \[1\] failed.*run_name='crash'"):
         explain(params)
     run = run_sql(connect(str(tmp_path)), "SELECT status, failed_shards FROM runs").to_pylist()[0]
     assert run == {"status": "failed", "failed_shards": [1]}
-    monkeypatch.setattr(classify, "classify_shard", original)
+    assert len(tries) == 3  # an I/O error can pass: two retries
+    monkeypatch.setattr(Classify, "compute", original)
     again = explain(params)
     assert again["shards_skipped"] == 2 and again["shards_done"] == 3  # only shard 1 was redone
     con = connect(str(tmp_path))
@@ -242,7 +249,8 @@ def test_rerun_with_clipcap_reuses_maps_and_regions(first_run):
     explain(params.model_copy(update={"stages": stages}))  # whatever earlier tests changed, regions now match
     kept = [table_path(params.out, t, "e2e", "shard-00000") for t in ("relevancy", "regions")]
     before = [os.stat(p).st_mtime_ns for p in kept]
-    explain(params.model_copy(update={"captioner": "clipcap", "stages": stages}))
+    explain(params.model_copy(update={"captions": params.captions.model_copy(update={"captioner": "clipcap"}),
+                                      "stages": stages}))
     assert [os.stat(p).st_mtime_ns for p in kept] == before  # maps and regions reused, not recomputed
     rows = run_sql(connect(params.out), """SELECT c.captioner, c.region_id, c.text, p.label
                                            FROM captions c JOIN predictions p USING (run_id, image_id)
@@ -276,9 +284,9 @@ def test_reprocess_redoes_only_the_shards_of_the_named_classes(prefect_harness, 
 
 
 def test_a_stage_without_its_upstream_stage_is_refused_not_skipped(capsys):
-    with pytest.raises(ValueError, match=r"stage 'concepts' needs 'regions'.*'classify', 'relevancy', 'regions', "
-                                         r"'concepts'"):
+    with pytest.raises(ValueError, match=r"stage 'concepts' needs \['relevancy', 'regions'\].*'classify', "
+                                         r"'relevancy', 'regions', 'concepts'"):
         ExplainParams(stages=["classify", "concepts"])
     assert main(["run", "toy", "--stages", "classify", "relevancy", "summarize"]) == 2
-    assert "stage 'summarize' needs 'captions'" in capsys.readouterr().err
+    assert "stage 'summarize' needs ['regions', 'captions']" in capsys.readouterr().err
     assert ExplainParams(stages=["classify", "relevancy", "regions", "concepts"]).stages[-1] == "concepts"

@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from mapcap.storage.writer import table_path
-from mapcap.tasks.stages.classify import ClassifyConfig, classify_pixels, classify_shard, classify_shard_task, text_classifier
+from mapcap.tasks.stages.classify import ClassifyConfig
+from mapcap.tasks.stages.driver import StagePlan, run_shard
+from mapcap.tasks.stages.tasks import shard_task
+from mapcap.tasks.zeroshot import classify_pixels, text_classifier
 from mapcap.tasks.data import read_dataset
 from mapcap.tasks.templates import resolve_templates
 
@@ -17,7 +20,7 @@ REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference_classify.j
 @pytest.fixture(scope="module")
 def cfg(toy_model, toy_dir):
     ds = read_dataset(str(toy_dir))
-    return ClassifyConfig(toy_model.spec, ds.classes, resolve_templates("simple"), top_k=3, batch_size=5, workers=2)
+    return ClassifyConfig(toy_model.spec, ds.classes, resolve_templates("simple"), top_k=3, batch_size=5)
 
 
 def test_ensemble_is_the_normalised_mean_of_normalised_template_embeddings(toy_model, cfg):
@@ -36,18 +39,21 @@ def test_shard_task_writes_tables_records_failures_and_skips_when_done(cfg, toy_
     bad.write_bytes(b"\xff\xd8\xff garbage")
     items.append(type(items[0])(str(bad), "star"))
     root = str(tmp_path / "out")
-    res = classify_shard_task.fn(cfg, "r", 3, items, root)  # the task's logic, without a flow run
-    assert res == {"shard": 3, "skipped": False, "n_images": 13, "n_failures": 1}
+    plans = [StagePlan("classify", cfg)]
+    res = shard_task.fn(plans, root, "r", 3, items, workers=2)  # the task's logic, without a flow run
+    assert res["n_images"] == 13 and not res["stages"]["classify"]["skipped"]
+    assert res["stages"]["classify"]["rows"] == {"failures": 1, "images": 13,
+                                                 "predictions": 12 * (len(cfg.templates) + 1)}
     preds = pq.read_table(table_path(root, "predictions", "r", "shard-00003")).to_pylist()
     assert len(preds) == 12 * (len(cfg.templates) + 1)
     for r in preds:
         assert r["topk_probs"] == sorted(r["topk_probs"], reverse=True) and len(r["topk_labels"]) == 3
         assert r["pred"] == r["topk_labels"][0] and r["correct"] == (r["pred"] == r["label"])
         assert (r["label_rank"] == 1) == r["correct"]
-    fails = pq.read_table(table_path(root, "failures", "r", "shard-00003")).to_pylist()
-    assert [f["path"] for f in fails] == [str(bad)]
-    assert classify_shard(cfg, "r", 3, items, root)["skipped"]
-    assert not classify_shard(cfg, "r", 3, items[:-1], root)["skipped"]  # other inputs: redone
+    fails = pq.read_table(table_path(root, "failures", "r", "shard-00003-classify")).to_pylist()
+    assert [(f["path"], f["stage"]) for f in fails] == [(str(bad), "classify")]
+    assert run_shard(plans, root, "r", 3, items)["stages"]["classify"]["skipped"]
+    assert not run_shard(plans, root, "r", 3, items[:-1])["stages"]["classify"]["skipped"]  # other inputs: redone
 
 
 def test_batch_size_does_not_change_results(toy_model, cfg, toy_dir):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mapcap.tasks.stages.classify import classify_pixels, description_classifier, text_classifier
+from mapcap.tasks.zeroshot import classify_pixels, description_classifier, text_classifier
 from mapcap.tasks.concept_bank import ConceptBank, class_prompt, descriptor_sentence, load_descriptors, resolve_bank
 from mapcap.tasks.metrics.mutual_knowledge import (REMOVED, cumulative_masks, curve_auc, mi_curve, mutual_information, perturbed,
                             region_mask, visual_concepts)

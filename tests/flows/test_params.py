@@ -1,0 +1,140 @@
+"""The one parameter model: every field reachable from the CLI, params files, old flat names, planning checks."""
+import json
+import typing
+
+import pytest
+from pydantic import BaseModel
+
+from mapcap.flows.cli_args import build_parser
+from mapcap.flows.cli_params import params_from_args
+from mapcap.flows.params import FLAT_NAMES, SECTIONS, ExplainParams
+
+SAMPLES = {  # a non-default value per field where the type alone does not say which
+    "dataset": "/data/photos", "stages": ["classify", "relevancy"], "redo_classes": ["star"],
+    "relevancy.methods": ["gradient", "random"], "relevancy.start_layers": [0, -1],
+    "classify.templates": ["a {} here", "one {}"], "summarize.synonyms": {"star": ["pentagram"]},
+    "regions.mass": 0.25, "regions.min_area": 0.25, "precision": "bf16", "regions.threshold": "mass",
+}
+
+
+def sample(dotted: str, field) -> tuple[list[str], object]:
+    """(command-line values, the value the model should hold) for one field."""
+    if dotted in SAMPLES:
+        v = SAMPLES[dotted]
+        args = [json.dumps(v)] if isinstance(v, dict) else [str(x) for x in v] if isinstance(v, list) else [str(v)]
+        return args, v
+    tp = field.annotation
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is bool:
+        return [], not field.default
+    if tp is int:
+        return [str((field.default or 0) + 2)], (field.default or 0) + 2
+    if tp is float:
+        return ["0.75"], 0.75
+    return ["some-value"], "some-value"
+
+
+def every_field():
+    for name, field in ExplainParams.model_fields.items():
+        if name not in SECTIONS:
+            yield name, field
+    for section, model in SECTIONS.items():
+        for name, field in model.model_fields.items():
+            yield f"{section}.{name}", field
+
+
+def get(params: ExplainParams, dotted: str):
+    obj = params
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("dotted", [d for d, _ in every_field()])
+def test_every_field_is_settable_from_the_command_line(dotted):
+    field = dict(every_field())[dotted]
+    values, expected = sample(dotted, field)
+    parser = build_parser()
+    if dotted == "dataset":
+        argv = ["run", *values]
+    else:
+        flag = f"--{dotted}" if "." in dotted else f"--{dotted.replace('_', '-')}"
+        if field.annotation is bool:
+            flag = flag if expected else f"--{'no-' + dotted.replace('_', '-')}"
+        argv = ["run", "somewhere", flag, *values]
+    params = params_from_args(parser.parse_args(argv))
+    assert get(params, dotted) == expected
+    if "." in dotted:  # the prefixed spelling too
+        section, name = dotted.split(".")
+        argv = ["run", "somewhere", f"--{section}-{name.replace('_', '-')}", *values] if field.annotation is not bool \
+            else ["run", "somewhere", f"--{'' if expected else 'no-'}{section}-{name.replace('_', '-')}"]
+        assert get(params_from_args(build_parser().parse_args(argv)), dotted) == expected
+
+
+def test_help_shows_every_field_description(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for dotted, field in every_field():
+        assert " ".join(field.description.split()[:4]) in text, dotted
+    assert "--captions.prompt" in text and "--captions-prompt" in text
+
+
+def test_params_file_yaml_and_json_with_flags_on_top(tmp_path):
+    yml = tmp_path / "run.yaml"
+    yml.write_text("dataset: /data/photos\nrelevancy:\n  methods: [gradient]\ncaptions:\n  prompt: a picture of\n"
+                   "caption_beams: 3\n")  # an old flat name in a file still works
+    p = params_from_args(build_parser().parse_args(["run", "--params", str(yml), "--captions.top-k", "2"]))
+    assert (p.dataset, p.relevancy.methods, p.captions.prompt, p.captions.beams, p.captions.top_k) == (
+        "/data/photos", ["gradient"], "a picture of", 3, 2)
+    js = tmp_path / "run.json"
+    js.write_text(json.dumps({"params": {"regions": {"top_k": 5}, "run_name": "x"}}))  # a deployment's shape
+    p = params_from_args(build_parser().parse_args(["run", "--params", str(js)]))
+    assert p.regions.top_k == 5 and p.run_name == "x"
+    js.write_text('{"regions": {"top_k": "many"}}')
+    with pytest.raises(ValueError, match="top_k"):
+        params_from_args(build_parser().parse_args(["run", "--params", str(js)]))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        params_from_args(build_parser().parse_args(["run", "--params", str(bad)]))
+
+
+def test_old_flat_names_move_to_their_sections():
+    old = {"dataset": "toy", "top_k": 3, "batch_size": 16, "relevancy_methods": ["chefer"], "start_layers": [0],
+           "segment_top_k": 2, "captioner": "clipcap", "caption_prompt": "x", "concept_bank": "b.json",
+           "descriptors": "d.json", "eval_images": 9, "summary_k": 4, "synonyms": {"star": ["p"]}}
+    p = ExplainParams.model_validate(old)
+    assert (p.classify.top_k, p.classify.batch_size, p.relevancy.batch_size, p.relevancy.methods) == (3, 16, 16,
+                                                                                                       ["chefer"])
+    assert (p.regions.top_k, p.captions.captioner, p.captions.prompt, p.captions.phrase_bank) == (2, "clipcap", "x",
+                                                                                                  "b.json")
+    assert (p.concepts.descriptors, p.evaluate.images, p.summarize.k) == ("d.json", 9, 4)
+    assert set(FLAT_NAMES) >= {"segment_threshold", "caption_context", "language_top_k"}
+    with pytest.raises(ValueError, match="colour"):
+        ExplainParams.model_validate({"colour": "red"})
+
+
+def test_the_ui_form_is_nested_by_stage():
+    schema = ExplainParams.model_json_schema()
+    for section, model in SECTIONS.items():
+        assert section in schema["properties"]
+        assert issubclass(model, BaseModel)
+    assert set(schema["$defs"]["RelevancyParams"]["properties"]) == {"methods", "start_layers", "batch_size"}
+
+
+def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, toy_dir):
+    photos = ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", device="cpu")
+    r = photos.resolve()
+    skipped = dict(r.skipped)
+    assert [s.name for s in r.shard_stages] == ["classify", "relevancy", "regions"]
+    assert {"concepts", "captions", "summarize", "classify.descriptions"} <= set(skipped)
+    assert "phrase bank" in skipped["captions"] and "concepts.descriptors" in skipped["concepts"]
+    assert [s.name for s in r.run_stages] == ["evaluate", "report"]
+    with pytest.raises(ValueError, match="stage 'captions' was asked for but cannot run: the retrieval captioner "
+                                         "has no phrase bank"):
+        photos.model_copy(update={"stages": ["classify", "relevancy", "regions", "captions"]}).resolve()
+    r = ExplainParams(dataset=str(toy_dir), relevancy={"methods": ["gradient", "chefer"]}).resolve()
+    cap = next(s for s in r.shard_stages if s.name == "captions").config
+    assert (cap.method, cap.start_layer) == ("gradient", None)  # the primary method is the first listed

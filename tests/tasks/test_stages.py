@@ -1,0 +1,196 @@
+"""Each stage's `compute` on tiny inputs: a context filled in memory, no flow, no shared output folder."""
+import shutil
+
+import pytest
+import torch
+
+from mapcap.tasks.captioners.base import CaptionerConfig
+from mapcap.tasks.concept_bank import resolve_bank
+from mapcap.tasks.data import read_dataset
+from mapcap.tasks.segment import SegmentConfig
+from mapcap.tasks.stages.base import get_stage
+from mapcap.tasks.stages.captions import CaptionsConfig
+from mapcap.tasks.stages.classify import ClassifyConfig
+from mapcap.tasks.stages.concepts import ConceptsConfig
+from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.stages.evaluate import EvaluateConfig
+from mapcap.tasks.stages.regions import RegionsConfig
+from mapcap.tasks.stages.relevancy import RelevancyConfig
+from mapcap.tasks.stages.summarize import SummarizeConfig
+from mapcap.tasks.templates import resolve_templates
+
+TEMPLATES = resolve_templates(["a photo of a {}.", "{}"])
+
+
+@pytest.fixture(scope="module")
+def tiny(toy_dir, tmp_path_factory):
+    """Five toy images (one per class for five classes) copied to a private folder, plus one broken file."""
+    ds = read_dataset(str(toy_dir))
+    folder = tmp_path_factory.mktemp("tiny")
+    items = []
+    for cls in ds.classes[:5]:
+        it = next(i for i in ds.items if i.label == cls)
+        dst = folder / f"{cls}.png"
+        shutil.copy(it.path, dst)
+        items.append(type(it)(str(dst), cls))
+    bad = folder / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return ds.classes, items + [type(items[0])(str(bad), ds.classes[0])]
+
+
+def ctx_with(items=None, outputs=None, shard=0):
+    ctx = StageContext("memory://unused", "r", shard, items, workers=2)
+    ctx.outputs.update(outputs or {})
+    return ctx
+
+
+def compute(name, cfg, ctx):
+    ctx.stage, ctx.failures = name, []
+    out = get_stage(name).compute(cfg, ctx)
+    ctx.outputs.update(out)
+    return out, ctx.failures
+
+
+@pytest.fixture(scope="module")
+def classified(toy_model, tiny):
+    classes, items = tiny
+    cfg = ClassifyConfig(toy_model.spec, classes, TEMPLATES, top_k=3, batch_size=2)
+    ctx = ctx_with(items)
+    out, fails = compute("classify", cfg, ctx)
+    return classes, items, out, fails
+
+
+def test_classify_every_image_is_a_prediction_or_a_failure(classified):
+    classes, items, out, fails = classified
+    assert len(out["images"]) == len(items)
+    predicted = {r["image_id"] for r in out["predictions"]}
+    failed = {f["image_id"] for f in fails}
+    assert predicted.isdisjoint(failed) and len(predicted) + len(failed) == len(items)
+    assert [f["stage"] for f in fails] == ["classify"] and fails[0]["path"].endswith("broken.png")
+    assert len(out["predictions"]) == 5 * (len(TEMPLATES) + 1)
+    assert {r["template"] for r in out["predictions"]} == {*TEMPLATES, "ensemble"}
+
+
+def test_classify_with_a_bank_adds_description_rows(toy_model, tiny):
+    classes, items = tiny
+    bank = resolve_bank(None, toy_model.spec.name, classes)
+    out, _ = compute("classify", ClassifyConfig(toy_model.spec, classes, TEMPLATES, bank=bank), ctx_with(items[:2]))
+    assert sum(r["template"] == "descriptors" for r in out["predictions"]) == 2
+
+
+@pytest.mark.parametrize("method", ["chefer", "gradient", "random"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_relevancy_grid_of_methods_and_batch_sizes(toy_model, classified, method, batch_size):
+    classes, items, out, _ = classified
+    start = 0 if method == "chefer" else None
+    cfg = RelevancyConfig(toy_model.spec, classes, TEMPLATES, ((method, start),), batch_size)
+    rel, fails = compute("relevancy", cfg, ctx_with(outputs=dict(out)))
+    assert not fails
+    rows = rel["relevancy"]
+    assert len(rows) == 2 * 5 and {r["target"] for r in rows} == {"pred", "label"}
+    grid = rows[0]["grid"]
+    assert all(len(r["map"]) == grid * grid and r["method"] == method for r in rows)
+    ref, _ = compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, ((method, start),), 8),
+                     ctx_with(outputs=dict(out)))
+    for a, b in zip(rows, ref["relevancy"]):
+        assert torch.allclose(torch.tensor(a["map"]), torch.tensor(b["map"]), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def explained(toy_model, classified):
+    classes, items, out, _ = classified
+    ctx = ctx_with(outputs=dict(out))
+    compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0), ("gradient", None))), ctx)
+    compute("regions", RegionsConfig(SegmentConfig(top_k=2)), ctx)
+    return classes, ctx
+
+
+def test_regions_rank_by_mass_inside_the_image(explained):
+    _, ctx = explained
+    regs = ctx.outputs["regions"]
+    assert regs and {r["method"] for r in regs} == {"chefer", "gradient"}
+    sizes = {r["image_id"]: (r["width"], r["height"]) for r in ctx.outputs["images"] if r["width"]}
+    for r in regs:
+        x0, y0, x1, y1 = r["bbox"]
+        assert 0 <= x0 < x1 <= sizes[r["image_id"]][0] and 0 <= y0 < y1 <= sizes[r["image_id"]][1]
+        assert r["region_id"] < 2
+    by_map = {}
+    for r in regs:
+        by_map.setdefault((r["image_id"], r["target"], r["method"]), []).append(r)
+    for rs in by_map.values():
+        masses = [r["mass"] for r in sorted(rs, key=lambda r: r["region_id"])]
+        assert masses == sorted(masses, reverse=True)
+
+
+def test_captions_follow_the_primary_method_and_score(toy_model, explained):
+    classes, ctx = explained
+    for method, start in (("chefer", 0), ("gradient", None)):  # gradient-only runs get captions too
+        cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), method, start, top_k=1)
+        out, fails = compute("captions", cfg, ctx)
+        rows = out["captions"]
+        assert not fails and rows
+        assert {r["method"] for r in rows if r["region_id"] >= 0} == {method}
+        assert all(r["text"] and 0 <= r["clipscore"] <= 2.5 for r in rows)
+        assert sum(r["region_id"] == -1 for r in rows) == 5  # one whole-image caption per image
+
+
+def test_concepts_one_mutual_knowledge_row_per_image(toy_model, explained):
+    classes, ctx = explained
+    bank = resolve_bank(None, toy_model.spec.name, classes)
+    cfg = ConceptsConfig(toy_model.spec, classes, TEMPLATES, bank, method="chefer", start_layer=0)
+    out, fails = compute("concepts", cfg, ctx)
+    assert not fails and len(out["mutual_knowledge"]) == 5
+    assert {r["source"] for r in out["concepts"]} == {"image", "region", "language"}
+
+
+def test_evaluate_scores_every_variant(toy_model, explained):
+    classes, ctx = explained
+    run_ctx = ctx_with(outputs={k: ctx.outputs[k] for k in ("images", "predictions")}, shard=None)
+    out, fails = compute("evaluate", EvaluateConfig(toy_model.spec, classes, TEMPLATES, "", 4), run_ctx)
+    metrics = {(r["method"], r["metric"]) for r in out["evaluations"]}
+    assert ("random", "deletion_auc") in metrics and ("chefer", "insertion_auc") in metrics
+    assert all(r["n"] == 4 for r in out["evaluations"])
+
+
+def test_summarize_picks_captions_per_class(toy_model, explained):
+    classes, ctx = explained
+    caps, _ = compute("captions", CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), "chefer", 0, top_k=2),
+                      ctx)
+    run_ctx = ctx_with(outputs=dict(ctx.outputs), shard=None)
+    out, _ = compute("summarize", SummarizeConfig(toy_model.spec, classes, "retrieval", method="chefer",
+                                                  start_layer=0, k=2), run_ctx)
+    rows = {(r["class_name"], r["subset"]): r for r in out["class_summaries"]}
+    first = classes[0]
+    assert rows[(first, "all")]["n_captions"] >= 1 and 1 <= len(rows[(first, "all")]["summary"]) <= 2
+    assert rows[(classes[7], "all")]["n_images"] == 0  # a class without images still gets its row
+
+
+def test_an_image_removed_after_classify_is_a_failure_in_each_stage_that_reads_it(toy_model, tiny, tmp_path):
+    classes, items = tiny
+    gone = tmp_path / "gone.png"
+    shutil.copy(items[1].path, gone)
+    mine = [items[0], type(items[0])(str(gone), items[1].label)]
+    ctx = ctx_with(mine)
+    out, _ = compute("classify", ClassifyConfig(toy_model.spec, classes, TEMPLATES), ctx)
+    assert len({r["image_id"] for r in out["predictions"]}) == 2
+    gone.unlink()
+    later = ctx_with(outputs=dict(out))  # a new worker: nothing decoded yet
+    _, fails = compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0),)), later)
+    assert [(f["stage"], f["path"]) for f in fails] == [("relevancy", str(gone))]
+    assert len({r["image_id"] for r in later.outputs["relevancy"]}) == 1
+    compute("regions", RegionsConfig(), later)
+    bank = resolve_bank(None, toy_model.spec.name, classes)
+    _, fails = compute("concepts", ConceptsConfig(toy_model.spec, classes, TEMPLATES, bank, start_layer=0), later)
+    assert [(f["stage"], f["path"]) for f in fails] == [("concepts", str(gone))]
+
+
+def test_a_changed_file_is_a_failure_not_a_wrong_row(toy_model, tiny, tmp_path):
+    classes, items = tiny
+    f = tmp_path / "changes.png"
+    shutil.copy(items[0].path, f)
+    ctx = ctx_with([type(items[0])(str(f), items[0].label)])
+    out, _ = compute("classify", ClassifyConfig(toy_model.spec, classes, TEMPLATES), ctx)
+    shutil.copy(items[2].path, f)  # another picture under the same name
+    _, fails = compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0),)),
+                       ctx_with(outputs=dict(out)))
+    assert [x["error_type"] for x in fails] == ["ImageChanged"]
