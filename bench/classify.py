@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from timing import sync  # bench/timing.py
-from mapcap.tasks.stages.classify import ClassifyConfig, classify_pixels, classify_shard, text_classifier
+from mapcap.tasks.stages.classify import ClassifyConfig
+from mapcap.tasks.stages.driver import StagePlan, run_shard
+from mapcap.tasks.zeroshot import classify_pixels, text_classifier
 from mapcap.tasks.data import read_dataset
 from mapcap.tasks.models import load_model, resolve_spec
 from mapcap.tasks.templates import resolve_templates
@@ -54,9 +56,10 @@ def main() -> None:
             tpl = resolve_templates("simple")
             clf = text_classifier(lm, ds.classes, tpl)
             fwd = bench_forward(lm, clf, args.batch, args.iters)
-            cfg = ClassifyConfig(spec, ds.classes, tpl, batch_size=args.batch, workers=8)
+            cfg = ClassifyConfig(spec, ds.classes, tpl, batch_size=args.batch)
             t = time.perf_counter()
-            classify_shard(cfg, f"bench-{name}-{prec}", 0, list(ds.items), str(tmp / "out"), force=True)
+            run_shard([StagePlan("classify", cfg)], str(tmp / "out"), f"bench-{name}-{prec}", 0, list(ds.items),
+                      force=True, workers=8)
             files = len(ds.items) / (time.perf_counter() - t)
             rows.append((spec.name, spec.device, prec, args.batch, f"{fwd:,.0f}", f"{files:,.0f}"))
     head = ("model", "device", "precision", "batch", "forward img/s", "from files img/s")

@@ -93,6 +93,7 @@ _LOCK = threading.Lock()
 
 def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callable]:
     """Build an open_clip model (train mode, CPU, fp32) with its eval preprocess and tokenizer."""
+    load_plugins()  # in a fresh worker process (Ray, a deployment) too: plugins register their open_clip configs
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
     except RuntimeError as e:

@@ -11,7 +11,8 @@ from PIL import Image
 from mapcap.tasks.data import load_image
 from mapcap.tasks.models import LoadedModel, encode_texts, model_lock
 from mapcap.tasks.report.overlay import overlay_row
-from mapcap.tasks.relevancy.methods import default_start_layer, relevancy_maps, text_token_relevancy
+from mapcap.tasks.relevancy.chefer import text_token_relevancy
+from mapcap.tasks.relevancy.methods import default_start_layer, relevancy_maps
 
 
 def explain_image(lm: LoadedModel, image_path: str | tuple[Image.Image, str], texts: list[str],

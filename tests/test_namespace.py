@@ -1,4 +1,5 @@
 """One namespace: the package installs as `mapcap` only, nothing named tasks/flows/storage/toy in site-packages."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,7 +10,10 @@ CLASHING = ("tasks", "flows", "storage", "toy")
 
 
 def test_the_wheel_holds_only_the_mapcap_package(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "mapcap-results",
+                                                             "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True, timeout=600)
     (wheel,) = tmp_path.glob("mapcap-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

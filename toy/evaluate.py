@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mapcap.tasks.stages.classify import text_classifier
+from mapcap.tasks.zeroshot import text_classifier
 from mapcap.tasks.metrics.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
 from mapcap.tasks.models import LoadedModel
 from mapcap.tasks.relevancy.methods import relevancy_maps

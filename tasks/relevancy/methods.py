@@ -1,6 +1,7 @@
-"""Relevancy maps: where in the image CLIP found evidence for a text.
+"""Relevancy maps: where in the image CLIP found evidence for a text. The registry and the batched driver.
 
-Methods register by name and implement one call: (model, pixels, text embeddings) -> (B, g, g) maps.
+Methods register by name and implement one call: (model, pixels, text embeddings) -> (B, g, g) maps; each
+built-in method is one file of this package (chefer.py, gradient.py, random_map.py).
 - `chefer`: Chefer, Gur & Wolf 2021 as applied to CLIP by its authors: target = image–text logit; for each
   vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; map = R[CLS, 1:].
 - `gradient`: plain input-gradient saliency, |d target / d pixels| summed over channels, pooled per patch.
@@ -17,7 +18,6 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from mapcap.tasks.relevancy.attention import attention_blocks, recording_attention
 from mapcap.tasks.models import LoadedModel, in_batches, model_lock
 from mapcap.tasks.plugins import preset_for_model
 
@@ -64,44 +64,6 @@ def image_text_logit(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tens
     return lm.model.logit_scale.exp().float() * (img * text_emb.float()).sum(-1)
 
 
-@register("chefer")
-def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
-    blocks = attention_blocks(lm.model.visual, "image")
-    start = start_layer % len(blocks)
-    with recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
-        target = image_text_logit(lm, pixels, text_emb)  # (B,)
-        attns = attns[start:]  # a copy: the store is emptied when the context exits
-        grads = torch.autograd.grad(target.sum(), attns)  # one backward for the whole batch
-    B, _, N, _ = attns[0].shape
-    R = torch.eye(N, device=pixels.device).expand(B, N, N)  # (B, N, N)
-    for A, G in zip(attns, grads):
-        cam = (G.float() * A.detach().float()).clamp(min=0).mean(dim=1)  # (B, N, N), mean over heads
-        R = R + torch.bmm(cam, R)
-    g = grid_size(lm)
-    return R[:, 0, 1:].reshape(B, g, g)  # CLS row, patch columns
-
-
-@register("gradient")
-def gradient(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
-    x = pixels.detach().clone().requires_grad_(True)  # (B, 3, H, W)
-    with torch.enable_grad(), _autocast(lm):
-        target = image_text_logit(lm, x, text_emb)
-        (grad,) = torch.autograd.grad(target.sum(), x)
-    g = grid_size(lm)
-    sal = grad.float().abs().sum(1, keepdim=True)  # (B, 1, H, W)
-    return F.adaptive_avg_pool2d(sal, g).squeeze(1)  # (B, g, g)
-
-
-@register("random")
-def random_map(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
-    g = grid_size(lm)
-    maps = []
-    for img in pixels.detach().float().cpu():  # seeded by the image itself: reproducible, batch-independent
-        gen = torch.Generator().manual_seed(int(img.abs().sum().item() * 1000) % (2**31))
-        maps.append(torch.rand(g, g, generator=gen))
-    return torch.stack(maps).to(pixels.device)
-
-
 def relevancy_maps(lm: LoadedModel, method: str, pixels: torch.Tensor, text_emb: torch.Tensor,
                    start_layer: int | None = None, batch_size: int = 32) -> torch.Tensor:
     """(B, g, g) float32 maps on CPU, computed in batches; a CUDA out-of-memory halves the batch and retries."""
@@ -127,20 +89,5 @@ def map_stats(maps: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"peak": flat.argmax(1), "entropy": entropy, "top10_mass": top}
 
 
-def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch.Tensor,
-                         start_layer: int = 0) -> torch.Tensor:
-    """(B, L) relevancy of each text token for its image (B, D), read at the EOT row, Chefer's rule."""
-    tower = lm.model if hasattr(lm.model, "transformer") else getattr(lm.model, "text")
-    blocks = attention_blocks(tower, "text")
-    start = start_layer % len(blocks)
-    with model_lock(lm.model), recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
-        txt = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)  # (B, D)
-        target = lm.model.logit_scale.exp().float() * (txt * F.normalize(image_emb.float(), dim=-1)).sum(-1)
-        attns = attns[start:]
-        grads = torch.autograd.grad(target.sum(), attns)
-    B, _, N, _ = attns[0].shape
-    R = torch.eye(N, device=tokens.device).expand(B, N, N)
-    for A, G in zip(attns, grads):
-        R = R + torch.bmm((G.float() * A.detach().float()).clamp(min=0).mean(dim=1), R)
-    eot = tokens.argmax(dim=-1)  # open_clip pools text at the EOT token (the highest id)
-    return R[torch.arange(B), eot].detach().cpu()  # (B, L)
+# the built-in methods register themselves on import (one file each)
+from mapcap.tasks.relevancy import chefer, gradient, random_map  # noqa: E402,F401

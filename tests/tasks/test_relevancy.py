@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks, recording_attention
 from mapcap.tasks.models import LoadedModel, create_clip, resolve_spec
-from mapcap.tasks.relevancy.methods import METHODS, map_stats, relevancy_maps, text_token_relevancy
+from mapcap.tasks.relevancy.chefer import text_token_relevancy
+from mapcap.tasks.relevancy.methods import METHODS, map_stats, relevancy_maps
 
 
 def _random_model(name: str) -> LoadedModel:

@@ -1,0 +1,47 @@
+"""`chefer`: Chefer, Gur & Wolf 2021 as applied to CLIP by its authors. Target = image-text logit; for each
+vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; map = R[CLS, 1:].
+Also the same rule over the text tower (per-token relevancy, read at the EOT row)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mapcap.tasks.models import LoadedModel, model_lock
+from mapcap.tasks.relevancy.attention import attention_blocks, recording_attention
+from mapcap.tasks.relevancy.methods import _autocast, grid_size, image_text_logit, register
+
+
+@register("chefer")
+def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
+    blocks = attention_blocks(lm.model.visual, "image")
+    start = start_layer % len(blocks)
+    with recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
+        target = image_text_logit(lm, pixels, text_emb)  # (B,)
+        attns = attns[start:]  # a copy: the store is emptied when the context exits
+        grads = torch.autograd.grad(target.sum(), attns)  # one backward for the whole batch
+    B, _, N, _ = attns[0].shape
+    R = torch.eye(N, device=pixels.device).expand(B, N, N)  # (B, N, N)
+    for A, G in zip(attns, grads):
+        cam = (G.float() * A.detach().float()).clamp(min=0).mean(dim=1)  # (B, N, N), mean over heads
+        R = R + torch.bmm(cam, R)
+    g = grid_size(lm)
+    return R[:, 0, 1:].reshape(B, g, g)  # CLS row, patch columns
+
+
+def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch.Tensor,
+                         start_layer: int = 0) -> torch.Tensor:
+    """(B, L) relevancy of each text token for its image (B, D), read at the EOT row, Chefer's rule."""
+    tower = lm.model if hasattr(lm.model, "transformer") else getattr(lm.model, "text")
+    blocks = attention_blocks(tower, "text")
+    start = start_layer % len(blocks)
+    with model_lock(lm.model), recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
+        txt = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)  # (B, D)
+        target = lm.model.logit_scale.exp().float() * (txt * F.normalize(image_emb.float(), dim=-1)).sum(-1)
+        attns = attns[start:]
+        grads = torch.autograd.grad(target.sum(), attns)
+    B, _, N, _ = attns[0].shape
+    R = torch.eye(N, device=tokens.device).expand(B, N, N)
+    for A, G in zip(attns, grads):
+        R = R + torch.bmm((G.float() * A.detach().float()).clamp(min=0).mean(dim=1), R)
+    eot = tokens.argmax(dim=-1)  # open_clip pools text at the EOT token (the highest id)
+    return R[torch.arange(B), eot].detach().cpu()  # (B, L)
