@@ -2,7 +2,8 @@
 one `compute`. Stages register by name; the registry derives the run order and the dependencies from what each
 stage reads and writes, so the stage graph is declared exactly once (in the stage classes).
 
-Adding a stage means adding one file to `mapcap/tasks/stages/` with a class decorated by `@register_stage`.
+Adding a stage means adding one file to `tasks/stages/` with a class decorated by
+`@register_stage(name, Config, reads=..., writes=...)`.
 The driver (`driver.py`) does everything else: hashing, skip-if-complete, decoding, failures rows, writes,
 logging, timing.
 """
@@ -25,7 +26,7 @@ class StageUnavailable(ValueError):
 
 
 class Stage:
-    """Base of every stage. Subclasses set the class attributes and implement `compute`."""
+    """Base of every stage. `@register_stage` sets the class attributes; subclasses implement `compute`."""
 
     name: ClassVar[str] = ""  # registry key, the name users pick in `stages` (set by @register_stage)
     version: ClassVar[int] = 1  # bump when the output for the same inputs changes: finished work is redone
@@ -55,12 +56,15 @@ class Stage:
 STAGES: dict[str, type[Stage]] = {}
 
 
-def register_stage(name: str):
-    """Class decorator: register a stage under `name`."""
+def register_stage(name: str, config: type, *, scope: Literal["shard", "run"] = "shard", reads: tuple[str, ...] = (),
+                   writes: tuple[str, ...] = (), uses: tuple[str, ...] = (), order: int = 0, version: int = 1,
+                   summary: str = ""):
+    """Class decorator: register a stage under `name` with what it declares (see the Stage attributes)."""
     def deco(cls: type[Stage]) -> type[Stage]:
         if name in STAGES and STAGES[name] is not cls:
             raise ValueError(f"stage {name!r} is registered twice ({STAGES[name].__module__}, {cls.__module__})")
-        cls.name = name
+        cls.name, cls.Config, cls.scope, cls.reads, cls.writes = name, config, scope, tuple(reads), tuple(writes)
+        cls.uses, cls.order, cls.version, cls.summary = tuple(uses), order, version, summary
         STAGES[name] = cls
         return cls
     return deco

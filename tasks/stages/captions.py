@@ -34,14 +34,10 @@ def references(dataset: str) -> dict[str, list[str]]:
     return {r["path"]: [r["caption"]] for r in annotations(dataset) if r.get("caption")}
 
 
-@register_stage("captions")
+@register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4,
+                summary="caption the top regions and the whole image (retrieval, clipcap, hf), with CLIPScore")
 class Captions(Stage):
-    version = 1
-    order = 4
-    reads = ("images", "regions")
-    writes = ("captions",)
-    Config = CaptionsConfig
-    summary = "caption the top regions and the whole image (retrieval, clipcap, hf), with CLIPScore"
+    """Whole images first, then the top regions of the primary map, in captioner batches."""
 
     def file_name(self, cfg: CaptionsConfig, shard: int | None) -> str:
         return f"{shard_name(shard)}-{cfg.captioner.name}"

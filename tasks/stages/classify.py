@@ -23,14 +23,11 @@ class ClassifyConfig:
     bank: ConceptBank | None = None  # descriptors covering the classes: adds rows with template 'descriptors'
 
 
-@register_stage("classify")
+@register_stage("classify", ClassifyConfig, reads=(), writes=("images", "predictions"), order=0,
+                summary="zero-shot classification: every template, their ensemble, descriptions "
+                        "(always; the other stages read it)")
 class Classify(Stage):
-    version = 1
-    order = 0
-    reads = ()
-    writes = ("images", "predictions")
-    Config = ClassifyConfig
-    summary = "zero-shot classification: every template, their ensemble, descriptions (always; the rest read it)"
+    """Every image decoded once, classified against every template row at once."""
 
     def compute(self, cfg: ClassifyConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)

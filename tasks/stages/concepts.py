@@ -80,14 +80,10 @@ def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: di
     return rows, mk
 
 
-@register_stage("concepts")
+@register_stage("concepts", ConceptsConfig, reads=("predictions", "images", "regions"), writes=("concepts", "mutual_knowledge"), order=3,
+                summary="visual / language concepts and mutual knowledge (needs a concept bank covering the classes)")
 class Concepts(Stage):
-    version = 1
-    order = 3
-    reads = ("predictions", "images", "regions")
-    writes = ("concepts", "mutual_knowledge")
-    Config = ConceptsConfig
-    summary = "visual / language concepts and mutual knowledge (needs a concept bank covering the classes)"
+    """Mutual knowledge of each image's parts (primary map's regions) and its predicted class."""
 
     def compute(self, cfg: ConceptsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)

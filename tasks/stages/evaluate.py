@@ -44,15 +44,10 @@ class EvaluateConfig:
     variants: tuple[tuple[str, int | None], ...] = VARIANTS  # (method, start layer) scored
 
 
-@register_stage("evaluate")
+@register_stage("evaluate", EvaluateConfig, scope="run", reads=("predictions", "images"), writes=("evaluations",), order=10,
+                summary="faithfulness (perturbation AUCs), pointing game and class discrimination of every map method")
 class Evaluate(Stage):
-    version = 1
-    scope = "run"
-    order = 10
-    reads = ("predictions", "images")
-    writes = ("evaluations",)
-    Config = EvaluateConfig
-    summary = "faithfulness (perturbation AUCs), pointing game and class discrimination of every map method"
+    """Maps computed afresh on a sample, the same way for every run."""
 
     def file_name(self, cfg: EvaluateConfig, shard: int | None) -> str:
         return "evaluations"

@@ -17,14 +17,10 @@ class RegionsConfig:
     segment: SegmentConfig = SegmentConfig()  # threshold, specks, top-k, superpixels
 
 
-@register_stage("regions")
+@register_stage("regions", RegionsConfig, reads=("relevancy", "images"), writes=("regions",), order=2,
+                summary="segment every map into regions ranked by relevancy mass")
 class Regions(Stage):
-    version = 1
-    order = 2
-    reads = ("relevancy", "images")
-    writes = ("regions",)
-    Config = RegionsConfig
-    summary = "segment every map into regions ranked by relevancy mass"
+    """Segments the stored maps; decodes images only to snap regions to superpixels."""
 
     def compute(self, cfg: RegionsConfig, ctx: StageContext) -> dict:
         images = {r["image_id"]: r for r in ctx.table("images")}

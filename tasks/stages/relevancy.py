@@ -34,14 +34,10 @@ def relevancy_rows(run_id: str, shard: int, image_ids: list[str], targets: list[
             for i, (iid, tgt, cls) in enumerate(zip(image_ids, targets, classes))]
 
 
-@register_stage("relevancy")
+@register_stage("relevancy", RelevancyConfig, reads=("predictions", "images"), writes=("relevancy",), order=1,
+                summary="relevancy maps (chefer, gradient, random) for the predicted and the true class")
 class Relevancy(Stage):
-    version = 1
-    order = 1
-    reads = ("predictions", "images")
-    writes = ("relevancy",)
-    Config = RelevancyConfig
-    summary = "relevancy maps (chefer, gradient, random) for the predicted and the true class"
+    """One map per distinct (image, class) and variant; a non-finite map is a failure row."""
 
     def compute(self, cfg: RelevancyConfig, ctx: StageContext) -> dict:
         ens = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}

@@ -19,16 +19,11 @@ def report_path(run_id: str) -> str:
     return f"reports/{run_id}.html"
 
 
-@register_stage("report")
+@register_stage("report", ReportConfig, scope="run", reads=("predictions",), order=20,
+                uses=("relevancy", "regions", "captions", "concepts", "evaluations", "class_summaries"),
+                summary="one HTML report: accuracy, templates, overlays, summaries, trends, concepts")
 class Report(Stage):
-    version = 1
-    scope = "run"
-    order = 20
-    reads = ("predictions",)
-    uses = ("relevancy", "regions", "captions", "concepts", "evaluations", "class_summaries")  # when present
-    writes = ()
-    Config = ReportConfig
-    summary = "one HTML report: accuracy, templates, overlays, summaries, trends, concepts"
+    """Reads the run back through DuckDB (named queries) and writes one HTML file."""
 
     def file_name(self, cfg: ReportConfig, shard: int | None) -> str:
         return "report"

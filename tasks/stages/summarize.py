@@ -30,15 +30,10 @@ class SummarizeConfig:
     dataset: str = ""  # its manifest's masks give the on-object share (toy world)
 
 
-@register_stage("summarize")
+@register_stage("summarize", SummarizeConfig, scope="run", reads=("predictions", "images", "regions", "captions"), writes=("class_summaries",), order=11,
+                summary="per-class extractive summaries of region captions and their properties (trend analysis)")
 class Summarize(Stage):
-    version = 1
-    scope = "run"
-    order = 11
-    reads = ("predictions", "images", "regions", "captions")
-    writes = ("class_summaries",)
-    Config = SummarizeConfig
-    summary = "per-class extractive summaries of region captions and their properties (trend analysis)"
+    """One row per class and subset, also for classes without images."""
 
     def file_name(self, cfg: SummarizeConfig, shard: int | None) -> str:
         return f"summaries-{cfg.captioner}"

@@ -35,11 +35,8 @@ def test_order_and_dependencies_come_from_reads_and_writes():
 
 
 def test_a_new_stage_is_one_class():
-    @register_stage("brightness")
+    @register_stage("brightness", dict, reads=("images",), writes=("evaluations",), order=5)
     class Brightness(Stage):
-        reads = ("images",)
-        writes = ("evaluations",)  # any declared table
-        order = 5
 
         def compute(self, cfg, ctx):
             return {"evaluations": []}
