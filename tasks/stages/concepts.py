@@ -80,7 +80,8 @@ def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: di
     return rows, mk
 
 
-@register_stage("concepts", ConceptsConfig, reads=("predictions", "images", "regions"), writes=("concepts", "mutual_knowledge"), order=3,
+@register_stage("concepts", ConceptsConfig, reads=("predictions", "images", "regions"),
+                writes=("concepts", "mutual_knowledge"), order=3,
                 summary="visual / language concepts and mutual knowledge (needs a concept bank covering the classes)")
 class Concepts(Stage):
     """Mutual knowledge of each image's parts (primary map's regions) and its predicted class."""

@@ -44,7 +44,8 @@ class EvaluateConfig:
     variants: tuple[tuple[str, int | None], ...] = VARIANTS  # (method, start layer) scored
 
 
-@register_stage("evaluate", EvaluateConfig, scope="run", reads=("predictions", "images"), writes=("evaluations",), order=10,
+@register_stage("evaluate", EvaluateConfig, scope="run", reads=("predictions", "images"),
+                writes=("evaluations",), order=10,
                 summary="faithfulness (perturbation AUCs), pointing game and class discrimination of every map method")
 class Evaluate(Stage):
     """Maps computed afresh on a sample, the same way for every run."""

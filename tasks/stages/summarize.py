@@ -30,7 +30,8 @@ class SummarizeConfig:
     dataset: str = ""  # its manifest's masks give the on-object share (toy world)
 
 
-@register_stage("summarize", SummarizeConfig, scope="run", reads=("predictions", "images", "regions", "captions"), writes=("class_summaries",), order=11,
+@register_stage("summarize", SummarizeConfig, scope="run",
+                reads=("predictions", "images", "regions", "captions"), writes=("class_summaries",), order=11,
                 summary="per-class extractive summaries of region captions and their properties (trend analysis)")
 class Summarize(Stage):
     """One row per class and subset, also for classes without images."""
