@@ -176,9 +176,8 @@ def resolve_run(p) -> Resolved:
         try:
             if missing:
                 raise StageUnavailable(f"it reads what {missing} write, and they do not run")
-            if name not in BUILDERS:
-                raise ValueError(f"stage {name!r} has no parameter section to build its config from")
-            configs[name] = BUILDERS[name](p, facts)
+            build = BUILDERS.get(name, lambda _p, _f: get_stage(name).Config())  # a new stage: its defaults
+            configs[name] = build(p, facts)
         except StageUnavailable as e:
             if explicit:
                 raise ValueError(f"stage {name!r} was asked for but cannot run: {e}") from e
