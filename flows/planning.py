@@ -153,7 +153,7 @@ def _summarize(p, f: Facts) -> SummarizeConfig:
 
 
 def _report(p, f: Facts) -> ReportConfig:
-    return ReportConfig(p.report.explained, p.report.sampled)
+    return ReportConfig(p.report.explained, p.report.sampled, f.primary[0], f.primary[1])
 
 
 BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {

@@ -76,18 +76,23 @@ def _where(caption: dict) -> str:
     return "image" if caption["region_id"] < 0 else f"{caption['target']} region {caption['region_id']}"
 
 
-def explained_images(con, run: str, preds: list[dict], limit: int) -> list[dict]:
+def explained_images(con, run: str, preds: list[dict], limit: int,
+                     variant: tuple[str, int | None] = ("chefer", None)) -> list[dict]:
     """Per chosen image (mistakes first, then by confidence): its overlay row (image, predicted-class map with
     its regions, true-class map) as PNG bytes, its captions, and its concepts (None without the concepts stage):
     visual concepts by importance, those shared with the predicted class's language concepts, MI and AUC."""
     chosen = sorted(preds, key=lambda p: (p["correct"], -p["pred_prob"], p["image_id"]))[:limit]
     ids = [p["image_id"] for p in chosen]
     paths = {r["image_id"]: r["path"] for r in rows_for_images(con, "images", run, ids)}
-    maps = {(r["image_id"], r["target"]): r for r in rows_for_images(con, "relevancy", run, ids)
-            if r["method"] == "chefer"}
+    method, start = variant  # the run's primary map (start None: the method's first stored start layer)
+    rel = [r for r in rows_for_images(con, "relevancy", run, ids) if r["method"] == method]
+    start = start if start is not None or not rel else min((r["start_layer"] for r in rel),
+                                                           key=lambda s: (s is None, s or 0))
+    mine = lambda r: r["method"] == method and r["start_layer"] == start  # noqa: E731
+    maps = {(r["image_id"], r["target"]): r for r in rel if mine(r)}
     regions, captions = defaultdict(list), defaultdict(list)
     for r in rows_for_images(con, "regions", run, ids):
-        if r["method"] == "chefer" and r["target"] == "pred":
+        if mine(r) and r["target"] == "pred":
             regions[r["image_id"]].append(r)
     for c in rows_for_images(con, "captions", run, ids):
         captions[c["image_id"]].append(c)
@@ -110,10 +115,11 @@ def explained_images(con, run: str, preds: list[dict], limit: int) -> list[dict]
     return out
 
 
-def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
+def explanation_cards(con, run: str, preds: list[dict], limit: int,
+                      variant: tuple[str, int | None] = ("chefer", None)) -> str:
     """The report's cards: overlays and captions of the explained images."""
     cards = []
-    for e in explained_images(con, run, preds, limit):
+    for e in explained_images(con, run, preds, limit, variant):
         lines = "".join(f"<li>{html.escape(c['captioner'])} · {c['where']}: <b>{html.escape(c['text'])}</b> "
                         f"(CLIPScore {c['clipscore']:.2f})</li>" for c in e["captions"])
         if e["concepts"]:
@@ -128,7 +134,8 @@ def explanation_cards(con, run: str, preds: list[dict], limit: int) -> str:
     return "".join(cards) or "<p>No relevancy maps in this run (stages relevancy, regions, captions).</p>"
 
 
-def build_report(root: str, run: str = "latest", explained: int = 12, sampled: int = 6) -> tuple[str, str]:
+def build_report(root: str, run: str = "latest", explained: int = 12, sampled: int = 6,
+                 variant: tuple[str, int | None] = ("chefer", None)) -> tuple[str, str]:
     """(run id, HTML) of the report for a run."""
     con = connect(root)
     run = resolve_run(con, run)
@@ -158,7 +165,7 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
              '<h2 id="topk">Top-k probabilities of sampled images</h2>',
              _img(topk_panels(topk), "top-k probabilities") if topk else "<p>No images could be read.</p>",
              '<h2 id="explanations">What CLIP looked at (misclassified first)</h2>',
-             explanation_cards(con, run, preds, explained),
+             explanation_cards(con, run, preds, explained, variant),
              '<h2 id="summaries">Per-class summaries</h2>',
              _table(table, ["class_name", "n", "accuracy", "top_confusion", "captioner", "summary",
                             "class_mention_share", "other_class_share", "on_object_share"]),

@@ -12,6 +12,8 @@ from mapcap.tasks.stages.context import StageContext
 class ReportConfig:
     explained: int = 12  # images with overlays and captions (misclassified first)
     sampled: int = 6  # images with top-k probability bars
+    method: str = "chefer"  # the primary relevancy method: whose maps and regions the cards show
+    start_layer: int | None = None  # ... and its start layer (None: the method's first stored one)
 
 
 def report_path(run_id: str) -> str:
@@ -32,5 +34,6 @@ class Report(Stage):
         return [report_path(ctx.run_id)]
 
     def compute(self, cfg: ReportConfig, ctx: StageContext) -> dict:
-        run_id, doc = build_report(ctx.root, ctx.run_id, cfg.explained, cfg.sampled)
+        run_id, doc = build_report(ctx.root, ctx.run_id, cfg.explained, cfg.sampled,
+                                   (cfg.method, cfg.start_layer))
         return {"files": {report_path(run_id): doc.encode()}}

@@ -138,3 +138,6 @@ def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, 
     r = ExplainParams(dataset=str(toy_dir), relevancy={"methods": ["gradient", "chefer"]}).resolve()
     cap = next(s for s in r.shard_stages if s.name == "captions").config
     assert (cap.method, cap.start_layer) == ("gradient", None)  # the primary method is the first listed
+    for s in r.shard_stages + r.run_stages:  # ... and every stage that reads maps uses it
+        if hasattr(s.config, "method"):
+            assert s.config.method == "gradient", s.name
