@@ -43,6 +43,11 @@ class Captioner:
     def caption(self, crops: list[Image.Image]) -> list[str]:
         raise NotImplementedError
 
+    def caption_embedded(self, crops: list[Image.Image], image_emb) -> list[str]:
+        """`caption`, given the crops' unit embeddings by the run's CLIP (the captions stage computes them once
+        for captioning and CLIPScore); captioners that read the run's CLIP override it to reuse them."""
+        return self.caption(crops)
+
     @classmethod
     def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
         """Cheap checks of cfg before a run starts (no model loading); raise ValueError naming the fix."""

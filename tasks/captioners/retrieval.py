@@ -5,7 +5,7 @@ from PIL import Image
 
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
 from mapcap.tasks.concept_bank import load_descriptors
-from mapcap.tasks.models import LoadedModel, encode_images, encode_texts
+from mapcap.tasks.models import LoadedModel, encode_images, encode_texts, load_once
 from mapcap.tasks.plugins import preset_for_model
 
 
@@ -35,11 +35,15 @@ class RetrievalCaptioner(Captioner):
         if not phrases:
             raise ValueError("the concept bank has no phrases")
         self.lm, self.phrases, self.k = lm, phrases, k
-        self.text = encode_texts(lm, phrases)  # (P, D)
+        self.text = load_once(("retrieval-bank", lm.spec, tuple(phrases)),  # (P, D), encoded once per process
+                              lambda: encode_texts(lm, phrases))
 
     def caption(self, crops: list[Image.Image]) -> list[str]:
+        return self.caption_embedded(crops, encode_images(self.lm, crops) if crops else None)
+
+    def caption_embedded(self, crops: list[Image.Image], image_emb) -> list[str]:
         if not crops:
             return []
-        sims = encode_images(self.lm, crops) @ self.text.T  # (N, P)
+        sims = image_emb.to(self.text.device) @ self.text.T  # (N, P)
         top = sims.topk(min(self.k, len(self.phrases)), dim=-1).indices
         return [", ".join(self.phrases[j] for j in row) for row in top.tolist()]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from mapcap.storage.manifest import annotations
 from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
-from mapcap.tasks.models import ModelSpec, load_model
+from mapcap.tasks.models import ModelSpec, encode_images, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.storage.writer import shard_name
@@ -60,12 +60,15 @@ class Captions(Stage):
         for b in range(0, len(jobs), step):
             chunk = jobs[b:b + step]
             crops = [c for _, _, c in chunk]
-            texts = captioner.caption(crops)
-            scores = clipscore(lm, crops, texts).tolist()
+            emb = encode_images(lm, crops)  # (B, D): once, for the captioner and CLIPScore
+            texts = captioner.caption_embedded(crops, emb)
+            scores = clipscore(lm, crops, texts, image_emb=emb)  # (B,)
             with_ref = [j for j, (_, iid, _) in enumerate(chunk) if images[iid]["path"] in refs]
             ref_scores = dict(zip(with_ref, ref_clipscore(
                 lm, [crops[j] for j in with_ref], [texts[j] for j in with_ref],
-                [refs[images[chunk[j][1]]["path"]] for j in with_ref]).tolist())) if with_ref else {}
+                [refs[images[chunk[j][1]]["path"]] for j in with_ref], scores=scores[with_ref]).tolist())) \
+                if with_ref else {}
+            scores = scores.tolist()
             for j, ((key, iid, _), text, score) in enumerate(zip(chunk, texts, scores)):
                 rows.append({"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard, **key,
                              "captioner": cfg.captioner.name, "text": text, "clipscore": score,

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner
@@ -53,3 +54,19 @@ def test_crop_region_is_square_with_context_and_pads_outside():
     img = Image.new("RGB", (100, 100), (10, 20, 30))
     c = crop_region(img, (0, 0, 20, 10), context=1.0)
     assert c.size == (40, 40) and c.getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_batched_scores_equal_one_pair_at_a_time(toy_model):
+    from mapcap.tasks.captioners.base import CaptionerConfig, make_captioner
+    from mapcap.tasks.models import encode_images
+    crops = [Image.new("RGB", (40, 40), (200, 30 * i, 40)) for i in range(4)]
+    texts = ["a red star", "a blue ring", "a red square", "a green cross"]
+    refs = [["a red star"], ["a ring", "a blue ring in the middle"], ["x", "y", "a red square"], ["a cross"]]
+    batched = ref_clipscore(toy_model, crops, texts, refs)
+    single = torch.cat([ref_clipscore(toy_model, [c], [t], [r]) for c, t, r in zip(crops, texts, refs)])
+    assert torch.allclose(batched, single, atol=1e-5)
+    emb = encode_images(toy_model, crops)
+    assert torch.allclose(clipscore(toy_model, crops, texts, image_emb=emb), clipscore(toy_model, crops, texts),
+                          atol=1e-5)
+    cap = make_captioner(CaptionerConfig("retrieval"), toy_model)
+    assert cap.caption_embedded(crops, emb) == cap.caption(crops)

@@ -1,0 +1,109 @@
+"""The whole pipeline, end to end: images/s per stage, of the flow, and Prefect's share of the wall time.
+
+    python bench/pipeline.py [--n 256] [--folder DIR] [--model toy|ViT-B-16] [--device auto] [--compare]
+
+Without `--folder` it writes N synthetic 500×375 JPEGs (toy scenes, upscaled, in class folders). It runs the real
+`explain` flow (every stage the run can do), then the same stage plans in a plain loop over the shards (the
+driver without Prefect), and prints one table from the per-stage timings both record. `ViT-B-16` runs with
+random weights (the real cost; nothing to download) and the toy world's banks. `--compare` adds the reference
+numbers measured on one H100 (issue "Throughput").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from mapcap.flows.explain import explain
+from mapcap.flows.params import ExplainParams
+from mapcap.storage.query import connect, run_sql
+from mapcap.tasks.stages.driver import run_run_stage, run_shard
+from mapcap.toy.concepts import TOY_CONCEPTS
+from mapcap.toy.plugin import phrase_bank_file
+
+REFERENCE = {"classify": "6,600 (eager) / 10,410 (compile) img/s", "relevancy": "1,730 (all blocks) / 5,690 "
+             "(last block) img/s", "captions": "2,617 captions/s (batch 512)", "decode": "202 img/s per core (PIL)"}
+
+
+def synthetic(folder: Path, n: int) -> Path:
+    """n 500×375 JPEGs of toy scenes in class folders (decode cost of ordinary photos)."""
+    import numpy as np
+    from PIL import Image
+
+    from mapcap.toy.dataset import make_scene
+    from mapcap.toy.shapes import SHAPES
+
+    rng = np.random.default_rng(10_000)
+    for i in range(n):
+        shape = SHAPES[i % len(SHAPES)]
+        scene = make_scene(rng, shape=shape)
+        (folder / shape).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scene.image).resize((500, 375)).save(folder / shape / f"{i:06d}.jpg", quality=90)
+    return folder
+
+
+def params_for(args, dataset: str, out: str) -> ExplainParams:
+    extra = {} if args.model == "toy" else {"pretrained": "", "concepts": {"descriptors": str(TOY_CONCEPTS)},
+                                            "captions": {"phrase_bank": str(phrase_bank_file())}}
+    return ExplainParams.model_validate({"dataset": dataset, "model": args.model, "out": out, "device": args.device,
+                                         "shard_size": args.shard_size, "run_name": "bench", **extra})
+
+
+def plain_loop(resolved, out: str, workers: int) -> tuple[float, dict[str, float]]:
+    """The same stage plans without Prefect: (wall seconds, seconds per stage)."""
+    t0 = time.perf_counter()
+    shards = [run_shard(list(resolved.shard_stages), out, "plain", i, list(s), True, workers)
+              for i, s in enumerate(resolved.plan.shards)]
+    runs: dict[str, dict] = {}
+    for sp in resolved.run_stages:
+        runs[sp.name] = run_run_stage(sp, out, "plain", shards, runs, True, workers)
+    per = {sp.name: sum(s["stages"][sp.name]["seconds"] for s in shards) for sp in resolved.shard_stages}
+    per |= {n: r["seconds"] for n, r in runs.items()}
+    return time.perf_counter() - t0, per
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=256, help="synthetic images (without --folder)")
+    ap.add_argument("--folder", help="an ImageFolder to run on instead of synthetic JPEGs")
+    ap.add_argument("--model", default="toy", help="toy (default) or an open_clip name, run with random weights")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--shard-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--compare", action="store_true", help="add the H100 reference numbers")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="mapcap-pipeline-"))
+    dataset = args.folder or str(synthetic(tmp / "data", args.n))
+    params = params_for(args, dataset, str(tmp / "flow"))
+    resolved = params.resolve()
+    n = resolved.plan.n_images
+    explain(params)  # warm-up: models load once per process, as in a long run
+    t0 = time.perf_counter()
+    explain(params.model_copy(update={"force": True}))
+    flow_s = time.perf_counter() - t0
+    row = run_sql(connect(str(tmp / "flow")), "SELECT stages_json FROM runs WHERE run_id = 'bench'").to_pylist()[0]
+    flow_stages = json.loads(row["stages_json"])
+    plain_s, per = plain_loop(resolved, str(tmp / "plain"), args.workers)
+    print(f"{n} images in {len(resolved.plan.shards)} shard(s), model {resolved.plan.model.name} on "
+          f"{resolved.plan.model.device}/{resolved.plan.model.precision}; skipped: "
+          f"{[s for s, _ in resolved.skipped] or 'none'}")
+    head = ["stage", "seconds (plain loop)", "images/s", "seconds (in the flow)"] + (["H100 reference"] if
+                                                                                       args.compare else [])
+    rows = []
+    for name, sec in per.items():
+        inflow = flow_stages.get(name, {}).get("seconds")
+        rows.append([name, f"{sec:.2f}", f"{n / sec:,.0f}" if sec else "-", f"{inflow:.2f}" if inflow else "-"]
+                    + ([REFERENCE.get(name, "")] if args.compare else []))
+    rows.append(["end to end", f"{plain_s:.2f}", f"{n / plain_s:,.1f}", f"{flow_s:.2f}"]
+                + (["800 img/s (target, whole pipeline)"] if args.compare else []))
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    for r in [head, ["-" * w for w in widths]] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    print(f"Prefect's share of the flow's wall time: {max(0.0, 1 - plain_s / flow_s):.0%} "
+          f"(flow {flow_s:.1f} s vs plain loop {plain_s:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
