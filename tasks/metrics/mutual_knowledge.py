@@ -144,17 +144,14 @@ def perturbed(image: Image.Image, steps: list[np.ndarray]) -> tuple[list[Image.I
 @torch.no_grad()
 def class_probs(lm: LoadedModel, images: list[Image.Image], class_emb: torch.Tensor) -> torch.Tensor:
     """(B, C) zero-shot probabilities of PIL images against unit class embeddings (C, D)."""
-    img = encode_images(lm, images).float().cpu()  # (B, D), unit
+    img = in_batches(len(images), 256, lambda i, j: encode_images(lm, images[i:j]).float().cpu())  # (B, D), unit
     return (lm.model.logit_scale.exp().float().cpu() * img @ class_emb.T).softmax(-1)
 
 
-def concept_faithfulness(lm: LoadedModel, image: Image.Image, steps: list[np.ndarray], class_emb: torch.Tensor,
-                         pred: int, label: int) -> dict:
-    """Deletion / insertion curves of the predicted class over the concept steps, and the AccDrop / AccInc
-    outcomes of one image (see module doc)."""
-    deleted, inserted = perturbed(image, steps)
-    probs = class_probs(lm, deleted + inserted, class_emb)  # (2(N+1), C)
-    n = len(steps)
+def faithfulness(probs: torch.Tensor, pred: int, label: int) -> dict:
+    """Deletion / insertion curves of the predicted class and the AccDrop / AccInc outcomes of one image, from
+    the class probabilities (2(N+1), C) of its deletion images then its insertion images (see module doc)."""
+    n = probs.shape[0] // 2
     dele, ins = probs[:n], probs[n:]
     return {"deletion_curve": dele[:, pred].tolist(), "insertion_curve": ins[:, pred].tolist(),
             "deletion": float(dele[:, pred].mean()), "insertion": float(ins[:, pred].mean()),

@@ -13,13 +13,21 @@ import torch
 
 from mapcap.tasks.captioners.base import crop_region
 from mapcap.tasks.concept_bank import ConceptBank
-from mapcap.tasks.metrics.mutual_knowledge import (concept_embeddings, concept_faithfulness, cumulative_masks,
-                                                   curve_auc, language_concepts, mi_curve, region_mask, top_k,
-                                                   visual_concepts)
-from mapcap.tasks.models import ModelSpec, encode_images, load_model
+from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddings, cumulative_masks, curve_auc,
+                                                   faithfulness, language_concepts, mi_curve, perturbed,
+                                                   region_mask, top_k, visual_concepts)
+from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
+
+
+CHUNK = 32  # images whose views and perturbations go through the model together
+
+
+def encode_all(lm, images: list) -> torch.Tensor:
+    """(N, D) unit embeddings of PIL images, 256 per forward pass."""
+    return in_batches(len(images), 256, lambda i, j: encode_images(lm, images[i:j]).cpu())
 
 
 @dataclass(frozen=True)
@@ -44,14 +52,18 @@ def _concept_rows(base: dict, source: str, region_id: int, class_name: str | Non
             for rank, (s, v) in enumerate(zip(vals, idx))]
 
 
-def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: dict, concept_emb: torch.Tensor,
-                   class_emb: torch.Tensor, language: dict[str, tuple[list[int], list[float]]],
-                   base: dict) -> tuple[list[dict], dict]:
-    """Concept rows and the mutual-knowledge row of one decoded image."""
+def parts_of(cfg: ConceptsConfig, image, regions: list[dict]) -> list:
+    """The image's parts: a crop per region (with context), or the whole image when it has none."""
+    return [crop_region(image, tuple(r["bbox"]), cfg.context) for r in regions] or [image]
+
+
+def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb: torch.Tensor,
+                concept_emb: torch.Tensor, language: dict[str, tuple[list[int], list[float]]],
+                base: dict) -> tuple[list[dict], dict, list[np.ndarray]]:
+    """Concept rows, the mutual-knowledge row without faithfulness, and the concept steps (masks) of one image,
+    from the unit embeddings (1 + R, D) of the image and its parts."""
     vocab = cfg.bank.vocabulary
     label_set, pred_set = set(cfg.bank.of(pred["label"])), set(cfg.bank.of(pred["pred"]))
-    parts = [crop_region(image, tuple(r["bbox"]), cfg.context) for r in regions] or [image]
-    emb = encode_images(lm, [image] + parts).cpu()  # (1 + R, D), unit
     sims = emb @ concept_emb.T  # (1 + R, V)
     vals, idx = top_k(sims, cfg.top_k)  # (1 + R, k)
     rows = _concept_rows(base, "image", -1, None, vals[0].tolist(), idx[0].tolist(), vocab, label_set, pred_set)
@@ -65,8 +77,6 @@ def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: di
     masks = [region_mask(r["bbox"], r["mask_rle"], image.size) for r in regions]
     if not masks:  # the whole image is the one part
         masks = [np.ones((image.size[1], image.size[0]), dtype=bool)]
-    faith = concept_faithfulness(lm, image, cumulative_masks(order, tied, masks), class_emb,
-                                 cfg.classes.index(pred["pred"]), cfg.classes.index(pred["label"]))
     visual = [vocab[v] for v in order]
     language_words = [vocab[v] for v in lang_idx]
     mk = base | {"label": pred["label"], "pred": pred["pred"], "correct": pred["correct"], "method": cfg.method,
@@ -76,8 +86,8 @@ def image_concepts(cfg: ConceptsConfig, lm, image, regions: list[dict], pred: di
                  "n_shared": sum(w in language_words for w in visual),
                  "top_visual": visual[0] if visual else None,
                  "top_visual_of_label": bool(visual) and visual[0] in label_set,
-                 "mi": curve[0], "mi_curve": curve, "auc": curve_auc(curve)} | faith
-    return rows, mk
+                 "mi": curve[0], "mi_curve": curve, "auc": curve_auc(curve)}
+    return rows, mk, cumulative_masks(order, tied, masks)
 
 
 @register_stage("concepts", ConceptsConfig, reads=("predictions", "images", "regions"),
@@ -99,12 +109,26 @@ class Concepts(Stage):
             if r["target"] == "pred" and r["method"] == cfg.method and r["start_layer"] == cfg.start_layer:
                 regions.setdefault(r["image_id"], []).append(r)
         decoded = ctx.images({i: paths[i] for i in sorted(preds)})
+        ids = sorted(decoded)
         concept_rows, mk_rows = [], []
-        for iid in sorted(decoded):
-            regs = sorted(regions.get(iid, []), key=lambda r: r["region_id"])
-            base = {"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard}
-            rows, mk = image_concepts(cfg, lm, decoded[iid], regs, preds[iid], concept_emb, class_emb, language,
-                                      base)
-            concept_rows += rows
-            mk_rows.append(mk)
+        for c in range(0, len(ids), CHUNK):  # many images per forward pass, bounded memory
+            chunk = ids[c:c + CHUNK]
+            regs = {i: sorted(regions.get(i, []), key=lambda r: r["region_id"]) for i in chunk}
+            views = {i: [decoded[i]] + parts_of(cfg, decoded[i], regs[i]) for i in chunk}
+            emb = encode_all(lm, [v for i in chunk for v in views[i]])  # (sum(1 + R), D), unit
+            steps, start = {}, 0
+            for i in chunk:
+                base = {"run_id": ctx.run_id, "image_id": i, "shard": ctx.shard}
+                rows, mk, steps[i] = visual_rows(cfg, decoded[i], regs[i], preds[i],
+                                                 emb[start:start + len(views[i])], concept_emb, language, base)
+                start += len(views[i])
+                concept_rows += rows
+                mk_rows.append(mk)
+            pert = {i: sum(perturbed(decoded[i], steps[i]), []) for i in chunk}  # deletions, then insertions
+            probs = class_probs(lm, [im for i in chunk for im in pert[i]], class_emb)  # (sum 2(N+1), C)
+            start = 0
+            for mk, i in zip(mk_rows[-len(chunk):], chunk):
+                mk |= faithfulness(probs[start:start + len(pert[i])], cfg.classes.index(preds[i]["pred"]),
+                                   cfg.classes.index(preds[i]["label"]))
+                start += len(pert[i])
         return {"concepts": concept_rows, "mutual_knowledge": mk_rows}
