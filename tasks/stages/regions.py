@@ -29,13 +29,17 @@ class Regions(Stage):
         if cfg.segment.superpixels:  # only superpixel snapping needs the pixels
             ids = sorted({r["image_id"] for r in maps})
             pictures = {i: np.asarray(im) for i, im in ctx.images({i: images[i]["path"] for i in ids}).items()}
-        rows = []
+        rows, done = [], {}
         for r in maps:
             if cfg.segment.superpixels and r["image_id"] not in pictures:
                 continue  # its failure row is recorded
             img, g = images[r["image_id"]], r["grid"]
-            for reg in segment_map(np.asarray(r["map"], np.float32).reshape(g, g), (img["width"], img["height"]),
-                                   cfg.segment, pictures.get(r["image_id"])):
+            # a right prediction has one map for both targets (relevancy stores it twice): segmented once
+            same = (r["image_id"], r["class_name"], r["method"], r["start_layer"])
+            if same not in done:
+                done[same] = segment_map(np.asarray(r["map"], np.float32).reshape(g, g),
+                                         (img["width"], img["height"]), cfg.segment, pictures.get(r["image_id"]))
+            for reg in done[same]:
                 rows.append({k: r[k] for k in KEYS} | {
                     "region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
                     "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
