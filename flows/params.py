@@ -37,7 +37,7 @@ class RelevancyParams(Section):
     start_layers: list[int] | None = Field(None, description="chefer's first block(s), from 0 (all blocks) to "
                                                              "depth-1, or -1 for the last block; empty: the "
                                                              "model's default (last block; all for the toy model)")
-    batch_size: int = Field(32, ge=1, description="(image, class) pairs per backward pass")
+    batch_size: int = Field(64, ge=1, description="(image, class) pairs per backward pass")
 
 
 class RegionsParams(Section):
