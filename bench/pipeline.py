@@ -48,7 +48,8 @@ def params_for(args, dataset: str, out: str) -> ExplainParams:
     extra = {} if args.model == "toy" else {"pretrained": "", "concepts": {"descriptors": str(TOY_CONCEPTS)},
                                             "captions": {"phrase_bank": str(phrase_bank_file())}}
     return ExplainParams.model_validate({"dataset": dataset, "model": args.model, "out": out, "device": args.device,
-                                         "shard_size": args.shard_size, "run_name": "bench", **extra})
+                                         "shard_size": args.shard_size, "run_name": "bench", "stages": args.stages,
+                                         "workers": args.workers, **extra})
 
 
 def plain_loop(resolved, out: str, workers: int) -> tuple[float, dict[str, float]]:
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--stages", nargs="+", help="stages to run (default: every stage the run can do)")
     ap.add_argument("--compare", action="store_true", help="add the H100 reference numbers")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mapcap-pipeline-"))

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from mapcap.flows.params import ExplainParams
 from mapcap.tasks.plan import plan_run_task, shards_to_force
@@ -30,7 +31,13 @@ def gpu_request(gpus: float) -> AbstractContextManager:
     return remote_options(num_gpus=gpus)
 
 
-@flow(name="explain", flow_run_name="explain-{params.dataset}", validate_parameters=True)
+# Shards in flight at once: one computing while the next decodes its images. More only adds threads that wait
+# for the model (its forward passes hold a lock) and hold decoded images in memory. Ray replaces this runner.
+SHARDS_IN_FLIGHT = 1
+
+
+@flow(name="explain", flow_run_name="explain-{params.dataset}", validate_parameters=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=SHARDS_IN_FLIGHT))
 def explain(params: ExplainParams = ExplainParams()) -> dict:
     """Explain every image of a dataset, shard by shard, into Parquet under `params.out`."""
     logger = get_run_logger()

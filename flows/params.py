@@ -31,9 +31,10 @@ class ClassifyParams(Section):
 
 
 class RelevancyParams(Section):
-    methods: list[str] = Field(["chefer", "gradient"], min_length=1,
-                               description="relevancy methods (chefer, gradient, random); the first is the primary "
-                                           "one that regions' captions, concepts and summaries use")
+    methods: list[str] = Field(["chefer"], min_length=1,
+                               description="relevancy methods (chefer, gradient, random; the gradient baseline is "
+                                           "opt-in: evaluate scores it anyway); the first is the primary one that "
+                                           "regions' captions, concepts and summaries use")
     start_layers: list[int] | None = Field(None, description="chefer's first block(s), from 0 (all blocks) to "
                                                              "depth-1, or -1 for the last block; empty: the "
                                                              "model's default (last block; all for the toy model)")
@@ -75,6 +76,9 @@ class ConceptsParams(Section):
                                                   "<descriptor>'")
     top_k: int = Field(3, ge=1, description="visual concepts (descriptors) per region and per image")
     language_top_k: int = Field(5, ge=1, description="language concepts (descriptors nearest the predicted class)")
+    images: int | None = Field(256, ge=1, description="about this many images of the run get concepts (a sample "
+                                                      "fixed by image id, the same whatever the sharding); empty: "
+                                                      "all")
 
 
 class EvaluateParams(Section):
@@ -137,7 +141,9 @@ class ExplainParams(BaseModel):
         None, description="stages to run, e.g. [classify, relevancy, regions]; empty: every stage this run can do "
                           "(a stage missing what it needs, such as a concept bank covering the classes, is skipped "
                           "with the reason in the run's record). A stage listed here must run, or the run fails.")
-    shard_size: int = Field(256, ge=1, description="images per shard (one task, one file per table and stage)")
+    shard_size: int | None = Field(None, ge=1, description="images per shard (one task, one file per table and "
+                                                           "stage); empty: 4096 on a GPU, 1024 on CPU, so "
+                                                           "Prefect's per-task cost stays a small share")
     workers: int = Field(4, ge=1, description="image decode threads per shard")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
                                                         "for, so Ray places one shard per GPU; 0: no request")

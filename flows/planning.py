@@ -117,8 +117,9 @@ def _concepts(p, f: Facts) -> ConceptsConfig:
     if f.bank is None:
         raise StageUnavailable(f.bank_reason)
     c = p.concepts
+    sample = 1.0 if c.images is None else min(1.0, c.images / max(f.plan.n_images, 1))
     return ConceptsConfig(f.plan.model, f.plan.classes, f.plan.templates, f.bank, c.subject, c.top_k,
-                          c.language_top_k, f.primary[0], f.primary[1], p.captions.context)
+                          c.language_top_k, f.primary[0], f.primary[1], p.captions.context, sample)
 
 
 def captioner_config(p) -> CaptionerConfig:

@@ -5,7 +5,8 @@ Perturbation (Chefer et al.'s ViT evaluation): remove patches in order of releva
   negative: least relevant first; accuracy should hold (higher AUC is better).
 Deletion / insertion (Petsiuk et al. 2018): the target class probability as the most relevant patches are
   removed from the image (lower AUC is better) / added to an empty image (higher AUC is better).
-"Removed" means set to 0 in normalised pixel space, i.e. the dataset mean colour. AUCs are trapezoids over
+"Removed" means set to 0 in normalised pixel space, i.e. the dataset mean colour; insertion at fraction f
+shows exactly the f·N cells that deletion at f removes (f = 0: nothing shown). AUCs are trapezoids over
 the removed fraction in [0, 1], averaged over images.
 Ground truth (toy world): pointing game at grid level (the peak cell touches the object) and pixel level
 (the peak of the upsampled map within a tolerance of the object: 15 px at 224 px, scaled), and class
@@ -50,10 +51,10 @@ def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tenso
     out = {k: [] for k in ("positive", "negative", "deletion", "insertion")}
     rows = torch.arange(len(target))
     for f in FRACTIONS:
-        pos = _probs(lm, pixels * _keep_masks(maps, f, True, size), classifier)
+        removed_top = _keep_masks(maps, f, True, size)  # (B, 1, S, S): 0 on the f·N most relevant cells
+        pos = _probs(lm, pixels * removed_top, classifier)
         neg = _probs(lm, pixels * _keep_masks(maps, f, False, size), classifier)
-        ins = _probs(lm, pixels * (1 - _keep_masks(maps, 1 - f, False, size)), classifier) if f > 0 else \
-            _probs(lm, torch.zeros_like(pixels), classifier)
+        ins = _probs(lm, pixels * (1 - removed_top), classifier)  # only the f·N most relevant cells shown
         out["positive"].append((pos.argmax(-1) == label).float())
         out["negative"].append((neg.argmax(-1) == label).float())
         out["deletion"].append(pos[rows, target])

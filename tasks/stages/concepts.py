@@ -42,6 +42,12 @@ class ConceptsConfig:
     method: str = "chefer"  # the primary relevancy method: its regions (of the 'pred' target) are the parts
     start_layer: int | None = -1  # ... and its start layer
     context: float = 1.0  # crop context around a region, × its size (as for captions)
+    sample: float = 1.0  # share of images that get concepts, picked by image id (1: all)
+
+
+def sampled(image_id: str, share: float) -> bool:
+    """Is the image in a `share` sample? Decided by its id alone: the same for any sharding or rerun."""
+    return share >= 1.0 or int(image_id[:8], 16) / 16 ** 8 < share
 
 
 def _concept_rows(base: dict, source: str, region_id: int, class_name: str | None, vals, idx, vocab, label_set,
@@ -108,7 +114,7 @@ class Concepts(Stage):
         for r in ctx.table("regions"):
             if r["target"] == "pred" and r["method"] == cfg.method and r["start_layer"] == cfg.start_layer:
                 regions.setdefault(r["image_id"], []).append(r)
-        decoded = ctx.images({i: paths[i] for i in sorted(preds)})
+        decoded = ctx.images({i: paths[i] for i in sorted(preds) if sampled(i, cfg.sample)})
         ids = sorted(decoded)
         concept_rows, mk_rows = [], []
         for c in range(0, len(ids), CHUNK):  # many images per forward pass, bounded memory

@@ -21,7 +21,8 @@ def toy_with_corrupt(toy_dir, tmp_path_factory):
 def first_run(prefect_harness, toy_with_corrupt, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("results"))
     params = ExplainParams(dataset=str(toy_with_corrupt), out=out, shard_size=16, run_name="e2e", device="cpu",
-                           classify={"templates": "simple", "batch_size": 8}, relevancy={"batch_size": 8})
+                           classify={"templates": "simple", "batch_size": 8},
+                           relevancy={"batch_size": 8, "methods": ["chefer", "gradient"]})
     return params, explain(params)
 
 
@@ -151,6 +152,9 @@ def test_evaluations_table_scores_every_variant(first_run):
     assert got[("chefer", 0, "pointing_grid")]["value"] >= 0.8
     assert got[("chefer", 0, "positive_auc")]["value"] < got[("chefer", 0, "negative_auc")]["value"]
     assert got[("random", None, "pointing_grid")]["value"] < 0.5
+    for k in ("chefer", 0), ("chefer", -1):  # showing the most relevant cells first beats showing random ones
+        assert got[(*k, "insertion_auc")]["value"] > got[("random", None, "insertion_auc")]["value"]
+        assert got[(*k, "insertion_auc")]["value"] > got[(*k, "deletion_auc")]["value"]
     assert got[("chefer", 0, "pointing_grid")]["n"] == run_sql(connect(params.out), "SELECT sum(correct::INT) AS n "
         "FROM predictions WHERE template = 'ensemble'").column("n")[0].as_py()
 

@@ -43,3 +43,28 @@ def test_keep_masks_remove_the_right_cells():
 def test_auc_of_constant_curves():
     assert abs(auc(torch.ones(3, len(FRACTIONS))) - 1.0) < 1e-9
     assert abs(auc(torch.zeros(2, len(FRACTIONS)))) < 1e-9
+
+
+def test_insertion_shows_the_cells_deletion_removes():
+    from mapcap.tasks.metrics.faithfulness import perturbation_curves
+    seen = []
+
+    class Probe:  # a stand-in model that records what it is shown
+        class spec:
+            device = "cpu"
+
+        class model:
+            logit_scale = torch.tensor(0.0)
+
+            @staticmethod
+            def encode_image(x):
+                seen.append(x.clone())
+                return torch.ones(x.shape[0], 2)
+
+    maps = torch.arange(16.0).view(1, 4, 4)  # the last row is the most relevant
+    pixels = torch.ones(1, 3, 8, 8)
+    perturbation_curves(Probe, pixels, maps, torch.eye(2), torch.tensor([0]), torch.tensor([0]))
+    pos, neg, ins = seen[3], seen[4], seen[5]  # fraction 0.1 (round(1.6) = 2 cells)
+    assert torch.equal(pos + ins, pixels)  # insertion shows exactly what deletion removed
+    assert ins[0, 0, 6:, 4:].sum() == 8 and ins[0, 0, :6].sum() == 0  # the 2 most relevant cells, 2 × 4 px
+    assert seen[2].sum() == 0  # fraction 0: insertion shows nothing

@@ -194,3 +194,18 @@ def test_a_changed_file_is_a_failure_not_a_wrong_row(toy_model, tiny, tmp_path):
     _, fails = compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0),)),
                        ctx_with(outputs=dict(out)))
     assert [x["error_type"] for x in fails] == ["ImageChanged"]
+
+
+def test_concepts_on_a_sample_fixed_by_image_id(toy_model, explained):
+    from mapcap.tasks.stages.concepts import sampled
+    import hashlib
+    ids = [hashlib.sha256(str(i).encode()).hexdigest()[:16] for i in range(2000)]
+    share = sum(sampled(i, 0.25) for i in ids) / len(ids)
+    assert 0.22 < share < 0.28 and all(sampled(i, 1.0) for i in ids)
+    classes, ctx = explained
+    bank = resolve_bank(None, toy_model.spec.name, classes)
+    keep = [r["image_id"] for r in ctx.outputs["predictions"] if r["template"] == "ensemble"
+            and sampled(r["image_id"], 0.5)]
+    cfg = ConceptsConfig(toy_model.spec, classes, TEMPLATES, bank, method="chefer", start_layer=0, sample=0.5)
+    out, _ = compute("concepts", cfg, ctx)
+    assert sorted(r["image_id"] for r in out["mutual_knowledge"]) == sorted(keep)
