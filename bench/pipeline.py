@@ -14,11 +14,13 @@ import argparse
 import json
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mapcap.flows.explain import explain
 from mapcap.flows.params import ExplainParams
 from mapcap.storage.query import connect, run_sql
+from mapcap.tasks.run_record import record_run
 from mapcap.tasks.stages.driver import run_run_stage, run_shard
 from mapcap.toy.concepts import TOY_CONCEPTS
 from mapcap.toy.plugin import phrase_bank_file
@@ -54,12 +56,14 @@ def params_for(args, dataset: str, out: str) -> ExplainParams:
 
 def plain_loop(resolved, out: str, workers: int) -> tuple[float, dict[str, float]]:
     """The same stage plans without Prefect: (wall seconds, seconds per stage)."""
+    record_run(out, resolved, {}, "running", datetime.now(timezone.utc))  # the report reads the run's row
     t0 = time.perf_counter()
-    shards = [run_shard(list(resolved.shard_stages), out, "plain", i, list(s), True, workers)
+    run_id = resolved.plan.run_id
+    shards = [run_shard(list(resolved.shard_stages), out, run_id, i, list(s), True, workers)
               for i, s in enumerate(resolved.plan.shards)]
     runs: dict[str, dict] = {}
     for sp in resolved.run_stages:
-        runs[sp.name] = run_run_stage(sp, out, "plain", shards, runs, True, workers)
+        runs[sp.name] = run_run_stage(sp, out, run_id, shards, runs, True, workers)
     per = {sp.name: sum(s["stages"][sp.name]["seconds"] for s in shards) for sp in resolved.shard_stages}
     per |= {n: r["seconds"] for n, r in runs.items()}
     return time.perf_counter() - t0, per
@@ -71,7 +75,7 @@ def main() -> None:
     ap.add_argument("--folder", help="an ImageFolder to run on instead of synthetic JPEGs")
     ap.add_argument("--model", default="toy", help="toy (default) or an open_clip name, run with random weights")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--shard-size", type=int, default=256)
+    ap.add_argument("--shard-size", type=int, help="images per shard (default: the flow's, 1024 on CPU)")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--stages", nargs="+", help="stages to run (default: every stage the run can do)")
     ap.add_argument("--compare", action="store_true", help="add the H100 reference numbers")
