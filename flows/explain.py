@@ -17,7 +17,7 @@ from mapcap.flows.params import ExplainParams
 from mapcap.tasks.plan import plan_run_task, shards_to_force
 from mapcap.tasks.report.run_summary import run_summary_task
 from mapcap.tasks.run_record import record_run_task
-from mapcap.tasks.stages.report import report_path
+from mapcap.tasks.report.html import report_path
 from mapcap.tasks.stages.tasks import run_stage_task, shard_task
 
 __all__ = ["ExplainParams", "explain"]

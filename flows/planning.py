@@ -23,7 +23,7 @@ from mapcap.tasks.stages.captions import CaptionsConfig
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.concepts import ConceptsConfig
 from mapcap.tasks.stages.driver import StagePlan
-from mapcap.tasks.stages.evaluate import EvaluateConfig
+from mapcap.tasks.stages.evaluate import VARIANTS, EvaluateConfig
 from mapcap.tasks.stages.regions import RegionsConfig
 from mapcap.tasks.stages.relevancy import RelevancyConfig
 from mapcap.tasks.stages.report import ReportConfig
@@ -141,7 +141,7 @@ def _captions(p, f: Facts) -> CaptionsConfig:
 
 
 def _evaluate(p, f: Facts) -> EvaluateConfig:
-    variants = EvaluateConfig.__dataclass_fields__["variants"].default
+    variants = VARIANTS
     if vision_depth(f.plan.model.name) is None:  # attention-based variants need a ViT
         variants = tuple(v for v in variants if v[0] != "chefer")
     return EvaluateConfig(f.plan.model, f.plan.classes, f.plan.templates, f.plan.dataset, p.evaluate.images, variants)

@@ -128,19 +128,6 @@ def run_logger(name: str):
         return logging.getLogger(name)
 
 
-def chained_hash(root: str, run_id: str, shard: int, upstream: str, stage: str, version: int, cfg) -> str:
-    """A downstream stage's config hash: its own config plus the hash of the upstream file it reads, so
-    redoing an upstream shard redoes what depends on it. Raises if the upstream file is missing."""
-    from mapcap.storage.schemas import META_CONFIG_HASH
-    from mapcap.storage.writer import read_file_metadata, shard_name
-
-    meta = read_file_metadata(root, upstream, run_id, shard_name(shard))
-    if meta is None:
-        raise FileNotFoundError(f"shard {shard} of run {run_id} has no {upstream} table yet; run the stage that "
-                                f"writes it first (stages run in the order classify, relevancy, regions, captions)")
-    return config_hash(stage, version, cfg, meta.get(META_CONFIG_HASH, b"").decode())
-
-
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)  # + CUDA OOM below
 
 

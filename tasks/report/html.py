@@ -181,10 +181,15 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
     return run, doc
 
 
+def report_path(run_id: str) -> str:
+    """Where a run's report lies, relative to the results root."""
+    return f"reports/{run_id}.html"
+
+
 def write_report(root: str, run: str = "latest", out: str | None = None) -> str:
     """Write the report to `out`, or to <root>/reports/<run>.html; returns where."""
     run_id, doc = build_report(root, run)
     if out:
         folder, name = os.path.split(os.path.abspath(out)) if "://" not in out else out.rsplit("/", 1)
         return write_file(folder, name, doc.encode())
-    return write_file(root, f"reports/{run_id}.html", doc.encode())
+    return write_file(root, report_path(run_id), doc.encode())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mapcap.tasks.report.html import build_report
+from mapcap.tasks.report.html import build_report, report_path
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 
@@ -14,11 +14,6 @@ class ReportConfig:
     sampled: int = 6  # images with top-k probability bars
     method: str = "chefer"  # the primary relevancy method: whose maps and regions the cards show
     start_layer: int | None = None  # ... and its start layer (None: the method's first stored one)
-
-
-def report_path(run_id: str) -> str:
-    """Where the run's report lies, relative to the results root."""
-    return f"reports/{run_id}.html"
 
 
 @register_stage("report", ReportConfig, scope="run", reads=("predictions",), order=20,
