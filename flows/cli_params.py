@@ -16,17 +16,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from mapcap.flows.params import SECTIONS, ExplainParams
+from mapcap.flows.params import FLAT_NAMES, SECTIONS, ExplainParams
 
 POSITIONAL = {"dataset"}  # `mapcap run DATASET`
-ALIASES: dict[str, tuple[str, ...]] = {  # short flags kept from earlier versions -> fields they set
-    "--methods": ("relevancy.methods",), "--start-layers": ("relevancy.start_layers",),
-    "--templates": ("classify.templates",), "--top-k": ("classify.top_k",),
-    "--batch-size": ("classify.batch_size", "relevancy.batch_size"), "--captioner": ("captions.captioner",),
-    "--captioner-path": ("captions.path",), "--captioner-tokenizer": ("captions.tokenizer",),
-    "--beams": ("captions.beams",), "--concept-bank": ("captions.phrase_bank",),
-    "--descriptors": ("concepts.descriptors",),
-}
+# short flags kept from earlier versions: each is an old flat parameter name, moved where FLAT_NAMES says
+_OLD_FLAGS = {"--methods": "relevancy_methods", "--start-layers": "start_layers", "--templates": "templates",
+              "--top-k": "top_k", "--batch-size": "batch_size", "--captioner": "captioner",
+              "--captioner-path": "captioner_path", "--captioner-tokenizer": "captioner_tokenizer",
+              "--beams": "caption_beams", "--concept-bank": "concept_bank", "--descriptors": "descriptors"}
+ALIASES: dict[str, tuple[str, ...]] = {flag: tuple(f"{s}.{f}" for s, f in FLAT_NAMES[old])
+                                       for flag, old in _OLD_FLAGS.items()}
 
 
 def _unwrap(tp: Any) -> tuple[Any, bool]:

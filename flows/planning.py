@@ -15,7 +15,6 @@ import open_clip
 from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
 from mapcap.tasks.plan import RunPlan, plan_run
-from mapcap.tasks.plugins import preset_for_model
 from mapcap.tasks.relevancy.methods import default_start_layer, get_method
 from mapcap.tasks.segment import SegmentConfig
 from mapcap.tasks.stages.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
@@ -130,12 +129,7 @@ def captioner_config(p) -> CaptionerConfig:
 
 def _captions(p, f: Facts) -> CaptionsConfig:
     cap = captioner_config(p)
-    preset = preset_for_model(f.plan.model.name)
-    if cap.name == "retrieval" and not cap.concept_bank and not (preset and preset.phrases):
-        raise StageUnavailable(f"the retrieval captioner has no phrase bank for model {f.plan.model.name}: pass "
-                               f"captions.phrase_bank=PATH (JSON {{class: [phrase, ...]}}) or another "
-                               f"captions.captioner (clipcap, hf)")
-    check_captioner(cap, f.plan.model.name)
+    check_captioner(cap, f.plan.model.name)  # StageUnavailable when it lacks a bank: skipped, or fails if asked for
     return CaptionsConfig(f.plan.model, cap, f.primary[0], f.primary[1], p.captions.top_k, p.captions.context,
                           f.plan.dataset)
 

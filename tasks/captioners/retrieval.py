@@ -5,6 +5,7 @@ from PIL import Image
 
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
 from mapcap.tasks.concept_bank import load_descriptors
+from mapcap.tasks.errors import StageUnavailable
 from mapcap.tasks.models import LoadedModel, encode_images, encode_texts, load_once
 from mapcap.tasks.plugins import preset_for_model
 
@@ -24,8 +25,9 @@ class RetrievalCaptioner(Captioner):
         if cfg.concept_bank:
             load_descriptors(cfg.concept_bank)
         elif not phrase_bank(cfg, model_name):
-            raise ValueError("the retrieval captioner needs a concept bank: pass concept_bank=PATH to a JSON "
-                             "{class name: [phrase, ...]}")
+            raise StageUnavailable(f"the retrieval captioner has no phrase bank for model {model_name}: pass "
+                                   f"captions.phrase_bank=PATH (JSON {{class: [phrase, ...]}}) or another "
+                                   f"captions.captioner (clipcap, hf)")
 
     def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
         self.check(cfg, lm.spec.name)

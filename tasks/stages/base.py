@@ -13,16 +13,13 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from mapcap.tasks.errors import StageUnavailable  # noqa: F401  (stages raise it; planning catches it)
+
 if TYPE_CHECKING:
     from mapcap.tasks.stages.context import StageContext
 
 Rows = list[dict[str, Any]]
 NOT_STAGES = {"base", "context", "driver", "tasks"}  # modules of this package that hold no stage
-
-
-class StageUnavailable(ValueError):
-    """The run lacks something the stage needs (a concept bank covering the classes, masks...): the stage is
-    skipped with this reason when it was picked by default, and the run fails when the user asked for it."""
 
 
 class Stage:
