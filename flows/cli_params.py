@@ -14,7 +14,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
 
 from mapcap.flows.params import FLAT_NAMES, SECTIONS, ExplainParams
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -14,7 +13,6 @@ from mapcap.tasks.models import ModelSpec, resolve_spec
 from mapcap.tasks.plugins import named_dataset
 from mapcap.tasks.provenance import config_hash
 from mapcap.tasks.templates import resolve_templates
-
 
 
 @dataclass(frozen=True)

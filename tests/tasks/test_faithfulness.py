@@ -64,7 +64,7 @@ def test_insertion_shows_the_cells_deletion_removes():
     maps = torch.arange(16.0).view(1, 4, 4)  # the last row is the most relevant
     pixels = torch.ones(1, 3, 8, 8)
     perturbation_curves(Probe, pixels, maps, torch.eye(2), torch.tensor([0]), torch.tensor([0]))
-    pos, neg, ins = seen[3], seen[4], seen[5]  # fraction 0.1 (round(1.6) = 2 cells)
+    pos, ins = seen[3], seen[5]  # fraction 0.1 (seen[4]: negative) (round(1.6) = 2 cells)
     assert torch.equal(pos + ins, pixels)  # insertion shows exactly what deletion removed
     assert ins[0, 0, 6:, 4:].sum() == 8 and ins[0, 0, :6].sum() == 0  # the 2 most relevant cells, 2 × 4 px
     assert seen[2].sum() == 0  # fraction 0: insertion shows nothing
