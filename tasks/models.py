@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -147,11 +148,30 @@ def encode_images(lm: LoadedModel, crops: list[Image.Image], normalize: bool = T
     return F.normalize(emb, dim=-1) if normalize else emb
 
 
+TEXT_CACHE_SIZE = 65_536  # text embeddings kept per model (captions, references and bank phrases repeat)
+TEXT_BATCH = 512  # texts per encoder call
+_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> OrderedDict[text, (D,) embedding]
+
+
 @torch.no_grad()
 def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
-    """(T, D) unit text embeddings."""
+    """(T, D) unit text embeddings. Each distinct text goes through the encoder once per process: captions,
+    references and phrases repeat across crops, shards and stages (a bounded LRU per model)."""
     with model_lock(lm.model):
-        return F.normalize(lm.model.encode_text(lm.tokenizer(texts).to(lm.spec.device)).float(), dim=-1)
+        cache = _TEXTS.setdefault(lm.model, OrderedDict())
+        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        for b in range(0, len(todo), TEXT_BATCH):
+            part = todo[b:b + TEXT_BATCH]
+            emb = F.normalize(lm.model.encode_text(lm.tokenizer(part).to(lm.spec.device)).float(), dim=-1)
+            cache.update(zip(part, emb))  # (D,) rows
+        for t in texts:
+            cache.move_to_end(t)
+        if not texts:
+            return torch.empty(0, lm.model.visual.output_dim, device=lm.spec.device)
+        out = torch.stack([cache[t] for t in texts])  # (T, D)
+        while len(cache) > TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+        return out
 
 
 def in_batches(n: int, batch_size: int, fn: Callable[[int, int], torch.Tensor],

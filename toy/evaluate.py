@@ -52,6 +52,7 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
                 ious.append(region_iou(regions[0], s.masks[0]) if regions else 0.0)
         pmaps = relevancy_maps(lm, method, pix, emb[pred], start)  # predicted-class maps for perturbation
         curves = perturbation_curves(lm, pix, pmaps, emb, pred, label)
+        curves.pop("clean")
         shares = []
         for k in (0, 1):  # each object's class map: share of mass on its own object
             cls = torch.tensor([classes.index(s.objects[k].shape) for s in pairs])

@@ -25,15 +25,23 @@ from mapcap.tasks.report.overlay import upsample
 FRACTIONS = tuple(i / 10 for i in range(10))  # share of patches removed (or inserted)
 
 
-def _keep_masks(maps: torch.Tensor, fraction: float, most_relevant: bool, size: int) -> torch.Tensor:
-    """(B, 1, size, size) 1 = keep: removes round(fraction·N) cells, most or least relevant first."""
-    B, g, _ = maps.shape
-    n = round(fraction * g * g)
-    order = maps.flatten(1).argsort(dim=1, descending=most_relevant)  # (B, N)
-    keep = torch.ones(B, g * g)
-    if n:
-        keep.scatter_(1, order[:, :n], 0.0)
+def _kept(order: torch.Tensor, cells: slice, g: int, size: int) -> torch.Tensor:
+    """(B, 1, size, size) 1 = shown: the cells order[:, cells] of each image's relevance order (B, N)."""
+    B = order.shape[0]
+    keep = torch.zeros(B, g * g)
+    keep.scatter_(1, order[:, cells], 1.0)
     return F.interpolate(keep.view(B, 1, g, g), size=(size, size), mode="nearest")
+
+
+def perturbation_plan(maps: torch.Tensor) -> dict[str, list[tuple[str, int]]]:
+    """Per curve and fraction, which image is shown: ("top", k) = only the k most relevant cells, ("bottom", k) =
+    only the cells after the k most relevant. One relevance order (descending) defines both, so positive at f
+    removes exactly what insertion at f shows, and negative at f (its f·N least relevant cells removed) is
+    ("top", N - f·N), the image insertion shows at 1 - f: equal images are classified once."""
+    N = maps.shape[-1] * maps.shape[-2]
+    ns = [round(f * N) for f in FRACTIONS]
+    return {"positive": [("bottom", n) for n in ns], "negative": [("top", N - n) for n in ns],
+            "insertion": [("top", n) for n in ns]}
 
 
 @torch.no_grad()
@@ -44,22 +52,33 @@ def _probs(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> t
 
 
 def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor, classifier: torch.Tensor,
-                        target: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+                        target: torch.Tensor, label: torch.Tensor,
+                        clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Curves (B, F) over FRACTIONS: accuracy under positive / negative perturbation, target probability
-    under deletion and insertion. `target`, `label`: (B,) class indices; classifier (C, D)."""
-    size = pixels.shape[-1]
-    out = {k: [] for k in ("positive", "negative", "deletion", "insertion")}
-    rows = torch.arange(len(target))
-    for f in FRACTIONS:
-        removed_top = _keep_masks(maps, f, True, size)  # (B, 1, S, S): 0 on the f·N most relevant cells
-        pos = _probs(lm, pixels * removed_top, classifier)
-        neg = _probs(lm, pixels * _keep_masks(maps, f, False, size), classifier)
-        ins = _probs(lm, pixels * (1 - removed_top), classifier)  # only the f·N most relevant cells shown
-        out["positive"].append((pos.argmax(-1) == label).float())
-        out["negative"].append((neg.argmax(-1) == label).float())
-        out["deletion"].append(pos[rows, target])
-        out["insertion"].append(ins[rows, target])
-    return {k: torch.stack(v, dim=1) for k, v in out.items()}
+    under deletion and insertion, and "clean": the unperturbed images' probabilities (B, C). `target`, `label`:
+    (B,) class indices; classifier (C, D). `clean`: those probabilities when the caller has them already (they
+    do not depend on the map: pass them back for the next variant)."""
+    B, size, g = len(target), pixels.shape[-1], maps.shape[-1]
+    N = g * g
+    order = maps.flatten(1).argsort(dim=1, descending=True)  # (B, N) most relevant first
+    plan = perturbation_plan(maps)
+    probs: dict[tuple[str, int], torch.Tensor] = {}
+    for key in dict.fromkeys(k for keys in plan.values() for k in keys):
+        kind, n = key
+        if (kind, n) in (("top", N), ("bottom", 0)):  # everything shown
+            probs[key] = _probs(lm, pixels, classifier) if clean is None else clean
+            clean = probs[key]
+        elif (kind, n) in (("top", 0), ("bottom", N)):  # nothing shown: the same blank image for every row
+            probs[key] = _probs(lm, torch.zeros_like(pixels[:1]), classifier).expand(B, -1)
+        else:
+            cells = slice(None, n) if kind == "top" else slice(n, None)
+            probs[key] = _probs(lm, pixels * _kept(order, cells, g, size), classifier)
+    rows = torch.arange(B)
+    out = {"positive": [(probs[k].argmax(-1) == label).float() for k in plan["positive"]],
+           "negative": [(probs[k].argmax(-1) == label).float() for k in plan["negative"]],
+           "deletion": [probs[k][rows, target] for k in plan["positive"]],
+           "insertion": [probs[k][rows, target] for k in plan["insertion"]]}
+    return {k: torch.stack(v, dim=1) for k, v in out.items()} | {"clean": clean}
 
 
 def auc(curves: torch.Tensor) -> float:

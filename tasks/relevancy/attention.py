@@ -66,16 +66,31 @@ def attention_blocks(tower: nn.Module, what: str) -> list[nn.Module]:
     return list(blocks)
 
 
+def _without_grad(forward):
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            return forward(*args, **kwargs)
+    return run
+
+
 @contextmanager
-def recording_attention(blocks: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
-    """Within the block, every forward through `blocks` appends each block's (B, H, N, N) probabilities."""
+def recording_attention(blocks: list[nn.Module], start: int = 0) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward through `blocks` appends the (B, H, N, N) probabilities of blocks[start:].
+
+    The blocks before `start` run as they are (fused attention) under no_grad: a map from the last block needs
+    neither their probabilities nor a graph through them, which is most of the memory and time of a batch.
+    """
     store: list[torch.Tensor] = []
-    originals = [b.attn for b in blocks]
+    originals = [b.attn for b in blocks[start:]]
     try:
-        for b in blocks:
+        for b in blocks[:start]:
+            b.forward = _without_grad(b.forward)  # an instance attribute shadows the class's method
+        for b in blocks[start:]:
             b.attn = RecordingAttention(b.attn, store)
         yield store
     finally:
-        for b, orig in zip(blocks, originals):
+        for b in blocks[:start]:
+            b.__dict__.pop("forward", None)
+        for b, orig in zip(blocks[start:], originals):
             b.attn = orig
         store.clear()

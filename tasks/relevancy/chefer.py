@@ -15,9 +15,9 @@ from mapcap.tasks.relevancy.methods import _autocast, grid_size, image_text_logi
 def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
     blocks = attention_blocks(lm.model.visual, "image")
     start = start_layer % len(blocks)
-    with recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
+    with recording_attention(blocks, start) as attns, torch.enable_grad(), _autocast(lm):
         target = image_text_logit(lm, pixels, text_emb)  # (B,)
-        attns = attns[start:]  # a copy: the store is emptied when the context exits
+        attns = list(attns)  # blocks[start:] (a copy: the store is emptied when the context exits)
         grads = torch.autograd.grad(target.sum(), attns)  # one backward for the whole batch
     B, _, N, _ = attns[0].shape
     R = torch.eye(N, device=pixels.device).expand(B, N, N)  # (B, N, N)
@@ -34,10 +34,10 @@ def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch
     tower = lm.model if hasattr(lm.model, "transformer") else getattr(lm.model, "text")
     blocks = attention_blocks(tower, "text")
     start = start_layer % len(blocks)
-    with model_lock(lm.model), recording_attention(blocks) as attns, torch.enable_grad(), _autocast(lm):
+    with model_lock(lm.model), recording_attention(blocks, start) as attns, torch.enable_grad(), _autocast(lm):
         txt = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)  # (B, D)
         target = lm.model.logit_scale.exp().float() * (txt * F.normalize(image_emb.float(), dim=-1)).sum(-1)
-        attns = attns[start:]
+        attns = list(attns)
         grads = torch.autograd.grad(target.sum(), attns)
     B, _, N, _ = attns[0].shape
     R = torch.eye(N, device=tokens.device).expand(B, N, N)

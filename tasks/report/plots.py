@@ -11,9 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def _png(fig, laid_out: bool = False) -> bytes:
+    """PNG bytes; `laid_out`: the figure ran tight_layout already (cropping again would draw it a second time)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90, bbox_inches=None if laid_out else "tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -83,7 +84,7 @@ def property_scatter(points: list[dict], stats: dict[str, dict]) -> bytes:
     for ax in list(axes.flat)[len(props):]:
         ax.set_axis_off()
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, laid_out=True)
 
 
 def mi_curves(rows: list[dict]) -> bytes:
@@ -101,4 +102,4 @@ def mi_curves(rows: list[dict]) -> bytes:
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, laid_out=True)

@@ -68,11 +68,12 @@ class Evaluate(Stage):
         x = torch.stack([pix[i] for i in ids])  # (B, 3, H, W)
         pred = torch.tensor([cfg.classes.index(preds[i]["pred"]) for i in ids])
         label = torch.tensor([cfg.classes.index(preds[i]["label"]) for i in ids])
-        rows = []
+        rows, clean = [], None  # the unperturbed images' probabilities: the same for every variant
         for method, start in cfg.variants:
             base = {"run_id": ctx.run_id, "method": method, "start_layer": start}
             pmaps = relevancy_maps(lm, method, x, emb[pred], start)
-            curves = perturbation_curves(lm, x, pmaps, emb, pred, label)
+            curves = perturbation_curves(lm, x, pmaps, emb, pred, label, clean)
+            clean = curves.pop("clean")
             rows += [base | {"metric": f"{k}_auc", "value": auc(v), "n": len(ids)} for k, v in curves.items()]
             gt = [(k, truth[paths[i]]) for k, i in enumerate(ids) if paths[i] in truth]
             hits = [(pointing_grid(pmaps[k].numpy(), t["mask"]), pointing_pixel(pmaps[k].numpy(), t["mask"]))

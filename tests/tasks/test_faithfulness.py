@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from mapcap.tasks.metrics.faithfulness import FRACTIONS, _keep_masks, auc, mass_share, pointing_grid, pointing_pixel
+from mapcap.tasks.metrics.faithfulness import FRACTIONS, perturbation_plan, auc, mass_share, pointing_grid, pointing_pixel
 
 
 def _square_mask(H=128, box=(10, 10, 40, 40)):
@@ -32,12 +32,14 @@ def test_mass_share_tells_objects_apart():
     assert abs(mass_share(np.ones((8, 8)), own, other) - 0.5) < 1e-6
 
 
-def test_keep_masks_remove_the_right_cells():
-    maps = torch.arange(16.0).view(1, 4, 4)
-    keep = _keep_masks(maps, 0.25, True, 8)  # remove the 4 most relevant cells: the last row
-    assert keep[0, 0, 6:].sum() == 0 and keep[0, 0, :6].sum() == 48
-    keep = _keep_masks(maps, 0.25, False, 8)  # least relevant: the first row
-    assert keep[0, 0, :2].sum() == 0
+def test_perturbation_plan_pairs_negative_with_insertion():
+    maps = torch.arange(64.0).view(1, 8, 8)
+    plan = perturbation_plan(maps)
+    ns = [round(f * 64) for f in FRACTIONS]
+    assert plan["insertion"] == [("top", n) for n in ns] and plan["positive"] == [("bottom", n) for n in ns]
+    assert plan["negative"][0] == ("top", 64)  # nothing removed
+    # negative at f shows what insertion shows at 1 - f: those images are classified once
+    assert set(plan["negative"][1:]) <= set(plan["insertion"])
 
 
 def test_auc_of_constant_curves():
@@ -63,8 +65,19 @@ def test_insertion_shows_the_cells_deletion_removes():
 
     maps = torch.arange(16.0).view(1, 4, 4)  # the last row is the most relevant
     pixels = torch.ones(1, 3, 8, 8)
-    perturbation_curves(Probe, pixels, maps, torch.eye(2), torch.tensor([0]), torch.tensor([0]))
-    pos, ins = seen[3], seen[5]  # fraction 0.1 (seen[4]: negative) (round(1.6) = 2 cells)
-    assert torch.equal(pos + ins, pixels)  # insertion shows exactly what deletion removed
-    assert ins[0, 0, 6:, 4:].sum() == 8 and ins[0, 0, :6].sum() == 0  # the 2 most relevant cells, 2 × 4 px
-    assert seen[2].sum() == 0  # fraction 0: insertion shows nothing
+    curves = perturbation_curves(Probe, pixels, maps, torch.eye(2), torch.tensor([0]), torch.tensor([0]))
+    assert {tuple(v.shape) for v in curves.values()} == {(1, len(FRACTIONS)), (1, 2)}
+    assert len(seen) == len({x.numpy().tobytes() for x in seen})  # no image is classified twice
+    cells = maps.flatten().argsort(descending=True)
+
+    def shown(top: int) -> torch.Tensor:  # the image with only the `top` most relevant cells
+        keep = torch.zeros(16)
+        keep[cells[:top]] = 1
+        want = torch.nn.functional.interpolate(keep.view(1, 1, 4, 4), size=(8, 8)).expand(1, 3, 8, 8)
+        return next(x for x in seen if torch.equal(x, want))
+
+    ins, pos = shown(2), next(x for x in seen if torch.equal(x, pixels - shown(2)))  # fraction 0.1: round(1.6) = 2
+    assert ins[0, 0, 6:, 4:].sum() == 8 and ins[0, 0, :6].sum() == 0  # insertion: the 2 most relevant cells
+    assert pos[0, 0, 6:, 4:].sum() == 0  # deletion removed exactly those
+    assert shown(11) is not None  # negative at 0.3 (5 least relevant removed) = insertion at 0.7: one image
+    assert shown(0).sum() == 0  # fraction 0: insertion shows nothing

@@ -57,6 +57,33 @@ def test_batched_equals_plain_batch1_fp32(toy_model, method, batch):
     assert (batched - single).abs().max() <= 1e-4
 
 
+def _chefer_recording_every_block(lm: LoadedModel, pix, txt, start: int) -> torch.Tensor:
+    """The plain path: every block records attention and the graph runs through all of them."""
+    blocks = attention_blocks(lm.model.visual, "image")
+    with recording_attention(blocks) as attns, torch.enable_grad():
+        img = F.normalize(lm.model.encode_image(pix), dim=-1)
+        target = lm.model.logit_scale.exp() * (img * txt).sum(-1)
+        attns = attns[start % len(blocks):]
+        grads = torch.autograd.grad(target.sum(), attns)
+    B, _, N, _ = attns[0].shape
+    R = torch.eye(N).expand(B, N, N)
+    for A, G in zip(attns, grads):
+        R = R + torch.bmm((G * A.detach()).clamp(min=0).mean(dim=1), R)
+    return R[:, 0, 1:].reshape(B, 8, 8).detach()
+
+
+@pytest.mark.parametrize("start", [-1, 2, 0])
+def test_blocks_before_start_run_without_recording_and_give_the_same_map(toy_model, start):
+    pix, txt = _inputs(toy_model, 4, seed=5)
+    blocks = attention_blocks(toy_model.model.visual, "image")
+    got = relevancy_maps(toy_model, "chefer", pix, txt, start_layer=start)
+    assert (got - _chefer_recording_every_block(toy_model, pix, txt, start)).abs().max() <= 1e-4
+    with recording_attention(blocks, start % len(blocks)) as attns, torch.enable_grad():
+        toy_model.model.encode_image(pix)
+        assert len(attns) == len(blocks) - start % len(blocks)  # only the blocks the map reads
+    assert all("forward" not in vars(b) and isinstance(b.attn, torch.nn.MultiheadAttention) for b in blocks)
+
+
 @pytest.mark.parametrize("method", ["chefer", "gradient"])
 def test_bf16_batched_agrees_with_fp32_batch1(toy_model, method):
     pix, txt = _inputs(toy_model, 6, seed=11)
