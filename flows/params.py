@@ -48,6 +48,8 @@ class RegionsParams(Section):
     min_area: float = Field(0.005, ge=0, lt=1, description="drop regions below this share of the image")
     top_k: int = Field(3, ge=1, description="regions kept per map, ranked by relevancy mass")
     superpixels: int = Field(0, ge=0, description="snap regions to this many SLIC superpixels (0: off)")
+    resolution: int = Field(256, ge=0, description="segment maps at this longest side (px) and scale regions "
+                                                   "back to the image (0: at full image size)")
 
 
 class CaptionsParams(Section):

@@ -109,7 +109,7 @@ def _relevancy(p, f: Facts) -> RelevancyConfig:
 
 def _regions(p, f: Facts) -> RegionsConfig:
     r = p.regions
-    return RegionsConfig(SegmentConfig(r.threshold, r.mass, r.min_area, r.top_k, r.superpixels))
+    return RegionsConfig(SegmentConfig(r.threshold, r.mass, r.min_area, r.top_k, r.superpixels, r.resolution))
 
 
 def _concepts(p, f: Facts) -> ConceptsConfig:

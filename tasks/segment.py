@@ -1,14 +1,16 @@
 """Segmenting relevancy maps into ranked regions (scikit-image), with compact RLE masks.
 
-A map is upsampled to the image, thresholded (Otsu, or the cells holding a share of the relevancy mass), split
-into connected components, cleaned of specks, optionally snapped to SLIC superpixels, and ranked by the
-relevancy mass each region holds.
+A map is upsampled to a working size (the image's, or smaller: a 14×14 grid holds no detail worth segmenting
+500×375 pixels for), thresholded (Otsu, or the cells holding a share of the relevancy mass), split into
+connected components, cleaned of specks, optionally snapped to SLIC superpixels, ranked by the relevancy mass
+each region holds, and scaled back to image pixels (bbox, mask, area, centroid, mass).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 from skimage.segmentation import slic
@@ -23,6 +25,7 @@ class SegmentConfig:
     min_area: float = 0.005  # components smaller than this share of the image are specks and dropped
     top_k: int = 3  # regions kept per map, by relevancy mass
     superpixels: int = 0  # > 0: snap the foreground to this many SLIC superpixels (needs the image)
+    resolution: int = 256  # longest side (px) segmented at; larger images get regions scaled back; 0 = full size
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,39 @@ def snap_to_superpixels(fg: np.ndarray, image: np.ndarray, n: int) -> np.ndarray
     return share[sp] > 0.5
 
 
+def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """PIL (w, h) the map is segmented at: the image's size, shrunk to `resolution` on its longest side."""
+    W, H = size
+    if not resolution or max(W, H) <= resolution:
+        return W, H
+    scale = resolution / max(W, H)
+    return max(1, round(W * scale)), max(1, round(H * scale))
+
+
+def _to_image(p, work: tuple[int, int], size: tuple[int, int]) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """A region found at the working size as (bbox, mask) in image pixels: each image pixel takes the value of
+    the working pixel it falls in (nearest), so the mask is exact at the working resolution."""
+    (w, h), (W, H) = work, size
+    y0, x0, y1, x1 = p.bbox
+    X0, X1 = -(-x0 * W // w), -(-x1 * W // w)  # image columns whose working column is in [x0, x1)
+    Y0, Y1 = -(-y0 * H // h), -(-y1 * H // h)
+    xs = np.arange(X0, X1) * w // W - x0
+    ys = np.arange(Y0, Y1) * h // H - y0
+    mask = p.image[np.ix_(ys, xs)]
+    return (X0, Y0, X1, Y1), mask
+
+
 def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig = SegmentConfig(),
                 image: np.ndarray | None = None) -> list[Region]:
-    """Ranked regions of a (g, g) map over an image of PIL size (W, H)."""
-    up = np.clip(upsample(grid_map, size), 0, None)  # (H, W)
+    """Ranked regions of a (g, g) map over an image of PIL size (W, H), in image pixels."""
+    work = working_size(size, cfg.resolution)
+    up = np.clip(upsample(grid_map, work), 0, None)  # (h, w)
     fg = foreground(up, cfg)
     if cfg.superpixels:
         if image is None:
             raise ValueError("superpixel snapping needs the image; pass image= or set superpixels=0")
+        if work != size:
+            image = np.asarray(Image.fromarray(image).resize(work, Image.BILINEAR))
         fg = snap_to_superpixels(fg, image, cfg.superpixels)
     total = float(up.sum()) or 1.0
     min_px = cfg.min_area * up.size
@@ -87,12 +115,15 @@ def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig 
     for p in regionprops(label(fg, connectivity=2), intensity_image=up):
         if p.area < min_px:
             continue
-        y0, x0, y1, x1 = p.bbox
-        mass = float(p.intensity_mean * p.area)
-        found.append((mass, (x0, y0, x1, y1), int(p.area), (float(p.centroid[1]), float(p.centroid[0])),
-                      float(p.intensity_mean), p.image.copy()))
+        bbox, mask = _to_image(p, work, size) if work != size else ((p.bbox[1], p.bbox[0], p.bbox[3], p.bbox[2]),
+                                                                     p.image.copy())
+        x0, y0 = bbox[:2]
+        ys, xs = np.nonzero(mask)
+        mass = float(p.intensity_mean * p.area)  # at the working size: ranks, and its share of the map
+        found.append((mass, bbox, int(mask.sum()), (float(xs.mean() + x0), float(ys.mean() + y0)),
+                      float(p.intensity_mean), mask))
     found.sort(key=lambda r: -r[0])
-    return [Region(i, bbox, area, c, mean, mass, mass / total, mask)
+    return [Region(i, bbox, area, c, mean, mean * area, mass / total, mask)  # mass in image pixels
             for i, (mass, bbox, area, c, mean, mask) in enumerate(found[:cfg.top_k])]
 
 

@@ -32,3 +32,28 @@ def test_mass_threshold_and_iou():
     assert region_iou(r, obj) > 0.7
     with pytest.raises(ValueError, match="threshold 'nope'"):
         segment_map(g, (128, 128), SegmentConfig(threshold="nope"))
+
+
+@pytest.mark.parametrize("size", [(800, 600), (500, 375), (300, 700)])
+def test_regions_at_map_resolution_match_full_resolution(size):
+    """Segmenting at 256 px and scaling back gives the regions full-size segmentation gives."""
+    rng = np.random.default_rng(sum(size))
+    g = np.zeros((14, 14))
+    g[2:6, 3:8] = 1.0
+    g[9:12, 9:13] = 0.5
+    g += 0.05 * rng.random((14, 14))
+    fast = segment_map(g, size, SegmentConfig(resolution=256))
+    full = segment_map(g, size, SegmentConfig(resolution=0))
+    assert len(fast) == len(full) == 2
+    W, H = size
+    for a, b in zip(fast, full):
+        whole = np.zeros((H, W), bool)
+        whole[b.bbox[1]:b.bbox[3], b.bbox[0]:b.bbox[2]] = b.mask
+        assert region_iou(a, whole) > 0.95
+        assert a.mask.shape == (a.bbox[3] - a.bbox[1], a.bbox[2] - a.bbox[0]) and a.area == a.mask.sum()
+        assert max(abs(p - q) for p, q in zip(a.bbox, b.bbox)) <= max(W, H) / 256 + 1
+        assert abs(a.area - b.area) / b.area < 0.03 and abs(a.mass_share - b.mass_share) < 0.01
+        assert abs(a.mass - b.mass) / b.mass < 0.03
+        assert all(abs(p - q) < 2 for p, q in zip(a.centroid, b.centroid))
+    small = [(r.bbox, r.area, r.mass) for r in segment_map(g, (200, 150), SegmentConfig(resolution=256))]
+    assert small == [(r.bbox, r.area, r.mass) for r in segment_map(g, (200, 150), SegmentConfig(resolution=0))]
