@@ -50,11 +50,15 @@ class Captions(Stage):
                    and r["start_layer"] == cfg.start_layer and r["region_id"] < cfg.top_k]
         refs = references(cfg.dataset)
         decoded = ctx.images({i: images[i]["path"] for i in sorted({r["image_id"] for r in regions})})
-        jobs = [({"target": "image", "method": None, "start_layer": None, "region_id": -1}, iid, img)
-                for iid, img in decoded.items()]
-        jobs += [({k: r[k] for k in ("target", "method", "start_layer", "region_id")}, r["image_id"],
-                  crop_region(decoded[r["image_id"]], tuple(r["bbox"]), cfg.context))
-                 for r in regions if r["image_id"] in decoded]
+        jobs = [([{"target": "image", "method": None, "start_layer": None, "region_id": -1}], iid, img)
+                for iid, img in decoded.items()]  # (row keys sharing the caption, image id, crop)
+        # a right prediction's pred and label targets share one map, hence the same regions: captioned once
+        same: dict[tuple, list[dict]] = {}
+        for r in regions:
+            if r["image_id"] in decoded:
+                same.setdefault((r["image_id"], r["class_name"], r["region_id"], tuple(r["bbox"])), []).append(r)
+        jobs += [([{k: r[k] for k in ("target", "method", "start_layer", "region_id")} for r in rs], iid,
+                  crop_region(decoded[iid], bbox, cfg.context)) for (iid, _, _, bbox), rs in same.items()]
         rows = []
         step = cfg.captioner.batch_size
         for b in range(0, len(jobs), step):
@@ -69,8 +73,8 @@ class Captions(Stage):
                 [refs[images[chunk[j][1]]["path"]] for j in with_ref], scores=scores[with_ref]).tolist())) \
                 if with_ref else {}
             scores = scores.tolist()
-            for j, ((key, iid, _), text, score) in enumerate(zip(chunk, texts, scores)):
-                rows.append({"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard, **key,
-                             "captioner": cfg.captioner.name, "text": text, "clipscore": score,
-                             "ref_clipscore": ref_scores.get(j)})
+            for j, ((keys, iid, _), text, score) in enumerate(zip(chunk, texts, scores)):
+                rows += [{"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard, **key,
+                          "captioner": cfg.captioner.name, "text": text, "clipscore": score,
+                          "ref_clipscore": ref_scores.get(j)} for key in keys]
         return {"captions": rows}

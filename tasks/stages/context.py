@@ -130,13 +130,13 @@ class StageContext:
 
     def pixels(self, preprocess: Callable[[Image.Image], torch.Tensor],
                images: dict[str, Image.Image]) -> dict[str, torch.Tensor]:
-        """Preprocessed (3, H, W) tensors of decoded images, computed once per preprocess and image."""
-        out = {}
-        for iid, img in images.items():
-            key = ("pixels", id(preprocess), iid)
-            pix = self.cache.get(key)
-            if pix is None:
-                pix = preprocess(img)
-                self.cache.put(key, pix, pix.numel() * pix.element_size())
-            out[iid] = pix
+        """Preprocessed (3, H, W) tensors of decoded images, computed once per preprocess and image, in the
+        decode threads (PIL's resize, most of the cost, releases the GIL)."""
+        out = {iid: self.cache.get(("pixels", id(preprocess), iid)) for iid in images}
+        todo = [iid for iid, pix in out.items() if pix is None]
+        if todo:
+            with ThreadPoolExecutor(min(self.workers, len(todo))) as ex:
+                for iid, pix in zip(todo, ex.map(lambda i: preprocess(images[i]), todo)):
+                    self.cache.put(("pixels", id(preprocess), iid), pix, pix.numel() * pix.element_size())
+                    out[iid] = pix
         return out

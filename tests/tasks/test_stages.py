@@ -122,16 +122,27 @@ def test_regions_rank_by_mass_inside_the_image(explained):
         assert masses == sorted(masses, reverse=True)
 
 
-def test_captions_follow_the_primary_method_and_score(toy_model, explained):
+def test_captions_follow_the_primary_method_and_score(toy_model, explained, monkeypatch):
+    import mapcap.tasks.stages.captions as captions_stage
     classes, ctx = explained
+    encoded = []
+    real = captions_stage.encode_images
+    monkeypatch.setattr(captions_stage, "encode_images", lambda lm, crops: encoded.extend(crops) or real(lm, crops))
     for method, start in (("chefer", 0), ("gradient", None)):  # gradient-only runs get captions too
         cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), method, start, top_k=1)
+        encoded.clear()
         out, fails = compute("captions", cfg, ctx)
         rows = out["captions"]
         assert not fails and rows
         assert {r["method"] for r in rows if r["region_id"] >= 0} == {method}
         assert all(r["text"] and 0 <= r["clipscore"] <= 2.5 for r in rows)
         assert sum(r["region_id"] == -1 for r in rows) == 5  # one whole-image caption per image
+        regions = [r for r in ctx.outputs["regions"] if r["method"] == method and r["region_id"] == 0]
+        assert len(rows) == 5 + len(regions)  # a row per region of either target...
+        texts = {(r["image_id"], r["target"]): r["text"] for r in rows if r["region_id"] == 0}
+        right = [r["image_id"] for r in ctx.outputs["predictions"] if r["template"] == "ensemble" and r["correct"]]
+        assert right and all(texts[(i, "pred")] == texts[(i, "label")] for i in right)  # ...one caption if shared
+        assert len(encoded) == 5 + len({(r["image_id"], r["class_name"]) for r in regions})
 
 
 def test_concepts_one_mutual_knowledge_row_per_image(toy_model, explained):
