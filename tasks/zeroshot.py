@@ -55,15 +55,10 @@ def description_classifier(lm: LoadedModel, bank: ConceptBank) -> tuple[torch.Te
         return _TEXT_CACHE[key]
 
 
-@torch.no_grad()
-def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor,
-                    descriptions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """(R, B, C) class probabilities of a preprocessed batch (B, 3, H, W): one row per template, the ensemble,
-    and with `descriptions` a last row scoring each class by the mean similarity to its descriptor prompts."""
-    dev = lm.spec.device
-    amp = torch.autocast(dev.split(":")[0], dtype=lm.autocast_dtype) if lm.autocast_dtype else nullcontext()
-    with model_lock(lm.model), amp:
-        img = lm.model.encode_image(pixels.to(dev, non_blocking=True))  # (B, D)
+def probabilities(lm: LoadedModel, img: torch.Tensor, classifier: torch.Tensor,
+                  descriptions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(R, B, C) class probabilities of image embeddings (B, D): one row per template, the ensemble, and with
+    `descriptions` a last row scoring each class by the mean similarity to its descriptor prompts."""
     img = F.normalize(img.float(), dim=-1)
     scale = lm.model.logit_scale.exp().float()
     logits = scale * torch.einsum("bd,tcd->tbc", img, classifier)  # (T+1, B, C)
@@ -74,14 +69,27 @@ def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Ten
     return logits.softmax(-1)
 
 
+@torch.no_grad()
+def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor,
+                    descriptions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(R, B, C) class probabilities of a preprocessed batch (B, 3, H, W) (see `probabilities`)."""
+    dev = lm.spec.device
+    amp = torch.autocast(dev.split(":")[0], dtype=lm.autocast_dtype) if lm.autocast_dtype else nullcontext()
+    with model_lock(lm.model), amp:
+        img = lm.model.encode_image(pixels.to(dev, non_blocking=True))  # (B, D)
+    return probabilities(lm, img, classifier, descriptions)
+
+
 def prediction_rows(run_id: str, shard: int, image_ids: list[str], labels: list[str], classes: tuple[str, ...],
                     templates: tuple[str, ...], probs: torch.Tensor, top_k: int) -> list[dict]:
     """One row per image × template (+ the ensemble row, + a 'descriptors' row when probs has one more)."""
     k = min(top_k, len(classes))
+    # on the probabilities' device: only top-k, the label's probability and its rank are copied back
     top_p, top_i = probs.topk(k, dim=-1)  # (T + 1, B, k)
-    label_idx = torch.tensor([classes.index(l) for l in labels])  # (B,)
+    label_idx = torch.tensor([classes.index(l) for l in labels], device=probs.device)  # (B,)
     label_p = probs.gather(-1, label_idx.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(-1)  # (T+1, B)
     rank = (probs > label_p.unsqueeze(-1)).sum(-1) + 1  # (T + 1, B)
+    top_p, top_i, label_p, rank = (t.cpu() for t in (top_p, top_i, label_p, rank))
     rows = []
     names = list(templates) + [ENSEMBLE] + [DESCRIPTION_TEMPLATE] * (probs.shape[0] - len(templates) - 1)
     for t, name in enumerate(names):

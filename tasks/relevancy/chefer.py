@@ -11,6 +11,16 @@ from mapcap.tasks.relevancy.attention import attention_blocks, recording_attenti
 from mapcap.tasks.relevancy.methods import _autocast, grid_size, image_text_logit, register
 
 
+def rollout(attns: list[torch.Tensor], grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
+    """(B, N, N) relevancy R over the recorded blocks: R0 = I, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R."""
+    B, _, N, _ = attns[0].shape
+    R = torch.eye(N, device=attns[0].device).expand(B, N, N)  # (B, N, N)
+    for A, G in zip(attns, grads):
+        cam = (G.float() * A.detach().float()).clamp(min=0).mean(dim=1)  # (B, N, N), mean over heads
+        R = R + torch.bmm(cam, R)
+    return R
+
+
 @register("chefer")
 def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
     blocks = attention_blocks(lm.model.visual, "image")
@@ -19,13 +29,8 @@ def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_
         target = image_text_logit(lm, pixels, text_emb)  # (B,)
         attns = list(attns)  # blocks[start:] (a copy: the store is emptied when the context exits)
         grads = torch.autograd.grad(target.sum(), attns)  # one backward for the whole batch
-    B, _, N, _ = attns[0].shape
-    R = torch.eye(N, device=pixels.device).expand(B, N, N)  # (B, N, N)
-    for A, G in zip(attns, grads):
-        cam = (G.float() * A.detach().float()).clamp(min=0).mean(dim=1)  # (B, N, N), mean over heads
-        R = R + torch.bmm(cam, R)
     g = grid_size(lm)
-    return R[:, 0, 1:].reshape(B, g, g)  # CLS row, patch columns
+    return rollout(attns, grads)[:, 0, 1:].reshape(-1, g, g)  # CLS row, patch columns
 
 
 def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch.Tensor,
@@ -39,9 +44,7 @@ def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch
         target = lm.model.logit_scale.exp().float() * (txt * F.normalize(image_emb.float(), dim=-1)).sum(-1)
         attns = list(attns)
         grads = torch.autograd.grad(target.sum(), attns)
-    B, _, N, _ = attns[0].shape
-    R = torch.eye(N, device=tokens.device).expand(B, N, N)
-    for A, G in zip(attns, grads):
-        R = R + torch.bmm((G.float() * A.detach().float()).clamp(min=0).mean(dim=1), R)
+    R = rollout(attns, grads)  # (B, L, L)
+    B = R.shape[0]
     eot = tokens.argmax(dim=-1)  # open_clip pools text at the EOT token (the highest id)
     return R[torch.arange(B), eot].detach().cpu()  # (B, L)

@@ -8,6 +8,9 @@ import torch
 
 from mapcap.tasks.concept_bank import ConceptBank
 from mapcap.tasks.models import ModelSpec, in_batches, load_model
+from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks
+from mapcap.tasks.relevancy.fused import classify_and_explain
+from mapcap.tasks.relevancy.methods import default_start_layer
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.zeroshot import classify_pixels, description_classifier, prediction_rows, text_classifier
@@ -27,7 +30,8 @@ class ClassifyConfig:
                 summary="zero-shot classification: every template, their ensemble, descriptions "
                         "(always; the other stages read it)")
 class Classify(Stage):
-    """Every image decoded once, classified against every template row at once."""
+    """Every image decoded once, classified against every template row at once; when the chain's relevancy
+    stage is pending with Chefer maps, the same forward pass computes them (tasks/relevancy/fused.py)."""
 
     def compute(self, cfg: ClassifyConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
@@ -40,13 +44,48 @@ class Classify(Stage):
                            "height": img.height if img else None})
             if img is not None:
                 good.append((image_id, item.label, img))
+        starts = fused_starts(cfg, ctx.pending.get("relevancy"))
         preds = []
         for b in range(0, len(good), cfg.batch_size):
             chunk = good[b:b + cfg.batch_size]
             pix = ctx.pixels(lm.preprocess, {iid: img for iid, _, img in chunk})
             pixels = torch.stack([pix[iid] for iid, _, _ in chunk])  # (B, 3, H, W)
-            probs = in_batches(len(chunk), len(chunk), lambda i, j: classify_pixels(
-                lm, pixels[i:j], classifier, descriptions).cpu().transpose(0, 1)).transpose(0, 1)  # (R, B, C)
+            probs = self._explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) if starts else None
+            if probs is None:  # the plain path (its batches halve on CUDA out-of-memory)
+                probs = in_batches(len(chunk), len(chunk), lambda i, j: classify_pixels(
+                    lm, pixels[i:j], classifier, descriptions).transpose(0, 1)).transpose(0, 1)  # (R, B, C)
             preds += prediction_rows(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
                                      cfg.classes, cfg.templates, probs, cfg.top_k)
         return {"images": images, "predictions": preds}
+
+    @staticmethod
+    def _explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) -> torch.Tensor | None:
+        """Probabilities (R, B, C) from the pass that also computes the pending relevancy stage's Chefer maps
+        (kept in ctx.memo for it); None when the batch does not fit on the device (the plain path then runs)."""
+        labels = torch.tensor([cfg.classes.index(label) for _, label, _ in chunk])
+        try:
+            out = classify_and_explain(lm, pixels, classifier, labels, [s for _, s in starts], descriptions)
+        except torch.cuda.OutOfMemoryError:
+            ctx.log.warning("CUDA out of memory classifying and explaining %d images in one pass: separate passes",
+                            len(chunk))
+            torch.cuda.empty_cache()
+            return None
+        pred = out.pred.cpu()
+        for key, s in starts:
+            for k, (iid, label, _) in enumerate(chunk):
+                for target, cls in (("pred", cfg.classes[int(pred[k])]), ("label", label)):
+                    ctx.memo[("relevancy", *key, iid, cls)] = out.maps[s][target][k]
+        return out.probs
+
+
+def fused_starts(cfg: ClassifyConfig, rel) -> list[tuple[tuple[str, int | None], int]]:
+    """[(relevancy variant, its start block)] of the pending relevancy stage's Chefer variants that the
+    classification pass can compute: same model, classes and templates, a ViT with recordable attention."""
+    if rel is None or (rel.model, rel.classes, rel.templates) != (cfg.model, cfg.classes, cfg.templates):
+        return []
+    try:
+        attention_blocks(load_model(cfg.model).model.visual, "image")
+    except UnsupportedArchitecture:
+        return []
+    return [((m, s), default_start_layer(cfg.model.name) if s is None else s) for m, s in rel.variants
+            if m == "chefer"]

@@ -63,6 +63,8 @@ class StageContext:
         self.outputs: dict[str, Rows] = {}  # tables written earlier in this chain, read from memory
         self.stage = ""  # the stage now computing (set by the driver; failures rows name it)
         self.failures: Rows = []
+        self.pending: dict[str, Any] = {}  # {stage: config} this chain will compute (set by the driver)
+        self.memo: dict[tuple, Any] = {}  # results a stage computed for a later one of the chain
 
     # tables -------------------------------------------------------------------------------------------------
     def table(self, name: str) -> Rows:

@@ -89,12 +89,14 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
     ctx = StageContext(root, run_id, shard, list(items), workers, ImageCache(), log_ or log)
     inputs = config_hash([(it.path, it.label) for it in items])
     hashes: dict[str, str] = {}
+    for sp in plans:
+        hashes[sp.name] = stage_hash(get_stage(sp.name), sp.config, {d: hashes[d] for d in upstream(sp.name)}, inputs)
+    # what this chain will compute, so a stage may do a later one's work in its own pass (classify + relevancy)
+    ctx.pending = {sp.name: sp.config for sp in plans if force or not files_complete(
+        root, run_id, output_files(get_stage(sp.name), sp.config, shard), hashes[sp.name])}
     stages: dict[str, dict] = {}
     for sp in plans:
-        stage = get_stage(sp.name)
-        up = {d: hashes[d] for d in upstream(sp.name)}
-        hashes[sp.name] = stage_hash(stage, sp.config, up, inputs)
-        stages[sp.name] = run_stage(stage, sp.config, ctx, hashes[sp.name], force)
+        stages[sp.name] = run_stage(get_stage(sp.name), sp.config, ctx, hashes[sp.name], force)
     return {"shard": shard, "n_images": len(items), "stages": stages}
 
 

@@ -50,19 +50,21 @@ class Relevancy(Stage):
         pairs = sorted({(i, ens[i][t]) for i in ids if i in pixels for t in TARGETS})
         rows = []
         for method, start in cfg.variants:
-            done: dict[tuple[str, str], torch.Tensor] = {}
-            for b in range(0, len(pairs), cfg.batch_size):
-                chunk = pairs[b:b + cfg.batch_size]
+            # maps the classification pass computed already (one forward for both, tasks/relevancy/fused.py)
+            found = {p: ctx.memo[key] for p in pairs if (key := ("relevancy", method, start, *p)) in ctx.memo}
+            todo = [p for p in pairs if p not in found]
+            for b in range(0, len(todo), cfg.batch_size):
+                chunk = todo[b:b + cfg.batch_size]
                 pix = torch.stack([pixels[i] for i, _ in chunk])  # (B, 3, H, W)
                 txt = text[[cfg.classes.index(c) for _, c in chunk]]  # (B, D)
-                maps = relevancy_maps(lm, method, pix, txt, start, cfg.batch_size)  # (B, g, g)
-                bad = ~torch.isfinite(maps).flatten(1).all(1)
-                for pair, m, is_bad in zip(chunk, maps, bad):
-                    if is_bad:
-                        ctx.fail(pair[0], paths[pair[0]], f"the {method} map for class {pair[1]!r} has NaN/inf "
-                                                          f"values", "NonFiniteMap")
-                    else:
-                        done[pair] = m
+                found.update(zip(chunk, relevancy_maps(lm, method, pix, txt, start, cfg.batch_size)))  # (g, g) each
+            done: dict[tuple[str, str], torch.Tensor] = {}
+            for pair in pairs:
+                if torch.isfinite(found[pair]).all():
+                    done[pair] = found[pair]
+                else:
+                    ctx.fail(pair[0], paths[pair[0]], f"the {method} map for class {pair[1]!r} has NaN/inf values",
+                             "NonFiniteMap")
             keys = [(i, t) for i in ids for t in TARGETS if (i, ens[i][t]) in done]
             if keys:
                 maps = torch.stack([done[(i, ens[i][t])] for i, t in keys])
