@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -125,3 +129,35 @@ def test_only_local_dataset_folders_count(tmp_path):
                                                        "relative/data", f"file://{tmp_path}/other"])
     assert folders == [tmp_path / "root", tmp_path / "data", tmp_path / "m", tmp_path / "other"]
     assert allowed_folders("s3://bucket/results", ["gs://b/d"]) == []
+
+
+def test_no_token_serves_the_api_without_one_and_warns(toy_run, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = tmp_path / "stderr.log"
+    with open(err, "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "mapcap"), "explorer", "--root", toy_run,
+                                 "--port", str(port), "--no-token"], stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        printed = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/ " in printed and "token" not in printed
+        for _ in range(200):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["runs"] == ["ex"]
+        evil = httpx.get(f"http://127.0.0.1:{port}/api/info", headers={"Host": "evil.example.com"})
+        assert evil.status_code == 403  # the host check stays
+        assert "without a token (--no-token)" in err.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_zero_upload_limit_is_refused_with_the_fix(capsys):
+    from mapcap.flows.cli import main
+    assert main(["explorer", "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb 0 must be above 0" in capsys.readouterr().err
