@@ -79,8 +79,9 @@ def _image(req: ImageRequest, root: str, limits: Limits):
 def _explain(req: ImageRequest, texts: list[str], root: str, limits: Limits) -> dict:
     if req.method not in METHODS:
         raise ValueError(f"unknown method {req.method!r}; choose one of {sorted(METHODS)}")
+    image = _image(req, root, limits)  # refused or unreadable: before any model loads
     lm = load_model(resolve_spec(req.model, req.pretrained, "auto", "fp32"))
-    return explain_image(lm, _image(req, root, limits), texts, req.method, req.start_layer)
+    return explain_image(lm, image, texts, req.method, req.start_layer)
 
 
 def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
