@@ -8,18 +8,20 @@ import uvicorn
 from playwright.sync_api import sync_playwright
 
 from mapcap.flows.explorer import make_app
+from mapcap.flows.explorer_guard import new_token
 
 root, image = sys.argv[1], sys.argv[2]
+token = new_token()
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-server = uvicorn.Server(uvicorn.Config(make_app(root), host="127.0.0.1", port=port, log_level="warning"))
+server = uvicorn.Server(uvicorn.Config(make_app(root, token), host="127.0.0.1", port=port, log_level="warning"))
 threading.Thread(target=server.run, daemon=True).start()
 time.sleep(3)
 with sync_playwright() as pw:
     browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"http://127.0.0.1:{port}")
+    page.goto(f"http://127.0.0.1:{port}/?token={token}")
     page.wait_for_selector("#classes tr.cls", state="attached")
     page.set_input_files("#file", image)
     page.fill("#texts", "a photo of a star\na photo of a ring\na photo of a cross\na photo of a circle")

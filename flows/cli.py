@@ -147,9 +147,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_explorer(args: argparse.Namespace) -> int:
     from mapcap.flows.explorer import serve_explorer
+    from mapcap.flows.explorer_guard import new_token
 
-    print(f"MapCap explorer on http://127.0.0.1:{args.port} (results root {args.root}); Ctrl-C stops it")
-    serve_explorer(args.root, args.port)
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb {args.max_upload_mb:g} must be above 0 (default 25)")
+    token = None if args.no_token else new_token()
+    query = f"/?token={token}" if token else "/"
+    print(f"MapCap explorer on http://127.0.0.1:{args.port}{query} (results root {args.root}); Ctrl-C stops it",
+          flush=True)
+    serve_explorer(args.root, token, args.port, allow_hosts=tuple(args.allow_host), max_upload_mb=args.max_upload_mb)
     return 0
 
 

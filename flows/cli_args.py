@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explorer", help="serve the explorer page on localhost: explain an image, browse a run")
     _root_arg(p)
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="also serve requests for this Host name (a proxy's), beside 127.0.0.1, localhost, [::1]")
+    p.add_argument("--no-token", action="store_true",
+                   help="no per-launch token on the API (only behind a proxy that authenticates)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0,
+                   help="largest uploaded image (and image file opened by path), in MB (default 25)")
     p = sub.add_parser("report", help="write a run's self-contained HTML report")
     p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
     _root_arg(p)

@@ -1,7 +1,8 @@
 """`mapcap explorer`: one local page to explain an image and to browse a run (FastAPI, served on localhost).
 
 The page (flows/explorer_static/index.html) is plain HTML and a little JS, served from here, no CDN. The JSON
-API below does the work through tasks/ and storage/; images travel as data URIs.
+API below does the work through tasks/ and storage/; images travel as data URIs. flows/explorer_guard.py decides
+who may call it (loopback hosts, the launch's token) and which files it may open.
 """
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import logging
 import os
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
+
+from mapcap.flows.explorer_guard import Guard, Limits, PathRefused, allowed_folders, check_image_path
 
 from mapcap.storage.query import QueryError, connect, named_query, predictions_for
 from mapcap.tasks.data import ImageLoadError, decode_image, load_image
@@ -24,7 +29,9 @@ from mapcap.tasks.report.html import data_uri, explained_images, png_bytes
 from mapcap.tasks.report.plots import property_scatter
 
 STATIC = Path(__file__).resolve().parent / "explorer_static"
+LIMITS = Limits()  # the request models' bounds on texts (uploads: per app, --max-upload-mb)
 log = logging.getLogger(__name__)
+Text = Annotated[str, Field(max_length=LIMITS.max_text_chars)]
 
 
 class ImageRequest(BaseModel):
@@ -37,47 +44,64 @@ class ImageRequest(BaseModel):
 
 
 class ExplainRequest(ImageRequest):
-    texts: list[str]
+    texts: list[Text] = Field(max_length=LIMITS.max_texts)
 
 
 class GroundRequest(ImageRequest):
-    caption: str
+    caption: Text
 
 
 class ReprocessRequest(BaseModel):
     run: str
-    classes: list[str] = []
+    classes: list[str] = Field([], max_length=1000)
 
 
-def _image(req: ImageRequest):
+def _image(req: ImageRequest, root: str, limits: Limits):
+    """The request's image: an upload up to the size limit, or a file of the results root or a run's dataset."""
     if req.image_b64:
         data = req.image_b64.split(",", 1)[1] if req.image_b64.startswith("data:") else req.image_b64
         try:
             raw = base64.b64decode(data, validate=True)
         except ValueError as e:
             raise ValueError("the upload is not valid base64 data") from e
+        if len(raw) > limits.max_upload_bytes:
+            raise HTTPException(413, limits.upload_too_large("the upload", len(raw)))
         return decode_image(raw, "the uploaded file")
     if req.image_path:
-        return load_image(req.image_path)
+        datasets = [r["dataset"] for r in named_query(connect(root), "run_datasets").to_pylist()]
+        path = check_image_path(req.image_path, allowed_folders(root, datasets))
+        if path.is_file() and path.stat().st_size > limits.max_upload_bytes:
+            raise HTTPException(413, limits.upload_too_large(req.image_path, path.stat().st_size))
+        return load_image(str(path))
     raise ValueError("upload an image or give the path of one")
 
 
-def _explain(req: ImageRequest, texts: list[str]) -> dict:
+def _explain(req: ImageRequest, texts: list[str], root: str, limits: Limits) -> dict:
     if req.method not in METHODS:
         raise ValueError(f"unknown method {req.method!r}; choose one of {sorted(METHODS)}")
+    image = _image(req, root, limits)  # refused or unreadable: before any model loads
     lm = load_model(resolve_spec(req.model, req.pretrained, "auto", "fp32"))
-    return explain_image(lm, _image(req), texts, req.method, req.start_layer)
+    return explain_image(lm, image, texts, req.method, req.start_layer)
 
 
-def make_app(root: str) -> FastAPI:
-    app = FastAPI(title="MapCap explorer")
+def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
+             max_upload_mb: float = LIMITS.max_upload_mb) -> FastAPI:
+    """The explorer app behind its guard. `token`: what every API call must send (None: no token, for a
+    proxy that does its own auth); `allow_hosts`: Host names served beside loopback's."""
+    limits = Limits(max_upload_mb=max_upload_mb, max_texts=LIMITS.max_texts, max_text_chars=LIMITS.max_text_chars)
+    app = FastAPI(title="MapCap explorer", docs_url=None, redoc_url=None)  # no unguarded doc pages
+    app.add_middleware(Guard, token=token, allow_hosts=tuple(allow_hosts), limits=limits)
 
     async def bad_input(request: Request, exc: Exception) -> JSONResponse:
         """Bad input → 400 with the message that names the fix (shown on the page)."""
         return JSONResponse(status_code=400, content={"detail": str(exc)})
 
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
     for error in (ValueError, ImageLoadError, QueryError, FileNotFoundError):
         app.add_exception_handler(error, bad_input)
+    app.add_exception_handler(PathRefused, refused)
 
     @app.get("/")
     def index() -> FileResponse:
@@ -92,7 +116,7 @@ def make_app(root: str) -> FastAPI:
     @app.post("/api/explain")
     def explain(req: ExplainRequest) -> dict:
         texts = [t.strip() for t in req.texts]
-        r = _explain(req, texts)
+        r = _explain(req, texts, root, limits)
         return {"texts": texts, "probs": r["probs"].tolist(), "start_layer": r["start_layer"],
                 "overlays": [data_uri(png_bytes(overlay_row(r["image"], [m], [t[:30]], tile=192)))
                              for t, m in zip(texts, r["maps"])],
@@ -101,7 +125,9 @@ def make_app(root: str) -> FastAPI:
     @app.post("/api/ground")
     def ground(req: GroundRequest) -> dict:
         words = [w.strip(".,;:!?") for w in req.caption.split() if w.strip(".,;:!?")]
-        r = _explain(req, words)
+        if len(words) > limits.max_texts:
+            raise HTTPException(422, f"the caption has {len(words)} words; the limit is {limits.max_texts}")
+        r = _explain(req, words, root, limits)
         return {"words": words, "overlays": [data_uri(png_bytes(overlay_row(r["image"], [m], [w[:14]], tile=112)))
                                              for w, m in zip(words, r["maps"])]}
 
@@ -115,7 +141,7 @@ def make_app(root: str) -> FastAPI:
 
     @app.get("/api/runs/{run}/images")
     def images(run: str, class_name: str | None = None, subset: str = "all", template: str = "ensemble",
-               limit: int = 24) -> list[dict]:
+               limit: int = Query(24, ge=1, le=500)) -> list[dict]:
         if subset not in ("all", "correct", "wrong"):
             raise ValueError(f"subset {subset!r}: choose all, correct or wrong")
         con = connect(root)
@@ -167,10 +193,17 @@ def make_app(root: str) -> FastAPI:
     return app
 
 
-def serve_explorer(root: str, port: int = 8765, host: str = "127.0.0.1") -> None:
+def serve_explorer(root: str, token: str | None, port: int = 8765, host: str = "127.0.0.1",
+                   allow_hosts: tuple[str, ...] = (), max_upload_mb: float = LIMITS.max_upload_mb) -> None:
+    """Serve on loopback; no access log (the page's first request carries the token in its URL)."""
     import uvicorn
 
-    uvicorn.run(make_app(root), host=host, port=port, log_level="warning")
+    if token is None:
+        log.warning("the explorer runs without a token (--no-token): any local process, and any web page that "
+                    "reaches %s:%d through an allowed host, can call its API; put an authenticating proxy in front",
+                    host, port)
+    app = make_app(root, token, allow_hosts, max_upload_mb)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 __all__ = ["make_app", "serve_explorer"]

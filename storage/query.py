@@ -168,6 +168,7 @@ QUERIES: dict[str, str] = {
         WHERE r.status = 'finished'
         ORDER BY r.dataset, r.model, r.pretrained, r.started_at""",
     "image_paths": """SELECT image_id, path FROM images WHERE run_id = $run ORDER BY image_id""",
+    "run_datasets": """SELECT DISTINCT dataset FROM runs WHERE dataset IS NOT NULL ORDER BY 1""",
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,
                (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,

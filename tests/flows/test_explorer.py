@@ -1,14 +1,9 @@
 """The explorer page driven in headless Chromium (Playwright on Debian's /usr/bin/chromium), over a toy run."""
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import httpx
 import pytest
 
-from mapcap.flows.explain import ExplainParams, explain
 from mapcap.storage.query import connect, run_sql
 
 CHROMIUM = "/usr/bin/chromium"
@@ -17,53 +12,42 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 @pytest.fixture(scope="module")
-def toy_run(prefect_harness, tmp_path_factory):
-    """A run with mistakes to browse: 9 in 10 toy images carry a distractor shape."""
-    from mapcap.toy.dataset import SHAPES, write_toy_dataset
-    data = tmp_path_factory.mktemp("explorer-data") / "data"
-    write_toy_dataset(data, n_per_class=3, seed=4321, distractor_rate={s: 0.9 for s in SHAPES})
-    out = str(tmp_path_factory.mktemp("explorer-results"))
-    explain(ExplainParams(dataset=str(data), out=out, shard_size=12, run_name="ex", device="cpu",
-                          stages=["classify", "relevancy", "regions", "concepts", "captions", "summarize"]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def url(toy_run):
-    import uvicorn
-
-    from mapcap.flows.explorer import make_app
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(toy_run), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{base}/api/info", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def page(url):
+def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        page.wait_for_selector("#classes tr.cls", state="attached")  # the run's table has loaded
-        page.errors = errors
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, explorer):
+    """The page opened from the link `mapcap explorer` prints (with the token), as a user does."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{explorer.url}/?token={explorer.token}")
+    page.wait_for_selector("#classes tr.cls", state="attached")  # the run's table has loaded
+    page.errors = errors
+    yield page
+    page.close()
+
+
+def test_the_page_keeps_the_token_and_takes_it_out_of_the_address_bar(page, explorer):
+    assert page.url == f"{explorer.url}/"
+    assert page.evaluate("sessionStorage.getItem('mapcap-token')") == explorer.token
+    page.reload()  # the tab still has it: the run's table loads again
+    page.wait_for_selector("#classes tr.cls", state="attached")
+    assert page.inner_text("#auth") == ""
+
+
+def test_the_page_without_the_token_says_how_to_get_in(browser, explorer):
+    page = browser.new_page()
+    page.goto(explorer.url)
+    page.wait_for_function("document.getElementById('auth').textContent.length > 0")
+    assert "mapcap explorer" in page.inner_text("#auth") and "token" in page.inner_text("#auth")
+    assert page.locator("#classes tr.cls").count() == 0
+    page.close()
 
 
 def _star_image(toy_dir) -> str:
@@ -137,9 +121,9 @@ def test_browse_a_run_misclassified_first(page, toy_run):
     assert not page.errors
 
 
-def test_api_reprocess_is_off_without_a_prefect_api(url, monkeypatch):
+def test_api_reprocess_is_off_without_a_prefect_api(explorer, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    r = httpx.post(f"{url}/api/reprocess", json={"run": "ex", "classes": ["star"]})
+    r = httpx.post(f"{explorer.url}/api/reprocess", json={"run": "ex", "classes": ["star"]}, headers=explorer.auth)
     assert r.status_code == 409 and "PREFECT_API_URL" in r.json()["detail"]
-    r = httpx.get(f"{url}/api/runs/nope/classes")
+    r = httpx.get(f"{explorer.url}/api/runs/nope/classes", headers=explorer.auth)
     assert r.status_code == 400 and "unknown run 'nope'" in r.json()["detail"]

@@ -185,26 +185,34 @@ def test_explorer_reprocess_button_starts_the_deployment(service, toy_dir, tmp_p
     assert service.wait(base) == "COMPLETED"
     port = _free_port()
     proc = subprocess.Popen([str(BIN / "mapcap"), "explorer", "--root", str(out), "--port", str(port)],
-                            env=service.env, cwd=REPO, stdout=service.log, stderr=subprocess.STDOUT,
+                            env=service.env, cwd=REPO, stdout=subprocess.PIPE, stderr=service.log, text=True,
                             start_new_session=True)
     service.procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
+    printed = proc.stdout.readline()  # "MapCap explorer on http://127.0.0.1:PORT/?token=… (results root …)"
+    url, _, token = printed.split()[3].partition("/?token=")
+    assert url == f"http://127.0.0.1:{port}" and len(token) >= 32, printed
+    auth = {"Authorization": f"Bearer {token}"}
     for _ in range(300):
         try:
-            info = httpx.get(f"{url}/api/info", timeout=2).json()
+            info = httpx.get(f"{url}/api/info", headers=auth, timeout=2).json()
             break
         except httpx.HTTPError:
             time.sleep(0.2)
     assert info["prefect_api"] and info["runs"] == ["ui"]
-    started = httpx.post(f"{url}/api/reprocess", json={"run": "ui", "classes": ["star"]}, timeout=60).json()
+    assert httpx.post(f"{url}/api/reprocess", json={"run": "ui"}, timeout=60).status_code == 401
+    started = httpx.post(f"{url}/api/reprocess", json={"run": "ui", "classes": ["star"]}, headers=auth,
+                         timeout=60).json()
     assert started["url"].endswith(f"/runs/flow-run/{started['id']}")
     deadline, state = time.time() + 300, None
     while time.time() < deadline and state not in ("Completed", "Failed", "Crashed"):
-        state = httpx.get(f"{url}/api/flow-runs/{started['id']}", timeout=30).json()["state"]
+        state = httpx.get(f"{url}/api/flow-runs/{started['id']}", headers=auth, timeout=30).json()["state"]
         time.sleep(1)
     assert state == "Completed"
     params = service.call("GET", f"/flow_runs/{started['id']}").json()["parameters"]["params"]
     assert params["run_name"] == "ui" and params["classes"] == ["star"]
+    service.log.flush()
+    runs = str(run_sql(connect(str(out)), "SELECT * FROM runs").to_pylist())
+    assert token not in Path(service.log.name).read_text() + runs  # not in the logs, not in the Parquet
 
 
 def test_mapcap_serve_serves_both_deployments_from_one_process(service, toy_dir, tmp_path):
