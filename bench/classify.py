@@ -1,6 +1,8 @@
-"""Images/s of the classify stage: model forward alone, and end to end from files (decode included).
+"""Images/s of the classify stage: model forward alone (eager, and with `--compile` torch.compile'd), the one
+pass that also gives last-block Chefer maps for the predicted and true class, and end to end from files
+(decode included).
 
-    python bench/classify.py [--models toy ViT-B-16] [--batch 256] [--n 512]
+    python bench/classify.py [--models toy ViT-B-16] [--batch 256] [--n 512] [--precision fp32 bf16] [--compile]
 
 Random weights give the real cost of a model (no download needed). Prints a table.
 """
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from timing import sync  # bench/timing.py
+from timing import rate, sync  # bench/timing.py
+from mapcap.tasks.relevancy.fused import classify_and_explain
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.driver import StagePlan, run_shard
 from mapcap.tasks.zeroshot import classify_pixels, text_classifier
@@ -36,6 +39,25 @@ def bench_forward(lm, classifier, batch: int, iters: int) -> float:
     return batch * iters / (time.perf_counter() - t)
 
 
+def bench_fused(lm, classifier, batch: int, iters: int) -> float:
+    """Images/s of classification + last-block Chefer maps in one pass (tasks/relevancy/fused.py)."""
+    size = lm.model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+    x = torch.randn(batch, 3, size, size, device=lm.spec.device)
+    labels = torch.arange(batch) % classifier.shape[1]
+    return rate(lambda: [classify_and_explain(lm, x, classifier, labels, [-1]) for _ in range(iters)],
+                batch * iters, lm.spec.device)
+
+
+def compiled(lm):
+    """The same model with its image tower under torch.compile (a copy of the wrapper, not of the weights)."""
+    import copy
+    model = copy.copy(lm.model)
+    model._modules = dict(lm.model._modules)  # else the original's tower would be replaced too
+    model.visual = torch.compile(lm.model.visual)
+    return type(lm)(lm.spec, model, lm.preprocess, lm.tokenizer)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["toy", "ViT-B-16"])
@@ -44,6 +66,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="images for the from-files run")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", nargs="+", default=["fp32"])
+    ap.add_argument("--compile", action="store_true", help="also time the image tower under torch.compile")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mapcap-bench-"))
     write_toy_dataset(tmp / "data", n_per_class=max(args.n // 8, 1), seed=5)
@@ -56,13 +79,17 @@ def main() -> None:
             tpl = resolve_templates("simple")
             clf = text_classifier(lm, ds.classes, tpl)
             fwd = bench_forward(lm, clf, args.batch, args.iters)
+            comp = f"{bench_forward(compiled(lm), clf, args.batch, args.iters):,.0f}" if args.compile else "-"
+            fused = bench_fused(lm, clf, args.batch, args.iters)
             cfg = ClassifyConfig(spec, ds.classes, tpl, batch_size=args.batch)
             t = time.perf_counter()
             run_shard([StagePlan("classify", cfg)], str(tmp / "out"), f"bench-{name}-{prec}", 0, list(ds.items),
                       force=True, workers=8)
             files = len(ds.items) / (time.perf_counter() - t)
-            rows.append((spec.name, spec.device, prec, args.batch, f"{fwd:,.0f}", f"{files:,.0f}"))
-    head = ("model", "device", "precision", "batch", "forward img/s", "from files img/s")
+            rows.append((spec.name, spec.device, prec, args.batch, f"{fwd:,.0f}", comp, f"{fused:,.0f}",
+                         f"{files:,.0f}"))
+    head = ("model", "device", "precision", "batch", "forward img/s", "compiled img/s",
+            "+ last-block maps img/s", "from files img/s")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head, tuple("-" * w for w in widths)] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
