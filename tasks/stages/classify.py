@@ -62,19 +62,17 @@ class Classify(Stage):
     def _explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) -> torch.Tensor | None:
         """Probabilities (R, B, C) from the pass that also computes the pending relevancy stage's Chefer maps
         (kept in ctx.memo for it); None when the batch does not fit on the device (the plain path then runs)."""
-        labels = torch.tensor([cfg.classes.index(label) for _, label, _ in chunk])
         try:
-            out = classify_and_explain(lm, pixels, classifier, labels, [s for _, s in starts], descriptions)
+            out = classify_and_explain(lm, pixels, classifier, [s for _, s in starts], descriptions)
         except torch.cuda.OutOfMemoryError:
             ctx.log.warning("CUDA out of memory classifying and explaining %d images in one pass: separate passes",
                             len(chunk))
             torch.cuda.empty_cache()
             return None
         pred = out.pred.cpu()
-        for key, s in starts:
-            for k, (iid, label, _) in enumerate(chunk):
-                for target, cls in (("pred", cfg.classes[int(pred[k])]), ("label", label)):
-                    ctx.memo[("relevancy", *key, iid, cls)] = out.maps[s][target][k]
+        for key, s in starts:  # keyed (image, class): a right prediction's label map is this map too
+            for k, (iid, _, _) in enumerate(chunk):
+                ctx.memo[("relevancy", *key, iid, cfg.classes[int(pred[k])])] = out.maps[s][k]
         return out.probs
 
 

@@ -16,12 +16,12 @@ TEMPLATES = resolve_templates(["a photo of a {}.", "{}"])
 
 @pytest.fixture(scope="module")
 def batch(toy_model, toy_dir):
-    """Twelve toy images, half of them given a wrong label so both target kinds are exercised."""
+    """Twelve toy images and their labels."""
     from PIL import Image
     ds = read_dataset(str(toy_dir))
     items = ds.items[::max(1, len(ds.items) // 12)][:12]
     pixels = torch.stack([toy_model.preprocess(Image.open(it.path).convert("RGB")) for it in items])
-    labels = torch.tensor([(ds.classes.index(it.label) + (k % 2)) % len(ds.classes) for k, it in enumerate(items)])
+    labels = torch.tensor([ds.classes.index(it.label) for it in items])
     return tuple(ds.classes), pixels, labels
 
 
@@ -31,27 +31,27 @@ def test_one_pass_equals_classify_then_relevancy(toy_model, batch, starts, size)
     classes, pixels, labels = batch
     pixels, labels = pixels[:size], labels[:size]
     classifier = text_classifier(toy_model, classes, TEMPLATES)  # (T + 1, C, D)
-    out = classify_and_explain(toy_model, pixels, classifier, labels, starts)
+    out = classify_and_explain(toy_model, pixels, classifier, starts)
     plain = classify_pixels(toy_model, pixels, classifier)  # (T + 1, B, C)
     assert (out.probs - plain).abs().max() <= 1e-5
     assert torch.equal(out.pred, plain[-1].argmax(-1))
     for s in starts:
-        for target, cls in (("pred", out.pred), ("label", labels)):
-            ref = relevancy_maps(toy_model, "chefer", pixels, classifier[-1][cls], s)  # (B, g, g)
-            assert (out.maps[s][target] - ref).abs().max() <= 1e-4, (s, target)
+        ref = relevancy_maps(toy_model, "chefer", pixels, classifier[-1][out.pred], s)  # (B, g, g)
+        assert (out.maps[s] - ref).abs().max() <= 1e-4, s
 
 
 def test_classify_stage_computes_the_pending_relevancy_maps(toy_model, tiny, monkeypatch):
     """The stages through the fused pass write what the plain passes write, without a second forward."""
     import mapcap.tasks.stages.relevancy as relevancy_stage
     classes, items = tiny
+    items = [type(items[0])(items[0].path, items[1].label)] + items[1:]  # one wrong prediction at least
     ccfg = ClassifyConfig(toy_model.spec, classes, TEMPLATES, top_k=3, batch_size=2)
     rcfg = RelevancyConfig(toy_model.spec, classes, TEMPLATES, variants=(("chefer", -1), ("chefer", 0),
                                                                          ("gradient", None)))
     results, calls = {}, []
     real = relevancy_stage.relevancy_maps
-    monkeypatch.setattr(relevancy_stage, "relevancy_maps", lambda lm, method, *a: calls.append(method) or
-                        real(lm, method, *a))
+    monkeypatch.setattr(relevancy_stage, "relevancy_maps", lambda lm, method, pix, *a: calls.append(
+        (method, len(pix))) or real(lm, method, pix, *a))
     for fused in (False, True):
         ctx = ctx_with(items)
         ctx.pending = {"relevancy": rcfg} if fused else {}
@@ -59,9 +59,12 @@ def test_classify_stage_computes_the_pending_relevancy_maps(toy_model, tiny, mon
         preds, _ = compute("classify", ccfg, ctx)
         maps, fails = compute("relevancy", rcfg, ctx)
         assert not [f for f in fails if f["error_type"] == "NonFiniteMap"]
-        results[fused] = preds["predictions"], maps["relevancy"], set(calls)
+        chefer = sum(n for m, n in calls if m == "chefer")
+        results[fused] = preds["predictions"], maps["relevancy"], chefer
+        wrong = [r for r in preds["predictions"] if r["template"] == "ensemble" and not r["correct"]]
     (p0, m0, c0), (p1, m1, c1) = results[False], results[True]
-    assert c0 == {"chefer", "gradient"} and c1 == {"gradient"}  # chefer maps came from the classification pass
+    assert wrong and c0 == 2 * (5 + len(wrong))  # plain: every (image, class) pair, for both chefer variants
+    assert c1 == 2 * len(wrong)  # fused: only the wrong images' true-class maps are left to the plain path
     key = lambda r: (r["image_id"], r["template"])  # noqa: E731
     assert [(r["image_id"], r["template"], r["pred"]) for r in sorted(p0, key=key)] == \
         [(r["image_id"], r["template"], r["pred"]) for r in sorted(p1, key=key)]
@@ -82,8 +85,8 @@ def test_one_pass_in_bf16_agrees_with_fp32_batch1(toy_model, batch):
     spec = toy_model.spec
     bf16 = LoadedModel(type(spec)(spec.name, spec.pretrained, "cpu", "bf16"), toy_model.model,
                        toy_model.preprocess, toy_model.tokenizer)
-    out = classify_and_explain(bf16, pixels, classifier, labels, [-1])
+    out = classify_and_explain(bf16, pixels, classifier, [-1])
     for k in range(len(pixels)):
         single = chefer(toy_model, pixels[k:k + 1], classifier[-1][out.pred[k:k + 1]], -1)[0]
-        r = np.corrcoef(out.maps[-1]["pred"][k].flatten().numpy(), single.detach().flatten().numpy())[0, 1]
+        r = np.corrcoef(out.maps[-1][k].flatten().numpy(), single.detach().flatten().numpy())[0, 1]
         assert r >= 0.99, (k, r)
