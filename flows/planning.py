@@ -161,7 +161,8 @@ def _report(p, f: Facts) -> ReportConfig:
 
 BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {
     "classify": _classify, "relevancy": _relevancy, "regions": _regions, "concepts": _concepts,
-    "captions": _captions, "caption_quality": _caption_quality, "evaluate": _evaluate, "summarize": _summarize, "report": _report}
+    "captions": _captions, "caption_quality": _caption_quality, "evaluate": _evaluate, "summarize": _summarize,
+    "report": _report}
 
 
 def resolve_run(p) -> Resolved:

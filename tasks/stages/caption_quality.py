@@ -61,7 +61,7 @@ class CaptionQuality(Stage):
                     ("label", 0, cfg.method, cfg.start_layer):
                 groups[(c["captioner"], cfg.method, cfg.start_layer)].append(c)
         rows = []
-        for (captioner, method, start), caps in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        for (captioner, method, start), caps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             caps = sorted(caps, key=lambda c: c["image_id"])
             scores = _scores(caps, [refs[paths[c["image_id"]]] for c in caps])
             rows += [{"run_id": ctx.run_id, "method": method, "start_layer": start, "captioner": captioner,

@@ -26,7 +26,6 @@ class CaptionsConfig:
     top_k: int = 1  # regions per map to caption
     context: float = 1.0  # crop context around a region (see captioners.base.crop_region)
     dataset: str = ""  # for reference captions (RefCLIPScore) when its manifest has a `caption` column
-# version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped
 
 
 @functools.lru_cache(maxsize=8)
@@ -35,6 +34,7 @@ def references(dataset: str) -> dict[str, list[str]]:
     return {r["path"]: [r["caption"]] for r in annotations(dataset) if r.get("caption")}
 
 
+# version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped
 @register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4, version=2,
                 summary="caption the top regions and the whole image (retrieval, clipcap, hf), with CLIPScore")
 class Captions(Stage):
