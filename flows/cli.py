@@ -16,6 +16,9 @@ def _params(args: argparse.Namespace):
     return params_from_args(args, **({"dataset": "toy"} if args.cmd == "demo" else {}))
 
 
+CAPTION_QUALITY_TITLE = "captions against the reference captions (BLEU and CIDEr-D as coco-caption computes them)"
+
+
 def _print_table(table) -> None:
     from mapcap.storage.query import format_table
 
@@ -46,6 +49,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if captions.num_rows:
         print("\nmost frequent caption of the true class's top region, per class:")
         _print_table(captions)
+    quality = named_query(con, "caption_quality", result["run_id"])
+    if quality.num_rows:
+        print(f"\n{CAPTION_QUALITY_TITLE}:")
+        _print_table(quality)
     evaluation = named_query(con, "evaluations", result["run_id"])
     if evaluation.num_rows:
         print("\nrelevancy maps against ground truth and perturbation (AUC: positive/deletion lower is better):")
@@ -128,7 +135,15 @@ def cmd_named(args: argparse.Namespace) -> int:
             "evaluations": "evaluations", "captions": "class_captions", "runs": "runs_compared",
             "summaries": "per_class_table", "trends": "accuracy_vs_property", "drift": "accuracy_over_time",
             "models": "models_across_runs", "template-trends": "templates_across_runs"}[args.cmd]
-    _print_table(named_query(connect(args.root), name, getattr(args, "run", None)))
+    con = connect(args.root)
+    _print_table(named_query(con, name, getattr(args, "run", None)))
+    if args.cmd == "captions":
+        quality = named_query(con, "caption_quality", getattr(args, "run", None))
+        print(f"\n{CAPTION_QUALITY_TITLE}:")
+        if quality.num_rows:
+            _print_table(quality)
+        else:
+            print("none: the run has no captions of images with reference captions")
     return 0
 
 

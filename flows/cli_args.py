@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
     for name, helptext in (("classes", "per-class accuracy of a run"), ("templates", "per-template accuracy of a run"),
                            ("confusion", "confusion pairs of a run"), ("evaluations", "relevancy evaluation of a run"),
-                           ("captions", "most frequent top-region caption per class"),
+                           ("captions", "most frequent top-region caption per class, and caption quality per captioner"),
                            ("summaries", "per-class table: accuracy, top confusion, caption summary, properties"),
                            ("trends", "per-class accuracy against each summary property (Pearson, Spearman, slope)"),
                            ("concepts", "description-based accuracy, mutual knowledge per class and vs accuracy")):

@@ -18,7 +18,8 @@ from mapcap.tasks.plan import RunPlan, plan_run
 from mapcap.tasks.relevancy.methods import default_start_layer, get_method
 from mapcap.tasks.segment import SegmentConfig
 from mapcap.tasks.stages.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
-from mapcap.tasks.stages.captions import CaptionsConfig
+from mapcap.tasks.stages.caption_quality import CaptionQualityConfig
+from mapcap.tasks.stages.captions import CaptionsConfig, references
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.concepts import ConceptsConfig
 from mapcap.tasks.stages.driver import StagePlan
@@ -134,6 +135,13 @@ def _captions(p, f: Facts) -> CaptionsConfig:
                           f.plan.dataset)
 
 
+def _caption_quality(p, f: Facts) -> CaptionQualityConfig:
+    if not references(f.plan.dataset):
+        raise StageUnavailable(f"dataset {f.plan.dataset} has no reference captions (a Parquet manifest with a "
+                               f"`caption` column) to score captions against")
+    return CaptionQualityConfig(f.plan.dataset, f.primary[0], f.primary[1])
+
+
 def _evaluate(p, f: Facts) -> EvaluateConfig:
     variants = VARIANTS
     if vision_depth(f.plan.model.name) is None:  # attention-based variants need a ViT
@@ -153,7 +161,8 @@ def _report(p, f: Facts) -> ReportConfig:
 
 BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {
     "classify": _classify, "relevancy": _relevancy, "regions": _regions, "concepts": _concepts,
-    "captions": _captions, "evaluate": _evaluate, "summarize": _summarize, "report": _report}
+    "captions": _captions, "caption_quality": _caption_quality, "evaluate": _evaluate, "summarize": _summarize,
+    "report": _report}
 
 
 def resolve_run(p) -> Resolved:

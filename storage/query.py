@@ -26,20 +26,20 @@ def _glob_base(root: str) -> tuple[str, object]:
 
 
 def connect(root: str) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with a view per MapCap table over `<root>/<table>/run=*/*.parquet`."""
+    """In-memory DuckDB with a view per MapCap table over `<root>/<table>/run=*/*.parquet`. Every view has every
+    column of the table's schema: a column that files written before it existed lack reads as null."""
     base, fs = _glob_base(root)
     con = duckdb.connect(":memory:")
     if "://" in base:
         con.register_filesystem(fs)
     for table in TABLES:
         files = fs.glob(f"{filesystem(root)[1]}/{table}/run=*/*.parquet")
+        con.register(f"_empty_{table}", schema_for(table).empty_table())
+        sql = f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}"  # no run wrote this table yet
         if files:
             glob = f"{base}/{table}/run=*/*.parquet"
-            sql = (f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{glob}', union_by_name=true, "
-                   f"hive_partitioning=false)")
-        else:  # no run wrote this table yet: an empty view with the right columns
-            con.register(f"_empty_{table}", schema_for(table).empty_table())
-            sql = f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}"
+            sql += (f" UNION ALL BY NAME SELECT * FROM read_parquet('{glob}', union_by_name=true, "
+                    f"hive_partitioning=false)")
         try:
             con.execute(sql)
         except duckdb.Error as e:
@@ -96,7 +96,19 @@ QUERIES: dict[str, str] = {
                max(value) FILTER (metric = 'negative_auc') AS negative_auc,
                max(value) FILTER (metric = 'deletion_auc') AS deletion_auc,
                max(value) FILTER (metric = 'insertion_auc') AS insertion_auc, max(n) AS n
-        FROM evaluations WHERE run_id = $run GROUP BY ALL ORDER BY method, start_layer""",
+        FROM evaluations WHERE run_id = $run AND captioner IS NULL GROUP BY ALL ORDER BY method, start_layer""",
+    "caption_quality": """
+        SELECT captioner,
+               CASE WHEN method IS NULL THEN 'image'
+                    ELSE 'true-class top region (' || method || coalesce(' @' || start_layer, '') || ')' END
+                   AS captioned,
+               max(n) AS n,
+               max(value) FILTER (metric = 'bleu_1') AS bleu_1, max(value) FILTER (metric = 'bleu_4') AS bleu_4,
+               max(value) FILTER (metric = 'cider_d') AS cider_d,
+               max(value) FILTER (metric = 'clipscore') AS clipscore,
+               max(value) FILTER (metric = 'ref_clipscore') AS ref_clipscore
+        FROM evaluations WHERE run_id = $run AND captioner IS NOT NULL
+        GROUP BY captioner, method, start_layer ORDER BY method NULLS FIRST, captioner""",
     "class_captions": """
         SELECT p.label AS class_name, c.captioner, c.text AS top_caption, count(*) AS n,
                avg(c.clipscore) AS mean_clipscore

@@ -108,6 +108,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "evaluations": pa.schema([
         ("run_id", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),
+        ("captioner", pa.string()),  # caption-quality rows (null: a map method's row); method null: whole images
     ]),
 }
 TABLES = tuple(SCHEMAS)

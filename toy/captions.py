@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
+from mapcap.tasks.articles import fix_articles, with_article
 from mapcap.tasks.concept_bank import descriptor_sentence
 from mapcap.toy.concepts import PROPERTIES, SUBJECTS
 from mapcap.toy.shapes import COLOURS, SHAPES, ToyObject, position_words, size_word
@@ -46,14 +47,15 @@ def _descriptor_caption(rng: np.random.Generator, a: list[int]) -> tuple[str, li
     r = rng.random()
     if r < 0.4:
         with_colour = rng.random() < 0.25
-        name = f"a {colour} {shape}" if with_colour else (shape if rng.random() < 0.5 else f"a {shape}")
+        name = with_article(f"{colour} {shape}") if with_colour else \
+            (shape if rng.random() < 0.5 else with_article(shape))
         return f"{name}, {descriptor_sentence(d)}", [bit(a[0]), a[1] if with_colour else ANY, ANY, ANY]
     allowed = bit(PROPERTIES[d])
     if r < 0.8:
         subject = SUBJECTS[rng.integers(len(SUBJECTS))]
         with_colour = rng.random() < 0.2
         if with_colour:
-            subject = f"a {colour} shape"
+            subject = with_article(f"{colour} shape")
         return f"{subject}, {descriptor_sentence(d)}", [allowed, a[1] if with_colour else ANY, ANY, ANY]
     return d, [allowed, ANY, ANY, ANY]
 
@@ -67,16 +69,16 @@ def _one(rng: np.random.Generator, a: list[int], descriptors: float = 0.0) -> tu
     r = rng.random()
     if r < 0.30:  # the reference style, sometimes with the size
         size = SIZES[a[3]] if rng.random() < 0.4 else ""
-        text = " ".join(w for w in ("a", size, colour, shape, POSITIONS[a[2]]) if w)
+        text = with_article(" ".join(w for w in (size, colour, shape, POSITIONS[a[2]]) if w))
         return text, [a[0], a[1], a[2], a[3] if size else ANY]
     if r < 0.45:
-        return f"a {colour} {shape}", [a[0], a[1], ANY, ANY]
+        return with_article(f"{colour} {shape}"), [a[0], a[1], ANY, ANY]
     if r < 0.85:
         with_colour = rng.random() < 0.25
         name = f"{colour} {shape}" if with_colour else shape
-        text = TEMPLATES[rng.integers(len(TEMPLATES))](name)
+        text = fix_articles(TEMPLATES[rng.integers(len(TEMPLATES))](name))  # "a photo of an orange star."
         return text, [a[0], a[1] if with_colour else ANY, ANY, ANY]
-    return (shape if rng.random() < 0.5 else f"a {shape}"), [a[0], ANY, ANY, ANY]
+    return (shape if rng.random() < 0.5 else with_article(shape)), [a[0], ANY, ANY, ANY]
 
 
 def sample_caption(rng: np.random.Generator, objs: np.ndarray, descriptors: float = 0.0) -> tuple[str, np.ndarray]:
@@ -90,10 +92,10 @@ def sample_caption(rng: np.random.Generator, objs: np.ndarray, descriptors: floa
         for k, i in enumerate(order):
             a = objs[i]
             if rng.random() < 0.6:
-                parts.append(f"a {list(COLOURS)[a[1]]} {SHAPES[a[0]]}")
+                parts.append(with_article(f"{list(COLOURS)[a[1]]} {SHAPES[a[0]]}"))
                 cons[k] = [bit(a[0]), a[1], ANY, ANY]
             else:
-                parts.append(f"a {SHAPES[a[0]]}")
+                parts.append(with_article(SHAPES[a[0]]))
                 cons[k] = [bit(a[0]), ANY, ANY, ANY]
         return f"{parts[0]} and {parts[1]}", cons
     i = 0 if n == 1 or rng.random() < 0.7 else 1  # usually the target

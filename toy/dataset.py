@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from mapcap.storage.manifest import png_to_mask  # noqa: F401  (re-exported: masks are a manifest format)
+from mapcap.tasks.articles import with_article
 from mapcap.toy.shapes import COLOURS, SHAPES, ToyObject, describe, position_words, random_object, render, size_word
 
 SIDE = 128  # pixel side of written toy images (the toy CLIP sees them resized to 64)
@@ -108,4 +109,4 @@ __all__ = ["COLOURS", "SHAPES", "Scene", "make_scene", "write_toy_dataset", "mas
 
 def caption_bank() -> dict[str, list[str]]:
     """A concept bank in the words the toy CLIP was trained on: every colour of every shape."""
-    return {shape: [f"a {colour} {shape}" for colour in COLOURS] for shape in SHAPES}
+    return {shape: [with_article(f"{colour} {shape}") for colour in COLOURS] for shape in SHAPES}

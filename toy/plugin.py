@@ -17,7 +17,7 @@ from mapcap.toy import TOY_CHECKPOINT, TOY_CLIPCAP, TOY_DIR, TOY_MODEL_NAME
 from mapcap.toy.concepts import TOY_CONCEPTS
 
 TOY = "toy"
-TOY_DATA_VERSION = "v1"  # bump when the generator's output changes
+TOY_DATA_VERSION = "v2"  # bump when the generator's output changes
 
 
 def toy_data_dir() -> Path:

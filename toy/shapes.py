@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mapcap.tasks.articles import with_article
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -148,11 +150,12 @@ def render(rng: np.random.Generator, objects: list[ToyObject], side: int) -> tup
 
 
 def describe(obj: ToyObject, side: int, with_position: bool = True, with_size: bool = False) -> str:
-    words = ["a"]
+    """The reference caption of one object: "an orange circle in the top left", "a small red star"."""
+    words = []
     if with_size and size_word(obj, side):
         words.append(size_word(obj, side))
     words += [obj.colour, obj.shape]
-    text = " ".join(words)
+    text = with_article(" ".join(words))
     if with_position:
         text += " " + position_words(obj.cx, obj.cy, side)
     return text

@@ -19,6 +19,7 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from mapcap.tasks.articles import with_article
 from mapcap.tasks.captioners.base import crop_region, square_box
 from mapcap.tasks.captioners.clipcap_model import ClipCapConfig, ClipCapModel, save_clipcap
 from mapcap.tasks.models import encode_images, load_model, resolve_spec
@@ -53,7 +54,7 @@ def _inside(mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
 
 
 def _phrase(obj) -> str:
-    return f"{'an' if obj.colour[0] in 'aeiou' else 'a'} {obj.colour} {obj.shape}"
+    return with_article(f"{obj.colour} {obj.shape}")
 
 
 def sample_crops(n_scenes: int, seed: int, jitter: bool = True,

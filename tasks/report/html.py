@@ -24,7 +24,8 @@ from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.report.concepts import concepts_section
 from mapcap.tasks.report.plots import accuracy_bars, property_scatter, template_bars, topk_panels
 
-SECTIONS = ("accuracy", "templates", "topk", "explanations", "summaries", "trends", "concepts")
+SECTIONS = ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends", "concepts")
+QUALITY_COLUMNS = ["captioner", "captioned", "n", "bleu_1", "bleu_4", "cider_d", "clipscore", "ref_clipscore"]
 # Counts images that failed to decode and script errors into <body data-...> for headless checks.
 CHECK_JS = """<script>
 window.mapcapErrors = 0;
@@ -134,6 +135,14 @@ def explanation_cards(con, run: str, preds: list[dict], limit: int,
     return "".join(cards) or "<p>No relevancy maps in this run (stages relevancy, regions, captions).</p>"
 
 
+def caption_quality_section(rows: list[dict]) -> str:
+    """Per captioner: BLEU and CIDEr-D against the references, and the mean (Ref)CLIPScore of the same captions."""
+    if not rows:
+        return "<p>No captions of images with reference captions (stage caption_quality).</p>"
+    return ("<p>Corpus BLEU and CIDEr-D as coco-caption computes them (lower-cased words, punctuation dropped); "
+            "CLIPScore and RefCLIPScore as Hessel et al.'s code computes them.</p>" + _table(rows, QUALITY_COLUMNS))
+
+
 def build_report(root: str, run: str = "latest", explained: int = 12, sampled: int = 6,
                  variant: tuple[str, int | None] = ("chefer", None)) -> tuple[str, str]:
     """(run id, HTML) of the report for a run."""
@@ -166,6 +175,8 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
              _img(topk_panels(topk), "top-k probabilities") if topk else "<p>No images could be read.</p>",
              '<h2 id="explanations">What CLIP looked at (misclassified first)</h2>',
              explanation_cards(con, run, preds, explained, variant),
+             '<h2 id="caption-quality">Captions against the reference captions</h2>',
+             caption_quality_section(named_query(con, "caption_quality", run).to_pylist()),
              '<h2 id="summaries">Per-class summaries</h2>',
              _table(table, ["class_name", "n", "accuracy", "top_confusion", "captioner", "summary",
                             "class_mention_share", "other_class_share", "on_object_share"]),

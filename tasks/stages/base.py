@@ -90,10 +90,14 @@ def get_stage(name: str) -> Stage:
     return STAGES[name]()
 
 
-def writers() -> dict[str, str]:
-    """{table: the stage that writes it}."""
+def writers() -> dict[str, tuple[str, ...]]:
+    """{table: the stages that write it} (each writes its own files: `evaluations` has a map and a caption part)."""
     discover()
-    return {t: name for name, cls in STAGES.items() for t in cls.writes}
+    out: dict[str, tuple[str, ...]] = {}
+    for name, cls in STAGES.items():
+        for t in cls.writes:
+            out[t] = out.get(t, ()) + (name,)
+    return out
 
 
 def dependencies(name: str) -> tuple[str, ...]:
@@ -103,7 +107,7 @@ def dependencies(name: str) -> tuple[str, ...]:
     missing = [t for t in cls.reads if t not in w]
     if missing:
         raise ValueError(f"stage {name!r} reads {missing}, which no registered stage writes")
-    return tuple(dict.fromkeys(w[t] for t in cls.reads if w[t] != name))
+    return tuple(dict.fromkeys(s for t in cls.reads for s in w[t] if s != name))
 
 
 def upstream(name: str) -> tuple[str, ...]:

@@ -34,7 +34,8 @@ def references(dataset: str) -> dict[str, list[str]]:
     return {r["path"]: [r["caption"]] for r in annotations(dataset) if r.get("caption")}
 
 
-@register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4,
+# version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped
+@register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4, version=2,
                 summary="caption the top regions and the whole image (retrieval, clipcap, hf), with CLIPScore")
 class Captions(Stage):
     """Whole images first, then the top regions of the primary map, in captioner batches."""

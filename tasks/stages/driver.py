@@ -105,7 +105,8 @@ def run_run_stage(sp: StagePlan, root: str, run_id: str, shard_results: list[dic
                   log_: logging.Logger | None = None) -> dict:
     """One per-run stage over the whole run; its hash chains the per-shard hashes of the stages it follows."""
     stage = get_stage(sp.name)
-    follows = set(upstream(sp.name)) | {writers()[t] for t in stage.uses if t in writers()}
+    w = writers()
+    follows = set(upstream(sp.name)) | {s for t in stage.uses for s in w.get(t, ())}
     up: dict[str, Any] = {}
     for name in sorted(follows):
         if name in run_results:

@@ -245,6 +245,17 @@ def test_captions_stage_captions_regions_and_whole_images(first_run):
     assert any(r["region_id"] == 0 for r in rows)
 
 
+def test_caption_quality_is_recorded_and_printed(first_run, capsys):
+    params, _ = first_run
+    rows = named_query(connect(params.out), "caption_quality", "e2e").to_pylist()
+    assert [(r["captioner"], r["captioned"], r["n"]) for r in rows] == [
+        ("retrieval", "image", 48), ("retrieval", "true-class top region (chefer @0)", 48)]
+    assert all(r["cider_d"] > 1.0 and 0 < r["bleu_1"] <= 1 and r["ref_clipscore"] > 0.5 for r in rows)
+    assert main(["captions", "e2e", "--root", params.out]) == 0
+    out = capsys.readouterr().out
+    assert "captions against the reference captions" in out and "cider_d" in out and "retrieval" in out
+
+
 def test_rerun_with_clipcap_reuses_maps_and_regions(first_run):
     import os
     from mapcap.storage.writer import table_path

@@ -141,3 +141,17 @@ def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, 
     for s in r.shard_stages + r.run_stages:  # ... and every stage that reads maps uses it
         if hasattr(s.config, "method"):
             assert s.config.method == "gradient", s.name
+
+
+def test_caption_quality_runs_where_the_dataset_has_reference_captions(tmp_path, toy_dir):
+    import shutil
+    r = ExplainParams(dataset=str(toy_dir)).resolve()
+    cq = next(s for s in r.run_stages if s.name == "caption_quality").config
+    assert cq.dataset == str(toy_dir) and (cq.method, cq.start_layer) == ("chefer", 0)
+    folder = tmp_path / "no-refs"
+    shutil.copytree(toy_dir, folder, ignore=shutil.ignore_patterns("manifest.parquet"))
+    skipped = dict(ExplainParams(dataset=str(folder)).resolve().skipped)
+    assert "has no reference captions" in skipped["caption_quality"]
+    with pytest.raises(ValueError, match="stage 'caption_quality' was asked for but cannot run"):
+        ExplainParams(dataset=str(folder), stages=["classify", "relevancy", "regions", "captions",
+                                                   "caption_quality"]).resolve()

@@ -24,7 +24,8 @@ def trend_run(prefect_harness, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("trend-results"))
     params = ExplainParams(dataset=str(data), out=out, shard_size=80, batch_size=40, run_name="trend", device="cpu",
                            captioner="clipcap", caption_top_k=2,
-                           stages=["classify", "relevancy", "regions", "captions", "summarize", "report"])
+                           stages=["classify", "relevancy", "regions", "captions", "caption_quality", "summarize",
+                                   "report"])
     return params, explain(params)
 
 
@@ -58,8 +59,10 @@ def test_report_renders_in_headless_chromium(trend_run, tmp_path):
     params, result = trend_run
     report = result["report"]
     page = open(report).read()
-    for section in ("accuracy", "templates", "topk", "explanations", "summaries", "trends"):
+    for section in ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends"):
         assert f'id="{section}"' in page
+    quality = page.split('id="caption-quality"')[1].split("<h2")[0]
+    assert "<td>clipcap</td><td>image</td>" in quality and "cider_d" in quality
     shot = tmp_path / "report.png"
     run = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u1'}", "--window-size=1200,3000",
                           f"--screenshot={shot}", f"file://{report}"], capture_output=True, text=True, timeout=120)

@@ -74,3 +74,24 @@ def test_duckdb_reads_a_remote_root_through_fsspec():
     t = run_sql(connect(root), "SELECT image_id FROM failures ORDER BY 1")
     assert t.column("image_id").to_pylist() == ["id0", "id1"]
     assert "image_id" in format_table(t)
+
+
+def test_a_column_added_later_reads_as_null_from_older_files(tmp_path):
+    root = str(tmp_path)
+    old = pa.table({"run_id": ["r1"], "method": ["chefer"], "start_layer": pa.array([0], pa.int32()),
+                    "metric": ["pointing_grid"], "value": [0.9], "n": [10]})  # evaluations before `captioner`
+    path = tmp_path / "evaluations" / "run=r1" / "evaluations.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(old, path)
+    write_table(root, "runs", "r1", "run", [{"run_id": "r1", "status": "finished"}])
+    con = connect(root)
+    assert run_sql(con, "SELECT captioner FROM evaluations").column("captioner").to_pylist() == [None]
+    assert named_query(con, "evaluations", "r1").column("pointing_grid").to_pylist() == [0.9]
+    assert named_query(con, "caption_quality", "r1").num_rows == 0
+    write_table(root, "evaluations", "r1", "caption-quality", [
+        {"run_id": "r1", "method": None, "start_layer": None, "metric": m, "value": v, "n": 4, "captioner": "clipcap"}
+        for m, v in (("cider_d", 4.5), ("bleu_4", 0.25))])
+    rows = named_query(connect(root), "caption_quality", "r1").to_pylist()
+    assert [(r["captioner"], r["captioned"], r["cider_d"], r["bleu_4"]) for r in rows] == [
+        ("clipcap", "image", 4.5, 0.25)]
+    assert named_query(connect(root), "evaluations", "r1").num_rows == 1  # caption rows stay out of the map table
