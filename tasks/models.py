@@ -142,9 +142,14 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
 @torch.no_grad()
 def encode_images(lm: LoadedModel, crops: list[Image.Image], normalize: bool = True) -> torch.Tensor:
     """(N, D) image embeddings of PIL crops, unit length unless normalize=False."""
-    pix = torch.stack([lm.preprocess(c.convert("RGB")) for c in crops]).to(lm.spec.device)
+    return encode_pixels(lm, torch.stack([lm.preprocess(c.convert("RGB")) for c in crops]), normalize)
+
+
+@torch.no_grad()
+def encode_pixels(lm: LoadedModel, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """(N, D) image embeddings of preprocessed pixels (N, 3, S, S), unit length unless normalize=False."""
     with model_lock(lm.model):
-        emb = lm.model.encode_image(pix).float()
+        emb = lm.model.encode_image(pixels.to(lm.spec.device)).float()
     return F.normalize(emb, dim=-1) if normalize else emb
 
 

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from mapcap.tasks.concept_bank import concept_prompt
-from mapcap.tasks.models import LoadedModel, encode_images, encode_texts, in_batches
+from mapcap.tasks.models import LoadedModel, encode_images, encode_pixels, encode_texts, in_batches
 from mapcap.tasks.segment import rle_decode
 
 REMOVED = -1  # placeholder of a removed visual concept: matches no language concept
@@ -142,9 +142,11 @@ def perturbed(image: Image.Image, steps: list[np.ndarray]) -> tuple[list[Image.I
 
 
 @torch.no_grad()
-def class_probs(lm: LoadedModel, images: list[Image.Image], class_emb: torch.Tensor) -> torch.Tensor:
-    """(B, C) zero-shot probabilities of PIL images against unit class embeddings (C, D)."""
-    img = in_batches(len(images), 256, lambda i, j: encode_images(lm, images[i:j]).float().cpu())  # (B, D), unit
+def class_probs(lm: LoadedModel, images: list[Image.Image] | torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+    """(B, C) zero-shot probabilities of PIL images, or of preprocessed pixels (B, 3, S, S), against unit class
+    embeddings (C, D)."""
+    enc = encode_pixels if isinstance(images, torch.Tensor) else encode_images
+    img = in_batches(len(images), 256, lambda i, j: enc(lm, images[i:j]).float().cpu())  # (B, D), unit
     return (lm.model.logit_scale.exp().float().cpu() * img @ class_emb.T).softmax(-1)
 
 

@@ -14,8 +14,9 @@ import torch
 from mapcap.tasks.captioners.base import crop_region
 from mapcap.tasks.concept_bank import ConceptBank
 from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddings, cumulative_masks, curve_auc,
-                                                   faithfulness, language_concepts, mi_curve, perturbed,
+                                                   faithfulness, language_concepts, mi_curve,
                                                    region_mask, top_k, visual_concepts)
+from mapcap.tasks.metrics.perturb import perturbed_pixels
 from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
@@ -96,8 +97,9 @@ def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb
     return rows, mk, cumulative_masks(order, tied, masks)
 
 
+# version 2: deletion / insertion images drawn at the model's input resolution (tasks/metrics/perturb.py)
 @register_stage("concepts", ConceptsConfig, reads=("predictions", "images", "regions"),
-                writes=("concepts", "mutual_knowledge"), order=3,
+                writes=("concepts", "mutual_knowledge"), order=3, version=2,
                 summary="visual / language concepts and mutual knowledge (needs a concept bank covering the classes)")
 class Concepts(Stage):
     """Mutual knowledge of each image's parts (primary map's regions) and its predicted class."""
@@ -130,8 +132,9 @@ class Concepts(Stage):
                 start += len(views[i])
                 concept_rows += rows
                 mk_rows.append(mk)
-            pert = {i: sum(perturbed(decoded[i], steps[i]), []) for i in chunk}  # deletions, then insertions
-            probs = class_probs(lm, [im for i in chunk for im in pert[i]], class_emb)  # (sum 2(N+1), C)
+            # deletions, then insertions, drawn at the model's resolution: (2(N+1), 3, S, S) per image
+            pert = {i: perturbed_pixels(lm.preprocess, decoded[i], steps[i]) for i in chunk}
+            probs = class_probs(lm, torch.cat([pert[i] for i in chunk]), class_emb)  # (sum 2(N+1), C)
             start = 0
             for mk, i in zip(mk_rows[-len(chunk):], chunk):
                 mk |= faithfulness(probs[start:start + len(pert[i])], cfg.classes.index(preds[i]["pred"]),

@@ -44,8 +44,9 @@ class EvaluateConfig:
     variants: tuple[tuple[str, int | None], ...] = VARIANTS  # (method, start layer) scored
 
 
+# version 2: negative perturbation removes the least relevant cells of the one relevance order insertion uses
 @register_stage("evaluate", EvaluateConfig, scope="run", reads=("predictions", "images"),
-                writes=("evaluations",), order=10,
+                writes=("evaluations",), order=10, version=2,
                 summary="faithfulness (perturbation AUCs), pointing game and class discrimination of every map method")
 class Evaluate(Stage):
     """Maps computed afresh on a sample, the same way for every run."""

@@ -121,3 +121,27 @@ def test_description_row_is_the_mean_prompt_similarity_per_class(toy_model, toy_
 def test_concept_bank_is_hashable_config():
     bank = ConceptBank(("a", "b"), (("x", "y"), ("y", "z")), "mem")
     assert bank.vocabulary == ("x", "y", "z") and hash(bank) == hash(ConceptBank(("a", "b"), (("x", "y"), ("y", "z")), "mem"))
+
+
+def test_perturbations_at_model_resolution_match_perturbing_first(toy_model, toy_dir):
+    """Blending at the model's input size equals drawing the perturbation at full size then preprocessing, up to
+    the resampled mask edges: exactly for empty and full masks, closely in class probabilities."""
+    from mapcap.tasks.metrics.mutual_knowledge import class_probs
+    from mapcap.tasks.metrics.perturb import perturbed_pixels
+    from mapcap.tasks.zeroshot import text_classifier
+    images = [Image.open(p).convert("RGB") for p in sorted(toy_dir.glob("*/*.png"))[:8]]
+    class_emb = text_classifier(toy_model, tuple(SHAPES), ("a photo of a {}.",))[-1]
+    diffs = []
+    for k, img in enumerate(images):
+        W, H = img.size
+        half = np.zeros((H, W), bool)
+        half[:, : W // 2 + 7 * k] = True
+        steps = [np.zeros((H, W), bool), half, np.ones((H, W), bool)]
+        fast = perturbed_pixels(toy_model.preprocess, img, steps)  # (6, 3, S, S)
+        deleted, inserted = perturbed(img, steps)
+        slow = torch.stack([toy_model.preprocess(im) for im in deleted + inserted])
+        assert fast.shape == slow.shape == (6, 3, 64, 64)
+        for j in (0, 2, 3, 5):  # nothing or everything perturbed: the same pixels
+            assert (fast[j] - slow[j]).abs().max() < 1e-5, j
+        diffs.append((class_probs(toy_model, fast, class_emb) - class_probs(toy_model, slow, class_emb)).abs().max())
+    assert max(diffs) < 0.05, diffs
