@@ -38,18 +38,20 @@ class Classify(Stage):
         classifier = text_classifier(lm, cfg.classes, cfg.templates)  # (T + 1, C, D)
         descriptions = description_classifier(lm, cfg.bank) if cfg.bank else None
         images, good = [], []
-        for item, image_id, img in ctx.decode_items():
+        for item, image_id, size in ctx.decode_items(lm.preprocess, cfg.model.device):
             images.append({"run_id": ctx.run_id, "image_id": image_id, "path": item.path, "label": item.label,
-                           "shard": ctx.shard, "width": img.width if img else None,
-                           "height": img.height if img else None})
-            if img is not None:
-                good.append((image_id, item.label, img))
+                           "shard": ctx.shard, "width": size[0] if size else None,
+                           "height": size[1] if size else None})
+            if size is not None:
+                good.append((image_id, item.label, item.path))
         starts = fused_starts(cfg, ctx.pending.get("relevancy"))
         preds = []
         for b in range(0, len(good), cfg.batch_size):
             chunk = good[b:b + cfg.batch_size]
-            pix = ctx.pixels(lm.preprocess, {iid: img for iid, _, img in chunk})
+            pix = ctx.pixels_of(lm.preprocess, {iid: path for iid, _, path in chunk})
             pixels = torch.stack([pix[iid] for iid, _, _ in chunk])  # (B, 3, H, W)
+            if pixels.device.type == "cpu" and cfg.model.device.startswith("cuda"):
+                pixels = pixels.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
             probs = self._explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) if starts else None
             if probs is None:  # the plain path (its batches halve on CUDA out-of-memory)
                 probs = in_batches(len(chunk), len(chunk), lambda i, j: classify_pixels(

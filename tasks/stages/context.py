@@ -17,6 +17,7 @@ from PIL import Image
 
 from mapcap.storage.writer import read_run, read_table, shard_name
 from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image
+from mapcap.tasks.decode import decode_jpegs, geometry
 
 Rows = list[dict[str, Any]]
 CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per worker process (then the oldest are dropped)
@@ -107,13 +108,27 @@ class StageContext:
             out.append(res if res is not None else self._decode(p))  # evicted meanwhile: decode again
         return out
 
-    def decode_items(self) -> list[tuple[Item, str, Image.Image | None]]:
-        """Every item of the shard decoded (in parallel, once): (item, image id, image or None if it failed)."""
+    def decode_items(self, preprocess: Callable | None = None,
+                     device: str = "cpu") -> list[tuple[Item, str, tuple[int, int] | None]]:
+        """Every item of the shard decoded once: (item, image id, (W, H) or None if it failed). With a
+        `preprocess` on a CUDA `device`, JPEGs are decoded and preprocessed there in one batch (tasks/decode.py;
+        their pixels are cached, `pixels_of` finds them) and only the other files go through PIL."""
+        paths = [it.path for it in self.items]
+        fast = None
+        if preprocess is not None and device.startswith("cuda") and (geo := geometry(preprocess)) is not None:
+            fast = decode_jpegs(paths, geo, device)
+            for p, pix in fast.pixels.items():
+                self.cache.put(("pixels", id(preprocess), fast.ids[p]), pix, pix.numel() * pix.element_size())
+        slow = iter(self._decode_all([p for p in paths if fast is None or p not in fast.pixels]))
         out = []
-        for item, (img, image_id, err) in zip(self.items, self._decode_all([it.path for it in self.items])):
+        for item in self.items:
+            if fast is not None and item.path in fast.pixels:
+                out.append((item, fast.ids[item.path], fast.sizes[item.path]))
+                continue
+            img, image_id, err = next(slow)
             if err is not None:
                 self.fail(image_id, item.path, err)
-            out.append((item, image_id, img))
+            out.append((item, image_id, img.size if img is not None else None))
         return out
 
     def images(self, refs: dict[str, str]) -> dict[str, Image.Image]:
@@ -142,3 +157,10 @@ class StageContext:
                     self.cache.put(("pixels", id(preprocess), iid), pix, pix.numel() * pix.element_size())
                     out[iid] = pix
         return out
+
+    def pixels_of(self, preprocess: Callable[[Image.Image], torch.Tensor],
+                  refs: dict[str, str]) -> dict[str, torch.Tensor]:
+        """Preprocessed tensors for {image id: path}: cached ones as they are (decoded on the GPU, or by an
+        earlier stage), the rest decoded (an unreadable or changed file is a failure row) and preprocessed."""
+        have = {i: px for i in refs if (px := self.cache.get(("pixels", id(preprocess), i))) is not None}
+        return have | self.pixels(preprocess, self.images({i: p for i, p in refs.items() if i not in have}))

@@ -64,7 +64,7 @@ class Evaluate(Stage):
         truth = dataset_masks(cfg.dataset)
         lm = load_model(cfg.model)
         emb = text_classifier(lm, cfg.classes, cfg.templates)[-1]  # (C, D)
-        pix = ctx.pixels(lm.preprocess, ctx.images({i: paths[i] for i in ids}))
+        pix = ctx.pixels_of(lm.preprocess, {i: paths[i] for i in ids})
         ids = [i for i in ids if i in pix]
         x = torch.stack([pix[i] for i in ids])  # (B, 3, H, W)
         pred = torch.tensor([cfg.classes.index(preds[i]["pred"]) for i in ids])

@@ -45,7 +45,7 @@ class Relevancy(Stage):
         lm = load_model(cfg.model)
         text = text_classifier(lm, cfg.classes, cfg.templates)[-1]  # (C, D) ensemble embedding per class
         ids = sorted(ens)
-        pixels = ctx.pixels(lm.preprocess, ctx.images({i: paths[i] for i in ids}))
+        pixels = ctx.pixels_of(lm.preprocess, {i: paths[i] for i in ids})
         # one map per distinct (image, class): pred and label share it when the prediction is right
         pairs = sorted({(i, ens[i][t]) for i in ids if i in pixels for t in TARGETS})
         rows = []

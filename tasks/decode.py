@@ -1,0 +1,112 @@
+"""JPEGs straight to model pixels as tensor ops: batched nvjpeg on CUDA, libjpeg-turbo on CPU.
+
+PIL decodes about 200 500×375 JPEGs per second per core, so classification on a GPU starves on the CPU that
+decodes and resizes for it. `torchvision.io.decode_jpeg(device="cuda")` decodes a whole batch on the GPU; the
+resize (bicubic, antialiased, shorter side to the model's input), centre crop and normalisation follow on the
+same device. Pixels are rounded to 8 bits after the resize as PIL's are, so the result matches the PIL
+preprocess within resampling differences (tests/tasks/test_decode.py bounds them on CPU-decoded fixtures).
+Files that are not JPEG, or that the decoder refuses (CMYK, progressive on some nvjpeg builds, truncated), come
+back as misses for the caller's PIL path, which turns unreadable files into `failures` rows.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from mapcap.tasks.data import MIN_SIDE, image_id_of
+
+log = logging.getLogger(__name__)
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What an open_clip preprocess does, as numbers: shorter side → `resize`, centre crop `crop`, normalise."""
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def geometry(preprocess: Callable) -> Geometry | None:
+    """The Geometry of a torchvision Compose(Resize(int, bicubic), CenterCrop, ..., Normalize); None for any
+    other preprocess (the caller keeps the PIL path)."""
+    steps = getattr(preprocess, "transforms", None) or []
+    resize = [t for t in steps if isinstance(t, T.Resize)]
+    crop = [t for t in steps if isinstance(t, T.CenterCrop)]
+    norm = [t for t in steps if isinstance(t, T.Normalize)]
+    if len(resize) != 1 or len(crop) != 1 or len(norm) != 1:
+        return None
+    size, (ch, cw) = resize[0].size, crop[0].size
+    size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+    if not isinstance(size, int) or ch != cw or resize[0].interpolation != T.InterpolationMode.BICUBIC:
+        return None
+    return Geometry(size, ch, tuple(norm[0].mean), tuple(norm[0].std))
+
+
+def to_pixels(rgb: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """(3, H, W) uint8 → (3, S, S) float normalised, as the PIL preprocess computes it."""
+    _, H, W = rgb.shape
+    short, long = (H, W) if H <= W else (W, H)
+    new_long = int(geo.resize * long / short)  # torchvision's rule for an int size
+    h, w = (geo.resize, new_long) if H <= W else (new_long, geo.resize)
+    x = F.interpolate(rgb.unsqueeze(0).float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    x = x.round().clamp(0, 255)[0] / 255  # 8-bit, as PIL resizes RGB images  (3, h, w)
+    top, left = int(round((h - geo.crop) / 2.0)), int(round((w - geo.crop) / 2.0))
+    x = x[:, top:top + geo.crop, left:left + geo.crop]  # (3, S, S)
+    mean = torch.tensor(geo.mean, device=x.device).view(3, 1, 1)
+    std = torch.tensor(geo.std, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass
+class Decoded:
+    pixels: dict[str, torch.Tensor]  # path -> (3, S, S) on the device
+    sizes: dict[str, tuple[int, int]]  # path -> (W, H) of the decoded image
+    ids: dict[str, str]  # path -> content id (of the file's bytes)
+    misses: list[str]  # paths left to the PIL path (not JPEG, refused by the decoder, unreadable)
+
+
+def decode_jpegs(paths: list[str], geo: Geometry, device: str) -> Decoded:
+    """Every JPEG of `paths` decoded (one batched call) and preprocessed on `device`."""
+    out = Decoded({}, {}, {}, [])
+    datas, names = [], []
+    for p in paths:
+        try:
+            raw = Path(p).read_bytes()
+        except OSError:
+            out.misses.append(p)  # the PIL path reports it
+            continue
+        if not raw.startswith(JPEG_MAGIC):
+            out.misses.append(p)
+            continue
+        out.ids[p] = image_id_of(raw)
+        datas.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        names.append(p)
+    if not names:
+        return out
+    try:
+        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    except RuntimeError as e:  # one bad file fails the batch: decode one by one to find it
+        log.info("batched JPEG decode failed (%s): decoding %d files one by one", e, len(names))
+        images = []
+        for d in datas:
+            try:
+                images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+            except RuntimeError:
+                images.append(None)
+    for p, img in zip(names, images):
+        if img is None or min(img.shape[1:]) < MIN_SIDE:
+            out.misses.append(p)
+            out.ids.pop(p, None)
+            continue
+        out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
+        out.pixels[p] = to_pixels(img, geo)
+    return out

@@ -1,0 +1,82 @@
+"""JPEGs decoded and preprocessed as tensor ops (the CUDA path, run here on CPU) match the PIL preprocess."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mapcap.tasks.data import load_image
+from mapcap.tasks.decode import decode_jpegs, geometry
+from mapcap.tasks.zeroshot import classify_pixels, text_classifier
+from mapcap.toy.dataset import make_scene
+from mapcap.toy.shapes import SHAPES
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Toy scenes as JPEGs of several sizes and orientations, a grey JPEG, a PNG and a truncated JPEG."""
+    folder = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(4)
+    paths = []
+    for k, size in enumerate([(500, 375), (375, 500), (640, 640), (97, 203), (1024, 683), (64, 64)]):
+        img = Image.fromarray(make_scene(rng, shape=SHAPES[k % len(SHAPES)]).image).resize(size)
+        paths.append(folder / f"{k}.jpg")
+        img.save(paths[-1], quality=90)
+    Image.open(paths[0]).convert("L").save(folder / "grey.jpg")
+    Image.open(paths[0]).save(folder / "scene.png")
+    (folder / "cut.jpg").write_bytes(paths[0].read_bytes()[:2000])
+    return [str(p) for p in paths] + [str(folder / n) for n in ("grey.jpg", "scene.png", "cut.jpg")]
+
+
+@pytest.mark.parametrize("model", ["toy", "ViT-B-16"])
+def test_tensor_decode_matches_the_pil_preprocess(files, model, toy_model):
+    import open_clip
+    preprocess = toy_model.preprocess if model == "toy" else open_clip.create_model_and_transforms(model)[2]
+    geo = geometry(preprocess)
+    assert geo is not None
+    out = decode_jpegs(files, geo, "cpu")
+    assert set(out.misses) == {files[-2], files[-1]}  # the PNG and the truncated JPEG go to the PIL path
+    for p, pix in out.pixels.items():
+        img, iid = load_image(p)
+        ref = preprocess(img)
+        assert out.sizes[p] == img.size and out.ids[p] == iid and pix.shape == ref.shape
+        # resampling differs a little between PIL and torch; in 8-bit steps of the normalised scale (~0.015)
+        assert (pix - ref).abs().mean() < 0.02 and (pix - ref).abs().max() < 0.5, p
+
+
+def test_tensor_decode_gives_the_same_predictions(files, toy_model):
+    geo = geometry(toy_model.preprocess)
+    out = decode_jpegs(files, geo, "cpu")
+    paths = sorted(out.pixels)
+    fast = torch.stack([out.pixels[p] for p in paths])
+    slow = torch.stack([toy_model.preprocess(load_image(p)[0]) for p in paths])
+    clf = text_classifier(toy_model, tuple(SHAPES), ("a photo of a {}.",))
+    a, b = classify_pixels(toy_model, fast, clf), classify_pixels(toy_model, slow, clf)
+    assert torch.equal(a[-1].argmax(-1), b[-1].argmax(-1)) and (a - b).abs().max() < 0.05
+
+
+def test_a_preprocess_it_cannot_mirror_keeps_the_pil_path():
+    from torchvision import transforms as T
+    assert geometry(T.Compose([T.Resize((64, 64)), T.ToTensor()])) is None
+    assert geometry(lambda img: img) is None
+
+
+def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkeypatch):
+    """The CUDA branch of the stage context, with the decoder run on CPU: JPEG pixels cached for every stage,
+    the PNG through PIL, the truncated JPEG a failure row."""
+    import mapcap.tasks.stages.context as context
+    from mapcap.tasks.data import Item
+    from mapcap.tasks.stages.context import StageContext
+    real = context.decode_jpegs
+    monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device: real(paths, geo, "cpu"))
+    ctx = StageContext("memory://unused", "r", 0, [Item(p, "circle") for p in files], workers=2)
+    ctx.stage = "classify"
+    got = ctx.decode_items(toy_model.preprocess, "cuda")
+    assert [it.path for it, _, _ in got] == files
+    assert [f["path"] for f in ctx.failures] == [files[-1]]  # the truncated JPEG, also refused by PIL
+    sizes = {it.path: size for it, _, size in got}
+    assert sizes[files[-2]] == Image.open(files[-2]).size  # the PNG, decoded by PIL
+    ids = {it.path: iid for it, iid, size in got if size is not None}
+    pix = ctx.pixels_of(toy_model.preprocess, {ids[p]: p for p in files[:-1]})
+    assert len(pix) == len(files) - 1
+    cached = ctx.cache.get(("pixels", id(toy_model.preprocess), ids[files[0]]))
+    assert pix[ids[files[0]]] is cached and ctx.cache.get(("path", files[0])) is None  # never through PIL
