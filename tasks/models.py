@@ -11,6 +11,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,12 @@ class LoadedModel:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.spec.precision)
+
+
+def autocast(lm: LoadedModel):
+    """The model's mixed-precision context (bf16 / fp16 on a GPU), or nothing in fp32."""
+    dtype = lm.autocast_dtype
+    return torch.autocast(lm.spec.device.split(":")[0], dtype=dtype) if dtype else nullcontext()
 
 
 def resolve_device(device: str) -> str:
@@ -148,8 +155,8 @@ def encode_images(lm: LoadedModel, crops: list[Image.Image], normalize: bool = T
 @torch.no_grad()
 def encode_pixels(lm: LoadedModel, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """(N, D) image embeddings of preprocessed pixels (N, 3, S, S), unit length unless normalize=False."""
-    with model_lock(lm.model):
-        emb = lm.model.encode_image(pixels.to(lm.spec.device)).float()
+    with model_lock(lm.model), autocast(lm):
+        emb = lm.model.encode_image(pixels.to(lm.spec.device, non_blocking=True)).float()
     return F.normalize(emb, dim=-1) if normalize else emb
 
 
@@ -167,7 +174,8 @@ def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
         todo = list(dict.fromkeys(t for t in texts if t not in cache))
         for b in range(0, len(todo), TEXT_BATCH):
             part = todo[b:b + TEXT_BATCH]
-            emb = F.normalize(lm.model.encode_text(lm.tokenizer(part).to(lm.spec.device)).float(), dim=-1)
+            with autocast(lm):
+                emb = F.normalize(lm.model.encode_text(lm.tokenizer(part).to(lm.spec.device)).float(), dim=-1)
             cache.update(zip(part, emb))  # (D,) rows
         for t in texts:
             cache.move_to_end(t)

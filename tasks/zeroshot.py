@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import threading
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from mapcap.tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
-from mapcap.tasks.models import LoadedModel, encode_texts, in_batches, model_lock
+from mapcap.tasks.models import LoadedModel, autocast, encode_texts, in_batches, model_lock
 
 ENSEMBLE = "ensemble"  # the template name of the ensemble rows in `predictions`
 
@@ -74,8 +73,7 @@ def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Ten
                     descriptions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(R, B, C) class probabilities of a preprocessed batch (B, 3, H, W) (see `probabilities`)."""
     dev = lm.spec.device
-    amp = torch.autocast(dev.split(":")[0], dtype=lm.autocast_dtype) if lm.autocast_dtype else nullcontext()
-    with model_lock(lm.model), amp:
+    with model_lock(lm.model), autocast(lm):
         img = lm.model.encode_image(pixels.to(dev, non_blocking=True))  # (B, D)
     return probabilities(lm, img, classifier, descriptions)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mapcap.tasks.models import LoadedModel, model_lock
+from mapcap.tasks.models import LoadedModel, autocast, model_lock
 from mapcap.tasks.relevancy.attention import attention_blocks, recording_attention
-from mapcap.tasks.relevancy.methods import _autocast, grid_size, image_text_logit, register
+from mapcap.tasks.relevancy.methods import grid_size, image_text_logit, register
 
 
 def rollout(attns: list[torch.Tensor], grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
@@ -25,7 +25,7 @@ def rollout(attns: list[torch.Tensor], grads: tuple[torch.Tensor, ...] | list[to
 def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
     blocks = attention_blocks(lm.model.visual, "image")
     start = start_layer % len(blocks)
-    with recording_attention(blocks, start) as attns, torch.enable_grad(), _autocast(lm):
+    with recording_attention(blocks, start) as attns, torch.enable_grad(), autocast(lm):
         target = image_text_logit(lm, pixels, text_emb)  # (B,)
         attns = list(attns)  # blocks[start:] (a copy: the store is emptied when the context exits)
         grads = torch.autograd.grad(target.sum(), attns)  # one backward for the whole batch
@@ -39,7 +39,7 @@ def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch
     tower = lm.model if hasattr(lm.model, "transformer") else getattr(lm.model, "text")
     blocks = attention_blocks(tower, "text")
     start = start_layer % len(blocks)
-    with model_lock(lm.model), recording_attention(blocks, start) as attns, torch.enable_grad(), _autocast(lm):
+    with model_lock(lm.model), recording_attention(blocks, start) as attns, torch.enable_grad(), autocast(lm):
         txt = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)  # (B, D)
         target = lm.model.logit_scale.exp().float() * (txt * F.normalize(image_emb.float(), dim=-1)).sum(-1)
         attns = list(attns)

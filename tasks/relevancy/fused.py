@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mapcap.tasks.models import LoadedModel, model_lock
+from mapcap.tasks.models import LoadedModel, autocast, model_lock
 from mapcap.tasks.relevancy.attention import attention_blocks, recording_attention
 from mapcap.tasks.relevancy.chefer import rollout
-from mapcap.tasks.relevancy.methods import _autocast, grid_size
+from mapcap.tasks.relevancy.methods import grid_size
 from mapcap.tasks.zeroshot import probabilities
 
 
@@ -37,7 +37,7 @@ def classify_and_explain(lm: LoadedModel, pixels: torch.Tensor, classifier: torc
     blocks = attention_blocks(lm.model.visual, "image")
     first = min(s % len(blocks) for s in starts)
     dev = lm.spec.device
-    with model_lock(lm.model), recording_attention(blocks, first) as store, torch.enable_grad(), _autocast(lm):
+    with model_lock(lm.model), recording_attention(blocks, first) as store, torch.enable_grad(), autocast(lm):
         img = lm.model.encode_image(pixels.to(dev, non_blocking=True))  # (B, D)
         attns = list(store)  # blocks[first:], each (B, H, N, N)
     with torch.no_grad():

@@ -4,14 +4,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mapcap.tasks.models import LoadedModel
-from mapcap.tasks.relevancy.methods import _autocast, grid_size, image_text_logit, register
+from mapcap.tasks.models import LoadedModel, autocast
+from mapcap.tasks.relevancy.methods import grid_size, image_text_logit, register
 
 
 @register("gradient")
 def gradient(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
     x = pixels.detach().clone().requires_grad_(True)  # (B, 3, H, W)
-    with torch.enable_grad(), _autocast(lm):
+    with torch.enable_grad(), autocast(lm):
         target = image_text_logit(lm, x, text_emb)
         (grad,) = torch.autograd.grad(target.sum(), x)
     g = grid_size(lm)

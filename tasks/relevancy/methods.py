@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +50,6 @@ def grid_size(lm: LoadedModel) -> int:
         return int(visual.grid_size[0])
     size = visual.image_size
     return int((size[0] if isinstance(size, (tuple, list)) else size) // 32)
-
-
-def _autocast(lm: LoadedModel):
-    dev = lm.spec.device.split(":")[0]
-    return torch.autocast(dev, dtype=lm.autocast_dtype) if lm.autocast_dtype else nullcontext()
 
 
 def image_text_logit(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

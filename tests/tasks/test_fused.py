@@ -9,7 +9,7 @@ from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.relevancy import RelevancyConfig
 from mapcap.tasks.templates import resolve_templates
 from mapcap.tasks.zeroshot import classify_pixels, text_classifier
-from tests.tasks.test_stages import compute, ctx_with, tiny  # noqa: F401 (a fixture)
+from tests.tasks.test_stages import compute, ctx_with
 
 TEMPLATES = resolve_templates(["a photo of a {}.", "{}"])
 

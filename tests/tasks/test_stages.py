@@ -6,7 +6,6 @@ import torch
 
 from mapcap.tasks.captioners.base import CaptionerConfig
 from mapcap.tasks.concept_bank import resolve_bank
-from mapcap.tasks.data import read_dataset
 from mapcap.tasks.segment import SegmentConfig
 from mapcap.tasks.stages.base import get_stage
 from mapcap.tasks.stages.captions import CaptionsConfig
@@ -20,22 +19,6 @@ from mapcap.tasks.stages.summarize import SummarizeConfig
 from mapcap.tasks.templates import resolve_templates
 
 TEMPLATES = resolve_templates(["a photo of a {}.", "{}"])
-
-
-@pytest.fixture(scope="module")
-def tiny(toy_dir, tmp_path_factory):
-    """Five toy images (one per class for five classes) copied to a private folder, plus one broken file."""
-    ds = read_dataset(str(toy_dir))
-    folder = tmp_path_factory.mktemp("tiny")
-    items = []
-    for cls in ds.classes[:5]:
-        it = next(i for i in ds.items if i.label == cls)
-        dst = folder / f"{cls}.png"
-        shutil.copy(it.path, dst)
-        items.append(type(it)(str(dst), cls))
-    bad = folder / "broken.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    return ds.classes, items + [type(items[0])(str(bad), ds.classes[0])]
 
 
 def ctx_with(items=None, outputs=None, shard=0):
