@@ -11,6 +11,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
 os.environ["MAPCAP_TOY_DATA"] = str(Path(_HOME) / "toy-data")
 
+import mapcap  # noqa: E402,F401  (before any test module imports torch: it sets the OpenMP wait policy)
 import pytest  # noqa: E402
 
 
