@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+import mapcap  # noqa: F401  (before torch: it sets the OpenMP wait policy)
+
 import torch
 
 from timing import rate  # bench/timing.py (scripts run from bench/ on sys.path)

@@ -9,6 +9,8 @@ Random weights give the real cost of a model (no download needed). Prints a tabl
 from __future__ import annotations
 
 import argparse
+
+import mapcap  # noqa: F401  (before torch: it sets the OpenMP wait policy)
 import tempfile
 import time
 from pathlib import Path

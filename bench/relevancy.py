@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+import mapcap  # noqa: F401  (before torch: it sets the OpenMP wait policy)
+
 import torch
 import torch.nn.functional as F
 
