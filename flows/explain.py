@@ -31,8 +31,8 @@ def gpu_request(gpus: float) -> AbstractContextManager:
     return remote_options(num_gpus=gpus)
 
 
-# Shards in flight at once: one computing while the next decodes its images. More only adds threads that wait
-# for the model (its forward passes hold a lock) and hold decoded images in memory. Ray replaces this runner.
+# Shards in flight at once. More only adds threads that wait for the model (its forward passes hold a lock) and
+# hold decoded images in memory. Ray replaces this runner.
 SHARDS_IN_FLIGHT = 1
 
 
