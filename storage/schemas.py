@@ -26,6 +26,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("config_json", pa.string()),  # resolved config of every stage that ran: {stage: config} (JSON)
         ("stages_json", pa.string()),  # per stage: ran / reused / skipped and why, rows, failures, seconds
         ("sharding", pa.string()),  # how images were cut into shards (tasks/sharding.py); null: by sorted path
+        ("nodes", pa.list_(pa.string())),  # where its shards ran: Ray node ids, or host names
     ]),
     "images": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),

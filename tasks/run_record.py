@@ -56,7 +56,7 @@ def run_row(resolved, params: dict, status: str, started_at: datetime, shard_res
         "code_version": code_version(), "versions_json": json.dumps(library_versions(), sort_keys=True),
         "config_json": json.dumps(configs, sort_keys=True),
         "stages_json": json.dumps(stage_record(resolved, done, run_results), sort_keys=True),
-        "sharding": SCHEME,
+        "sharding": SCHEME, "nodes": sorted({r["node"] for r in done if r.get("node")}),
     }
 
 
