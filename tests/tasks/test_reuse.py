@@ -97,3 +97,22 @@ def test_retrained_weights_at_the_same_path_change_the_reuse_hash(tmp_path):
     ckpt.write_bytes(b"weights two, retrained")
     after = content_hashes(plans)
     assert before["classify"] != after["classify"] and before["relevancy"] != after["relevancy"]
+
+
+def test_rows_are_reused_from_a_compacted_run_and_an_empty_shard_writes_empty_files(setup, tmp_path):
+    from mapcap.storage.compact import compact_run
+    from mapcap.storage.writer import write_table
+
+    items, plans = setup
+    root = str(tmp_path)
+    run_shard(plans, root, "a", 0, items[:3])
+    run_shard(plans, root, "a", 1, items[3:])
+    write_table(root, "runs", "a", "run", [{"run_id": "a", "status": "finished"}])
+    assert compact_run(root, "a")["relevancy"] == (2, 1)
+    b = run_shard(plans, root, "b", 0, items)["stages"]
+    assert b["classify"]["reused_rows"]["images"] == 6 and b["relevancy"]["reused_rows"]["relevancy"] == 12
+    for table in TABLES:
+        assert by_image(root, table, "b") == by_image(root, table, "a"), table
+    empty = run_shard(plans, root, "b", 1, [])["stages"]  # a hash bucket no image falls into
+    assert all(not s["skipped"] and not any(s["rows"].values()) for s in empty.values())
+    assert run_shard(plans, root, "b", 1, [])["stages"]["captions"]["skipped"]
