@@ -50,8 +50,10 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray-cluster")
     sessions = tempfile.mkdtemp(prefix="mcray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     port = _free_port()
-    # a HOME of its own: no token file of another Ray user on this machine applies to this cluster
-    env = os.environ | {"HOME": str(tmp / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+    # a HOME of its own and no inherited RAY_* settings (a local Ray started earlier in this process sets some):
+    # no token file or auth mode of another Ray on this machine applies to this cluster
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {
+        "HOME": str(tmp / "home"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     (tmp / "home").mkdir()
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=1", "--disable-usage-stats"]
     procs = []
