@@ -144,9 +144,11 @@ class ExplainParams(BaseModel):
         None, description="stages to run, e.g. [classify, relevancy, regions]; empty: every stage this run can do "
                           "(a stage missing what it needs, such as a concept bank covering the classes, is skipped "
                           "with the reason in the run's record). A stage listed here must run, or the run fails.")
-    shard_size: int | None = Field(None, ge=1, description="images per shard (one task, one file per table and "
-                                                           "stage); empty: 4096 on a GPU, 1024 on CPU, so "
-                                                           "Prefect's per-task cost stays a small share")
+    shard_size: int | None = Field(None, ge=1, description="images per shard on average (one task, one file per "
+                                                           "table and stage; shards are buckets of a hash of the "
+                                                           "image path, their count fixed when the run starts); "
+                                                           "empty: 4096 on a GPU, 1024 on CPU, so Prefect's "
+                                                           "per-task cost stays a small share")
     workers: int = Field(4, ge=1, description="image decode threads per shard")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
                                                         "for, so Ray places one shard per GPU; 0: no request")
