@@ -2,6 +2,7 @@
 during (large file written, originals not yet removed) and after; a later reprocess still works."""
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 
 from mapcap.flows.explain import ExplainParams, explain
@@ -65,6 +66,5 @@ def test_only_a_finished_run_is_compacted_and_expand_restores_files(tmp_path):
     assert expand_run(root, "r") == 1
     files = sorted((tmp_path / "evaluations" / "run=r").iterdir())
     assert [f.name for f in files] == [f"part-{i}.parquet" for i in range(3)]
-    import pyarrow.parquet as pq
     assert [pq.read_schema(f).metadata[b"mapcap.config_hash"] for f in files] == [b"h0", b"h1", b"h2"]
     assert read_run(root, "evaluations", "r").column("metric").to_pylist() == ["m0", "m1", "m2"]
