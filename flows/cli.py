@@ -204,6 +204,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from mapcap.storage.compact import compact_run
+    from mapcap.storage.query import connect, resolve_run
+
+    run = resolve_run(connect(args.root), args.run)
+    done = compact_run(args.root, run)
+    for table, (before, after) in done.items():
+        print(f"{table}: {before} files -> {after}")
+    print(f"run {run}: {len(done)} table(s) compacted" if done else f"run {run}: nothing to compact")
+    return 0
+
+
 def cmd_toy(args: argparse.Namespace) -> int:
     if args.toy_cmd == "make":
         from mapcap.toy.dataset import SHAPES, write_toy_dataset
@@ -246,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(ours).setLevel(logging.DEBUG if args.debug else logging.INFO)
     handlers = {"demo": cmd_run, "run": cmd_run, "sql": cmd_sql, "classes": cmd_named, "templates": cmd_named,
                 "confusion": cmd_named, "evaluations": cmd_named, "captions": cmd_named, "runs": cmd_named, "check": cmd_check,
+                "compact": cmd_compact,
                 "summaries": cmd_named, "trends": cmd_named, "drift": cmd_named, "models": cmd_named,
                 "template-trends": cmd_named, "report": cmd_report, "serve": cmd_serve,
                 "explorer": cmd_explorer, "concepts": cmd_concepts, "mk-runs": cmd_mk_runs,

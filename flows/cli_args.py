@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _root_arg(p)
     p = sub.add_parser("check", help="check that every Parquet file under the root is readable")
     _root_arg(p)
+    p = sub.add_parser("compact", help="rewrite a finished run's per-shard files of each table into a few large "
+                                       "ones (queries answer the same; readers never see a gap)")
+    p.add_argument("run", nargs="?", default="latest", help="run id (default: the newest run)")
+    _root_arg(p)
     toy = sub.add_parser("toy", help="the toy world: make datasets, train the toy CLIP and captioner")
     tsub = toy.add_subparsers(dest="toy_cmd", required=True)
     p = tsub.add_parser("make", help="write a toy dataset (ImageFolder + manifest.parquet)")

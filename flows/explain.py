@@ -14,7 +14,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mapcap.flows.params import ExplainParams
-from mapcap.tasks.plan import plan_run_task, shards_to_force
+from mapcap.tasks.plan import expand_run_task, plan_run_task, shards_to_force
 from mapcap.tasks.report.run_summary import run_summary_task
 from mapcap.tasks.run_record import record_run_task
 from mapcap.tasks.report.html import report_path
@@ -45,6 +45,7 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     resolved = plan_run_task(params)
     plan = resolved.plan
     pdict = params.model_dump()
+    expand_run_task(params.out, plan.run_id)  # a compacted run is resumed from its original per-shard files
     record_run_task(params.out, resolved, pdict, "running", started)
     logger.info("run %s: %d images in %d shards, %d classes, %d templates, model %s (%s) on %s/%s; stages %s",
                 plan.run_id, plan.n_images, len(plan.shards), len(plan.classes), len(plan.templates),

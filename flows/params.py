@@ -78,9 +78,10 @@ class ConceptsParams(Section):
                                                   "<descriptor>'")
     top_k: int = Field(3, ge=1, description="visual concepts (descriptors) per region and per image")
     language_top_k: int = Field(5, ge=1, description="language concepts (descriptors nearest the predicted class)")
-    images: int | None = Field(256, ge=1, description="about this many images of the run get concepts (a sample "
-                                                      "fixed by image id, the same whatever the sharding); empty: "
-                                                      "all")
+    images: int | None = Field(256, ge=1, description="at least this many images of the run get concepts, "
+                                                      "at most twice as many (a sample fixed by image id, the same "
+                                                      "whatever the sharding and while the dataset grows by less "
+                                                      "than half); empty: all")
 
 
 class EvaluateParams(Section):
@@ -143,9 +144,11 @@ class ExplainParams(BaseModel):
         None, description="stages to run, e.g. [classify, relevancy, regions]; empty: every stage this run can do "
                           "(a stage missing what it needs, such as a concept bank covering the classes, is skipped "
                           "with the reason in the run's record). A stage listed here must run, or the run fails.")
-    shard_size: int | None = Field(None, ge=1, description="images per shard (one task, one file per table and "
-                                                           "stage); empty: 4096 on a GPU, 1024 on CPU, so "
-                                                           "Prefect's per-task cost stays a small share")
+    shard_size: int | None = Field(None, ge=1, description="images per shard on average (one task, one file per "
+                                                           "table and stage; shards are buckets of a hash of the "
+                                                           "image path, their count fixed when the run starts); "
+                                                           "empty: 4096 on a GPU, 1024 on CPU, so Prefect's "
+                                                           "per-task cost stays a small share")
     workers: int = Field(4, ge=1, description="image decode threads per shard")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
                                                         "for, so Ray places one shard per GPU; 0: no request")

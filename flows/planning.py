@@ -6,6 +6,7 @@ fails the run when the user listed it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,11 +114,20 @@ def _regions(p, f: Facts) -> RegionsConfig:
     return RegionsConfig(SegmentConfig(r.threshold, r.mass, r.min_area, r.top_k, r.superpixels, r.resolution))
 
 
+def sample_share(images: int, n_images: int) -> float:
+    """The share of a run's images that get concepts: `images`/n rounded up to a power of two (so between `images`
+    and twice that), which stays the same while the dataset grows by less than half: the stage's config, hence
+    its rows, can then be reused by the next run (tasks/stages/reuse.py)."""
+    if images >= n_images:
+        return 1.0
+    return 2.0 ** math.ceil(math.log2(max(images, 1) / n_images))
+
+
 def _concepts(p, f: Facts) -> ConceptsConfig:
     if f.bank is None:
         raise StageUnavailable(f.bank_reason)
     c = p.concepts
-    sample = 1.0 if c.images is None else min(1.0, c.images / max(f.plan.n_images, 1))
+    sample = 1.0 if c.images is None else sample_share(c.images, f.plan.n_images)
     return ConceptsConfig(f.plan.model, f.plan.classes, f.plan.templates, f.bank, c.subject, c.top_k,
                           c.language_top_k, f.primary[0], f.primary[1], p.captions.context, sample)
 
@@ -168,7 +178,7 @@ BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {
 def resolve_run(p) -> Resolved:
     """Plan the run and build the config of every stage it will run; see the module doc."""
     plan = plan_run(p.dataset, p.class_map, p.model, p.pretrained, p.classify.templates, p.shard_size, p.device,
-                    p.precision, p.run_name, p.redo_classes)
+                    p.precision, p.run_name, p.redo_classes, p.out)
     explicit = p.stages is not None
     picked = check_stage_list(list(p.stages)) if explicit else stage_order()
     bank, bank_reason = concept_bank(p, plan)

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from mapcap.storage.concept_queries import CONCEPT_QUERIES
 from mapcap.storage.schemas import TABLES, schema_for
+from mapcap.storage.layout import list_files, visible
 from mapcap.storage.writer import filesystem
 
 
@@ -17,28 +18,31 @@ class QueryError(RuntimeError):
     """A query failed; the message names the SQL and what to check."""
 
 
-def _glob_base(root: str) -> tuple[str, object]:
-    fs, path = filesystem(root)
+def _protocol(fs) -> str:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return path, fs
-    return f"{protocol}://{path}", fs
+    return "" if protocol in ("file", "local") else f"{protocol}://"
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
 def connect(root: str) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with a view per MapCap table over `<root>/<table>/run=*/*.parquet`. Every view has every
-    column of the table's schema: a column that files written before it existed lack reads as null."""
-    base, fs = _glob_base(root)
+    """In-memory DuckDB with a view per MapCap table over the files readers see under `<root>/<table>/run=*/`
+    (storage/layout.py). The list is taken now: a compaction later does not change what this connection reads
+    (open a new one after it). Every view has every column of the table's schema: a column that files written
+    before it existed lack reads as null."""
+    fs, base = filesystem(root)
+    prefix = _protocol(fs)
     con = duckdb.connect(":memory:")
-    if "://" in base:
+    if prefix:
         con.register_filesystem(fs)
     for table in TABLES:
-        files = fs.glob(f"{filesystem(root)[1]}/{table}/run=*/*.parquet")
+        files = [prefix + f for f in visible(fs, list_files(fs, base, table))]
         con.register(f"_empty_{table}", schema_for(table).empty_table())
         sql = f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}"  # no run wrote this table yet
         if files:
-            glob = f"{base}/{table}/run=*/*.parquet"
-            sql += (f" UNION ALL BY NAME SELECT * FROM read_parquet('{glob}', union_by_name=true, "
+            sql += (f" UNION ALL BY NAME SELECT * FROM read_parquet({_sql_list(files)}, union_by_name=true, "
                     f"hive_partitioning=false)")
         try:
             con.execute(sql)

@@ -9,6 +9,8 @@ META_TABLE = b"mapcap.table"
 META_CONFIG = b"mapcap.config"  # resolved stage config (JSON)
 META_CONFIG_HASH = b"mapcap.config_hash"  # what makes a shard complete: same inputs, config and code version
 META_VERSIONS = b"mapcap.versions"  # library versions (JSON)
+META_REUSE = b"mapcap.reuse"  # {"hash": config hash without the shard's inputs, "keys": [[image_id, label]...]}
+META_PARTS = b"mapcap.parts"  # a compacted file: {"parts": [{name, offset, rows}]} (storage/layout.py)
 
 _ts = pa.timestamp("us", tz="UTC")
 
@@ -23,6 +25,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("params_json", pa.string()), ("code_version", pa.string()), ("versions_json", pa.string()),
         ("config_json", pa.string()),  # resolved config of every stage that ran: {stage: config} (JSON)
         ("stages_json", pa.string()),  # per stage: ran / reused / skipped and why, rows, failures, seconds
+        ("sharding", pa.string()),  # how images were cut into shards (tasks/sharding.py); null: by sorted path
+        ("nodes", pa.list_(pa.string())),  # where its shards ran: Ray node ids, or host names
     ]),
     "images": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),

@@ -15,6 +15,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mapcap.storage.layout import conform, list_files, visible
 from mapcap.storage.schemas import (META_CONFIG, META_CONFIG_HASH, META_SCHEMA_VERSION, META_TABLE, META_VERSIONS,
                              SCHEMA_VERSION, schema_for)
 
@@ -41,7 +42,8 @@ def table_path(root: str, table: str, run_id: str, name: str) -> str:
 
 
 def write_table(root: str, table: str, run_id: str, name: str, rows: list[dict[str, Any]] | pa.Table,
-                config: dict | None = None, config_hash: str = "", versions: dict | None = None) -> str:
+                config: dict | None = None, config_hash: str = "", versions: dict | None = None,
+                extra_meta: dict[bytes, bytes] | None = None) -> str:
     """Write rows (dicts or an Arrow table) as one Parquet file, atomically; returns its path."""
     schema = schema_for(table)
     data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
@@ -49,12 +51,19 @@ def write_table(root: str, table: str, run_id: str, name: str, rows: list[dict[s
     meta = {META_SCHEMA_VERSION: SCHEMA_VERSION.encode(), META_TABLE: table.encode(),
             META_CONFIG: json.dumps(config or {}, sort_keys=True, default=str).encode(),
             META_CONFIG_HASH: config_hash.encode(), META_VERSIONS: json.dumps(versions or {}, sort_keys=True).encode()}
+    meta |= extra_meta or {}
     data = data.replace_schema_metadata(meta)
     fs, _ = filesystem(root)
-    return _atomic(fs, table_path(root, table, run_id, name), lambda f: pq.write_table(data, f, compression="zstd"))
+    return atomic_write(fs, table_path(root, table, run_id, name), lambda f: pq.write_table(data, f, compression="zstd"))
 
 
-def _atomic(fs: fsspec.AbstractFileSystem, final: str, write: Callable[[Any], None]) -> str:
+def write_raw(root: str, relpath: str, data: pa.Table) -> str:
+    """Write an Arrow table as it is (schema metadata included) to `relpath` under the root, atomically."""
+    fs, base = filesystem(root)
+    return atomic_write(fs, f"{base}/{relpath}", lambda f: pq.write_table(data, f, compression="zstd"))
+
+
+def atomic_write(fs: fsspec.AbstractFileSystem, final: str, write: Callable[[Any], None]) -> str:
     """Write through `write(file)` to a temp name in the same folder, then rename: no half files."""
     folder, name = final.rsplit("/", 1)
     fs.makedirs(folder, exist_ok=True)
@@ -75,7 +84,7 @@ def _atomic(fs: fsspec.AbstractFileSystem, final: str, write: Callable[[Any], No
 def write_file(root: str, relpath: str, data: bytes) -> str:
     """Write a non-table file (the HTML report) under the root, atomically; returns its path."""
     fs, base = filesystem(root)
-    return _atomic(fs, f"{base}/{relpath}", lambda f: f.write(data))
+    return atomic_write(fs, f"{base}/{relpath}", lambda f: f.write(data))
 
 
 def read_file_metadata(root: str, table: str, run_id: str, name: str) -> dict[bytes, bytes] | None:
@@ -146,16 +155,12 @@ def count_rows(root: str, table: str, run_id: str, name: str) -> int:
 
 
 def read_run(root: str, table: str, run_id: str) -> pa.Table:
-    """Every shard file of one run's table, concatenated (empty table with the schema if none)."""
+    """Every file of one run's table that readers see (storage/layout.py), concatenated in the current schema
+    (empty table with the schema if none)."""
     fs, base = filesystem(root)
-    files = sorted(fs.glob(f"{base}/{table}/run={run_id}/*.parquet"))
-    parts = []
-    schema = schema_for(table)
-    for path in files:
+    files = list_files(fs, base, table, run_id)
+    out = []
+    for path in visible(fs, files):
         with fs.open(path, "rb") as f:
-            part = pq.read_table(f)
-        for field in schema:  # files written before a column was added read it as nulls
-            if field.name not in part.column_names:
-                part = part.append_column(field, pa.nulls(part.num_rows, field.type))
-        parts.append(part.select(schema.names).cast(schema))
-    return pa.concat_tables(parts) if parts else schema_for(table).empty_table()
+            out.append(conform(pq.read_table(f), table))
+    return pa.concat_tables(out) if out else schema_for(table).empty_table()

@@ -26,7 +26,7 @@ class Item:
 class Dataset:
     source: str  # what the user passed (folder or manifest path)
     classes: tuple[str, ...]  # class names, sorted, after mapping
-    items: tuple[Item, ...]  # sorted by path: the deterministic order shards are cut from
+    items: tuple[Item, ...]  # sorted by path (tasks/sharding.py cuts shards by a hash of it)
 
 
 class ImageLoadError(ValueError):
@@ -80,13 +80,6 @@ def read_dataset(source: str, class_map: str | None = None) -> Dataset:
                          f"directory, a .csv/.parquet manifest with path,label columns, or 'toy'")
     items.sort(key=lambda it: it.path)
     return Dataset(str(source), tuple(sorted({it.label for it in items})), tuple(items))
-
-
-def plan_shards(items: tuple[Item, ...] | list[Item], shard_size: int) -> list[list[Item]]:
-    """Fixed-size shards in path order: the same dataset always gives the same shards."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
-    return [list(items[i:i + shard_size]) for i in range(0, len(items), shard_size)]
 
 
 def image_id_of(data: bytes) -> str:

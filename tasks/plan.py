@@ -8,10 +8,13 @@ from datetime import datetime, timezone
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mapcap.tasks.data import Item, plan_shards, read_dataset
+from mapcap.storage.compact import expand_run
+from mapcap.storage.writer import read_run
+from mapcap.tasks.data import Item, read_dataset
 from mapcap.tasks.models import ModelSpec, resolve_spec
 from mapcap.tasks.plugins import named_dataset
 from mapcap.tasks.provenance import config_hash
+from mapcap.tasks.sharding import hash_shards, resumed_shard_count, shard_count
 from mapcap.tasks.templates import resolve_templates
 
 
@@ -47,8 +50,9 @@ def make_run_id(run_name: str | None, params_hash: str) -> str:
 
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
              shard_size: int | None, device: str, precision: str, run_name: str | None,
-             redo_classes: list[str] | None = None) -> RunPlan:
-    """The dataset, model, templates and shards of a run, validated before any shard starts (with the fix)."""
+             redo_classes: list[str] | None = None, root: str | None = None) -> RunPlan:
+    """The dataset, model, templates and shards of a run, validated before any shard starts (with the fix).
+    A run already under `root` keeps the shard count it was planned with, so its shards stay stable."""
     spec = resolve_spec(model, pretrained, device, precision)
     tpl = resolve_templates(templates)
     source = named_dataset(dataset) or dataset  # a plugin's named dataset ('toy'), else a path
@@ -60,9 +64,17 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     if unknown:
         raise ValueError(f"redo_classes {unknown} are not classes of {source}; its classes are {list(ds.classes)}")
     shard_size = shard_size or default_shard_size(spec.device)
-    shards = tuple(tuple(s) for s in plan_shards(ds.items, shard_size))
     run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
+    stored = stored_run_row(root, run_id) if root and run_name else None
+    n_shards = resumed_shard_count(stored, run_id) or shard_count(len(ds.items), shard_size)
+    shards = tuple(tuple(s) for s in hash_shards(ds.items, n_shards))
     return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
+
+
+def stored_run_row(root: str, run_id: str) -> dict | None:
+    """The `runs` row of a run already under the root, or None."""
+    rows = read_run(root, "runs", run_id).to_pylist()
+    return rows[0] if rows else None
 
 
 def shards_to_force(plan: RunPlan, force: bool, redo_classes: list[str] | None) -> list[bool]:
@@ -71,6 +83,12 @@ def shards_to_force(plan: RunPlan, force: bool, redo_classes: list[str] | None) 
         redo = set(redo_classes)
         return [any(item.label in redo for item in shard) for shard in plan.shards]
     return [force] * len(plan.shards)
+
+
+@task(name="expand-run", cache_policy=NO_CACHE)
+def expand_run_task(root: str, run_id: str) -> int:
+    """Restore a compacted run's per-shard files before it is resumed (storage/compact.py)."""
+    return expand_run(root, run_id)
 
 
 @task(name="plan-run", cache_policy=NO_CACHE)

@@ -9,10 +9,12 @@ from prefect.cache_policies import NO_CACHE
 
 from mapcap.storage.writer import read_run, write_table
 from mapcap.tasks.provenance import code_version, library_versions, to_jsonable
+from mapcap.tasks.sharding import SCHEME
 
 
 def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dict]) -> dict[str, dict]:
-    """Per stage: what ran, what was reused, what was skipped and why, rows, failures and seconds (timings)."""
+    """Per stage: what ran, what was reused (complete shards; rows copied from earlier runs by content), what
+    was skipped and why, rows, failures and seconds (timings)."""
     out: dict[str, dict] = {}
     for sp in resolved.shard_stages:
         parts = [r["stages"][sp.name] for r in shard_results if sp.name in r.get("stages", {})]
@@ -20,7 +22,9 @@ def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dic
                         "shards_reused": sum(s["skipped"] for s in parts),
                         "seconds": round(sum(s["seconds"] for s in parts), 3),
                         "rows": {t: sum(s["rows"].get(t, 0) for s in parts) for t in
-                                 dict.fromkeys(k for s in parts for k in s["rows"])}}
+                                 dict.fromkeys(k for s in parts for k in s["rows"])},
+                        "rows_reused": {t: sum(s.get("reused_rows", {}).get(t, 0) for s in parts) for t in
+                                        dict.fromkeys(k for s in parts for k in s.get("reused_rows", {}))}}
     for sp in resolved.run_stages:
         r = run_results.get(sp.name)
         out[sp.name] = {"status": "pending"} if r is None else {
@@ -52,6 +56,7 @@ def run_row(resolved, params: dict, status: str, started_at: datetime, shard_res
         "code_version": code_version(), "versions_json": json.dumps(library_versions(), sort_keys=True),
         "config_json": json.dumps(configs, sort_keys=True),
         "stages_json": json.dumps(stage_record(resolved, done, run_results), sort_keys=True),
+        "sharding": SCHEME, "nodes": sorted({r["node"] for r in done if r.get("node")}),
     }
 
 

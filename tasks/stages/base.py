@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mapcap.tasks.stages.context import StageContext
 
 Rows = list[dict[str, Any]]
-NOT_STAGES = {"base", "context", "driver", "tasks"}  # modules of this package that hold no stage
+NOT_STAGES = {"base", "context", "driver", "reuse", "tasks"}  # modules of this package that hold no stage
 
 
 class Stage:

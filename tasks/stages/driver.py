@@ -17,6 +17,7 @@ from mapcap.storage.schemas import META_CONFIG
 from mapcap.storage.writer import count_rows, file_exists, files_complete, read_file_metadata, write_file, write_table
 from mapcap.tasks.data import Item
 from mapcap.tasks.provenance import config_from_json, config_hash, library_versions, to_jsonable
+from mapcap.tasks.stages import reuse
 from mapcap.tasks.stages.base import Stage, get_stage, upstream, writers
 from mapcap.tasks.stages.context import ImageCache, StageContext
 
@@ -49,8 +50,10 @@ def _meta(stage: Stage, cfg: Any, shard: int | None) -> dict:
     return {"stage": stage.name, "stage_version": stage.version, "shard": shard, "config": to_jsonable(cfg)}
 
 
-def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool = False) -> dict:
-    """Compute and write one stage for ctx's shard (or run) unless its files are complete."""
+def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool = False,
+              reuse_hash: str | None = None) -> dict:
+    """Compute and write one stage for ctx's shard (or run) unless its files are complete; with `reuse_hash`
+    (shard stages), images an earlier run did with the same config are copied, not computed (reuse.py)."""
     where = f"shard {ctx.shard}" if ctx.shard is not None else f"run {ctx.run_id}"
     files = output_files(stage, cfg, ctx.shard)
     extra = stage.files(cfg, ctx)
@@ -61,7 +64,7 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
                 "rows": {t: count_rows(ctx.root, t, ctx.run_id, n) for t, n in files}}
     t0 = time.perf_counter()
     ctx.stage, ctx.failures = stage.name, []
-    out = stage.compute(cfg, ctx)
+    out, reused, reuse_meta = reuse.compute(stage, cfg, ctx, files, reuse_hash, force)
     failures = ctx.failures + list(out.pop("failures", []))
     blobs = out.pop("files", {})
     unknown = set(out) - set(stage.writes)
@@ -71,16 +74,17 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
     for relpath, data in blobs.items():
         write_file(ctx.root, relpath, data)
     write_table(ctx.root, "failures", ctx.run_id, files[0][1], failures, config=meta, config_hash=chash,
-                versions=versions)
+                versions=versions, extra_meta=reuse_meta)
     for table, name in files[1:]:  # the outputs last: a killed run leaves the stage incomplete
         rows = out.get(table, [])
-        write_table(ctx.root, table, ctx.run_id, name, rows, config=meta, config_hash=chash, versions=versions)
+        write_table(ctx.root, table, ctx.run_id, name, rows, config=meta, config_hash=chash, versions=versions,
+                    extra_meta=reuse_meta)
         ctx.outputs[table] = rows
     seconds = time.perf_counter() - t0
     counts = {"failures": len(failures)} | {t: len(out.get(t, [])) for t in stage.writes}
     ctx.log.info("%s %s: %s in %.2f s", where, stage.name, ", ".join(f"{n} {t}" for t, n in counts.items()),
                  seconds)
-    return {"skipped": False, "hash": chash, "seconds": seconds, "rows": counts}
+    return {"skipped": False, "hash": chash, "seconds": seconds, "rows": counts, "reused_rows": reused}
 
 
 def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
@@ -91,12 +95,13 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
     hashes: dict[str, str] = {}
     for sp in plans:
         hashes[sp.name] = stage_hash(get_stage(sp.name), sp.config, {d: hashes[d] for d in upstream(sp.name)}, inputs)
+    by_content = reuse.content_hashes(plans)  # the chain without the shard's inputs, weights included
     # what this chain will compute, so a stage may do a later one's work in its own pass (classify + relevancy)
     ctx.pending = {sp.name: sp.config for sp in plans if force or not files_complete(
         root, run_id, output_files(get_stage(sp.name), sp.config, shard), hashes[sp.name])}
     stages: dict[str, dict] = {}
     for sp in plans:
-        stages[sp.name] = run_stage(get_stage(sp.name), sp.config, ctx, hashes[sp.name], force)
+        stages[sp.name] = run_stage(get_stage(sp.name), sp.config, ctx, hashes[sp.name], force, by_content[sp.name])
     return {"shard": shard, "n_images": len(items), "stages": stages}
 
 

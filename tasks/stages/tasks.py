@@ -1,6 +1,9 @@
 """The Prefect tasks around the driver: one per shard (its stages back to back), one per run-level stage."""
 from __future__ import annotations
 
+import socket
+import sys
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -12,7 +15,15 @@ from mapcap.tasks.stages.driver import StagePlan, run_run_stage, run_shard
 @task(name="shard", task_run_name="shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE, **SHARD_RETRIES)
 def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
                workers: int = 4) -> dict:
-    return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__))
+    return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__)) | {"node": node()}
+
+
+def node() -> str:
+    """Where a shard ran (runs.nodes): the Ray node id in a Ray worker, else the host name."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
 
 
 @task(name="run-stage", task_run_name="{sp.name}", cache_policy=NO_CACHE, **SHARD_RETRIES)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image, plan_shards, read_dataset
+from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image, read_dataset
+from mapcap.tasks.sharding import hash_shards, resumed_shard_count, shard_count
 
 
 def _save(path, mode, fmt):
@@ -73,10 +74,25 @@ def test_bad_datasets_name_the_problem(tmp_path):
         read_dataset(str(tmp_path / "nope"))
 
 
-def test_shards_are_fixed_size_and_deterministic():
-    items = tuple(Item(f"/x/{i:03d}.png", "a") for i in range(10))
-    shards = plan_shards(items, 4)
-    assert [len(s) for s in shards] == [4, 4, 2]
-    assert plan_shards(items, 4) == shards and shards[0][0].path == "/x/000.png"
+def test_shards_are_stable_when_images_are_added_or_removed():
+    items = [Item(f"/x/{i:04d}.png", "a") for i in range(400)]
+    n = shard_count(len(items), 50)
+    shards = hash_shards(items, n)
+    assert n == 8 and sum(map(len, shards)) == 400 and all(len(s) > 20 for s in shards)  # about 50 each
+    assert hash_shards(list(reversed(items)), n) == shards  # the order given does not matter
+    assert all(s == sorted(s, key=lambda it: it.path) for s in shards)
+    grown = hash_shards(items + [Item("/x/new-1.png", "a"), Item("/x/new-2.png", "b")], n)
+    changed = [i for i in range(n) if grown[i] != shards[i]]
+    assert 1 <= len(changed) <= 2  # only the shards the new images fall into
+    assert all(set(shards[i]) <= set(grown[i]) for i in changed)
+    shrunk = hash_shards(items[1:], n)
+    assert sum(shrunk[i] != shards[i] for i in range(n)) == 1
     with pytest.raises(ValueError):
-        plan_shards(items, 0)
+        hash_shards(items, 0)
+
+
+def test_resuming_a_run_keeps_its_shard_count_and_refuses_sorted_path_runs():
+    assert resumed_shard_count(None, "r") is None
+    assert resumed_shard_count({"sharding": "path-hash-v1", "n_shards": 7}, "r") == 7
+    with pytest.raises(ValueError, match=r"run 'old' was sharded by sorted path.*start a new run"):
+        resumed_shard_count({"sharding": None, "n_shards": 3}, "old")

@@ -1,0 +1,55 @@
+"""Finding a stage's earlier rows for images by content: every file a shard stage writes carries its config hash
+without the shard's inputs and the (image id, label) keys it covers; rows of covered images are copied from the
+first earlier part (any run in the root, compacted or not) whose hash matches."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from mapcap.storage.layout import Part, list_files, parts, read_part
+from mapcap.storage.schemas import META_REUSE
+from mapcap.storage.writer import filesystem
+
+Key = tuple[str, str]  # (image id, label)
+
+
+def reuse_meta(reuse_hash: str, keys: list[Key]) -> dict[bytes, bytes]:
+    """The file metadata that makes a file's rows reusable by later runs."""
+    return {META_REUSE: json.dumps({"hash": reuse_hash, "keys": sorted(keys)}).encode()}
+
+
+def find_reusable(root: str, table: str, reuse_hash: str, wanted: set[Key]) -> list[tuple[Part, set[Key]]]:
+    """[(earlier part of `table`, the wanted keys it covers)] with the same reuse hash; each key once."""
+    fs, base = filesystem(root)
+    left, found = set(wanted), []
+    for part in parts(fs, table, list_files(fs, base, table)):
+        doc = part.meta.get(META_REUSE)
+        if not left:
+            break
+        if not doc or f'"hash": "{reuse_hash}"' not in doc.decode():
+            continue
+        hit = left & {(k[0], k[1]) for k in json.loads(doc)["keys"]}
+        if hit:
+            found.append((part, hit))
+            left -= hit
+    return found
+
+
+def copy_rows(root: str, table: str, run_id: str, name: str, image_ids: set[str], values: dict,
+              paths: dict[str, str]) -> pa.Table | None:
+    """The rows of these images in the earlier part `name` of `run_id`'s table, with `values` (run id, shard)
+    set and `path` (where the table has one) set from `paths` by image id; None when the part is gone."""
+    fs, base = filesystem(root)
+    found = [p for p in parts(fs, table, list_files(fs, base, table, run_id)) if p.name == name]
+    if not found:
+        return None
+    data = read_part(fs, found[0], image_ids)
+    for col, value in values.items():
+        if col in data.column_names:
+            i = data.column_names.index(col)
+            data = data.set_column(i, col, pa.array([value] * data.num_rows, data.schema.field(col).type))
+    if "path" in data.column_names:
+        new = pa.array([paths[i] for i in data["image_id"].to_pylist()], pa.string())
+        data = data.set_column(data.column_names.index("path"), "path", new)
+    return data

@@ -1,0 +1,131 @@
+"""Reuse by content: a shard stage computes only the images that no earlier run in the root already did with
+the same stage config (hash chained through upstream stages, without the shard's inputs); the rows of the others
+are copied from that run's files into this run's (copied, not referenced: a run's tables stay self-contained,
+so deleting or compacting an old run never changes a newer one, and readers need no indirection).
+
+An image's key is (content id, label): the label decides the label target's map and the correctness columns.
+Images whose bytes cannot be read, or whose content appears twice in the shard, are always computed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mapcap.storage.reuse_index import Key, copy_rows, find_reusable, reuse_meta
+from mapcap.tasks.data import image_id_of
+from mapcap.tasks.provenance import config_hash, to_jsonable
+from mapcap.tasks.stages.base import Rows, Stage, get_stage, upstream
+from mapcap.tasks.stages.context import StageContext
+
+IDS = ("reuse", "image ids")  # ctx.memo key of the shard's {path: content id}, hashed once per shard
+
+
+@functools.lru_cache(maxsize=64)
+def _file_fingerprint(path: str, size: int, mtime: float) -> str:
+    """SHA-256 of a checkpoint, once per process and file version (a few seconds for a GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def weights_of(cfg: Any) -> list[str]:
+    """Fingerprints of the local files a config names (a checkpoint as ModelSpec.pretrained, a captioner's
+    `path`), so retrained weights at the same path are not mistaken for the old ones."""
+    out = []
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if isinstance(v, str) and f.name in ("pretrained", "path") and v and Path(v).is_file():
+                st = Path(v).stat()
+                out.append(_file_fingerprint(v, st.st_size, st.st_mtime))
+            elif dataclasses.is_dataclass(v):
+                out += weights_of(v)
+    return out
+
+
+def content_hashes(plans: list) -> dict[str, str]:
+    """{stage: hash of its name, version, config, weights and upstream stages' hashes}: the shard's inputs left
+    out, so that it names the work for any image, in any run."""
+    out: dict[str, str] = {}
+    for sp in plans:
+        stage = get_stage(sp.name)
+        out[sp.name] = config_hash("by-content", stage.name, stage.version, to_jsonable(sp.config),
+                                   weights_of(sp.config), {d: out[d] for d in upstream(sp.name)})
+    return out
+
+
+def _content_id(path: str) -> str | None:
+    try:
+        return image_id_of(Path(path).read_bytes())
+    except OSError:
+        return None  # unreadable: computed, and the stage records the failure
+
+
+def shard_keys(ctx: StageContext) -> dict[str, Key]:
+    """{path: (content id, label)} of the shard's items that can be reused (readable, content unique)."""
+    if IDS not in ctx.memo:
+        paths = [it.path for it in ctx.items]
+        with ThreadPoolExecutor(max(1, min(ctx.workers, len(paths)))) as ex:
+            ctx.memo[IDS] = dict(zip(paths, ex.map(_content_id, paths)))
+    ids = ctx.memo[IDS]
+    count: dict[str, int] = {}
+    for it in ctx.items:
+        if ids.get(it.path):
+            count[ids[it.path]] = count.get(ids[it.path], 0) + 1
+    return {it.path: (ids[it.path], it.label) for it in ctx.items if ids.get(it.path) and count[ids[it.path]] == 1}
+
+
+def reused_rows(stage: Stage, ctx: StageContext, files: list[tuple[str, str]], reuse_hash: str,
+                keys: dict[str, Key]) -> tuple[dict[str, Rows], set[str]]:
+    """({table: rows copied for this run and shard}, the image ids they cover) from earlier runs' parts."""
+    primary = files[1][0]  # the stage's first table; files[0] is its failures file
+    paths = {k[0]: p for p, k in keys.items()}
+    out: dict[str, Rows] = {t: [] for t, _ in files}
+    covered: set[str] = set()
+    for part, hit in find_reusable(ctx.root, primary, reuse_hash, set(keys.values())):
+        ids = {k[0] for k in hit}
+        names = [(t, part.name + n[len(files[1][1]):]) for t, n in files]  # the same files of that part
+        copied = [copy_rows(ctx.root, t, part.run_id, n, ids, {"run_id": ctx.run_id, "shard": ctx.shard}, paths)
+                  for t, n in names]
+        if any(c is None for c in copied):  # a file of that part is missing: not reusable
+            continue
+        for (t, _), c in zip(files, copied):
+            out[t] += c.to_pylist()
+        covered |= ids
+    return out, covered
+
+
+def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, str]], reuse_hash: str | None,
+            force: bool) -> tuple[dict[str, Rows], dict[str, int], dict[bytes, bytes]]:
+    """The stage's rows (reused ones included, failures under 'failures'), rows reused per table, and the
+    file metadata that lets later runs reuse these rows. Without a reuse hash (per-run stages): plain compute."""
+    if reuse_hash is None:
+        return stage.compute(cfg, ctx), {}, {}
+    keys = shard_keys(ctx)
+    meta = reuse_meta(reuse_hash, list(keys.values()))
+    if force:
+        return stage.compute(cfg, ctx), {}, meta
+    reused, covered = reused_rows(stage, ctx, files, reuse_hash, keys)
+    if not covered:
+        return stage.compute(cfg, ctx), {}, meta
+    items, outputs = ctx.items, dict(ctx.outputs)
+    try:  # the stage sees only the images left to compute
+        ctx.items = [it for it in items if keys.get(it.path, ("",))[0] not in covered]
+        for t in stage.reads:
+            full = outputs[t] if t in outputs else outputs.setdefault(t, ctx.table(t))
+            ctx.outputs[t] = [r for r in full if r.get("image_id") not in covered]
+        out = stage.compute(cfg, ctx) if ctx.items else {}
+    finally:
+        ctx.items, ctx.outputs = items, outputs
+    order = {k[0]: i for i, k in enumerate(keys.get(it.path, ("",)) for it in items)}
+    merged = {t: sorted(reused[t] + list(out.get(t, [])), key=lambda r: order.get(r.get("image_id"), -1))
+              for t in reused} | {k: v for k, v in out.items() if k not in reused}
+    ctx.log.info("shard %s %s: %d image(s) reused from earlier runs, %d computed", ctx.shard, stage.name,
+                 len(covered), len(items) - len(covered))
+    return merged, {t: len(rows) for t, rows in reused.items()}, meta
