@@ -78,10 +78,10 @@ class ConceptsParams(Section):
                                                   "<descriptor>'")
     top_k: int = Field(3, ge=1, description="visual concepts (descriptors) per region and per image")
     language_top_k: int = Field(5, ge=1, description="language concepts (descriptors nearest the predicted class)")
-    images: int | None = Field(256, ge=1, description="at least this many images of the run get concepts, "
-                                                      "at most twice as many (a sample fixed by image id, the same "
-                                                      "whatever the sharding and while the dataset grows by less "
-                                                      "than half); empty: all")
+    images: int | None = Field(256, ge=1, description="about this many images of the run get concepts (within "
+                                                      "a factor √2: a sample fixed by image id, the same whatever "
+                                                      "the sharding and while the dataset grows within that "
+                                                      "factor); empty: all")
 
 
 class EvaluateParams(Section):

@@ -115,12 +115,12 @@ def _regions(p, f: Facts) -> RegionsConfig:
 
 
 def sample_share(images: int, n_images: int) -> float:
-    """The share of a run's images that get concepts: `images`/n rounded up to a power of two (so between `images`
-    and twice that), which stays the same while the dataset grows by less than half: the stage's config, hence
-    its rows, can then be reused by the next run (tasks/stages/reuse.py)."""
+    """The share of a run's images that get concepts: `images`/n rounded to the nearest power of two (so between
+    `images`/√2 and `images`·√2), which stays the same while the dataset grows within that factor: the stage's
+    config, hence its rows, can then be reused by the next run (tasks/stages/reuse.py)."""
     if images >= n_images:
         return 1.0
-    return 2.0 ** math.ceil(math.log2(max(images, 1) / n_images))
+    return min(1.0, 2.0 ** round(math.log2(max(images, 1) / n_images)))
 
 
 def _concepts(p, f: Facts) -> ConceptsConfig:
