@@ -6,8 +6,8 @@ The installed package maps the repository's top-level folders under this one nam
 """
 import os
 
-# Threads waiting for work sleep instead of spinning. A shard decodes images in threads (PIL) while torch's
-# OpenMP threads run the model; spinning OpenMP threads took the cores from the decoders: classifying 4,000 toy
-# images on 2 cores took 52 s with the default policy and 18 s with this one (bench/pipeline.py). It takes
+# Threads waiting for work sleep instead of spinning. Spinning OpenMP threads (torch's) take the cores from the
+# decode threads and from every other process, the flow's Prefect server included: the 1,000-image toy run took
+# 46 s in the flow with the default policy and 31-37 s with this one on 2 cores (README, Benchmarks). It takes
 # effect when mapcap is imported before torch (every entry point does); set the variable yourself to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
