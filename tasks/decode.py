@@ -51,16 +51,21 @@ def geometry(preprocess: Callable) -> Geometry | None:
     return Geometry(size, ch, tuple(norm[0].mean), tuple(norm[0].std))
 
 
+def resize_crop(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """(C, H, W) float → (C, S, S): the shorter side to geo.resize (bicubic, antialiased; torchvision's rule for
+    the longer one), then the centre crop, as the preprocess's geometry does it."""
+    _, H, W = x.shape
+    short, long = (H, W) if H <= W else (W, H)
+    new_long = int(geo.resize * long / short)
+    h, w = (geo.resize, new_long) if H <= W else (new_long, geo.resize)
+    x = F.interpolate(x.unsqueeze(0), size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0]
+    top, left = int(round((h - geo.crop) / 2.0)), int(round((w - geo.crop) / 2.0))
+    return x[:, top:top + geo.crop, left:left + geo.crop]
+
+
 def to_pixels(rgb: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """(3, H, W) uint8 → (3, S, S) float normalised, as the PIL preprocess computes it."""
-    _, H, W = rgb.shape
-    short, long = (H, W) if H <= W else (W, H)
-    new_long = int(geo.resize * long / short)  # torchvision's rule for an int size
-    h, w = (geo.resize, new_long) if H <= W else (new_long, geo.resize)
-    x = F.interpolate(rgb.unsqueeze(0).float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-    x = x.round().clamp(0, 255)[0] / 255  # 8-bit, as PIL resizes RGB images  (3, h, w)
-    top, left = int(round((h - geo.crop) / 2.0)), int(round((w - geo.crop) / 2.0))
-    x = x[:, top:top + geo.crop, left:left + geo.crop]  # (3, S, S)
+    x = resize_crop(rgb.float(), geo).round().clamp(0, 255) / 255  # 8-bit, as PIL resizes RGB images
     mean = torch.tensor(geo.mean, device=x.device).view(3, 1, 1)
     std = torch.tensor(geo.std, device=x.device).view(3, 1, 1)
     return (x - mean) / std

@@ -86,7 +86,8 @@ def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
 
 def _to_image(p, work: tuple[int, int], size: tuple[int, int]) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """A region found at the working size as (bbox, mask) in image pixels: each image pixel takes the value of
-    the working pixel it falls in (nearest), so the mask is exact at the working resolution."""
+    the working pixel it falls in (nearest), so the mask is exact at the working resolution (and a copy of the
+    region's own when the working size is the image's)."""
     (w, h), (W, H) = work, size
     y0, x0, y1, x1 = p.bbox
     X0, X1 = -(-x0 * W // w), -(-x1 * W // w)  # image columns whose working column is in [x0, x1)
@@ -115,8 +116,7 @@ def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig 
     for p in regionprops(label(fg, connectivity=2), intensity_image=up):
         if p.area < min_px:
             continue
-        bbox, mask = _to_image(p, work, size) if work != size else ((p.bbox[1], p.bbox[0], p.bbox[3], p.bbox[2]),
-                                                                     p.image.copy())
+        bbox, mask = _to_image(p, work, size)
         x0, y0 = bbox[:2]
         ys, xs = np.nonzero(mask)
         mass = float(p.intensity_mean * p.area)  # at the working size: ranks, and its share of the map

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
 from mapcap.tasks.captioners.clipcap_model import ClipCapModel, load_clipcap
-from mapcap.tasks.models import (LoadedModel, encode_images, load_model, load_once, model_lock,
+from mapcap.tasks.models import (LoadedModel, autocast, encode_images, load_model, load_once, model_lock,
                           resolve_spec)
 from mapcap.tasks.plugins import preset_for_model
 
@@ -79,8 +79,7 @@ class ClipCapCaptioner(Captioner):
 
     def token_ids(self, crops: list[Image.Image], use_cache: bool = True) -> torch.Tensor:
         emb = encode_images(self.lm, crops, normalize=False)  # (N, D)
-        with model_lock(self.model), torch.autocast(emb.device.type, self.lm.autocast_dtype or torch.float32,
-                                                     enabled=self.lm.autocast_dtype is not None):
+        with model_lock(self.model), autocast(self.lm):
             return self.model.generate(emb, self.stop, self.pad, self.cfg.max_tokens, self.cfg.beams, use_cache)
 
     def caption(self, crops: list[Image.Image]) -> list[str]:

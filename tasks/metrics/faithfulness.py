@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
-from mapcap.tasks.models import LoadedModel, model_lock
+from mapcap.tasks.models import LoadedModel, encode_pixels
 from mapcap.tasks.report.overlay import upsample
 
 FRACTIONS = tuple(i / 10 for i in range(10))  # share of patches removed (or inserted)
@@ -46,8 +46,7 @@ def perturbation_plan(maps: torch.Tensor) -> dict[str, list[tuple[str, int]]]:
 
 @torch.no_grad()
 def _probs(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    with model_lock(lm.model):
-        img = F.normalize(lm.model.encode_image(pixels.to(lm.spec.device)).float(), dim=-1)  # (B, D)
+    img = encode_pixels(lm, pixels)  # (B, D), unit
     return (lm.model.logit_scale.exp() * img @ classifier.T.to(img.device)).softmax(-1).cpu()  # (B, C)
 
 

@@ -14,41 +14,25 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
 
-
-def _parts(preprocess: Callable) -> tuple[list, T.Normalize] | None:
-    """The geometric steps (Resize, CenterCrop) and the Normalize of a torchvision Compose; None otherwise."""
-    steps = getattr(preprocess, "transforms", None)
-    if not steps:
-        return None
-    geo = [t for t in steps if isinstance(t, (T.Resize, T.CenterCrop))]
-    norm = [t for t in steps if isinstance(t, T.Normalize)]
-    return (geo, norm[0]) if geo and len(norm) == 1 else None
+from mapcap.tasks.decode import geometry, resize_crop
 
 
 def perturbed_pixels(preprocess: Callable, image: Image.Image, steps: list[np.ndarray]) -> torch.Tensor:
     """(2 · len(steps), 3, S, S): the deletion inputs of every step (step pixels → the image's mean colour),
     then the insertion inputs (a mean-colour canvas with the step pixels restored). Steps are (H, W) bool
-    masks. A preprocess that is not Resize/CenterCrop/Normalize falls back to perturbing at full size."""
+    masks. A preprocess `tasks/decode.geometry` cannot mirror falls back to perturbing at full size."""
     rgb = image.convert("RGB")
     mean = np.asarray(rgb).reshape(-1, 3).mean(0).round()  # (3,) the fill colour, as at full size
-    parts = _parts(preprocess)
-    if parts is None:
+    geo = geometry(preprocess)
+    if geo is None:
         from mapcap.tasks.metrics.mutual_knowledge import perturbed
         deleted, inserted = perturbed(image, steps)
         return torch.stack([preprocess(im) for im in deleted + inserted])
-    geo, norm = parts
     x = preprocess(rgb)  # (3, S, S)
-    c = ((torch.tensor(mean, dtype=x.dtype) / 255 - torch.tensor(norm.mean, dtype=x.dtype))
-         / torch.tensor(norm.std, dtype=x.dtype)).view(3, 1, 1)  # (3, 1, 1)
-    masks = []
-    for step in steps:
-        m = Image.fromarray(step.astype(np.uint8) * 255)
-        for t in geo:
-            m = t(m)
-        masks.append(torch.from_numpy(np.asarray(m, dtype=np.float32) / 255))  # (S, S) in [0, 1]
-    m = torch.stack(masks).unsqueeze(1).to(x.dtype)  # (K, 1, S, S)
+    c = ((torch.tensor(mean, dtype=x.dtype) / 255 - torch.tensor(geo.mean, dtype=x.dtype))
+         / torch.tensor(geo.std, dtype=x.dtype)).view(3, 1, 1)  # (3, 1, 1)
+    m = resize_crop(torch.from_numpy(np.stack(steps)).to(x.dtype), geo).clamp(0, 1).unsqueeze(1)  # (K, 1, S, S)
     deleted = x * (1 - m) + c * m  # (K, 3, S, S)
     inserted = c * (1 - m) + x * m
     return torch.cat([deleted, inserted])

@@ -52,6 +52,8 @@ def test_insertion_shows_the_cells_deletion_removes():
     seen = []
 
     class Probe:  # a stand-in model that records what it is shown
+        autocast_dtype = None
+
         class spec:
             device = "cpu"
 
