@@ -85,7 +85,9 @@ class ConceptsParams(Section):
 
 
 class EvaluateParams(Section):
-    images: int = Field(64, ge=1, description="classified images the evaluate stage perturbs")
+    images: int = Field(64, ge=1, description="about this many classified images get per-image faithfulness "
+                                              "scores (the faithfulness stage; within a factor √2: a sample "
+                                              "fixed by image id, as for concepts) that evaluate averages")
 
 
 class SummarizeParams(Section):

@@ -24,7 +24,8 @@ from mapcap.tasks.stages.captions import CaptionsConfig, references
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.concepts import ConceptsConfig
 from mapcap.tasks.stages.driver import StagePlan
-from mapcap.tasks.stages.evaluate import VARIANTS, EvaluateConfig
+from mapcap.tasks.stages.evaluate import EvaluateConfig
+from mapcap.tasks.stages.faithfulness import VARIANTS, FaithfulnessConfig
 from mapcap.tasks.stages.regions import RegionsConfig
 from mapcap.tasks.stages.relevancy import RelevancyConfig
 from mapcap.tasks.stages.report import ReportConfig
@@ -115,7 +116,7 @@ def _regions(p, f: Facts) -> RegionsConfig:
 
 
 def sample_share(images: int, n_images: int) -> float:
-    """The share of a run's images that get concepts: `images`/n rounded to the nearest power of two (so between
+    """The share of a run's images a sampled stage (concepts, faithfulness) does: `images`/n rounded to the nearest power of two (so between
     `images`/√2 and `images`·√2), which stays the same while the dataset grows within that factor: the stage's
     config, hence its rows, can then be reused by the next run (tasks/stages/reuse.py)."""
     if images >= n_images:
@@ -152,11 +153,19 @@ def _caption_quality(p, f: Facts) -> CaptionQualityConfig:
     return CaptionQualityConfig(f.plan.dataset, f.primary[0], f.primary[1])
 
 
-def _evaluate(p, f: Facts) -> EvaluateConfig:
-    variants = VARIANTS
+def _variants(f: Facts) -> tuple[tuple[str, int | None], ...]:
     if vision_depth(f.plan.model.name) is None:  # attention-based variants need a ViT
-        variants = tuple(v for v in variants if v[0] != "chefer")
-    return EvaluateConfig(f.plan.model, f.plan.classes, f.plan.templates, f.plan.dataset, p.evaluate.images, variants)
+        return tuple(v for v in VARIANTS if v[0] != "chefer")
+    return VARIANTS
+
+
+def _faithfulness(p, f: Facts) -> FaithfulnessConfig:
+    return FaithfulnessConfig(f.plan.model, f.plan.classes, f.plan.templates, f.plan.dataset,
+                              sample_share(p.evaluate.images, f.plan.n_images), _variants(f))
+
+
+def _evaluate(p, f: Facts) -> EvaluateConfig:
+    return EvaluateConfig(_variants(f))
 
 
 def _summarize(p, f: Facts) -> SummarizeConfig:
@@ -171,8 +180,8 @@ def _report(p, f: Facts) -> ReportConfig:
 
 BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {
     "classify": _classify, "relevancy": _relevancy, "regions": _regions, "concepts": _concepts,
-    "captions": _captions, "caption_quality": _caption_quality, "evaluate": _evaluate, "summarize": _summarize,
-    "report": _report}
+    "captions": _captions, "faithfulness": _faithfulness, "caption_quality": _caption_quality,
+    "evaluate": _evaluate, "summarize": _summarize, "report": _report}
 
 
 def resolve_run(p) -> Resolved:

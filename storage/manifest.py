@@ -1,6 +1,7 @@
 """Dataset manifests: CSV or Parquet files with at least `path` and `label` columns."""
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,12 @@ def annotations(dataset: str) -> list[dict[str, Any]]:
     for r in rows:
         r["path"] = str((manifest.parent / r["path"]).resolve())
     return rows
+
+
+@functools.lru_cache(maxsize=4)
+def dataset_masks(dataset: str) -> dict[str, dict]:
+    """{absolute image path: {"mask", "second_label", "second_mask"}} from a manifest with masks, else {}."""
+    return {r["path"]: {
+        "mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
+        "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}
+        for r in annotations(dataset) if r.get("mask")}

@@ -109,6 +109,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("correct_after_insert", pa.bool_()),  # right with only the top concept's regions (AccInc)
         ("correct_empty", pa.bool_()),  # right on the mean-colour image (AccInc's baseline)
     ]),
+    "faithfulness": pa.schema([
+        ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),
+        ("method", pa.string()), ("start_layer", pa.int32()),  # the map variant scored (its predicted-class map)
+        ("metric", pa.string()),  # positive/negative/deletion/insertion_auc, pointing_grid/pixel, discrimination
+        ("value", pa.float64()),  # this image's value (pointing: 0 or 1); `evaluations` holds the run's means
+    ]),
     "evaluations": pa.schema([
         ("run_id", pa.string()), ("method", pa.string()), ("start_layer", pa.int32()),
         ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),

@@ -34,6 +34,12 @@ def hash_shards(items: tuple[Item, ...] | list[Item], n_shards: int) -> list[lis
     return shards
 
 
+def sampled(image_id: str, share: float) -> bool:
+    """Is the image in a `share` sample? Decided by its content id alone: the same for any sharding, rerun or
+    grown dataset, so a sampled stage's rows stay reusable (tasks/stages/reuse.py)."""
+    return share >= 1.0 or int(image_id[:8], 16) / 16 ** 8 < share
+
+
 def resumed_shard_count(row: dict | None, run_id: str) -> int | None:
     """The shard count a stored run was planned with (None for a new run); a clear error for a run sharded by
     sorted path (before stable shards), whose shard files a hash plan would mix up."""

@@ -80,11 +80,16 @@ def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tenso
     return {k: torch.stack(v, dim=1) for k, v in out.items()} | {"clean": clean}
 
 
-def auc(curves: torch.Tensor) -> float:
-    """Mean area under (B, F) curves sampled at FRACTIONS (extended flat to 1.0)."""
+def aucs(curves: torch.Tensor) -> np.ndarray:
+    """(B,) areas under (B, F) curves sampled at FRACTIONS (extended flat to 1.0)."""
     x = np.array(list(FRACTIONS) + [1.0])
     y = torch.cat([curves, curves[:, -1:]], dim=1).numpy()
-    return float(np.trapezoid(y, x, axis=1).mean())
+    return np.trapezoid(y, x, axis=1)
+
+
+def auc(curves: torch.Tensor) -> float:
+    """Mean area under (B, F) curves: the mean of `aucs`."""
+    return float(aucs(curves).mean())
 
 
 def pointing_grid(grid_map: np.ndarray, mask: np.ndarray) -> bool:

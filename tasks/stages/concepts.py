@@ -18,6 +18,7 @@ from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddin
                                                    region_mask, top_k, visual_concepts)
 from mapcap.tasks.metrics.perturb import perturbed_pixels
 from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
+from mapcap.tasks.sharding import sampled
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
@@ -44,11 +45,6 @@ class ConceptsConfig:
     start_layer: int | None = -1  # ... and its start layer
     context: float = 1.0  # crop context around a region, × its size (as for captions)
     sample: float = 1.0  # share of images that get concepts, picked by image id (1: all)
-
-
-def sampled(image_id: str, share: float) -> bool:
-    """Is the image in a `share` sample? Decided by its id alone: the same for any sharding or rerun."""
-    return share >= 1.0 or int(image_id[:8], 16) / 16 ** 8 < share
 
 
 def _concept_rows(base: dict, source: str, region_id: int, class_name: str | None, vals, idx, vocab, label_set,

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import class_properties, mmr_summary, on_object
 from mapcap.tasks.models import ModelSpec, encode_texts, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
-from mapcap.tasks.stages.evaluate import dataset_masks
 from mapcap.tasks.zeroshot import ENSEMBLE
 
 SUBSETS = ("all", "correct", "wrong")

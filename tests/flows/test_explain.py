@@ -176,11 +176,14 @@ def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path
     from mapcap.toy.dataset import write_toy_dataset
     write_toy_dataset(tmp_path / "pairs", n_per_class=3, seed=8, kind="pair")
     out = str(tmp_path / "res")
-    explain(ExplainParams(dataset=str(tmp_path / "pairs"), out=out, stages=["classify", "evaluate"],
+    explain(ExplainParams(dataset=str(tmp_path / "pairs"), out=out, stages=["classify", "faithfulness", "evaluate"],
                           run_name="pairs", device="cpu"))
     ev = {(r["method"], r["start_layer"], r["metric"]): r for r in run_sql(
         connect(out), "SELECT * FROM evaluations").to_pylist()}
-    assert ev[("chefer", 0, "discrimination")]["n"] == 48  # 24 images × both objects' class maps
+    assert ev[("chefer", 0, "discrimination")]["n"] == 24  # each image: the mean of both objects' class maps
+    per = run_sql(connect(out), "SELECT avg(value) AS v, count(*) AS n FROM faithfulness WHERE method = 'chefer' "
+                  "AND start_layer = 0 AND metric = 'discrimination'").to_pylist()[0]
+    assert per["n"] == 24 and per["v"] == pytest.approx(ev[("chefer", 0, "discrimination")]["value"])
     assert abs(ev[("random", None, "discrimination")]["value"] - 0.5) < 0.1
     assert run_sql(connect(out), "SELECT count(*) AS n FROM relevancy").column("n")[0].as_py() == 0
 

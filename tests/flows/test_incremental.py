@@ -35,7 +35,7 @@ def stages(root: str, run: str) -> dict:
 def test_a_new_run_over_a_grown_dataset_computes_only_the_new_images(prefect_harness, growing, tmp_path):
     data, new = growing
     root = str(tmp_path / "out")
-    common = dict(dataset=str(data), out=root, shard_size=16, device="cpu", stages=["classify", "relevancy", "regions"])
+    common = dict(dataset=str(data), out=root, shard_size=16, device="cpu", stages=["classify", "relevancy", "regions", "faithfulness", "evaluate"])
     first = explain(ExplainParams(run_name="night-1", **common))
     assert first["n_images"] == 48 and first["shards_done"] == 3
     for p in new:
@@ -47,6 +47,12 @@ def test_a_new_run_over_a_grown_dataset_computes_only_the_new_images(prefect_har
     assert rec["relevancy"]["rows_reused"]["relevancy"] == 96 and rec["relevancy"]["rows"]["relevancy"] == 100
     assert rec["regions"]["rows_reused"]["regions"] > 0
     con = connect(root)
+    # per-image faithfulness is reused too: only the new images are perturbed; evaluate averages all 50
+    n_old = run_sql(con, "SELECT count(*) FROM faithfulness WHERE run_id = 'night-1'").column(0)[0].as_py()
+    assert rec["faithfulness"]["rows_reused"]["faithfulness"] == n_old
+    assert rec["faithfulness"]["rows"]["faithfulness"] > n_old
+    n_eval = run_sql(con, "SELECT max(n) FROM evaluations WHERE run_id = 'night-2'").column(0)[0].as_py()
+    assert n_eval == 50
     for sql in (PRED, MAPS):  # the old images' rows are the first run's, exactly
         a = run_sql(con, sql, ["night-1"]).to_pylist()
         b = [r for r in run_sql(con, sql, ["night-2"]).to_pylist() if r["image_id"] in {x["image_id"] for x in a}]

@@ -128,7 +128,7 @@ def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, 
     photos = ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", device="cpu")
     r = photos.resolve()
     skipped = dict(r.skipped)
-    assert [s.name for s in r.shard_stages] == ["classify", "relevancy", "regions"]
+    assert [s.name for s in r.shard_stages] == ["classify", "relevancy", "regions", "faithfulness"]
     assert {"concepts", "captions", "summarize", "classify.descriptions"} <= set(skipped)
     assert "phrase bank" in skipped["captions"] and "concepts.descriptors" in skipped["concepts"]
     assert [s.name for s in r.run_stages] == ["evaluate", "report"]

@@ -24,8 +24,9 @@ from mapcap.tasks.templates import resolve_templates
 
 def test_order_and_dependencies_come_from_reads_and_writes():
     order = stage_order()
-    assert order == ["classify", "relevancy", "regions", "concepts", "captions", "caption_quality", "evaluate",
-                     "summarize", "report"]
+    assert order == ["classify", "relevancy", "regions", "concepts", "captions", "faithfulness", "caption_quality",
+                     "evaluate", "summarize", "report"]
+    assert upstream("evaluate") == ("classify", "faithfulness")
     assert dependencies("regions") == ("relevancy", "classify")
     assert upstream("summarize") == ("classify", "relevancy", "regions", "captions")
     with pytest.raises(ValueError, match=r"'captions' needs \['relevancy', 'regions'\].*stages=\['classify', "

@@ -7,12 +7,14 @@ import torch
 from mapcap.tasks.captioners.base import CaptionerConfig
 from mapcap.tasks.concept_bank import resolve_bank
 from mapcap.tasks.segment import SegmentConfig
+from mapcap.tasks.sharding import sampled
 from mapcap.tasks.stages.base import get_stage
 from mapcap.tasks.stages.captions import CaptionsConfig
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.concepts import ConceptsConfig
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.stages.evaluate import EvaluateConfig
+from mapcap.tasks.stages.faithfulness import VARIANTS, FaithfulnessConfig
 from mapcap.tasks.stages.regions import RegionsConfig
 from mapcap.tasks.stages.relevancy import RelevancyConfig
 from mapcap.tasks.stages.summarize import SummarizeConfig
@@ -137,13 +139,27 @@ def test_concepts_one_mutual_knowledge_row_per_image(toy_model, explained):
     assert {r["source"] for r in out["concepts"]} == {"image", "region", "language"}
 
 
-def test_evaluate_scores_every_variant(toy_model, explained):
+def test_faithfulness_per_image_and_evaluate_means(toy_model, explained):
     classes, ctx = explained
-    run_ctx = ctx_with(outputs={k: ctx.outputs[k] for k in ("images", "predictions")}, shard=None)
-    out, fails = compute("evaluate", EvaluateConfig(toy_model.spec, classes, TEMPLATES, "", 4), run_ctx)
-    metrics = {(r["method"], r["metric"]) for r in out["evaluations"]}
-    assert ("random", "deletion_auc") in metrics and ("chefer", "insertion_auc") in metrics
-    assert all(r["n"] == 4 for r in out["evaluations"])
+    out, fails = compute("faithfulness", FaithfulnessConfig(toy_model.spec, classes, TEMPLATES, "", 1.0), ctx)
+    rows = out["faithfulness"]
+    classified = {r["image_id"] for r in ctx.outputs["predictions"]}
+    assert not fails and {r["image_id"] for r in rows} == classified
+    per = {}
+    for r in rows:
+        per.setdefault((r["method"], r["start_layer"], r["metric"]), []).append(r["value"])
+    assert {len(v) for v in per.values()} == {5}  # every image, every variant's four AUCs (no masks here)
+    assert {m for _, _, m in per} == {"positive_auc", "negative_auc", "deletion_auc", "insertion_auc"}
+    assert all(0.0 <= v <= 1.0 for vs in per.values() for v in vs)
+    run_ctx = ctx_with(outputs={"faithfulness": rows}, shard=None)
+    ev, _ = compute("evaluate", EvaluateConfig(VARIANTS), run_ctx)
+    got = {(r["method"], r["start_layer"], r["metric"]): r for r in ev["evaluations"]}
+    assert got.keys() == per.keys() and all(r["n"] == 5 for r in got.values())
+    for k, vs in per.items():
+        assert got[k]["value"] == pytest.approx(sum(vs) / len(vs))
+    assert [(r["method"], r["start_layer"]) for r in ev["evaluations"]][::4] == list(VARIANTS)
+    half, _ = compute("faithfulness", FaithfulnessConfig(toy_model.spec, classes, TEMPLATES, "", 0.5), ctx)
+    assert {r["image_id"] for r in half["faithfulness"]} == {i for i in classified if sampled(i, 0.5)}
 
 
 def test_summarize_picks_captions_per_class(toy_model, explained):
@@ -191,7 +207,6 @@ def test_a_changed_file_is_a_failure_not_a_wrong_row(toy_model, tiny, tmp_path):
 
 
 def test_concepts_on_a_sample_fixed_by_image_id(toy_model, explained):
-    from mapcap.tasks.stages.concepts import sampled
     import hashlib
     ids = [hashlib.sha256(str(i).encode()).hexdigest()[:16] for i in range(2000)]
     share = sum(sampled(i, 0.25) for i in ids) / len(ids)

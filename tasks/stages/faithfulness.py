@@ -1,0 +1,97 @@
+"""Stage `faithfulness` (per shard): per-image faithfulness and ground-truth scores of every map variant.
+
+On a sample of the classified images (picked by content id, so the same images in any shard, rerun or grown
+dataset), maps are computed afresh for each variant (Chefer over all blocks and on the last block, the gradient
+baseline, a random map) so every run is scored the same way, whatever the relevancy stage stored. One row per
+(image, variant, metric) in the `faithfulness` table:
+- positive_auc / negative_auc: accuracy under perturbation, predicted class's map (tasks/metrics/faithfulness.py);
+- deletion_auc / insertion_auc: the predicted class's probability as the most relevant patches go / come;
+- pointing_grid / pointing_pixel (0 or 1): correctly classified images whose object mask the dataset's manifest
+  holds (the toy world's does); the predicted-class map is then the true-class map;
+- discrimination: images whose manifest also holds a second object's label and mask: the mean of the two
+  classes' maps' mass share on their own object.
+A per-shard stage, so a later run reuses these rows by content like any other (tasks/stages/reuse.py); the
+per-run `evaluate` stage averages them into `evaluations`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mapcap.storage.manifest import dataset_masks
+from mapcap.tasks.metrics.faithfulness import aucs, mass_share, perturbation_curves, pointing_grid, pointing_pixel
+from mapcap.tasks.models import ModelSpec, load_model
+from mapcap.tasks.relevancy.methods import relevancy_maps
+from mapcap.tasks.sharding import sampled
+from mapcap.tasks.stages.base import Stage, register_stage
+from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
+
+VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))
+
+
+@dataclass(frozen=True)
+class FaithfulnessConfig:
+    model: ModelSpec  # the run's CLIP
+    classes: tuple[str, ...]  # the run's classes, in index order
+    templates: tuple[str, ...]  # class texts are the ensemble of these
+    dataset: str = ""  # its manifest's masks give the pointing game and class discrimination
+    sample: float = 1.0  # share of classified images scored, picked by content id (flows/planning.sample_share)
+    variants: tuple[tuple[str, int | None], ...] = VARIANTS  # (method, start layer) scored
+
+
+@register_stage("faithfulness", FaithfulnessConfig, reads=("predictions", "images"), writes=("faithfulness",),
+                order=5, version=1,
+                summary="per-image faithfulness (perturbation AUCs), pointing game and class discrimination of "
+                        "every map method, on a sample")
+class Faithfulness(Stage):
+    """Maps computed afresh on a sample, the same way for every run."""
+
+    def compute(self, cfg: FaithfulnessConfig, ctx: StageContext) -> dict:
+        preds = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}
+        paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
+        ids = sorted(i for i in preds if sampled(i, cfg.sample))
+        if not ids:
+            return {"faithfulness": []}
+        lm = load_model(cfg.model)
+        emb = text_classifier(lm, cfg.classes, cfg.templates)[-1]  # (C, D)
+        pix = ctx.pixels_of(lm.preprocess, {i: paths[i] for i in ids})
+        ids = [i for i in ids if i in pix]
+        if not ids:
+            return {"faithfulness": []}
+        truth = dataset_masks(cfg.dataset)
+        x = torch.stack([pix[i] for i in ids])  # (B, 3, H, W)
+        pred = torch.tensor([cfg.classes.index(preds[i]["pred"]) for i in ids])  # (B,)
+        label = torch.tensor([cfg.classes.index(preds[i]["label"]) for i in ids])  # (B,)
+        gt = [(k, truth[paths[i]]) for k, i in enumerate(ids) if paths[i] in truth]
+        two = [(k, t) for k, t in gt if t["second_mask"] is not None and t["second_label"] in cfg.classes]
+        rows, clean = [], None  # the unperturbed images' probabilities: the same for every variant
+
+        def add(k: int, base: dict, metric: str, value: float) -> None:
+            rows.append(base | {"image_id": ids[k], "metric": metric, "value": float(value)})
+
+        for method, start in cfg.variants:
+            base = {"run_id": ctx.run_id, "shard": ctx.shard, "method": method, "start_layer": start}
+            pmaps = relevancy_maps(lm, method, x, emb[pred], start)  # (B, g, g)
+            curves = perturbation_curves(lm, x, pmaps, emb, pred, label, clean)
+            clean = curves.pop("clean")
+            for name, c in curves.items():
+                for k, v in enumerate(aucs(c)):
+                    add(k, base, f"{name}_auc", v)
+            for k, t in gt:
+                if pred[k] == label[k]:  # correct: the predicted-class map is the true-class map
+                    add(k, base, "pointing_grid", pointing_grid(pmaps[k].numpy(), t["mask"]))
+                    add(k, base, "pointing_pixel", pointing_pixel(pmaps[k].numpy(), t["mask"]))
+            if two:
+                ks = [k for k, _ in two]
+                own = relevancy_maps(lm, method, x[ks], emb[label[ks]], start)  # (K, g, g)
+                other = relevancy_maps(lm, method, x[ks], emb[[cfg.classes.index(t["second_label"])
+                                                               for _, t in two]], start)
+                for j, (k, t) in enumerate(two):
+                    add(k, base, "discrimination", np.mean([mass_share(own[j].numpy(), t["mask"], t["second_mask"]),
+                                                            mass_share(other[j].numpy(), t["second_mask"],
+                                                                       t["mask"])]))
+        order = {i: n for n, i in enumerate(ids)}
+        return {"faithfulness": sorted(rows, key=lambda r: order[r["image_id"]])}
