@@ -49,18 +49,26 @@ def read_toy_manifest(path: str | Path) -> pa.Table:
     return pq.read_table(path)
 
 
-def annotations(dataset: str) -> list[dict[str, Any]]:
+def annotations(dataset: str, columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Rows of the dataset's Parquet manifest (a folder's manifest.parquet, or the file itself), each with
-    `path` made absolute; [] when the dataset has none. Masks and captions live there for the toy world."""
+    `path` made absolute; [] when the dataset has none. Masks and captions live there for the toy world.
+    `columns`: read only these (and `path`) where the manifest has them."""
     if not dataset:
         return []
     src = Path(dataset)
     manifest = src / "manifest.parquet" if src.is_dir() else src
     if manifest.suffix != ".parquet" or not manifest.is_file():
         return []
-    rows = pq.read_table(manifest).to_pylist()
+    if columns is not None:
+        names = set(pq.read_schema(manifest).names)
+        columns = ("path",) + tuple(c for c in columns if c in names and c != "path")
+    rows = pq.read_table(manifest, columns=list(columns) if columns else None).to_pylist()
+    folders: dict[Path, Path] = {}  # each folder resolved once; a file in full only when it is a link
     for r in rows:
-        r["path"] = str((manifest.parent / r["path"]).resolve())
+        p = manifest.parent / r["path"]
+        if p.parent not in folders:
+            folders[p.parent] = p.parent.resolve()
+        r["path"] = str(p.resolve() if p.is_symlink() else folders[p.parent] / p.name)
     return rows
 
 
@@ -70,4 +78,4 @@ def dataset_masks(dataset: str) -> dict[str, dict]:
     return {r["path"]: {
         "mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
         "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}
-        for r in annotations(dataset) if r.get("mask")}
+        for r in annotations(dataset, ("mask", "second_label", "second_mask")) if r.get("mask")}

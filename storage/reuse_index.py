@@ -14,9 +14,26 @@ from mapcap.storage.writer import filesystem
 Key = tuple[str, str]  # (image id, label)
 
 
-def reuse_meta(reuse_hash: str, keys: list[Key]) -> dict[bytes, bytes]:
-    """The file metadata that makes a file's rows reusable by later runs."""
-    return {META_REUSE: json.dumps({"hash": reuse_hash, "keys": sorted(keys)}).encode()}
+Stat = tuple[int, int, str]  # (size, mtime in ns, content id) of an image file
+
+
+def reuse_meta(reuse_hash: str, keys: list[Key], files: dict[str, Stat] | None = None) -> dict[bytes, bytes]:
+    """The file metadata that makes a file's rows reusable by later runs; `files`: {path: (size, mtime_ns,
+    content id)} of the shard's images, so a later run need not read an unchanged file again to know its id."""
+    doc = {"hash": reuse_hash, "keys": sorted(keys)} | ({"files": files} if files else {})
+    return {META_REUSE: json.dumps(doc).encode()}
+
+
+def known_files(root: str, table: str = "images") -> dict[str, Stat]:
+    """{path: (size, mtime_ns, content id)} recorded by earlier runs' `table` files in the root (the newest run's
+    record of a path wins)."""
+    fs, base = filesystem(root)
+    out: dict[str, Stat] = {}
+    for part in parts(fs, table, list_files(fs, base, table)):
+        doc = part.meta.get(META_REUSE)
+        if doc and b'"files"' in doc:
+            out.update({p: (int(v[0]), int(v[1]), str(v[2])) for p, v in json.loads(doc)["files"].items()})
+    return out
 
 
 def find_reusable(root: str, table: str, reuse_hash: str, wanted: set[Key]) -> list[tuple[Part, set[Key]]]:

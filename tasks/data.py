@@ -46,6 +46,12 @@ def load_class_map(path: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in mapping.items()}
 
 
+def _absolute(f: Path, folder: Path, base: Path) -> str:
+    """`f.resolve()` for a file found under `folder` (resolved: `base`), resolving only what can be a link: the
+    file itself (rglob does not descend into linked folders). 10,000 full resolves cost a second per planning."""
+    return str(f.resolve()) if f.is_symlink() else str(base / f.relative_to(folder))
+
+
 def read_dataset(source: str, class_map: str | None = None) -> Dataset:
     """An ImageFolder directory (one folder per class) or a manifest (.csv/.parquet with path,label)."""
     src = Path(source).expanduser()
@@ -62,7 +68,7 @@ def read_dataset(source: str, class_map: str | None = None) -> Dataset:
                 raise ValueError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                                  f"add images or remove the folder")
             label = mapping.get(folder.name, folder.name)
-            items += [Item(str(f.resolve()), label) for f in files]
+            items += [Item(_absolute(f, folder, base), label) for base in [folder.resolve()] for f in files]
     elif src.is_file():
         rows = read_manifest(src)
         if not rows:

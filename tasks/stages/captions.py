@@ -31,7 +31,7 @@ class CaptionsConfig:
 @functools.lru_cache(maxsize=8)
 def references(dataset: str) -> dict[str, list[str]]:
     """{absolute image path: [reference caption]} from the dataset's manifest (read once per process)."""
-    return {r["path"]: [r["caption"]] for r in annotations(dataset) if r.get("caption")}
+    return {r["path"]: [r["caption"]] for r in annotations(dataset, ("caption",)) if r.get("caption")}
 
 
 # version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped

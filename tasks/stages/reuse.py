@@ -11,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mapcap.storage.reuse_index import Key, copy_rows, find_reusable, reuse_meta
+from mapcap.storage.reuse_index import Key, Stat, copy_rows, find_reusable, known_files, reuse_meta
 from mapcap.tasks.data import image_id_of
 from mapcap.tasks.provenance import config_hash, to_jsonable
 from mapcap.tasks.stages.base import Rows, Stage, get_stage, upstream
 from mapcap.tasks.stages.context import StageContext
 
 IDS = ("reuse", "image ids")  # ctx.memo key of the shard's {path: content id}, hashed once per shard
+FILES = ("reuse", "files")  # ... and of its {path: (size, mtime_ns, content id)}, recorded with `images`
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,7 +62,19 @@ def content_hashes(plans: list) -> dict[str, str]:
     return out
 
 
-def _content_id(path: str) -> str | None:
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None  # not a local file: hashed (and if unreadable, the stage records the failure)
+    return st.st_size, st.st_mtime_ns
+
+
+def _content_id(path: str, stat: tuple[int, int] | None, known: Stat | None) -> str | None:
+    """The file's content id: the one an earlier run recorded when size and mtime (ns) are unchanged (as rsync's
+    quick check: a nightly run does not read every old file again), else the SHA-256 of its bytes."""
+    if stat is not None and known is not None and (known[0], known[1]) == stat:
+        return known[2]
     try:
         return image_id_of(Path(path).read_bytes())
     except OSError:
@@ -71,8 +85,12 @@ def shard_keys(ctx: StageContext) -> dict[str, Key]:
     """{path: (content id, label)} of the shard's items that can be reused (readable, content unique)."""
     if IDS not in ctx.memo:
         paths = [it.path for it in ctx.items]
+        stats = {p: _stat(p) for p in paths}
+        known = known_files(ctx.root)
         with ThreadPoolExecutor(max(1, min(ctx.workers, len(paths)))) as ex:
-            ctx.memo[IDS] = dict(zip(paths, ex.map(_content_id, paths)))
+            ids = list(ex.map(lambda p: _content_id(p, stats[p], known.get(p)), paths))
+        ctx.memo[IDS] = dict(zip(paths, ids))
+        ctx.memo[FILES] = {p: (*stats[p], i) for p, i in zip(paths, ids) if i and stats[p]}
     ids = ctx.memo[IDS]
     count: dict[str, int] = {}
     for it in ctx.items:
@@ -108,7 +126,7 @@ def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, st
     if reuse_hash is None:
         return stage.compute(cfg, ctx), {}, {}
     keys = shard_keys(ctx)
-    meta = reuse_meta(reuse_hash, list(keys.values()))
+    meta = reuse_meta(reuse_hash, list(keys.values()), ctx.memo[FILES] if "images" in stage.writes else None)
     if force:
         return stage.compute(cfg, ctx), {}, meta
     reused, covered = reused_rows(stage, ctx, files, reuse_hash, keys)

@@ -61,6 +61,26 @@ def test_imagefolder_and_manifests_give_the_same_dataset(tmp_path):
     assert mapped.classes == ("dog", "tabby cat")
 
 
+def test_dataset_paths_are_resolved_through_links(tmp_path):
+    from mapcap.storage.manifest import annotations, write_manifest
+
+    real = tmp_path / "real"
+    (real / "cat").mkdir(parents=True)
+    _save(real / "cat" / "a.png", "RGB", "PNG")
+    _save(real / "b.png", "RGB", "PNG")
+    (tmp_path / "ds" / "dog").mkdir(parents=True)
+    (tmp_path / "ds" / "cat").symlink_to(real / "cat")  # a linked class folder
+    (tmp_path / "ds" / "dog" / "b.png").symlink_to(real / "b.png")  # a linked file
+    (tmp_path / "ds" / "dog" / "c.png").write_bytes((real / "b.png").read_bytes())
+    (tmp_path / "lnk").symlink_to(tmp_path / "ds")  # the dataset reached through a link
+    got = sorted(it.path for it in read_dataset(str(tmp_path / "lnk")).items)
+    assert got == sorted([str(real / "cat" / "a.png"), str(real / "b.png"), str(tmp_path / "ds" / "dog" / "c.png")])
+    write_manifest(tmp_path / "ds" / "manifest.parquet", [{"path": "cat/a.png", "label": "cat"},
+                                                          {"path": "dog/b.png", "label": "dog"},
+                                                          {"path": "dog/../dog/c.png", "label": "dog"}])
+    assert sorted(r["path"] for r in annotations(str(tmp_path / "lnk"), ("caption",))) == got
+
+
 def test_bad_datasets_name_the_problem(tmp_path):
     (tmp_path / "ds" / "empty").mkdir(parents=True)
     (tmp_path / "ds" / "full").mkdir()

@@ -116,3 +116,26 @@ def test_rows_are_reused_from_a_compacted_run_and_an_empty_shard_writes_empty_fi
     empty = run_shard(plans, root, "b", 1, [])["stages"]  # a hash bucket no image falls into
     assert all(not s["skipped"] and not any(s["rows"].values()) for s in empty.values())
     assert run_shard(plans, root, "b", 1, [])["stages"]["captions"]["skipped"]
+
+
+def test_unchanged_files_are_not_read_again_to_know_their_content(setup, tmp_path, monkeypatch):
+    from mapcap.tasks.stages import reuse
+
+    items, plans = setup
+    data = tmp_path / "data"
+    data.mkdir()
+    local = []
+    for i, it in enumerate(items[:4]):
+        shutil.copy(it.path, data / f"img-{i}.png")
+        local.append(Item(str(data / f"img-{i}.png"), it.label))
+    root = str(tmp_path / "out")
+    run_shard(plans[:1], root, "a", 0, local)
+    hashed: list[bytes] = []
+    real = reuse.image_id_of
+    monkeypatch.setattr(reuse, "image_id_of", lambda data: hashed.append(data) or real(data))
+    shutil.copy(items[5].path, local[3].path)  # another picture under an old name: new size or mtime
+    b = run_shard(plans[:1], root, "b", 0, local)["stages"]["classify"]
+    assert len(hashed) == 1  # only the rewritten file was read to hash it
+    assert b["reused_rows"]["images"] == 3 and b["rows"]["images"] == 4
+    ids = {r["path"]: r["image_id"] for r in read_run(root, "images", "b").to_pylist()}
+    assert ids[local[3].path] == real(data.joinpath("img-3.png").read_bytes())
