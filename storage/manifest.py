@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ def write_manifest(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 def png_to_mask(data: bytes) -> np.ndarray:
     """A mask stored in a manifest as PNG bytes → (H, W) bool (pixels above mid-grey are the object)."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127
+    img = Image.open(io.BytesIO(data))
+    return np.asarray(img if img.mode == "L" else img.convert("L")) > 127
 
 
 def read_toy_manifest(path: str | Path) -> pa.Table:
@@ -72,10 +75,39 @@ def annotations(dataset: str, columns: tuple[str, ...] | None = None) -> list[di
     return rows
 
 
+class Masks(Mapping):
+    """{absolute image path: {"mask", "second_label", "second_mask"}}: masks decoded on first access (a stage that
+    scores a sample of a large dataset decodes only the sample's), then kept."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        self._raw = {r["path"]: r for r in rows if r.get("mask")}
+        self._done: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, path: str) -> dict:
+        if path not in self._done:
+            r = self._raw[path]
+            rec = {"mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
+                   "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}
+            with self._lock:
+                self._done[path] = rec
+        return self._done[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def decode(self, paths: list[str]) -> dict[str, dict]:
+        """{path: record} of these paths (those the manifest has)."""
+        return {p: self[p] for p in dict.fromkeys(paths) if p in self._raw}
+
+
 @functools.lru_cache(maxsize=4)
-def dataset_masks(dataset: str) -> dict[str, dict]:
-    """{absolute image path: {"mask", "second_label", "second_mask"}} from a manifest with masks, else {}."""
-    return {r["path"]: {
-        "mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
-        "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}
-        for r in annotations(dataset, ("mask", "second_label", "second_mask")) if r.get("mask")}
+def dataset_masks(dataset: str) -> Masks:
+    """The object masks of a dataset whose Parquet manifest has them (toy world), else an empty mapping."""
+    return Masks(annotations(dataset, ("mask", "second_label", "second_mask")))

@@ -13,6 +13,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mapcap.storage.layout import conform, list_files, visible
@@ -164,3 +165,12 @@ def read_run(root: str, table: str, run_id: str) -> pa.Table:
         with fs.open(path, "rb") as f:
             out.append(conform(pq.read_table(f), table))
     return pa.concat_tables(out) if out else schema_for(table).empty_table()
+
+
+def rows_where(data: pa.Table, where: dict[str, Any] | None = None) -> list[dict]:
+    """The rows whose columns equal `where`'s values (None: the column is null), as dicts; filtering in Arrow
+    first, since turning rows into dicts is the slow part of reading a large run's table in Python."""
+    for col, value in (where or {}).items():
+        if col in data.column_names:
+            data = data.filter(pc.is_null(data[col]) if value is None else pc.equal(data[col], value))
+    return data.to_pylist()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mapcap.storage.writer import read_run, read_table, shard_name
+from mapcap.storage.writer import read_run, read_table, rows_where, shard_name
 from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image
 from mapcap.tasks.decode import decode_jpegs, geometry
 
@@ -68,13 +68,15 @@ class StageContext:
         self.memo: dict[tuple, Any] = {}  # results a stage computed for a later one of the chain
 
     # tables -------------------------------------------------------------------------------------------------
-    def table(self, name: str) -> Rows:
-        """Rows of an upstream table for this shard (or the whole run, for run-level stages)."""
+    def table(self, name: str, where: dict[str, Any] | None = None) -> Rows:
+        """Rows of an upstream table for this shard (or the whole run, for run-level stages); `where`: only the
+        rows whose columns equal these values (None matches null)."""
         if name in self.outputs:
-            return self.outputs[name]
+            rows = self.outputs[name]
+            return [r for r in rows if all(r.get(k) == v for k, v in where.items())] if where else rows
         if self.shard is None:
-            return read_run(self.root, name, self.run_id).to_pylist()
-        return read_table(self.root, name, self.run_id, shard_name(self.shard)).to_pylist()
+            return rows_where(read_run(self.root, name, self.run_id), where)
+        return rows_where(read_table(self.root, name, self.run_id, shard_name(self.shard)), where)
 
     # failures -----------------------------------------------------------------------------------------------
     def fail(self, image_id: str | None, path: str, error: BaseException | str, error_type: str | None = None,

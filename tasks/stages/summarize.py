@@ -40,16 +40,16 @@ class Summarize(Stage):
         return f"summaries-{cfg.captioner}"
 
     def compute(self, cfg: SummarizeConfig, ctx: StageContext) -> dict:
-        preds = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}
-        mine = lambda r: r["target"] == cfg.target and r["method"] == cfg.method \
-            and r["start_layer"] == cfg.start_layer and r["image_id"] in preds  # noqa: E731
-        caps = [c for c in ctx.table("captions") if c["captioner"] == cfg.captioner and c["region_id"] >= 0
-                and mine(c)]
-        regions = [r for r in ctx.table("regions") if mine(r)]
+        preds = {r["image_id"]: r for r in ctx.table("predictions", {"template": ENSEMBLE})}
+        mine = {"target": cfg.target, "method": cfg.method, "start_layer": cfg.start_layer}
+        caps = [c for c in ctx.table("captions", mine | {"captioner": cfg.captioner})
+                if c["region_id"] >= 0 and c["image_id"] in preds]
+        regions = [r for r in ctx.table("regions", mine) if r["image_id"] in preds]
         masks = {}
         if cfg.dataset:
-            by_path = dataset_masks(cfg.dataset)
-            masks = {r["image_id"]: by_path[r["path"]]["mask"] for r in ctx.table("images") if r["path"] in by_path}
+            paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
+            decoded = dataset_masks(cfg.dataset).decode(list(paths.values()))
+            masks = {i: decoded[p]["mask"] for i, p in paths.items() if p in decoded}
         lm = load_model(cfg.model)
         texts_all = sorted({c["text"] for c in caps})
         emb_of = dict(zip(texts_all, encode_texts(lm, texts_all).cpu().numpy())) if texts_all else {}
