@@ -112,7 +112,8 @@ def _relevancy(p, f: Facts) -> RelevancyConfig:
 
 def _regions(p, f: Facts) -> RegionsConfig:
     r = p.regions
-    return RegionsConfig(SegmentConfig(r.threshold, r.mass, r.min_area, r.top_k, r.superpixels, r.resolution))
+    return RegionsConfig(SegmentConfig(r.threshold, r.mass, r.min_area, r.top_k, r.superpixels, r.resolution),
+                         f.plan.dataset)
 
 
 def sample_share(images: int, n_images: int) -> float:

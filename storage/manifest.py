@@ -102,10 +102,6 @@ class Masks(Mapping):
     def __len__(self) -> int:
         return len(self._raw)
 
-    def decode(self, paths: list[str]) -> dict[str, dict]:
-        """{path: record} of these paths (those the manifest has)."""
-        return {p: self[p] for p in dict.fromkeys(paths) if p in self._raw}
-
 
 @functools.lru_cache(maxsize=4)
 def dataset_masks(dataset: str) -> Masks:

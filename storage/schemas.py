@@ -59,6 +59,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("area", pa.int64()), ("centroid_x", pa.float32()), ("centroid_y", pa.float32()),
         ("mean_relevancy", pa.float32()), ("mass", pa.float32()), ("mass_share", pa.float32()),
         ("mask_rle", pa.list_(pa.int32())),  # row-major run lengths over the bbox, starting with a False run
+        ("on_object", pa.bool_()),  # at least half of it on the true object (datasets with object masks), else null
     ]),
     "captions": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),

@@ -7,6 +7,7 @@ counts over the corpus, CIDEr-D takes its document frequencies from the referenc
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -43,13 +44,14 @@ def bleu(candidates: list[str], references: list[list[str]], n: int = 4) -> list
     _check(candidates, references)
     correct, guess = [0] * n, [0] * n
     test_len = ref_len = 0
+    words_of = {t: tokenize(t) for t in {*candidates, *(r for rs in references for r in rs)}}
+    grams = {t: ngrams(w, n) for t, w in words_of.items()}  # per distinct text: captions repeat
     for cand, refs in zip(candidates, references):
-        words = tokenize(cand)
-        counts = ngrams(words, n)
-        ref_words = [tokenize(r) for r in refs]
+        words, counts = words_of[cand], grams[cand]
+        ref_words = [words_of[r] for r in refs]
         most: Counter = Counter()
-        for rw in ref_words:
-            most |= ngrams(rw, n)  # per n-gram, its largest count in any one reference
+        for r in refs:
+            most |= grams[r]  # per n-gram, its largest count in any one reference
         test_len += len(words)
         ref_len += min((abs(len(rw) - len(words)), len(rw)) for rw in ref_words)[1]
         for g, c in counts.items():
@@ -82,22 +84,29 @@ def cider_d(candidates: list[str], references: list[list[str]], n: int = 4, sigm
     a Gaussian length penalty exp(−Δ²/2σ²), the mean over n-gram orders and references, × 10. The corpus score is
     the mean of the list."""
     _check(candidates, references)
-    cands = [ngrams(tokenize(c), n) for c in candidates]
-    refs = [[ngrams(tokenize(r), n) for r in rs] for rs in references]
+    grams = {t: ngrams(tokenize(t), n) for t in {*candidates, *(r for rs in references for r in rs)}}
     df: Counter = Counter()
-    for rs in refs:
-        df.update({g for r in rs for g in r})  # an n-gram counts once per image
-    log_docs = math.log(float(len(refs))) if refs else 0.0
+    for rs in references:
+        df.update({g for r in rs for g in grams[r]})  # an n-gram counts once per image
+    log_docs = math.log(float(len(references))) if references else 0.0
+    tfidf = {t: _tfidf(c, df, log_docs, n) for t, c in grams.items()}  # per distinct text: captions repeat
+
+    @functools.lru_cache(maxsize=None)
+    def similarity(cand: str, ref: str) -> np.ndarray:
+        """(n,) the candidate's length-penalised cosine with one reference, per n-gram order."""
+        (vec, norm, length), (rvec, rnorm, rlength) = tfidf[cand], tfidf[ref]
+        out = np.zeros(n)
+        for k in range(n):
+            val = sum(min(w, rvec[k].get(g, 0.0)) * rvec[k].get(g, 0.0) for g, w in vec[k].items())
+            if norm[k] != 0 and rnorm[k] != 0:
+                val /= norm[k] * rnorm[k]
+            out[k] = val * math.exp(-((length - rlength) ** 2) / (2 * sigma ** 2))
+        return out
+
     scores = []
-    for cand, rs in zip(cands, refs):
-        vec, norm, length = _tfidf(cand, df, log_docs, n)
+    for cand, rs in zip(candidates, references):
         total = np.zeros(n)  # (n,) summed over references
         for r in rs:
-            rvec, rnorm, rlength = _tfidf(r, df, log_docs, n)
-            for k in range(n):
-                val = sum(min(w, rvec[k].get(g, 0.0)) * rvec[k].get(g, 0.0) for g, w in vec[k].items())
-                if norm[k] != 0 and rnorm[k] != 0:
-                    val /= norm[k] * rnorm[k]
-                total[k] += val * math.exp(-((length - rlength) ** 2) / (2 * sigma ** 2))
+            total += similarity(cand, r)
         scores.append(float(total.mean() / len(rs) * 10.0))
     return scores

@@ -52,14 +52,12 @@ class CaptionQuality(Stage):
         refs = references(cfg.dataset)
         paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
         groups: dict[tuple, list[dict]] = defaultdict(list)  # (captioner, method, start layer) -> captions
-        for c in ctx.table("captions"):
-            if paths.get(c["image_id"]) not in refs:
-                continue
-            if c["region_id"] < 0:
-                groups[(c["captioner"], None, None)].append(c)
-            elif (c["target"], c["region_id"], c["method"], c["start_layer"]) == \
-                    ("label", 0, cfg.method, cfg.start_layer):
-                groups[(c["captioner"], cfg.method, cfg.start_layer)].append(c)
+        whole = ctx.table("captions", {"region_id": -1})
+        top = ctx.table("captions", {"target": "label", "region_id": 0, "method": cfg.method,
+                                     "start_layer": cfg.start_layer})
+        for c in whole + top:
+            if paths.get(c["image_id"]) in refs:
+                groups[(c["captioner"], c["method"], c["start_layer"])].append(c)
         rows = []
         for (captioner, method, start), caps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             caps = sorted(caps, key=lambda c: c["image_id"])

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mapcap.storage.manifest import dataset_masks
+from mapcap.tasks.metrics.summaries import on_object
 from mapcap.tasks.segment import SegmentConfig, rle_encode, segment_map
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
@@ -15,6 +17,7 @@ KEYS = ("run_id", "image_id", "shard", "target", "class_name", "method", "start_
 @dataclass(frozen=True)
 class RegionsConfig:
     segment: SegmentConfig = SegmentConfig()  # threshold, specks, top-k, superpixels
+    dataset: str = ""  # its manifest's object masks (toy world) give each region's `on_object`
 
 
 @register_stage("regions", RegionsConfig, reads=("relevancy", "images"), writes=("regions",), order=2,
@@ -29,6 +32,7 @@ class Regions(Stage):
         if cfg.segment.superpixels:  # only superpixel snapping needs the pixels
             ids = sorted({r["image_id"] for r in maps})
             pictures = {i: np.asarray(im) for i, im in ctx.images({i: images[i]["path"] for i in ids}).items()}
+        masks = dataset_masks(cfg.dataset) if cfg.dataset else {}
         rows, done = [], {}
         for r in maps:
             if cfg.segment.superpixels and r["image_id"] not in pictures:
@@ -39,9 +43,11 @@ class Regions(Stage):
             if same not in done:
                 done[same] = segment_map(np.asarray(r["map"], np.float32).reshape(g, g),
                                          (img["width"], img["height"]), cfg.segment, pictures.get(r["image_id"]))
+            truth = masks[img["path"]]["mask"] if img["path"] in masks else None
             for reg in done[same]:
-                rows.append({k: r[k] for k in KEYS} | {
+                row = {k: r[k] for k in KEYS} | {
                     "region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
                     "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
-                    "mass_share": reg.mass_share, "mask_rle": rle_encode(reg.mask)})
+                    "mass_share": reg.mass_share, "mask_rle": rle_encode(reg.mask)}
+                rows.append(row | {"on_object": None if truth is None else on_object(row, truth)})
         return {"regions": rows}

@@ -45,11 +45,12 @@ class Summarize(Stage):
         caps = [c for c in ctx.table("captions", mine | {"captioner": cfg.captioner})
                 if c["region_id"] >= 0 and c["image_id"] in preds]
         regions = [r for r in ctx.table("regions", mine) if r["image_id"] in preds]
-        masks = {}
-        if cfg.dataset:
-            paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
-            decoded = dataset_masks(cfg.dataset).decode(list(paths.values()))
-            masks = {i: decoded[p]["mask"] for i, p in paths.items() if p in decoded}
+        # on the true object: the regions stage records it; regions of older runs get it from the masks here
+        masks = dataset_masks(cfg.dataset) if cfg.dataset else {}
+        paths = {r["image_id"]: r["path"] for r in ctx.table("images")} if masks else {}
+        for r in regions:
+            if r.get("on_object") is None and paths.get(r["image_id"]) in masks:
+                r["on_object"] = on_object(r, masks[paths[r["image_id"]]]["mask"])
         lm = load_model(cfg.model)
         texts_all = sorted({c["text"] for c in caps})
         emb_of = dict(zip(texts_all, encode_texts(lm, texts_all).cpu().numpy())) if texts_all else {}
@@ -70,7 +71,7 @@ class Summarize(Stage):
                 regs = [r for r in regions if r["image_id"] in keep]
                 tops = [r for r in regs if r["region_id"] == 0]
                 summary = mmr_summary(texts, emb, cfg.k, cfg.mmr_lambda, cfg.duplicate_cos)
-                on = [on_object(r, masks[r["image_id"]]) for r in regs if r["image_id"] in masks]
+                on = [r["on_object"] for r in regs if r.get("on_object") is not None]
                 rows.append({
                     "run_id": ctx.run_id, "class_name": cname, "subset": subset, "captioner": cfg.captioner,
                     "n_images": len(keep),

@@ -308,3 +308,22 @@ def test_a_stage_without_its_upstream_stage_is_refused_not_skipped(capsys):
     assert main(["run", "toy", "--stages", "classify", "relevancy", "summarize"]) == 2
     assert "stage 'summarize' needs ['regions', 'captions']" in capsys.readouterr().err
     assert ExplainParams(stages=["classify", "relevancy", "regions", "concepts"]).stages[-1] == "concepts"
+
+
+def test_regions_know_whether_they_lie_on_the_object_and_summaries_average_it(first_run):
+    params, _ = first_run
+    con = connect(params.out)
+    regs = run_sql(con, "SELECT r.target, r.method, r.region_id, r.on_object, i.path FROM regions r JOIN images i "
+                        "USING (run_id, image_id) WHERE r.run_id = 'e2e'").to_pylist()
+    assert regs and all(r["on_object"] is not None for r in regs)  # the toy manifest has every object's mask
+    top = {m: [r["on_object"] for r in regs if (r["region_id"], r["target"], r["method"]) == (0, "label", m)]
+           for m in ("chefer", "gradient")}
+    share_of = {m: sum(v) / len(v) for m, v in top.items()}  # measured: chefer 0.77, gradient 0.31
+    assert share_of["chefer"] >= 0.6 and share_of["chefer"] > share_of["gradient"] + 0.2
+    share = run_sql(con, "SELECT avg(on_object::INT) AS s FROM regions r JOIN predictions p USING (run_id, image_id) "
+                         "WHERE r.run_id = 'e2e' AND p.template = 'ensemble' AND p.label = 'star' "
+                         "AND r.target = 'pred' AND r.method = 'chefer' AND r.start_layer = (SELECT min(start_layer) "
+                         "FROM regions WHERE method = 'chefer')").column("s")[0].as_py()  # the primary map: chefer @0
+    summ = run_sql(con, "SELECT on_object_share FROM class_summaries WHERE run_id = 'e2e' AND class_name = 'star' "
+                        "AND subset = 'all'").column(0)[0].as_py()
+    assert summ == pytest.approx(share)
