@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import io
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -81,16 +80,13 @@ class Masks(Mapping):
 
     def __init__(self, rows: list[dict[str, Any]]):
         self._raw = {r["path"]: r for r in rows if r.get("mask")}
-        self._done: dict[str, dict] = {}
-        self._lock = threading.Lock()
+        self._done: dict[str, dict] = {}  # two threads may decode the same mask once each: harmless
 
     def __getitem__(self, path: str) -> dict:
         if path not in self._done:
             r = self._raw[path]
-            rec = {"mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
-                   "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}
-            with self._lock:
-                self._done[path] = rec
+            self._done[path] = {"mask": png_to_mask(r["mask"]), "second_label": r.get("second_label"),
+                                "second_mask": png_to_mask(r["second_mask"]) if r.get("second_mask") else None}
         return self._done[path]
 
     def __contains__(self, path: object) -> bool:

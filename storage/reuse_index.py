@@ -3,6 +3,7 @@ without the shard's inputs and the (image id, label) keys it covers; rows of cov
 first earlier part (any run in the root, compacted or not) whose hash matches."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pyarrow as pa
@@ -30,10 +31,16 @@ def known_files(root: str, table: str = "images") -> dict[str, Stat]:
     fs, base = filesystem(root)
     out: dict[str, Stat] = {}
     for part in parts(fs, table, list_files(fs, base, table)):
-        doc = part.meta.get(META_REUSE)
-        if doc and b'"files"' in doc:
-            out.update({p: (int(v[0]), int(v[1]), str(v[2])) for p, v in json.loads(doc)["files"].items()})
+        out.update(_files_of(part.meta.get(META_REUSE) or b""))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _files_of(doc: bytes) -> dict[str, Stat]:
+    """A part's recorded files, parsed once per process (every shard of a run asks for all of them)."""
+    if b'"files"' not in doc:
+        return {}
+    return {p: (int(v[0]), int(v[1]), str(v[2])) for p, v in json.loads(doc)["files"].items()}
 
 
 def find_reusable(root: str, table: str, reuse_hash: str, wanted: set[Key]) -> list[tuple[Part, set[Key]]]:
