@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from a CLI run
+    # without a Prefect server, a run starts a temporary one; on a fresh PREFECT_HOME it first builds its database,
+    # which takes longer than Prefect's 20 s default on a slow or busy machine (a newcomer's first `mapcap demo`)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -126,9 +126,12 @@ def read_part(fs: fsspec.AbstractFileSystem, part: Part, image_ids: set[str] | N
     return data
 
 
-def conform(data: pa.Table, table: str) -> pa.Table:
-    """An Arrow table in the table's current schema: files written before a column was added read it as nulls."""
+def conform(data: pa.Table, table: str, columns: list[str] | None = None) -> pa.Table:
+    """An Arrow table in the table's current schema (or only its `columns`): files written before a column was
+    added read it as nulls."""
     schema = schema_for(table)
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
     for field in schema:
         if field.name not in data.column_names:
             data = data.append_column(field, pa.nulls(data.num_rows, field.type))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,14 @@ def annotations(dataset: str, columns: tuple[str, ...] | None = None) -> list[di
         names = set(pq.read_schema(manifest).names)
         columns = ("path",) + tuple(c for c in columns if c in names and c != "path")
     rows = pq.read_table(manifest, columns=list(columns) if columns else None).to_pylist()
-    folders: dict[Path, Path] = {}  # each folder resolved once; a file in full only when it is a link
+    base = str(manifest.parent)
+    folders: dict[str, str] = {}  # each folder resolved once; a file in full only when it is a link
     for r in rows:
-        p = manifest.parent / r["path"]
-        if p.parent not in folders:
-            folders[p.parent] = p.parent.resolve()
-        r["path"] = str(p.resolve() if p.is_symlink() else folders[p.parent] / p.name)
+        p = os.path.join(base, str(r["path"]))  # an absolute path stays as it is, as with Path's `/`
+        folder, name = os.path.split(p)
+        if folder not in folders:
+            folders[folder] = str(Path(folder).resolve())
+        r["path"] = str(Path(p).resolve()) if os.path.islink(p) else os.path.join(folders[folder], name)
     return rows
 
 

@@ -51,13 +51,29 @@ def find_reusable(root: str, table: str, reuse_hash: str, wanted: set[Key]) -> l
         doc = part.meta.get(META_REUSE)
         if not left:
             break
-        if not doc or f'"hash": "{reuse_hash}"' not in doc.decode():
+        if not doc or _hash_of(doc) != reuse_hash:
             continue
-        hit = left & {(k[0], k[1]) for k in json.loads(doc)["keys"]}
+        hit = left & _keys_of(doc)
         if hit:
             found.append((part, hit))
             left -= hit
     return found
+
+
+@functools.lru_cache(maxsize=2048)
+def _reuse_doc(doc: bytes) -> tuple[str, frozenset[Key]]:
+    """(reuse hash, keys) of a part's reuse metadata, parsed once per process: each stage of each shard looks
+    through every earlier part with its hash, and the new images of a grown dataset are in none of them."""
+    d = json.loads(doc)
+    return d["hash"], frozenset((k[0], k[1]) for k in d["keys"])
+
+
+def _hash_of(doc: bytes) -> str:
+    return _reuse_doc(doc)[0]
+
+
+def _keys_of(doc: bytes) -> frozenset[Key]:
+    return _reuse_doc(doc)[1]
 
 
 def copy_rows(root: str, table: str, run_id: str, name: str, image_ids: set[str], values: dict,

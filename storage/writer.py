@@ -155,22 +155,35 @@ def count_rows(root: str, table: str, run_id: str, name: str) -> int:
         return pq.read_metadata(f).num_rows
 
 
-def read_run(root: str, table: str, run_id: str) -> pa.Table:
+def read_run(root: str, table: str, run_id: str, columns: list[str] | None = None) -> pa.Table:
     """Every file of one run's table that readers see (storage/layout.py), concatenated in the current schema
-    (empty table with the schema if none)."""
+    (empty table with the schema if none); `columns`: only these of the table's columns are read."""
     fs, base = filesystem(root)
     files = list_files(fs, base, table, run_id)
+    schema = schema_for(table)
+    if columns is not None:
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise ValueError(f"table {table!r} has no column(s) {unknown}; its columns are {schema.names}")
+        schema = pa.schema([schema.field(c) for c in columns])
     out = []
     for path in visible(fs, files):
         with fs.open(path, "rb") as f:
-            out.append(conform(pq.read_table(f), table))
-    return pa.concat_tables(out) if out else schema_for(table).empty_table()
+            pf = pq.ParquetFile(f)
+            have = [c for c in schema.names if c in pf.schema_arrow.names] if columns is not None else None
+            data = pf.read(columns=have) if have != [] else pa.table({"_": pa.nulls(pf.metadata.num_rows)})
+            out.append(conform(data, table, columns))
+    return pa.concat_tables(out) if out else schema.empty_table()
 
 
-def rows_where(data: pa.Table, where: dict[str, Any] | None = None) -> list[dict]:
-    """The rows whose columns equal `where`'s values (None: the column is null), as dicts; filtering in Arrow
-    first, since turning rows into dicts is the slow part of reading a large run's table in Python."""
+def rows_where(data: pa.Table, where: dict[str, Any] | None = None,
+               columns: tuple[str, ...] | None = None) -> list[dict]:
+    """The rows whose columns equal `where`'s values (None: the column is null), as dicts, with only `columns`
+    when given; filtering and selecting in Arrow first, since turning rows into dicts is the slow part of reading
+    a large run's table in Python."""
     for col, value in (where or {}).items():
         if col in data.column_names:
             data = data.filter(pc.is_null(data[col]) if value is None else pc.equal(data[col], value))
+    if columns is not None:
+        data = data.select([c for c in columns if c in data.column_names])
     return data.to_pylist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -55,7 +56,9 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     A run already under `root` keeps the shard count it was planned with, so its shards stay stable."""
     spec = resolve_spec(model, pretrained, device, precision)
     tpl = resolve_templates(templates)
-    source = named_dataset(dataset) or dataset  # a plugin's named dataset ('toy'), else a path
+    # a plugin's named dataset ('toy'), else a path, made absolute: stage configs hold it (its manifest's masks),
+    # so `mapcap run data` and a deployment's `/srv/data` must name the same dataset or nothing is reused
+    source = named_dataset(dataset) or (dataset if "://" in dataset else str(Path(dataset).expanduser().resolve()))
     ds = read_dataset(source, class_map)
     if len(ds.classes) < 2:
         raise ValueError(f"dataset {source} has {len(ds.classes)} class(es) {list(ds.classes)}; zero-shot "

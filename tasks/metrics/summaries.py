@@ -61,13 +61,14 @@ def class_properties(class_name: str, classes: tuple[str, ...], texts: list[str]
     others = tuple(w for c in classes if c != class_name for w in (c, *synonyms.get(c, ())))
     centroid = emb.mean(0) if len(emb) else np.zeros(class_emb.shape)
     norm = np.linalg.norm(centroid)
-    own_hits = [mentions(t, own) for t in texts]
+    distinct = set(texts)  # region captions repeat: each text is searched once
+    own_of = {t: mentions(t, own) for t in distinct}
+    other_of = {t: mentions(t, others) and not own_of[t] for t in distinct}
     return {
-        "n_captions": len(texts), "n_distinct": len(set(texts)), "diversity": diversity(emb),
+        "n_captions": len(texts), "n_distinct": len(distinct), "diversity": diversity(emb),
         "class_similarity": float(centroid @ class_emb / norm) if norm > 0 else None,
-        "class_mention_share": float(np.mean(own_hits)) if texts else None,
-        "other_class_share": float(np.mean([mentions(t, others) and not o for t, o in zip(texts, own_hits)]))
-        if texts else None,
+        "class_mention_share": float(np.mean([own_of[t] for t in texts])) if texts else None,
+        "other_class_share": float(np.mean([other_of[t] for t in texts])) if texts else None,
         "mean_clipscore": float(np.mean(clipscores)) if clipscores else None,
     }
 

@@ -28,6 +28,9 @@ class CaptionQualityConfig:
     start_layer: int | None = -1  # ... and its start layer
 
 
+CAPTION_COLUMNS = ("image_id", "captioner", "method", "start_layer", "text", "clipscore", "ref_clipscore")
+
+
 def _scores(caps: list[dict], refs: list[list[str]]) -> dict[str, float]:
     """Every metric of METRICS over one set of captions and their references."""
     texts = [c["text"] for c in caps]
@@ -50,11 +53,11 @@ class CaptionQuality(Stage):
 
     def compute(self, cfg: CaptionQualityConfig, ctx: StageContext) -> dict:
         refs = references(cfg.dataset)
-        paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
+        paths = {r["image_id"]: r["path"] for r in ctx.table("images", columns=("image_id", "path"))}
         groups: dict[tuple, list[dict]] = defaultdict(list)  # (captioner, method, start layer) -> captions
-        whole = ctx.table("captions", {"region_id": -1})
+        whole = ctx.table("captions", {"region_id": -1}, CAPTION_COLUMNS)
         top = ctx.table("captions", {"target": "label", "region_id": 0, "method": cfg.method,
-                                     "start_layer": cfg.start_layer})
+                                     "start_layer": cfg.start_layer}, CAPTION_COLUMNS)
         for c in whole + top:
             if paths.get(c["image_id"]) in refs:
                 groups[(c["captioner"], c["method"], c["start_layer"])].append(c)

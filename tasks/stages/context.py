@@ -68,15 +68,17 @@ class StageContext:
         self.memo: dict[tuple, Any] = {}  # results a stage computed for a later one of the chain
 
     # tables -------------------------------------------------------------------------------------------------
-    def table(self, name: str, where: dict[str, Any] | None = None) -> Rows:
+    def table(self, name: str, where: dict[str, Any] | None = None, columns: tuple[str, ...] | None = None) -> Rows:
         """Rows of an upstream table for this shard (or the whole run, for run-level stages); `where`: only the
-        rows whose columns equal these values (None matches null)."""
+        rows whose columns equal these values (None matches null); `columns`: rows read from files hold only
+        these (rows this process holds already come whole)."""
         if name in self.outputs:
             rows = self.outputs[name]
             return [r for r in rows if all(r.get(k) == v for k, v in where.items())] if where else rows
         if self.shard is None:
-            return rows_where(read_run(self.root, name, self.run_id), where)
-        return rows_where(read_table(self.root, name, self.run_id, shard_name(self.shard)), where)
+            cols = None if columns is None else list(dict.fromkeys([*columns, *(where or {})]))
+            return rows_where(read_run(self.root, name, self.run_id, cols), where, columns)
+        return rows_where(read_table(self.root, name, self.run_id, shard_name(self.shard)), where, columns)
 
     # failures -----------------------------------------------------------------------------------------------
     def fail(self, image_id: str | None, path: str, error: BaseException | str, error_type: str | None = None,

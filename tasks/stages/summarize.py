@@ -8,11 +8,12 @@ import numpy as np
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import class_properties, mmr_summary, on_object
 from mapcap.tasks.models import ModelSpec, encode_texts, load_model
-from mapcap.tasks.stages.base import Stage, register_stage
+from mapcap.tasks.stages.base import Rows, Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.zeroshot import ENSEMBLE
 
 SUBSETS = ("all", "correct", "wrong")
+REGION_COLUMNS = ("image_id", "region_id", "mass_share", "on_object")  # what the summaries use of regions
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,14 @@ class Summarize(Stage):
         return f"summaries-{cfg.captioner}"
 
     def compute(self, cfg: SummarizeConfig, ctx: StageContext) -> dict:
-        preds = {r["image_id"]: r for r in ctx.table("predictions", {"template": ENSEMBLE})}
+        preds = {r["image_id"]: r for r in ctx.table("predictions", {"template": ENSEMBLE},
+                                                     ("image_id", "label", "correct"))}
         mine = {"target": cfg.target, "method": cfg.method, "start_layer": cfg.start_layer}
-        caps = [c for c in ctx.table("captions", mine | {"captioner": cfg.captioner})
+        caps = [c for c in ctx.table("captions", mine | {"captioner": cfg.captioner},
+                                     ("image_id", "region_id", "text", "clipscore"))
                 if c["region_id"] >= 0 and c["image_id"] in preds]
-        regions = [r for r in ctx.table("regions", mine) if r["image_id"] in preds]
-        # on the true object: the regions stage records it; regions of older runs get it from the masks here
-        masks = dataset_masks(cfg.dataset) if cfg.dataset else {}
-        paths = {r["image_id"]: r["path"] for r in ctx.table("images")} if masks else {}
-        for r in regions:
-            if r.get("on_object") is None and paths.get(r["image_id"]) in masks:
-                r["on_object"] = on_object(r, masks[paths[r["image_id"]]]["mask"])
+        regions = [r for r in ctx.table("regions", mine, REGION_COLUMNS) if r["image_id"] in preds]
+        self._on_object(cfg, ctx, mine, regions)
         lm = load_model(cfg.model)
         texts_all = sorted({c["text"] for c in caps})
         emb_of = dict(zip(texts_all, encode_texts(lm, texts_all).cpu().numpy())) if texts_all else {}
@@ -81,3 +79,19 @@ class Summarize(Stage):
                     "on_object_share": float(np.mean(on)) if on else None,
                 })
         return {"class_summaries": rows}
+
+    @staticmethod
+    def _on_object(cfg: SummarizeConfig, ctx: StageContext, mine: dict, regions: Rows) -> None:
+        """Fills `on_object` of regions made before the regions stage recorded it, from the dataset's masks (new
+        images a manifest does not cover stay None)."""
+        missing = {r["image_id"] for r in regions if r.get("on_object") is None}
+        masks = dataset_masks(cfg.dataset) if missing and cfg.dataset else {}
+        if not masks:
+            return
+        paths = {r["image_id"]: r["path"] for r in ctx.table("images", columns=("image_id", "path"))
+                 if r["image_id"] in missing and r["path"] in masks}
+        full = {(r["image_id"], r["region_id"]): r for r in ctx.table("regions", mine) if r["image_id"] in paths}
+        for r in regions:
+            old = full.get((r["image_id"], r["region_id"]))
+            if r.get("on_object") is None and old is not None:
+                r["on_object"] = on_object(old, masks[paths[r["image_id"]]]["mask"])
