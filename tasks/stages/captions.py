@@ -14,6 +14,7 @@ from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import ModelSpec, encode_images, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.stages.embeddings import embed_views, view_key
 from mapcap.storage.writer import shard_name
 
 
@@ -51,31 +52,35 @@ class Captions(Stage):
                    and r["start_layer"] == cfg.start_layer and r["region_id"] < cfg.top_k]
         refs = references(cfg.dataset)
         decoded = ctx.images({i: images[i]["path"] for i in sorted({r["image_id"] for r in regions})})
-        jobs = [([{"target": "image", "method": None, "start_layer": None, "region_id": -1}], iid, img)
-                for iid, img in decoded.items()]  # (row keys sharing the caption, image id, crop)
+        jobs = [([{"target": "image", "method": None, "start_layer": None, "region_id": -1}], iid, img,
+                 view_key(cfg.model, iid)) for iid, img in decoded.items()]  # (row keys, image id, crop, view)
         # a right prediction's pred and label targets share one map, hence the same regions: captioned once
         same: dict[tuple, list[dict]] = {}
         for r in regions:
             if r["image_id"] in decoded:
                 same.setdefault((r["image_id"], r["class_name"], r["region_id"], tuple(r["bbox"])), []).append(r)
         jobs += [([{k: r[k] for k in ("target", "method", "start_layer", "region_id")} for r in rs], iid,
-                  crop_region(decoded[iid], bbox, cfg.context)) for (iid, _, _, bbox), rs in same.items()]
+                  crop_region(decoded[iid], bbox, cfg.context), view_key(cfg.model, iid, bbox, cfg.context))
+                 for (iid, _, _, bbox), rs in same.items()]
         rows = []
         step = cfg.captioner.batch_size
         for b in range(0, len(jobs), step):
             chunk = jobs[b:b + step]
-            crops = [c for _, _, c in chunk]
-            emb = encode_images(lm, crops)  # (B, D): once, for the captioner and CLIPScore
+            crops = [c for _, _, c, _ in chunk]
+            # (B, D): once, for the captioner and CLIPScore; views the shard's classify or concepts stage embedded
+            # already are not encoded again
+            emb = embed_views(ctx, [v for *_, v in chunk], crops, lambda cs: encode_images(lm, cs))
             texts = captioner.caption_embedded(crops, emb)
             scores = clipscore(lm, crops, texts, image_emb=emb)  # (B,)
-            with_ref = [j for j, (_, iid, _) in enumerate(chunk) if images[iid]["path"] in refs]
+            with_ref = [j for j, (_, iid, _, _) in enumerate(chunk) if images[iid]["path"] in refs]
             ref_scores = dict(zip(with_ref, ref_clipscore(
                 lm, [crops[j] for j in with_ref], [texts[j] for j in with_ref],
                 [refs[images[chunk[j][1]]["path"]] for j in with_ref], scores=scores[with_ref]).tolist())) \
                 if with_ref else {}
             scores = scores.tolist()
-            for j, ((keys, iid, _), text, score) in enumerate(zip(chunk, texts, scores)):
+            for j, ((keys, iid, _, _), text, score) in enumerate(zip(chunk, texts, scores)):
                 rows += [{"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard, **key,
                           "captioner": cfg.captioner.name, "text": text, "clipscore": score,
                           "ref_clipscore": ref_scores.get(j)} for key in keys]
         return {"captions": rows}
+

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 import torch
 
 from mapcap.tasks.concept_bank import ConceptBank
-from mapcap.tasks.models import ModelSpec, in_batches, load_model
+from mapcap.tasks.models import ModelSpec, encode_pixels, in_batches, load_model
 from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks
 from mapcap.tasks.relevancy.fused import classify_and_explain
 from mapcap.tasks.relevancy.methods import default_start_layer
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
-from mapcap.tasks.zeroshot import classify_pixels, description_classifier, prediction_rows, text_classifier
+from mapcap.tasks.stages.embeddings import remember, view_key
+from mapcap.tasks.zeroshot import description_classifier, prediction_rows, probabilities, text_classifier
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,10 @@ class Classify(Stage):
                 pixels = pixels.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
             probs = self._explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) if starts else None
             if probs is None:  # the plain path (its batches halve on CUDA out-of-memory)
-                probs = in_batches(len(chunk), len(chunk), lambda i, j: classify_pixels(
-                    lm, pixels[i:j], classifier, descriptions).transpose(0, 1)).transpose(0, 1)  # (R, B, C)
+                emb = in_batches(len(chunk), len(chunk), lambda i, j: encode_pixels(lm, pixels[i:j]))  # (B, D)
+                with torch.no_grad():
+                    probs = probabilities(lm, emb, classifier, descriptions)  # (R, B, C)
+                remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], emb)
             preds += prediction_rows(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
                                      cfg.classes, cfg.templates, probs, cfg.top_k)
         return {"images": images, "predictions": preds}
@@ -72,10 +75,17 @@ class Classify(Stage):
             torch.cuda.empty_cache()
             return None
         pred = out.pred.cpu()
+        remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], out.embedding)
         for key, s in starts:  # keyed (image, class): a right prediction's label map is this map too
             for k, (iid, _, _) in enumerate(chunk):
                 ctx.memo[("relevancy", *key, iid, cfg.classes[int(pred[k])])] = out.maps[s][k]
         return out.probs
+
+
+def remember_embeddings(ctx: StageContext, model: ModelSpec, image_ids: list[str], emb: torch.Tensor) -> None:
+    """Keep the whole-image embeddings (B, D) of this pass for the shard's later stages (concepts and captions
+    embed whole images too: tasks/stages/embeddings.py)."""
+    remember(ctx, [view_key(model, iid) for iid in image_ids], emb)
 
 
 def fused_starts(cfg: ClassifyConfig, rel) -> list[tuple[tuple[str, int | None], int]]:

@@ -21,6 +21,7 @@ from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
 from mapcap.tasks.sharding import sampled
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.stages.embeddings import embed_views, view_key
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
 
@@ -58,6 +59,12 @@ def _concept_rows(base: dict, source: str, region_id: int, class_name: str | Non
 def parts_of(cfg: ConceptsConfig, image, regions: list[dict]) -> list:
     """The image's parts: a crop per region (with context), or the whole image when it has none."""
     return [crop_region(image, tuple(r["bbox"]), cfg.context) for r in regions] or [image]
+
+
+def view_keys(cfg: ConceptsConfig, image_id: str, regions: list[dict]) -> list:
+    """Memo keys of the views `parts_of` gives, after the whole image (tasks/stages/embeddings.py)."""
+    whole = view_key(cfg.model, image_id)
+    return [whole] + ([view_key(cfg.model, image_id, r["bbox"], cfg.context) for r in regions] or [whole])
 
 
 def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb: torch.Tensor,
@@ -119,7 +126,9 @@ class Concepts(Stage):
             chunk = ids[c:c + CHUNK]
             regs = {i: sorted(regions.get(i, []), key=lambda r: r["region_id"]) for i in chunk}
             views = {i: [decoded[i]] + parts_of(cfg, decoded[i], regs[i]) for i in chunk}
-            emb = encode_all(lm, [v for i in chunk for v in views[i]])  # (sum(1 + R), D), unit
+            names = [k for i in chunk for k in view_keys(cfg, i, regs[i])]
+            emb = embed_views(ctx, names, [v for i in chunk for v in views[i]],
+                              lambda crops: encode_all(lm, crops)).cpu()  # (sum(1 + R), D), unit
             steps, start = {}, 0
             for i in chunk:
                 base = {"run_id": ctx.run_id, "image_id": i, "shard": ctx.shard}

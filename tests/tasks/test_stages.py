@@ -116,6 +116,7 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
     for method, start in (("chefer", 0), ("gradient", None)):  # gradient-only runs get captions too
         cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), method, start, top_k=1)
         encoded.clear()
+        ctx.memo.clear()  # views the first method's captions embedded would not be encoded again
         out, fails = compute("captions", cfg, ctx)
         rows = out["captions"]
         assert not fails and rows
@@ -128,6 +129,54 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
         right = [r["image_id"] for r in ctx.outputs["predictions"] if r["template"] == "ensemble" and r["correct"]]
         assert right and all(texts[(i, "pred")] == texts[(i, "label")] for i in right)  # ...one caption if shared
         assert len(encoded) == 5 + len({(r["image_id"], r["class_name"]) for r in regions})
+
+
+def test_a_shard_embeds_each_view_once(toy_model):
+    from PIL import Image
+
+    from mapcap.tasks.stages.embeddings import embed_views, view_key
+    ctx, calls = ctx_with(), []
+
+    def encode(crops):
+        calls.append(len(crops))
+        return torch.nn.functional.normalize(torch.randn(len(crops), 4), dim=-1)
+
+    img = Image.new("RGB", (8, 8))
+    whole, crop = view_key(toy_model.spec, "a"), view_key(toy_model.spec, "a", [0, 0, 4, 4], 1.0)
+    first = embed_views(ctx, [whole, crop], [img, img], encode)  # (2, 4)
+    other = view_key(toy_model.spec, "a", [0, 0, 4, 4], 0.5)  # another context: another view
+    again = embed_views(ctx, [crop, other, whole], [img, img, img], encode)  # (3, 4)
+    assert calls == [2, 1] and again.shape == (3, 4)
+    assert torch.equal(again[0], first[1]) and torch.equal(again[2], first[0])
+    assert embed_views(ctx, [], [], encode).numel() == 0 and calls == [2, 1]
+
+
+def test_captions_reuse_the_classification_pass_embeddings(toy_model, tiny, monkeypatch):
+    """In one shard chain the whole images are not encoded again for their captions: same texts and scores as a
+    chain whose classify rows came from elsewhere (no embeddings kept), only the region crops encoded."""
+    import mapcap.tasks.stages.captions as captions_stage
+    classes, items = tiny
+    encoded = []
+    real = captions_stage.encode_images
+    monkeypatch.setattr(captions_stage, "encode_images", lambda lm, crops: encoded.extend(crops) or real(lm, crops))
+    cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), "chefer", 0, top_k=1)
+    runs = {}
+    for kept in (True, False):
+        ctx = ctx_with(items)
+        compute("classify", ClassifyConfig(toy_model.spec, classes, TEMPLATES, top_k=3, batch_size=2), ctx)
+        if not kept:
+            ctx.memo.clear()
+        compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0),)), ctx)
+        compute("regions", RegionsConfig(SegmentConfig(top_k=1)), ctx)
+        encoded.clear()
+        rows = compute("captions", cfg, ctx)[0]["captions"]
+        crops = {(r["image_id"], r["class_name"]) for r in ctx.outputs["regions"] if r["region_id"] == 0}
+        assert len(encoded) == len(crops) + (0 if kept else 5)  # 5 readable images: their whole-image crops
+        runs[kept] = {(r["image_id"], r["target"], r["region_id"]): r for r in rows}
+    assert runs[True].keys() == runs[False].keys()
+    for key, r in runs[True].items():
+        assert r["text"] == runs[False][key]["text"]
+        assert r["clipscore"] == pytest.approx(runs[False][key]["clipscore"], abs=1e-4)
 
 
 def test_concepts_one_mutual_knowledge_row_per_image(toy_model, explained):

@@ -1,0 +1,48 @@
+"""Unit image embeddings the stages of one shard share, so the image tower sees each view once per shard.
+
+The classification pass embeds every whole image; the concepts stage embeds each image and a crop per region of
+the predicted class's map; the captions stage embeds each image and the top region crops of both targets, with
+the same crop context. A view is named by (model, image id, bbox, context) — None for the whole image — and its
+embedding is kept in the shard's `ctx.memo`, so a later stage reuses it. A stage run in another process (a resumed
+run) finds none and encodes its views itself: the same pixels, the same numbers up to batch composition.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from mapcap.tasks.models import ModelSpec
+from mapcap.tasks.stages.context import StageContext
+
+View = tuple  # ("view", model, image id, bbox or None, context or None)
+
+
+def view_key(model: ModelSpec, image_id: str, bbox: Sequence[int] | None = None,
+             context: float | None = None) -> View:
+    """The memo key of an image's view: the whole image (no bbox) or a region crop with its context."""
+    return ("view", model, image_id, None, None) if bbox is None else ("view", model, image_id, tuple(bbox), context)
+
+
+def remember(ctx: StageContext, keys: list[View], emb: torch.Tensor) -> None:
+    """Keep unit embeddings (N, D) of these views for the shard's later stages."""
+    for k, e in zip(keys, emb):
+        ctx.memo[k] = e
+
+
+def embed_views(ctx: StageContext, keys: list[View], crops: list[Image.Image],
+                encode: Callable[[list[Image.Image]], torch.Tensor]) -> torch.Tensor:
+    """(N, D) unit embeddings of the views: those the shard has already embedded as they are, the rest through
+    `encode` (PIL crops → (n, D) unit rows), then kept. Rows come on the device `encode` returns."""
+    known = [ctx.memo.get(k) for k in keys]
+    todo = [j for j, e in enumerate(known) if e is None]
+    if todo:
+        new = encode([crops[j] for j in todo])  # (len(todo), D)
+        remember(ctx, [keys[j] for j in todo], new)
+        for j, e in zip(todo, new):
+            known[j] = e
+    if not known:
+        return torch.empty(0)
+    device = known[todo[0]].device if todo else known[0].device
+    return torch.stack([e.to(device) for e in known])  # (N, D)
