@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from mapcap.flows.cli_startup import import_quietly, start_prefect_api_early
+
 
 
 def _params(args: argparse.Namespace):
@@ -33,6 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from mapcap.flows.explain_ray import explain_on_ray
         flow = explain_on_ray(None if args.ray == "local" else args.ray)
     params = _params(args)
+    args.wait_for_api()
     result = flow(params)
     con = connect(params.out)
     print(f"run {result['run_id']}: {result['n_images']} images, {result['n_failures']} failed, "
@@ -245,21 +248,11 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The parser, built from the flow's parameter model: importing it imports torch, open_clip, Prefect and
-    transformers. Their millions of long-lived objects made the collector rescan the heap again and again during
-    the import (~1.5 s of every command); collected once afterwards, they are frozen out of its view."""
-    import gc
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    """The parser, built from the flow's parameter model (importing it imports torch, open_clip and Prefect)."""
+    def load():
         from mapcap.flows.cli_args import build_parser
-    finally:
-        gc.collect()
-        gc.freeze()
-        if enabled:
-            gc.enable()
-    return build_parser()
+        return build_parser
+    return import_quietly(load)()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     # without a Prefect server, a run starts a temporary one; on a fresh PREFECT_HOME it first builds its database,
     # which takes longer than Prefect's 20 s default on a slow or busy machine (a newcomer's first `mapcap demo`)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    wait_for_api = start_prefect_api_early(sys.argv[1:] if argv is None else list(argv))
     args = _parser().parse_args(argv)
+    args.wait_for_api = wait_for_api
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("root", "httpx", "open_clip"):  # open_clip logs through the root logger

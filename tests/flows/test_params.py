@@ -155,3 +155,30 @@ def test_caption_quality_runs_where_the_dataset_has_reference_captions(tmp_path,
     with pytest.raises(ValueError, match="stage 'caption_quality' was asked for but cannot run"):
         ExplainParams(dataset=str(folder), stages=["classify", "relevancy", "regions", "captions",
                                                    "caption_quality"]).resolve()
+
+
+def test_the_temporary_prefect_api_starts_early_only_for_flow_commands(prefect_harness, monkeypatch):
+    """`mapcap run` starts Prefect's temporary server while it imports; other commands, help, and runs against a
+    configured server (here the test harness's) start nothing."""
+    import threading
+
+    from mapcap.flows.cli_startup import start_prefect_api_early
+    before = {t.name for t in threading.enumerate()}
+    for argv in (["sql", "--root", "x", "SELECT 1"], ["run", "--help"], ["demo", "-h"], ["run", "data"]):
+        start_prefect_api_early(argv)()
+    assert "mapcap-prefect-api" not in {t.name for t in threading.enumerate()} - before
+
+    import mapcap.flows.cli_startup as startup
+    calls = []
+
+    class Server:  # Prefect's temporary server, recorded instead of started
+        address = "http://127.0.0.1:1"
+
+        def start(self):
+            calls.append("start")
+
+    monkeypatch.setattr("prefect.server.api.server.SubprocessASGIServer", Server)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    with temporary_settings({PREFECT_API_URL: None}):
+        startup.start_prefect_api_early(["--debug", "run", "data"])()
+    assert calls == ["start"]

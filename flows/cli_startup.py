@@ -1,0 +1,68 @@
+"""What `mapcap` does before its heavy imports, so a command starts sooner.
+
+A run without a Prefect server (`PREFECT_API_URL` unset) gets Prefect's temporary one, started when the flow is
+called: a separate process that takes ~5 s to come up on the 2-core machines here, after the ~6 s this process
+spends importing torch, open_clip and Prefect. Started first, in a thread, its start-up overlaps the imports (the
+other core runs it). Prefect keeps one such server per process, so the flow finds it running.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+FLOW_COMMANDS = ("run", "demo")  # the commands that call a flow
+
+
+def start_prefect_api_early(argv: list[str]) -> Callable[[], None]:
+    """Start Prefect's temporary API server in the background when `argv` runs a flow and no server is
+    configured; returns a function that waits for it (call it before the flow). Its failure is logged and left
+    to Prefect, which tries again when the flow starts and reports the error itself."""
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    if cmd not in FLOW_COMMANDS or {"-h", "--help"} & set(argv):
+        return lambda: None
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED  # this thread's settings
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return lambda: None
+    failed: list[BaseException] = []
+    started: list[str] = []
+
+    def start() -> None:
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+            server = SubprocessASGIServer()
+            server.start()
+            started.append(server.address)
+        except Exception as e:  # noqa: BLE001 (reported by wait(); Prefect retries and raises its own error)
+            failed.append(e)
+
+    thread = threading.Thread(target=start, name="mapcap-prefect-api", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            log.warning("starting Prefect's temporary server early failed (%s: %s); the flow tries again",
+                        type(failed[0]).__name__, failed[0])
+        for address in started:
+            log.info("Prefect's temporary server runs on %s for this command (set PREFECT_API_URL to use a "
+                     "running Prefect server and see the run in its UI)", address)
+    return wait
+
+
+def import_quietly(load: Callable[[], object]) -> object:
+    """`load()` (an import of torch, open_clip, Prefect and transformers) with the garbage collector paused:
+    their millions of long-lived objects made it rescan the heap again and again (~1.5 s of every command);
+    collected once afterwards, they are frozen out of its view."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return load()
+    finally:
+        gc.collect()
+        gc.freeze()
+        if enabled:
+            gc.enable()
