@@ -18,7 +18,7 @@ from mapcap.tasks.plan import expand_run_task, plan_run_task, shards_to_force
 from mapcap.tasks.report.run_summary import run_summary_task
 from mapcap.tasks.run_record import record_run_task
 from mapcap.tasks.report.html import report_path
-from mapcap.tasks.stages.tasks import run_stage_task, shard_task
+from mapcap.tasks.stages.tasks import run_stage_task, shard_task_on
 
 __all__ = ["ExplainParams", "explain"]
 
@@ -56,7 +56,7 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
     forces = shards_to_force(plan, params.force, params.redo_classes)
     with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
-        futures = shard_task.map(unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,
+        futures = shard_task_on(plan.model.device).map(unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,
                                  list(range(len(plan.shards))), [list(s) for s in plan.shards], forces,
                                  unmapped(params.workers))
     shard_of = {f.task_run_id: i for i, f in enumerate(futures)}

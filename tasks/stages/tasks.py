@@ -12,10 +12,20 @@ from mapcap.tasks.provenance import SHARD_RETRIES, run_logger
 from mapcap.tasks.stages.driver import StagePlan, run_run_stage, run_shard
 
 
-@task(name="shard", task_run_name="shard-{shard}", tags=["mapcap-gpu"], cache_policy=NO_CACHE, **SHARD_RETRIES)
+GPU_TAG = "mapcap-gpu"  # a Prefect tag concurrency limit on it gives one shard task per GPU (README)
+
+
+@task(name="shard", task_run_name="shard-{shard}", cache_policy=NO_CACHE, **SHARD_RETRIES)
 def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
                workers: int = 4) -> dict:
     return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__)) | {"node": node()}
+
+
+def shard_task_on(device: str):
+    """The shard task for a run on `device`: tagged `mapcap-gpu` on a GPU. A tagged task asks the Prefect API for
+    a concurrency slot each time it starts; a CPU run holds no GPU, and that request was where its shards waited
+    (up to 2 s once a run) on the temporary server of a 2-core machine."""
+    return shard_task.with_options(tags=[GPU_TAG]) if device.startswith("cuda") else shard_task
 
 
 def node() -> str:

@@ -182,3 +182,9 @@ def test_the_temporary_prefect_api_starts_early_only_for_flow_commands(prefect_h
     with temporary_settings({PREFECT_API_URL: None}):
         startup.start_prefect_api_early(["--debug", "run", "data"])()
     assert calls == ["start"]
+
+
+def test_only_gpu_runs_take_a_gpu_concurrency_slot():
+    from mapcap.tasks.stages.tasks import GPU_TAG, shard_task_on
+    assert set(shard_task_on("cuda").tags) == set(shard_task_on("cuda:1").tags) == {GPU_TAG}
+    assert not shard_task_on("cpu").tags and shard_task_on("cpu").name == shard_task_on("cuda").name == "shard"
