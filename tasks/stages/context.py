@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pyarrow as pa
 import torch
 from PIL import Image
 
@@ -61,7 +62,7 @@ class StageContext:
         self.cache = cache or ImageCache()
         self.log = log or logging.getLogger(__name__)
         self.extra = extra or {}  # run-level facts a stage may use (dataset, classes)
-        self.outputs: dict[str, Rows] = {}  # tables written earlier in this chain, read from memory
+        self.outputs: dict[str, Rows | pa.Table] = {}  # tables written earlier in this chain, read from memory
         self.stage = ""  # the stage now computing (set by the driver; failures rows name it)
         self.failures: Rows = []
         self.pending: dict[str, Any] = {}  # {stage: config} this chain will compute (set by the driver)
@@ -74,11 +75,21 @@ class StageContext:
         these (rows this process holds already come whole)."""
         if name in self.outputs:
             rows = self.outputs[name]
+            if isinstance(rows, pa.Table):  # rows a stage reused stay in Arrow until a later stage reads them
+                return rows_where(rows, where, columns)
             return [r for r in rows if all(r.get(k) == v for k, v in where.items())] if where else rows
         if self.shard is None:
             cols = None if columns is None else list(dict.fromkeys([*columns, *(where or {})]))
             return rows_where(read_run(self.root, name, self.run_id, cols), where, columns)
         return rows_where(read_table(self.root, name, self.run_id, shard_name(self.shard)), where, columns)
+
+    def arrow(self, name: str) -> pa.Table | Rows:
+        """An upstream table of this shard as this process holds it (Arrow or rows), else read as Arrow."""
+        if name in self.outputs:
+            return self.outputs[name]
+        if self.shard is None:
+            return read_run(self.root, name, self.run_id)
+        return read_table(self.root, name, self.run_id, shard_name(self.shard))
 
     # failures -----------------------------------------------------------------------------------------------
     def fail(self, image_id: str | None, path: str, error: BaseException | str, error_type: str | None = None,

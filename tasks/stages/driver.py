@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from mapcap.storage.schemas import META_CONFIG
 from mapcap.storage.writer import count_rows, file_exists, files_complete, read_file_metadata, write_file, write_table
 from mapcap.tasks.data import Item
 from mapcap.tasks.provenance import config_from_json, config_hash, library_versions, to_jsonable
 from mapcap.tasks.stages import reuse
-from mapcap.tasks.stages.base import Stage, get_stage, upstream, writers
+from mapcap.tasks.stages.base import Rows, Stage, get_stage, upstream, writers
 from mapcap.tasks.stages.context import ImageCache, StageContext
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
     t0 = time.perf_counter()
     ctx.stage, ctx.failures = stage.name, []
     out, reused, reuse_meta = reuse.compute(stage, cfg, ctx, files, reuse_hash, force)
-    failures = ctx.failures + list(out.pop("failures", []))
+    failures = with_rows(out.pop("failures", []), ctx.failures)
     blobs = out.pop("files", {})
     unknown = set(out) - set(stage.writes)
     if unknown:
@@ -85,6 +87,13 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
     ctx.log.info("%s %s: %s in %.2f s", where, stage.name, ", ".join(f"{n} {t}" for t, n in counts.items()),
                  seconds)
     return {"skipped": False, "hash": chash, "seconds": seconds, "rows": counts, "reused_rows": reused}
+
+
+def with_rows(rows: Rows | pa.Table, more: Rows) -> Rows | pa.Table:
+    """`more` rows put before `rows` (a list of dicts, or the Arrow table of reused rows)."""
+    if not isinstance(rows, pa.Table):
+        return more + list(rows)
+    return pa.concat_tables([pa.Table.from_pylist(more, schema=rows.schema), rows]) if more else rows
 
 
 def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,

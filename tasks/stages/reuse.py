@@ -16,7 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mapcap.storage.reuse_index import Key, Stat, copy_rows, find_reusable, known_files, reuse_meta
+import pyarrow as pa
+
+from mapcap.storage.reuse_index import Key, Stat, copy_rows, find_reusable, known_files, merged, reuse_meta, rows_without
+from mapcap.storage.schemas import schema_for
 from mapcap.tasks.data import image_id_of
 from mapcap.tasks.provenance import config_hash, to_jsonable
 from mapcap.tasks.stages.base import Rows, Stage, get_stage, upstream
@@ -100,11 +103,12 @@ def shard_keys(ctx: StageContext) -> dict[str, Key]:
 
 
 def reused_rows(stage: Stage, ctx: StageContext, files: list[tuple[str, str]], reuse_hash: str,
-                keys: dict[str, Key]) -> tuple[dict[str, Rows], set[str]]:
-    """({table: rows copied for this run and shard}, the image ids they cover) from earlier runs' parts."""
+                keys: dict[str, Key]) -> tuple[dict[str, pa.Table], set[str]]:
+    """({table: rows copied for this run and shard, as Arrow}, the image ids they cover) from earlier runs'
+    parts."""
     primary = files[1][0]  # the stage's first table; files[0] is its failures file
     paths = {k[0]: p for p, k in keys.items()}
-    out: dict[str, Rows] = {t: [] for t, _ in files}
+    out: dict[str, list[pa.Table]] = {t: [] for t, _ in files}
     covered: set[str] = set()
     for part, hit in find_reusable(ctx.root, primary, reuse_hash, set(keys.values())):
         ids = {k[0] for k in hit}
@@ -114,9 +118,9 @@ def reused_rows(stage: Stage, ctx: StageContext, files: list[tuple[str, str]], r
         if any(c is None for c in copied):  # a file of that part is missing: not reusable
             continue
         for (t, _), c in zip(files, copied):
-            out[t] += c.to_pylist()
+            out[t].append(c)
         covered |= ids
-    return out, covered
+    return {t: pa.concat_tables(parts) if parts else schema_for(t).empty_table() for t, parts in out.items()}, covered
 
 
 def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, str]], reuse_hash: str | None,
@@ -135,15 +139,16 @@ def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, st
     items, outputs = ctx.items, dict(ctx.outputs)
     try:  # the stage sees only the images left to compute
         ctx.items = [it for it in items if keys.get(it.path, ("",))[0] not in covered]
-        for t in stage.reads:
-            full = outputs[t] if t in outputs else outputs.setdefault(t, ctx.table(t))
-            ctx.outputs[t] = [r for r in full if r.get("image_id") not in covered]
+        if ctx.items:
+            for t in stage.reads:
+                full = outputs[t] if t in outputs else outputs.setdefault(t, ctx.arrow(t))
+                ctx.outputs[t] = rows_without(full, covered)
         out = stage.compute(cfg, ctx) if ctx.items else {}
     finally:
         ctx.items, ctx.outputs = items, outputs
     order = {k[0]: i for i, k in enumerate(keys.get(it.path, ("",)) for it in items)}
-    merged = {t: sorted(reused[t] + list(out.get(t, [])), key=lambda r: order.get(r.get("image_id"), -1))
-              for t in reused} | {k: v for k, v in out.items() if k not in reused}
+    rows = {t: merged(t, reused[t], list(out.get(t, [])), order) for t in reused} | {
+        k: v for k, v in out.items() if k not in reused}
     ctx.log.info("shard %s %s: %d image(s) reused from earlier runs, %d computed", ctx.shard, stage.name,
                  len(covered), len(items) - len(covered))
-    return merged, {t: len(rows) for t, rows in reused.items()}, meta
+    return rows, {t: part.num_rows for t, part in reused.items()}, meta
