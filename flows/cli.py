@@ -7,8 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mapcap.flows.cli_startup import import_quietly, start_prefect_api_early
-
+from mapcap.flows.cli_startup import command_of, import_quietly, start_prefect_api_early
 
 
 def _params(args: argparse.Namespace):
@@ -103,9 +102,9 @@ def cmd_mk_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from mapcap.storage.query import connect, format_table, run_sql
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+    from mapcap.storage.query import connect, format_table, run_sql
 
     table = run_sql(connect(args.root), args.query)
     if args.format == "parquet":
@@ -151,10 +150,9 @@ def cmd_named(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """flow.serve with the same deployments as deployments/prefect.yaml: one process, no work pool."""
-    from prefect import serve
-
     from mapcap.flows.explain import explain
     from mapcap.flows.reprocess import reprocess
+    from prefect import serve
 
     params = _params(args).model_dump()
     serve(explain.to_deployment("explain-nightly", cron=args.cron, parameters={"params": params}),
@@ -184,8 +182,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_relevancy(args: argparse.Namespace) -> int:
-    from mapcap.tasks.single_image import explain_image, save_explanation
     from mapcap.tasks.models import load_model, resolve_spec
+    from mapcap.tasks.single_image import explain_image, save_explanation
 
     lm = load_model(resolve_spec(args.model, args.pretrained, args.device, args.precision))
     result = explain_image(lm, args.image, args.text, args.method, args.start_layer)
@@ -247,12 +245,19 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The parser, built from the flow's parameter model (importing it imports torch, open_clip and Prefect)."""
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser. A flow command's flags come from the flow's parameter model, whose import (torch, open_clip,
+    Prefect) takes seconds; the other commands leave them out and start at once."""
+    from mapcap.flows.cli_args import FLOW_COMMANDS, build_parser
+
+    if command_of(argv) not in FLOW_COMMANDS:
+        return build_parser(flow_flags=False)
+
     def load():
-        from mapcap.flows.cli_args import build_parser
-        return build_parser
-    return import_quietly(load)()
+        from mapcap.flows.cli_params import add_param_flags
+        return add_param_flags
+    import_quietly(load)
+    return build_parser()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     # without a Prefect server, a run starts a temporary one; on a fresh PREFECT_HOME it first builds its database,
     # which takes longer than Prefect's 20 s default on a slow or busy machine (a newcomer's first `mapcap demo`)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    wait_for_api = start_prefect_api_early(sys.argv[1:] if argv is None else list(argv))
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    wait_for_api = start_prefect_api_early(words)
+    args = _parser(words).parse_args(argv)
     args.wait_for_api = wait_for_api
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from mapcap.flows.cli_params import add_param_flags
-
 DEFAULT_ROOT = "./mapcap-results"
 
 
@@ -12,20 +10,30 @@ def _root_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
 
 
-def _flow_args(p: argparse.ArgumentParser, positional_dataset: bool = False) -> None:
+FLOW_COMMANDS = ("demo", "run", "serve")  # their flags come from the flow's parameter model
+
+
+def _flow_args(p: argparse.ArgumentParser, positional_dataset: bool = False, flags: bool = True) -> None:
+    if not flags:  # this command line runs no flow: its flags are never parsed
+        return
+    from mapcap.flows.cli_params import (
+        add_param_flags,  # imports the stages: torch, open_clip, Prefect
+    )
     add_param_flags(p, positional_dataset)
     p.add_argument("--ray", nargs="?", const="local", help="run shard tasks on Ray: a cluster address "
                                                             "(ray://head:10001), or none for a local Ray")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(flow_flags: bool = True) -> argparse.ArgumentParser:
+    """The parser; `flow_flags=False` leaves out the flow commands' flags (and the seconds of imports they need)
+    for a command line that is not one of FLOW_COMMANDS: `mapcap sql` and the ready queries start in ~1 s."""
     ap = argparse.ArgumentParser(prog="mapcap", description="Explain why CLIP classifies images as it does.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="run the flow on the embedded toy dataset and print per-class accuracy")
-    _flow_args(p)
+    _flow_args(p, flags=flow_flags)
     p = sub.add_parser("run", help="run the explain flow on a dataset (every parameter is a flag: see below)")
-    _flow_args(p, positional_dataset=True)
+    _flow_args(p, positional_dataset=True, flags=flow_flags)
     p = sub.add_parser("sql", help="run SQL over the results (views: runs, images, predictions, failures)")
     p.add_argument("query")
     _root_arg(p)
@@ -49,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "mk-runs":
             p.add_argument("--figure", help="also write a PNG of every run's mean MI and AUC against accuracy")
     p = sub.add_parser("serve", help="serve the explain (scheduled) and reprocess deployments from this process")
-    _flow_args(p)
+    _flow_args(p, flags=flow_flags)
     p.add_argument("--cron", default="0 3 * * *", help="schedule of the explain deployment (UTC cron)")
     p = sub.add_parser("explorer", help="serve the explorer page on localhost: explain an image, browse a run")
     _root_arg(p)

@@ -17,14 +17,21 @@ log = logging.getLogger(__name__)
 FLOW_COMMANDS = ("run", "demo")  # the commands that call a flow
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand of a `mapcap` command line (its only top-level option, --debug, takes no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def start_prefect_api_early(argv: list[str]) -> Callable[[], None]:
     """Start Prefect's temporary API server in the background when `argv` runs a flow and no server is
     configured; returns a function that waits for it (call it before the flow). Its failure is logged and left
     to Prefect, which tries again when the flow starts and reports the error itself."""
-    cmd = next((a for a in argv if not a.startswith("-")), None)
-    if cmd not in FLOW_COMMANDS or {"-h", "--help"} & set(argv):
+    if command_of(argv) not in FLOW_COMMANDS or {"-h", "--help"} & set(argv):
         return lambda: None
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED  # this thread's settings
+    from prefect.settings import (  # this thread's settings
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+    )
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return lambda: None
     failed: list[BaseException] = []

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image
-
 from mapcap.tasks.models import ModelSpec
 from mapcap.tasks.stages.context import StageContext
+from PIL import Image
 
 View = tuple  # ("view", model, image id, bbox or None, context or None)
 

@@ -188,3 +188,19 @@ def test_only_gpu_runs_take_a_gpu_concurrency_slot():
     from mapcap.tasks.stages.tasks import GPU_TAG, shard_task_on
     assert set(shard_task_on("cuda").tags) == set(shard_task_on("cuda:1").tags) == {GPU_TAG}
     assert not shard_task_on("cpu").tags and shard_task_on("cpu").name == shard_task_on("cuda").name == "shard"
+
+
+def test_query_commands_start_without_the_model_libraries(tmp_path):
+    """`mapcap sql` and the ready queries build a parser without the flow's flags: torch, open_clip and Prefect
+    are not imported (a query answers in a second, not after seconds of imports); `run` still has every flag."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mapcap.flows.cli import main; "
+            f"rc = main(['sql', '--root', {str(tmp_path)!r}, 'SELECT 42 AS answer']); "
+            "print(rc, sorted(m for m in ('torch', 'open_clip', 'prefect') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "42" in out and out.strip().splitlines()[-1] == "0 []"
+    from mapcap.flows.cli_args import build_parser
+    run = build_parser().parse_args(["run", "data", "--shard-size", "64", "--regions.top-k", "2"])
+    assert (run.dataset, run.shard_size) == ("data", 64)
