@@ -27,16 +27,19 @@ def overlay(image: Image.Image, grid_map: np.ndarray, alpha: float = 0.5, cmap: 
 def overlay_row(image: Image.Image, maps: list[np.ndarray | None], titles: list[str], tile: int = 224,
                 boxes: list[list[tuple[int, int, int, int]]] | None = None) -> Image.Image:
     """One overlay per map side by side, each titled (a None map shows the plain image); optional region boxes
-    in image pixels."""
+    in image pixels. The image is scaled to the tile first and the maps drawn at tile size: blending at full
+    size cost 4 s per row for a 12-megapixel photo (the report draws a dozen rows, the explorer one per request)."""
     pad = 18
+    sx, sy = tile / image.size[0], tile / image.size[1]
+    small = image.convert("RGB").resize((tile, tile), Image.BILINEAR)
     canvas = Image.new("RGB", (tile * len(maps), tile + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (m, title) in enumerate(zip(maps, titles)):
-        ov = image.convert("RGB") if m is None else overlay(image, m)
+        ov = small.copy() if m is None else overlay(small, m)
         if boxes and boxes[i]:
             d = ImageDraw.Draw(ov)
-            for box in boxes[i]:
-                d.rectangle(box, outline=(255, 255, 255), width=max(1, image.size[0] // 100))
-        canvas.paste(ov.resize((tile, tile), Image.BILINEAR), (i * tile, pad))
+            for x0, y0, x1, y1 in boxes[i]:
+                d.rectangle((x0 * sx, y0 * sy, x1 * sx, y1 * sy), outline=(255, 255, 255), width=max(1, tile // 100))
+        canvas.paste(ov, (i * tile, pad))
         draw.text((i * tile + 4, 3), title[: tile // 7], fill=(0, 0, 0))
     return canvas
