@@ -252,12 +252,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 
     if command_of(argv) not in FLOW_COMMANDS:
         return build_parser(flow_flags=False)
-
-    def load():
-        from mapcap.flows.cli_params import add_param_flags
-        return add_param_flags
-    import_quietly(load)
-    return build_parser()
+    return import_quietly(build_parser)  # the flags import the parameter model
 
 
 def main(argv: list[str] | None = None) -> int:

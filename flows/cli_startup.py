@@ -11,10 +11,12 @@ import gc
 import logging
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-FLOW_COMMANDS = ("run", "demo")  # the commands that call a flow
+RUNS_A_FLOW = ("run", "demo")  # the commands that call a flow at once (`serve` runs them later, on its schedule)
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -26,7 +28,7 @@ def start_prefect_api_early(argv: list[str]) -> Callable[[], None]:
     """Start Prefect's temporary API server in the background when `argv` runs a flow and no server is
     configured; returns a function that waits for it (call it before the flow). Its failure is logged and left
     to Prefect, which tries again when the flow starts and reports the error itself."""
-    if command_of(argv) not in FLOW_COMMANDS or {"-h", "--help"} & set(argv):
+    if command_of(argv) not in RUNS_A_FLOW or {"-h", "--help"} & set(argv):
         return lambda: None
     from prefect.settings import (  # this thread's settings
         PREFECT_API_URL,
@@ -60,16 +62,16 @@ def start_prefect_api_early(argv: list[str]) -> Callable[[], None]:
     return wait
 
 
-def import_quietly(load: Callable[[], object]) -> object:
-    """`load()` (an import of torch, open_clip, Prefect and transformers) with the garbage collector paused:
+def import_quietly(load: Callable[[], T]) -> T:
+    """`load()` (that imports torch, open_clip, Prefect and transformers) with the garbage collector paused:
     their millions of long-lived objects made it rescan the heap again and again (~1.5 s of every command);
-    collected once afterwards, they are frozen out of its view."""
+    afterwards they are frozen out of its view (`tasks/models.settle_heap`)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         return load()
     finally:
-        gc.collect()
-        gc.freeze()
+        from mapcap.tasks.models import settle_heap  # imported by `load` already
+        settle_heap()
         if enabled:
             gc.enable()

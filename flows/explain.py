@@ -56,9 +56,9 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
     forces = shards_to_force(plan, params.force, params.redo_classes)
     with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
-        futures = shard_task_on(plan.model.device).map(unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,
-                                 list(range(len(plan.shards))), [list(s) for s in plan.shards], forces,
-                                 unmapped(params.workers))
+        futures = shard_task_on(plan.model.device).map(
+            unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id, list(range(len(plan.shards))),
+            [list(s) for s in plan.shards], forces, unmapped(params.workers))
     shard_of = {f.task_run_id: i for i, f in enumerate(futures)}
     results: list[dict | None] = [None] * len(futures)
     failed: set[int] = set()

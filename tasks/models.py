@@ -7,7 +7,6 @@ it loads through exactly the same code path as any other local checkpoint.
 from __future__ import annotations
 
 import gc
-
 import logging
 import os
 import threading

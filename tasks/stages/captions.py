@@ -83,4 +83,3 @@ class Captions(Stage):
                           "captioner": cfg.captioner.name, "text": text, "clipscore": score,
                           "ref_clipscore": ref_scores.get(j)} for key in keys]
         return {"captions": rows}
-
