@@ -1,6 +1,6 @@
 """Captions per second: ClipCap decoding batched vs one crop at a time, greedy and beam search.
 
-    python bench/captions.py [--sizes toy gpt2-small] [--batch 32] [--n 32] [--tokens 20] [--beams 1 3]
+    python bench/captions.py [--sizes toy gpt2-small] [--batch 32 512] [--n 32] [--n-single 8] [--tokens 20] [--beams 1 3]
 
 `gpt2-small` is a GPT-2-small-sized decoder (12 × 768, 50257 tokens) behind the authors' MLP mapper
 (prefix 10, 512-d CLIP), with random weights: they cost what trained ones cost. Every caption is forced to
@@ -31,8 +31,9 @@ def decoder(size: str, dev: str) -> ClipCapModel:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", nargs="+", default=["toy", "gpt2-small"])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--n", type=int, default=32, help="captions per measurement")
+    ap.add_argument("--batch", nargs="+", type=int, default=[32], help="batch sizes of the batched path")
+    ap.add_argument("--n", type=int, default=32, help="captions per batched measurement")
+    ap.add_argument("--n-single", type=int, default=8, help="captions for the one-at-a-time loop")
     ap.add_argument("--tokens", type=int, default=20, help="tokens per caption (forced)")
     ap.add_argument("--beams", nargs="+", type=int, default=[1, 3])
     ap.add_argument("--device", default="auto")
@@ -41,8 +42,8 @@ def main() -> None:
     amp = dev.startswith("cuda")
     print(f"device {dev}{' (' + torch.cuda.get_device_name() + ')' if amp else ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads; {args.tokens} tokens per caption")
-    print(f"| decoder | beams | one at a time (capt/s) | batched ×{args.batch} (capt/s) | speed-up |")
-    print("|---|---|---|---|---|")
+    print("| decoder | beams | one at a time (capt/s) | batch | batched (capt/s) | speed-up |")
+    print("|---|---|---|---|---|---|")
     for size in args.sizes:
         model = decoder(size, dev)
         if size == "toy":
@@ -58,14 +59,16 @@ def main() -> None:
             def embed(lo: int, hi: int) -> torch.Tensor:
                 return emb[lo:hi]
         for beams in args.beams:
-            def run(step: int) -> None:
+            def run(step: int, n: int) -> None:
                 with torch.autocast(dev.split(":")[0], torch.bfloat16, enabled=amp):
-                    for lo in range(0, args.n, step):
+                    for lo in range(0, n, step):
                         model.generate(embed(lo, lo + step), [model.cfg.eos_token_id], model.cfg.eos_token_id,
                                        max_tokens=args.tokens, beams=beams, min_tokens=args.tokens)
-            one = rate(lambda: run(1), args.n, dev)
-            many = rate(lambda: run(args.batch), args.n, dev)
-            print(f"| {size} | {beams} | {one:.1f} | {many:.1f} | {many / one:.1f}× |")
+            k = min(args.n_single, args.n)
+            one = rate(lambda: run(1, k), k, dev)
+            for batch in args.batch:
+                many = rate(lambda: run(batch, args.n), args.n, dev)
+                print(f"| {size} | {beams} | {one:.1f} | {batch} | {many:.1f} | {many / one:.1f}× |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -29,20 +30,32 @@ REFERENCE = {"classify": "6,600 (eager) / 10,410 (compile) img/s", "relevancy": 
              "(last block) img/s", "captions": "2,617 captions/s (batch 512)", "decode": "202 img/s per core (PIL)"}
 
 
-def synthetic(folder: Path, n: int) -> Path:
-    """n 500×375 JPEGs of toy scenes in class folders (decode cost of ordinary photos)."""
+def _scenes(folder: Path, lo: int, hi: int) -> None:
     import numpy as np
     from PIL import Image
 
     from mapcap.toy.dataset import make_scene
     from mapcap.toy.shapes import SHAPES
 
-    rng = np.random.default_rng(10_000)
-    for i in range(n):
+    rng = np.random.default_rng(10_000 + lo)
+    for i in range(lo, hi):
         shape = SHAPES[i % len(SHAPES)]
         scene = make_scene(rng, shape=shape)
-        (folder / shape).mkdir(parents=True, exist_ok=True)
         Image.fromarray(scene.image).resize((500, 375)).save(folder / shape / f"{i:06d}.jpg", quality=90)
+
+
+def synthetic(folder: Path, n: int, jobs: int = 1) -> Path:
+    """n 500×375 JPEGs of toy scenes in class folders (decode cost of ordinary photos), in `jobs` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mapcap.toy.shapes import SHAPES
+
+    for shape in SHAPES:
+        (folder / shape).mkdir(parents=True, exist_ok=True)
+    step = 1000
+    with ProcessPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(_scenes, [folder] * len(range(0, n, step)), range(0, n, step),
+                      [min(n, lo + step) for lo in range(0, n, step)]))
     return folder
 
 
@@ -73,6 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=256, help="synthetic images (without --folder)")
     ap.add_argument("--folder", help="an ImageFolder to run on instead of synthetic JPEGs")
+    ap.add_argument("--write-only", metavar="DIR", help="only write the N synthetic JPEGs into DIR (then --folder DIR)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes writing synthetic JPEGs")
     ap.add_argument("--model", default="toy", help="toy (default) or an open_clip name, run with random weights")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--shard-size", type=int, help="images per shard (default: the flow's, 1024 on CPU)")
@@ -80,8 +95,11 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", help="stages to run (default: every stage the run can do)")
     ap.add_argument("--compare", action="store_true", help="add the H100 reference numbers")
     args = ap.parse_args()
+    if args.write_only:
+        synthetic(Path(args.write_only), args.n, args.jobs)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="mapcap-pipeline-"))
-    dataset = args.folder or str(synthetic(tmp / "data", args.n))
+    dataset = args.folder or str(synthetic(tmp / "data", args.n, args.jobs))
     params = params_for(args, dataset, str(tmp / "flow"))
     resolved = params.resolve()
     n = resolved.plan.n_images
