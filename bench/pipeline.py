@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--model", default="toy", help="toy (default) or an open_clip name, run with random weights")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--shard-size", type=int, help="images per shard (default: the flow's, 1024 on CPU)")
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, help="threads per shard (default: one per core, at most 16)")
     ap.add_argument("--stages", nargs="+", help="stages to run (default: every stage the run can do)")
     ap.add_argument("--compare", action="store_true", help="add the H100 reference numbers")
     args = ap.parse_args()

@@ -25,7 +25,8 @@ class ClassifyParams(Section):
     templates: str | list[str] = Field("simple", description="template set (openai, simple, compare) or a list of "
                                                              "templates with one '{}' each")
     top_k: int = Field(5, ge=1, description="labels and probabilities kept per prediction")
-    batch_size: int = Field(64, ge=1, description="images per forward pass")
+    batch_size: int | None = Field(None, ge=1, description="images per forward pass (default: 256 on a GPU, 64 on "
+                                                           "CPU)")
     descriptions: bool = Field(True, description="add description-based rows (template 'descriptors') when the "
                                                  "concept bank covers the dataset's classes")
 
@@ -38,7 +39,8 @@ class RelevancyParams(Section):
     start_layers: list[int] | None = Field(None, description="chefer's first block(s), from 0 (all blocks) to "
                                                              "depth-1, or -1 for the last block; empty: the "
                                                              "model's default (last block; all for the toy model)")
-    batch_size: int = Field(64, ge=1, description="(image, class) pairs per backward pass")
+    batch_size: int | None = Field(None, ge=1, description="(image, class) pairs per backward pass (default: 128 on "
+                                                           "a GPU, 64 on CPU)")
 
 
 class RegionsParams(Section):
@@ -67,7 +69,8 @@ class CaptionsParams(Section):
     prompt: str | None = Field(None, description="hf: text prompt for conditional models (BLIP: 'a picture of')")
     top_k: int = Field(1, ge=1, description="regions per map to caption")
     context: float = Field(1.0, ge=0, description="crop context around a region, × its size")
-    batch_size: int = Field(32, ge=1, description="crops per captioning call")
+    batch_size: int | None = Field(None, ge=1, description="crops per captioning call (default: 256 on a GPU, 32 on "
+                                                           "CPU)")
 
 
 class ConceptsParams(Section):
@@ -151,7 +154,8 @@ class ExplainParams(BaseModel):
                                                            "image path, their count fixed when the run starts); "
                                                            "empty: 4096 on a GPU, 1024 on CPU, so Prefect's "
                                                            "per-task cost stays a small share")
-    workers: int = Field(4, ge=1, description="image decode threads per shard")
+    workers: int | None = Field(None, ge=1, description="threads per shard that decode, crop and segment (empty: "
+                                                        "one per CPU core, at most 16)")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
                                                         "for, so Ray places one shard per GPU; 0: no request")
     classify: ClassifyParams = Field(default_factory=ClassifyParams, description="zero-shot classification")

@@ -15,7 +15,7 @@ import open_clip
 
 from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
-from mapcap.tasks.plan import RunPlan, plan_run
+from mapcap.tasks.plan import RunPlan, default_batch, plan_run
 from mapcap.tasks.relevancy.methods import default_start_layer, get_method
 from mapcap.tasks.segment import SegmentConfig
 from mapcap.tasks.stages.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
@@ -102,12 +102,13 @@ def concept_bank(p, plan: RunPlan) -> tuple[ConceptBank | None, str]:
 
 def _classify(p, f: Facts) -> ClassifyConfig:
     bank = f.bank if p.classify.descriptions else None
-    return ClassifyConfig(f.plan.model, f.plan.classes, f.plan.templates, p.classify.top_k, p.classify.batch_size,
-                          bank)
+    return ClassifyConfig(f.plan.model, f.plan.classes, f.plan.templates, p.classify.top_k,
+                          p.classify.batch_size or default_batch(f.plan.model.device, 64, 256), bank)
 
 
 def _relevancy(p, f: Facts) -> RelevancyConfig:
-    return RelevancyConfig(f.plan.model, f.plan.classes, f.plan.templates, f.variants, p.relevancy.batch_size)
+    return RelevancyConfig(f.plan.model, f.plan.classes, f.plan.templates, f.variants,
+                           p.relevancy.batch_size or default_batch(f.plan.model.device, 64, 128))
 
 
 def _regions(p, f: Facts) -> RegionsConfig:
@@ -134,14 +135,14 @@ def _concepts(p, f: Facts) -> ConceptsConfig:
                           c.language_top_k, f.primary[0], f.primary[1], p.captions.context, sample)
 
 
-def captioner_config(p) -> CaptionerConfig:
+def captioner_config(p, device: str) -> CaptionerConfig:
     c = p.captions
     return CaptionerConfig(c.captioner, c.path, c.tokenizer, c.phrase_bank, c.phrases, c.beams, c.max_tokens, c.prompt,
-                           c.batch_size)
+                           c.batch_size or default_batch(device, 32, 256))
 
 
 def _captions(p, f: Facts) -> CaptionsConfig:
-    cap = captioner_config(p)
+    cap = captioner_config(p, f.plan.model.device)
     check_captioner(cap, f.plan.model.name)  # StageUnavailable when it lacks a bank: skipped, or fails if asked for
     return CaptionsConfig(f.plan.model, cap, f.primary[0], f.primary[1], p.captions.top_k, p.captions.context,
                           f.plan.dataset)

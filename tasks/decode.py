@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mapcap.tasks.data import MIN_SIDE, image_id_of
 
 log = logging.getLogger(__name__)
 JPEG_MAGIC = b"\xff\xd8\xff"
+RESIZE_BATCH = 256  # same-size images resized per call (bounds the float copies held at once)
 
 
 @dataclass(frozen=True)
@@ -52,19 +54,22 @@ def geometry(preprocess: Callable) -> Geometry | None:
 
 
 def resize_crop(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """(C, H, W) float → (C, S, S): the shorter side to geo.resize (bicubic, antialiased; torchvision's rule for
-    the longer one), then the centre crop, as the preprocess's geometry does it."""
-    _, H, W = x.shape
+    """(C, H, W) or (N, C, H, W) float → (C, S, S) or (N, C, S, S): the shorter side to geo.resize (bicubic,
+    antialiased; torchvision's rule for the longer one), then the centre crop, as the preprocess's geometry does it."""
+    if x.dim() == 3:
+        return resize_crop(x.unsqueeze(0), geo)[0]
+    H, W = x.shape[-2:]
     short, long = (H, W) if H <= W else (W, H)
     new_long = int(geo.resize * long / short)
     h, w = (geo.resize, new_long) if H <= W else (new_long, geo.resize)
-    x = F.interpolate(x.unsqueeze(0), size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0]
+    x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)  # (N, C, h, w)
     top, left = int(round((h - geo.crop) / 2.0)), int(round((w - geo.crop) / 2.0))
-    return x[:, top:top + geo.crop, left:left + geo.crop]
+    return x[..., top:top + geo.crop, left:left + geo.crop]
 
 
 def to_pixels(rgb: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """(3, H, W) uint8 → (3, S, S) float normalised, as the PIL preprocess computes it."""
+    """(3, H, W) or (N, 3, H, W) uint8 → (3, S, S) or (N, 3, S, S) float normalised, as the PIL preprocess
+    computes it."""
     x = resize_crop(rgb.float(), geo).round().clamp(0, 255) / 255  # 8-bit, as PIL resizes RGB images
     mean = torch.tensor(geo.mean, device=x.device).view(3, 1, 1)
     std = torch.tensor(geo.std, device=x.device).view(3, 1, 1)
@@ -79,20 +84,28 @@ class Decoded:
     misses: list[str]  # paths left to the PIL path (not JPEG, refused by the decoder, unreadable)
 
 
-def decode_jpegs(paths: list[str], geo: Geometry, device: str) -> Decoded:
-    """Every JPEG of `paths` decoded (one batched call) and preprocessed on `device`."""
+def _load(path: str) -> tuple[bytes, str] | None:
+    """(bytes, content id) of a JPEG file; None for an unreadable file or another format (the PIL path's)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None  # the PIL path reports it
+    return (raw, image_id_of(raw)) if raw.startswith(JPEG_MAGIC) else None
+
+
+def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8) -> Decoded:
+    """Every JPEG of `paths` decoded (one batched call) and preprocessed on `device`. Files are read and hashed
+    in `workers` threads (both release the GIL); images of one size are resized as one batch (one kernel
+    launch instead of one per image: the per-image launches, not the arithmetic, cost the time on a GPU)."""
     out = Decoded({}, {}, {}, [])
     datas, names = [], []
-    for p in paths:
-        try:
-            raw = Path(p).read_bytes()
-        except OSError:
-            out.misses.append(p)  # the PIL path reports it
-            continue
-        if not raw.startswith(JPEG_MAGIC):
+    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
+        loaded = list(ex.map(_load, paths))
+    for p, got in zip(paths, loaded):
+        if got is None:
             out.misses.append(p)
             continue
-        out.ids[p] = image_id_of(raw)
+        raw, out.ids[p] = got
         datas.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
         names.append(p)
     if not names:
@@ -107,11 +120,17 @@ def decode_jpegs(paths: list[str], geo: Geometry, device: str) -> Decoded:
                 images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
             except RuntimeError:
                 images.append(None)
+    by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
     for p, img in zip(names, images):
         if img is None or min(img.shape[1:]) < MIN_SIDE:
             out.misses.append(p)
             out.ids.pop(p, None)
             continue
         out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
-        out.pixels[p] = to_pixels(img, geo)
+        by_size.setdefault(out.sizes[p], []).append((p, img))
+    for group in by_size.values():
+        for b in range(0, len(group), RESIZE_BATCH):
+            part = group[b:b + RESIZE_BATCH]
+            pixels = to_pixels(torch.stack([img for _, img in part]), geo)  # (n, 3, S, S)
+            out.pixels.update((p, px) for (p, _), px in zip(part, pixels))
     return out

@@ -39,6 +39,12 @@ def default_shard_size(device: str) -> int:
     return 4096 if device.startswith("cuda") else 1024
 
 
+def default_batch(device: str, cpu: int, gpu: int) -> int:
+    """A batch size the user left unset: small on CPU (no gain from more), large on a GPU (a batch of 64 leaves an
+    H200 mostly idle: GPT-2-small captions run at 458/s in batches of 64, 3,663/s in batches of 512)."""
+    return gpu if device.startswith("cuda") else cpu
+
+
 def make_run_id(run_name: str | None, params_hash: str) -> str:
     """The user's run name (sanitised), or a timestamped id; the same name resumes the same run."""
     if run_name:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import torch
+from PIL import Image
+
 from mapcap.storage.manifest import annotations
 from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
-from mapcap.tasks.models import ModelSpec, encode_images, load_model
+from mapcap.tasks.models import ModelSpec, encode_pixels, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.stages.embeddings import embed_views, view_key
@@ -52,24 +55,32 @@ class Captions(Stage):
                    and r["start_layer"] == cfg.start_layer and r["region_id"] < cfg.top_k]
         refs = references(cfg.dataset)
         decoded = ctx.images({i: images[i]["path"] for i in sorted({r["image_id"] for r in regions})})
-        jobs = [([{"target": "image", "method": None, "start_layer": None, "region_id": -1}], iid, img,
-                 view_key(cfg.model, iid)) for iid, img in decoded.items()]  # (row keys, image id, crop, view)
+        # (row keys, image id, bbox or None for the whole image, view); crops are cut batch by batch
+        jobs = [([{"target": "image", "method": None, "start_layer": None, "region_id": -1}], iid, None,
+                 view_key(cfg.model, iid)) for iid in decoded]
         # a right prediction's pred and label targets share one map, hence the same regions: captioned once
         same: dict[tuple, list[dict]] = {}
         for r in regions:
             if r["image_id"] in decoded:
                 same.setdefault((r["image_id"], r["class_name"], r["region_id"], tuple(r["bbox"])), []).append(r)
-        jobs += [([{k: r[k] for k in ("target", "method", "start_layer", "region_id")} for r in rs], iid,
-                  crop_region(decoded[iid], bbox, cfg.context), view_key(cfg.model, iid, bbox, cfg.context))
-                 for (iid, _, _, bbox), rs in same.items()]
+        jobs += [([{k: r[k] for k in ("target", "method", "start_layer", "region_id")} for r in rs], iid, bbox,
+                  view_key(cfg.model, iid, bbox, cfg.context)) for (iid, _, _, bbox), rs in same.items()]
+
+        def crop(job: tuple) -> Image.Image:
+            _, iid, bbox, _ = job
+            return decoded[iid] if bbox is None else crop_region(decoded[iid], bbox, cfg.context)
+
+        def encode(crops: list[Image.Image]) -> torch.Tensor:  # (n, D) unit rows, preprocessed in the threads
+            return encode_pixels(lm, torch.stack(ctx.map(lambda c: lm.preprocess(c.convert("RGB")), crops)))
+
         rows = []
         step = cfg.captioner.batch_size
         for b in range(0, len(jobs), step):
             chunk = jobs[b:b + step]
-            crops = [c for _, _, c, _ in chunk]
+            crops = ctx.map(crop, chunk)
             # (B, D): once, for the captioner and CLIPScore; views the shard's classify or concepts stage embedded
             # already are not encoded again
-            emb = embed_views(ctx, [v for *_, v in chunk], crops, lambda cs: encode_images(lm, cs))
+            emb = embed_views(ctx, [v for *_, v in chunk], crops, encode)
             texts = captioner.caption_embedded(crops, emb)
             scores = clipscore(lm, crops, texts, image_emb=emb)  # (B,)
             with_ref = [j for j, (_, iid, _, _) in enumerate(chunk) if images[iid]["path"] in refs]

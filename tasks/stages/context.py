@@ -6,6 +6,7 @@ image a stage cannot use becomes a `failures` row naming that stage, never a sil
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image
 from mapcap.tasks.decode import decode_jpegs, geometry
 
 Rows = list[dict[str, Any]]
+MAX_WORKERS = 16  # default threads per shard: one per core up to this (PIL and scikit-image release the GIL)
 CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per worker process (then the oldest are dropped)
 
 
@@ -54,11 +56,11 @@ class StageContext:
     """Inputs of one stage run: `table(name)` for what upstream stages wrote, `images(...)` for pixels."""
 
     def __init__(self, root: str, run_id: str, shard: int | None = None, items: list[Item] | None = None,
-                 workers: int = 4, cache: ImageCache | None = None, log: logging.Logger | None = None,
+                 workers: int | None = None, cache: ImageCache | None = None, log: logging.Logger | None = None,
                  extra: dict[str, Any] | None = None):
         self.root, self.run_id, self.shard = root, run_id, shard
         self.items = items or []
-        self.workers = max(int(workers), 1)
+        self.workers = max(int(workers), 1) if workers else min(os.cpu_count() or 1, MAX_WORKERS)
         self.cache = cache or ImageCache()
         self.log = log or logging.getLogger(__name__)
         self.extra = extra or {}  # run-level facts a stage may use (dataset, classes)
@@ -90,6 +92,14 @@ class StageContext:
         if self.shard is None:
             return read_run(self.root, name, self.run_id)
         return read_table(self.root, name, self.run_id, shard_name(self.shard))
+
+    def map(self, fn: Callable[[Any], Any], items: list) -> list:
+        """[fn(x) for x in items], in this shard's worker threads (crops, preprocessing and segmentation are
+        PIL, numpy and scikit-image work that mostly runs without the GIL)."""
+        if self.workers == 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(self.workers, len(items))) as ex:
+            return list(ex.map(fn, items))
 
     # failures -----------------------------------------------------------------------------------------------
     def fail(self, image_id: str | None, path: str, error: BaseException | str, error_type: str | None = None,
@@ -131,7 +141,7 @@ class StageContext:
         paths = [it.path for it in self.items]
         fast = None
         if preprocess is not None and device.startswith("cuda") and (geo := geometry(preprocess)) is not None:
-            fast = decode_jpegs(paths, geo, device)
+            fast = decode_jpegs(paths, geo, device, self.workers)
             for p, pix in fast.pixels.items():
                 self.cache.put(("pixels", id(preprocess), fast.ids[p]), pix, pix.numel() * pix.element_size())
         slow = iter(self._decode_all([p for p in paths if fast is None or p not in fast.pixels]))

@@ -97,7 +97,7 @@ def with_rows(rows: Rows | pa.Table, more: Rows) -> Rows | pa.Table:
 
 
 def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
-              workers: int = 4, log_: logging.Logger | None = None) -> dict:
+              workers: int | None = None, log_: logging.Logger | None = None) -> dict:
     """Every picked per-shard stage of one shard, in order, sharing decoded images."""
     ctx = StageContext(root, run_id, shard, list(items), workers, ImageCache(), log_ or log)
     inputs = config_hash([(it.path, it.label) for it in items])
@@ -115,7 +115,7 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
 
 
 def run_run_stage(sp: StagePlan, root: str, run_id: str, shard_results: list[dict], run_results: dict[str, dict],
-                  force: bool = False, workers: int = 4, extra: dict | None = None,
+                  force: bool = False, workers: int | None = None, extra: dict | None = None,
                   log_: logging.Logger | None = None) -> dict:
     """One per-run stage over the whole run; its hash chains the per-shard hashes of the stages it follows."""
     stage = get_stage(sp.name)

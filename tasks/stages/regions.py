@@ -20,6 +20,11 @@ class RegionsConfig:
     dataset: str = ""  # its manifest's object masks (toy world) give each region's `on_object`
 
 
+def _same(r: dict) -> tuple:
+    """Rows of one map: a right prediction's pred and label targets share it."""
+    return r["image_id"], r["class_name"], r["method"], r["start_layer"]
+
+
 @register_stage("regions", RegionsConfig, reads=("relevancy", "images"), writes=("regions",), order=2,
                 summary="segment every map into regions ranked by relevancy mass")
 class Regions(Stage):
@@ -33,21 +38,27 @@ class Regions(Stage):
             ids = sorted({r["image_id"] for r in maps})
             pictures = {i: np.asarray(im) for i, im in ctx.images({i: images[i]["path"] for i in ids}).items()}
         masks = dataset_masks(cfg.dataset) if cfg.dataset else {}
-        rows, done = [], {}
+        maps = [r for r in maps if not cfg.segment.superpixels or r["image_id"] in pictures]  # else: a failure row
+        # a right prediction has one map for both targets (relevancy stores it twice): segmented once
+        first: dict[tuple, dict] = {}
         for r in maps:
-            if cfg.segment.superpixels and r["image_id"] not in pictures:
-                continue  # its failure row is recorded
+            first.setdefault(_same(r), r)
+
+        def segment(r: dict) -> list[tuple]:  # [(region, its mask's RLE)]
             img, g = images[r["image_id"]], r["grid"]
-            # a right prediction has one map for both targets (relevancy stores it twice): segmented once
-            same = (r["image_id"], r["class_name"], r["method"], r["start_layer"])
-            if same not in done:
-                done[same] = segment_map(np.asarray(r["map"], np.float32).reshape(g, g),
-                                         (img["width"], img["height"]), cfg.segment, pictures.get(r["image_id"]))
+            regs = segment_map(np.asarray(r["map"], np.float32).reshape(g, g), (img["width"], img["height"]),
+                               cfg.segment, pictures.get(r["image_id"]))
+            return [(reg, rle_encode(reg.mask)) for reg in regs]
+
+        done = dict(zip(first, ctx.map(segment, list(first.values()))))  # in the shard's threads
+        rows = []
+        for r in maps:
+            img = images[r["image_id"]]
             truth = masks[img["path"]]["mask"] if img["path"] in masks else None
-            for reg in done[same]:
+            for reg, rle in done[_same(r)]:
                 row = {k: r[k] for k in KEYS} | {
                     "region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
                     "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
-                    "mass_share": reg.mass_share, "mask_rle": rle_encode(reg.mask)}
+                    "mass_share": reg.mass_share, "mask_rle": rle}
                 rows.append(row | {"on_object": None if truth is None else on_object(row, truth)})
         return {"regions": rows}

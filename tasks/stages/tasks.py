@@ -17,7 +17,7 @@ GPU_TAG = "mapcap-gpu"  # a Prefect tag concurrency limit on it gives one shard 
 
 @task(name="shard", task_run_name="shard-{shard}", cache_policy=NO_CACHE, **SHARD_RETRIES)
 def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
-               workers: int = 4) -> dict:
+               workers: int | None = None) -> dict:
     return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__)) | {"node": node()}
 
 
@@ -38,5 +38,5 @@ def node() -> str:
 
 @task(name="run-stage", task_run_name="{sp.name}", cache_policy=NO_CACHE, **SHARD_RETRIES)
 def run_stage_task(sp: StagePlan, root: str, run_id: str, shard_results: list[dict], run_results: dict[str, dict],
-                   force: bool = False, workers: int = 4, extra: dict | None = None) -> dict:
+                   force: bool = False, workers: int | None = None, extra: dict | None = None) -> dict:
     return run_run_stage(sp, root, run_id, shard_results, run_results, force, workers, extra, run_logger(__name__))

@@ -143,6 +143,18 @@ def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, 
             assert s.config.method == "gradient", s.name
 
 
+def test_unset_batch_sizes_follow_the_device(toy_dir):
+    from mapcap.tasks.plan import default_batch
+    assert default_batch("cuda:1", 64, 256) == 256 and default_batch("cpu", 64, 256) == 64
+    cfg = {s.name: s.config for s in ExplainParams(dataset=str(toy_dir), device="cpu").resolve().shard_stages}
+    assert (cfg["classify"].batch_size, cfg["relevancy"].batch_size, cfg["captions"].captioner.batch_size) == (64, 64,
+                                                                                                            32)
+    set_ = ExplainParams(dataset=str(toy_dir), device="cpu", classify={"batch_size": 8}, relevancy={"batch_size": 4},
+                         captions={"batch_size": 5}).resolve()
+    cfg = {s.name: s.config for s in set_.shard_stages}
+    assert (cfg["classify"].batch_size, cfg["relevancy"].batch_size, cfg["captions"].captioner.batch_size) == (8, 4, 5)
+
+
 def test_caption_quality_runs_where_the_dataset_has_reference_captions(tmp_path, toy_dir):
     import shutil
     r = ExplainParams(dataset=str(toy_dir)).resolve()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner
+from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner, square_box
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.concept_bank import load_descriptors
 from mapcap.toy.dataset import make_scene
@@ -54,6 +54,19 @@ def test_crop_region_is_square_with_context_and_pads_outside():
     img = Image.new("RGB", (100, 100), (10, 20, 30))
     c = crop_region(img, (0, 0, 20, 10), context=1.0)
     assert c.size == (40, 40) and c.getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_crop_fill_is_the_images_mean_colour_and_inner_crops_are_plain():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img = Image.fromarray(a)
+    padded = crop_region(img, (0, 0, 10, 10), context=1.0)  # 20×20 around (5, 5): reaches outside
+    assert padded.getpixel((0, 0)) == tuple(int(v) for v in a.reshape(-1, 3).mean(0))
+    assert np.array_equal(np.asarray(padded)[5:, 5:], a[:15, :15])
+    inner = crop_region(img.convert("L"), (20, 10, 30, 20), context=0.5)  # inside: no fill, RGB out
+    x0, y0, x1, y1 = square_box((20, 10, 30, 20), 0.5)
+    assert inner.mode == "RGB" and inner.size == (x1 - x0, y1 - y0)
+    assert np.array_equal(np.asarray(inner), np.asarray(img.convert("L").convert("RGB"))[y0:y1, x0:x1])
 
 
 def test_batched_scores_equal_one_pair_at_a_time(toy_model):

@@ -54,6 +54,22 @@ def test_tensor_decode_gives_the_same_predictions(files, toy_model):
     assert torch.equal(a[-1].argmax(-1), b[-1].argmax(-1)) and (a - b).abs().max() < 0.05
 
 
+def test_same_size_images_resized_together_equal_one_at_a_time(files, toy_model, tmp_path):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from mapcap.tasks.decode import to_pixels
+    geo = geometry(toy_model.preprocess)
+    same = [str(tmp_path / f"{i}.jpg") for i in range(5)]
+    for i, p in enumerate(same):  # five 500×375 scenes: one batch
+        Image.fromarray(make_scene(np.random.default_rng(i), shape=SHAPES[i]).image).resize((500, 375)).save(p)
+    out = decode_jpegs(same + files, geo, "cpu", workers=3)
+    for p in same + [files[0], files[-3]]:
+        alone = decode_jpeg(torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8),
+                            mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        assert torch.allclose(out.pixels[p], to_pixels(alone, geo), atol=1e-6), p
+    assert list(out.pixels) and set(out.misses) == {files[-2], files[-1]}
+
+
 def test_a_preprocess_it_cannot_mirror_keeps_the_pil_path():
     from torchvision import transforms as T
     assert geometry(T.Compose([T.Resize((64, 64)), T.ToTensor()])) is None
@@ -67,7 +83,7 @@ def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkey
     from mapcap.tasks.data import Item
     from mapcap.tasks.stages.context import StageContext
     real = context.decode_jpegs
-    monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device: real(paths, geo, "cpu"))
+    monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device, workers: real(paths, geo, "cpu", workers))
     ctx = StageContext("memory://unused", "r", 0, [Item(p, "circle") for p in files], workers=2)
     ctx.stage = "classify"
     got = ctx.decode_items(toy_model.preprocess, "cuda")

@@ -90,6 +90,17 @@ def explained(toy_model, classified):
     return classes, ctx
 
 
+def test_regions_are_the_same_whatever_the_thread_count(explained):
+    _, ctx = explained
+    cfg = RegionsConfig(SegmentConfig(top_k=2))
+    one = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
+    one.workers = 1
+    many = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
+    many.workers = 4
+    rows_one, rows_many = compute("regions", cfg, one)[0]["regions"], compute("regions", cfg, many)[0]["regions"]
+    assert rows_one and rows_one == rows_many
+
+
 def test_regions_rank_by_mass_inside_the_image(explained):
     _, ctx = explained
     regs = ctx.outputs["regions"]
@@ -111,8 +122,8 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
     import mapcap.tasks.stages.captions as captions_stage
     classes, ctx = explained
     encoded = []
-    real = captions_stage.encode_images
-    monkeypatch.setattr(captions_stage, "encode_images", lambda lm, crops: encoded.extend(crops) or real(lm, crops))
+    real = captions_stage.encode_pixels
+    monkeypatch.setattr(captions_stage, "encode_pixels", lambda lm, px: encoded.extend(px) or real(lm, px))
     for method, start in (("chefer", 0), ("gradient", None)):  # gradient-only runs get captions too
         cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), method, start, top_k=1)
         encoded.clear()
@@ -157,8 +168,8 @@ def test_captions_reuse_the_classification_pass_embeddings(toy_model, tiny, monk
     import mapcap.tasks.stages.captions as captions_stage
     classes, items = tiny
     encoded = []
-    real = captions_stage.encode_images
-    monkeypatch.setattr(captions_stage, "encode_images", lambda lm, crops: encoded.extend(crops) or real(lm, crops))
+    real = captions_stage.encode_pixels
+    monkeypatch.setattr(captions_stage, "encode_pixels", lambda lm, px: encoded.extend(px) or real(lm, px))
     cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), "chefer", 0, top_k=1)
     runs = {}
     for kept in (True, False):
