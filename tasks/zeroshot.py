@@ -87,15 +87,15 @@ def prediction_rows(run_id: str, shard: int, image_ids: list[str], labels: list[
     label_idx = torch.tensor([classes.index(l) for l in labels], device=probs.device)  # (B,)
     label_p = probs.gather(-1, label_idx.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(-1)  # (T+1, B)
     rank = (probs > label_p.unsqueeze(-1)).sum(-1) + 1  # (T + 1, B)
-    top_p, top_i, label_p, rank = (t.cpu() for t in (top_p, top_i, label_p, rank))
+    # as Python lists: indexing tensors element by element cost ~40 µs a row (0.9 s for a 3,300-image shard)
+    top_p, top_i, label_p, rank = (t.cpu().tolist() for t in (top_p, top_i, label_p, rank))
     rows = []
     names = list(templates) + [ENSEMBLE] + [DESCRIPTION_TEMPLATE] * (probs.shape[0] - len(templates) - 1)
     for t, name in enumerate(names):
         for b, (iid, label) in enumerate(zip(image_ids, labels)):
-            pred = classes[int(top_i[t, b, 0])]
+            tp, ti = top_p[t][b], top_i[t][b]
+            pred = classes[ti[0]]
             rows.append({"run_id": run_id, "image_id": iid, "shard": shard, "template": name, "label": label,
-                         "pred": pred, "correct": pred == label, "pred_prob": float(top_p[t, b, 0]),
-                         "label_prob": float(label_p[t, b]), "label_rank": int(rank[t, b]),
-                         "topk_labels": [classes[int(i)] for i in top_i[t, b]],
-                         "topk_probs": [float(p) for p in top_p[t, b]]})
+                         "pred": pred, "correct": pred == label, "pred_prob": tp[0], "label_prob": label_p[t][b],
+                         "label_rank": rank[t][b], "topk_labels": [classes[i] for i in ti], "topk_probs": tp})
     return rows
