@@ -25,10 +25,11 @@ class RelevancyConfig:
 
 def relevancy_rows(run_id: str, shard: int, image_ids: list[str], targets: list[str], classes: list[str],
                    method: str, start_layer: int | None, maps: torch.Tensor) -> list[dict]:
-    stats = map_stats(maps)
+    stats = {k: v.tolist() for k, v in map_stats(maps).items()}  # lists: no tensor indexing per row
     g = maps.shape[-1]
+    flat = maps.flatten(1).tolist()  # (B, g*g)
     return [{"run_id": run_id, "image_id": iid, "shard": shard, "target": tgt, "class_name": cls,
-             "method": method, "start_layer": start_layer, "grid": g, "map": maps[i].flatten().tolist(),
+             "method": method, "start_layer": start_layer, "grid": g, "map": flat[i],
              "peak": int(stats["peak"][i]), "entropy": float(stats["entropy"][i]),
              "top10_mass": float(stats["top10_mass"][i])}
             for i, (iid, tgt, cls) in enumerate(zip(image_ids, targets, classes))]
