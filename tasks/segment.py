@@ -112,19 +112,20 @@ def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig 
         fg = snap_to_superpixels(fg, image, cfg.superpixels)
     total = float(up.sum()) or 1.0
     min_px = cfg.min_area * up.size
+    # rank every component by its mass at the working size, then scale only the kept ones back to image pixels
+    # (a noisy map has many components; their masks in image pixels were most of the cost)
+    ranked = [(float(p.intensity_mean * p.area), p) for p in regionprops(label(fg, connectivity=2),
+                                                                       intensity_image=up) if p.area >= min_px]
+    ranked.sort(key=lambda r: -r[0])  # stable: equal masses keep label order
     found = []
-    for p in regionprops(label(fg, connectivity=2), intensity_image=up):
-        if p.area < min_px:
-            continue
+    for mass, p in ranked[:cfg.top_k]:
         bbox, mask = _to_image(p, work, size)
         x0, y0 = bbox[:2]
         ys, xs = np.nonzero(mask)
-        mass = float(p.intensity_mean * p.area)  # at the working size: ranks, and its share of the map
         found.append((mass, bbox, int(mask.sum()), (float(xs.mean() + x0), float(ys.mean() + y0)),
                       float(p.intensity_mean), mask))
-    found.sort(key=lambda r: -r[0])
     return [Region(i, bbox, area, c, mean, mean * area, mass / total, mask)  # mass in image pixels
-            for i, (mass, bbox, area, c, mean, mask) in enumerate(found[:cfg.top_k])]
+            for i, (mass, bbox, area, c, mean, mask) in enumerate(found)]
 
 
 def region_iou(region: Region, mask: np.ndarray) -> float:
