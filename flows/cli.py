@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mapcap.flows.cli_startup import command_of, import_quietly, start_prefect_api_early
+from mapcap.flows.cli_startup import command_of, flow_settings, import_quietly, start_prefect_api_early
 
 
 def _params(args: argparse.Namespace):
@@ -35,7 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         flow = explain_on_ray(None if args.ray == "local" else args.ray)
     params = _params(args)
     args.wait_for_api()
-    result = flow(params)
+    with flow_settings():
+        result = flow(params)
     con = connect(params.out)
     print(f"run {result['run_id']}: {result['n_images']} images, {result['n_failures']} failed, "
           f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")

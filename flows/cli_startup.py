@@ -11,6 +11,7 @@ import gc
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,18 @@ def start_prefect_api_early(argv: list[str]) -> Callable[[], None]:
             log.info("Prefect's temporary server runs on %s for this command (set PREFECT_API_URL to use a "
                      "running Prefect server and see the run in its UI)", address)
     return wait
+
+
+def flow_settings() -> AbstractContextManager:
+    """Prefect settings for a flow this process runs: on Prefect's temporary server (no `PREFECT_API_URL`), no
+    flow-run heartbeats. A heartbeat lets a server mark a run whose process died as crashed; the temporary server
+    dies with this process, so there is no one to tell. And the heartbeat thread sleeps in 1 s steps, which held the
+    end of every flow run for 1.0 s (measured: 1.002 s with, 0.015 s without), a tenth of a 10,000-image
+    classification on the H200. On a real server the heartbeats stay."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    if PREFECT_API_URL.value():
+        return nullcontext()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def import_quietly(load: Callable[[], T]) -> T:

@@ -196,6 +196,20 @@ def test_the_temporary_prefect_api_starts_early_only_for_flow_commands(prefect_h
     assert calls == ["start"]
 
 
+def test_runs_on_the_temporary_server_send_no_heartbeats(prefect_harness):
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from mapcap.flows.cli_startup import flow_settings
+    every = get_current_settings().flows.heartbeat_frequency
+    assert every and PREFECT_API_URL.value()  # the harness's server: a real one, heartbeats kept
+    with flow_settings():
+        assert get_current_settings().flows.heartbeat_frequency == every
+    with temporary_settings(updates={PREFECT_API_URL: None}):  # no server configured: the temporary one
+        with flow_settings():
+            assert get_current_settings().flows.heartbeat_frequency is None
+        assert get_current_settings().flows.heartbeat_frequency == every
+
+
 def test_only_gpu_runs_take_a_gpu_concurrency_slot():
     from mapcap.tasks.stages.tasks import GPU_TAG, shard_task_on
     assert set(shard_task_on("cuda").tags) == set(shard_task_on("cuda:1").tags) == {GPU_TAG}
