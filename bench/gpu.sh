@@ -4,8 +4,9 @@
 #
 #     bash bench/gpu.sh [N] [OUTDIR]      # N synthetic 500×375 JPEGs for the pipeline runs (default 10000)
 #
-# Where the machine lacks this project's dependencies, unpack them first (e.g. a tarball of a `pip install
-# --target` for its Python) and put them on PYTHONPATH; `mapcap` itself must be importable.
+# Where the machine lacks this project's dependencies, pack them here with `python bench/device_deps.py --have
+# LIST --out .whl/site.tar.xz`, unpack them there and put them on PYTHONPATH; `mapcap` itself must be importable
+# (`python3 -m pip install --no-deps --no-build-isolation --target DIR .`).
 set -uo pipefail
 N="${1:-10000}"
 OUT="${2:-bench-gpu}"
