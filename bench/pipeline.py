@@ -53,10 +53,9 @@ def synthetic(folder: Path, n: int, jobs: int = 1) -> Path:
 
     for shape in SHAPES:
         (folder / shape).mkdir(parents=True, exist_ok=True)
-    step = 1000
+    starts = range(0, n, 1000)
     with ProcessPoolExecutor(max(1, jobs)) as pool:
-        list(pool.map(_scenes, [folder] * len(range(0, n, step)), range(0, n, step),
-                      [min(n, lo + step) for lo in range(0, n, step)]))
+        list(pool.map(_scenes, [folder] * len(starts), starts, [min(n, lo + 1000) for lo in starts]))
     return folder
 
 

@@ -122,11 +122,9 @@ class StageContext:
 
     def _decode_all(self, paths: list[str]) -> list[tuple[Image.Image | None, str, ImageLoadError | None]]:
         todo = [p for p in dict.fromkeys(paths) if self.cache.get(("path", p)) is None]
-        if todo:
-            with ThreadPoolExecutor(min(self.workers, len(todo))) as ex:
-                for path, res in zip(todo, ex.map(self._decode, todo)):
-                    img = res[0]
-                    self.cache.put(("path", path), res, img.width * img.height * 3 if img is not None else 64)
+        for path, res in zip(todo, self.map(self._decode, todo)):
+            img = res[0]
+            self.cache.put(("path", path), res, img.width * img.height * 3 if img is not None else 64)
         out = []
         for p in paths:
             res = self.cache.get(("path", p))
@@ -176,11 +174,9 @@ class StageContext:
         decode threads (PIL's resize, most of the cost, releases the GIL)."""
         out = {iid: self.cache.get(("pixels", id(preprocess), iid)) for iid in images}
         todo = [iid for iid, pix in out.items() if pix is None]
-        if todo:
-            with ThreadPoolExecutor(min(self.workers, len(todo))) as ex:
-                for iid, pix in zip(todo, ex.map(lambda i: preprocess(images[i]), todo)):
-                    self.cache.put(("pixels", id(preprocess), iid), pix, pix.numel() * pix.element_size())
-                    out[iid] = pix
+        for iid, pix in zip(todo, self.map(lambda i: preprocess(images[i]), todo)):
+            self.cache.put(("pixels", id(preprocess), iid), pix, pix.numel() * pix.element_size())
+            out[iid] = pix
         return out
 
     def pixels_of(self, preprocess: Callable[[Image.Image], torch.Tensor],

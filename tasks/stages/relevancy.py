@@ -30,8 +30,7 @@ def relevancy_rows(run_id: str, shard: int, image_ids: list[str], targets: list[
     flat = maps.flatten(1).tolist()  # (B, g*g)
     return [{"run_id": run_id, "image_id": iid, "shard": shard, "target": tgt, "class_name": cls,
              "method": method, "start_layer": start_layer, "grid": g, "map": flat[i],
-             "peak": int(stats["peak"][i]), "entropy": float(stats["entropy"][i]),
-             "top10_mass": float(stats["top10_mass"][i])}
+             "peak": stats["peak"][i], "entropy": stats["entropy"][i], "top10_mass": stats["top10_mass"][i]}
             for i, (iid, tgt, cls) in enumerate(zip(image_ids, targets, classes))]
 
 

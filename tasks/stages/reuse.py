@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +89,7 @@ def shard_keys(ctx: StageContext) -> dict[str, Key]:
         paths = [it.path for it in ctx.items]
         stats = {p: _stat(p) for p in paths}
         known = known_files(ctx.root)
-        with ThreadPoolExecutor(max(1, min(ctx.workers, len(paths)))) as ex:
-            ids = list(ex.map(lambda p: _content_id(p, stats[p], known.get(p)), paths))
+        ids = ctx.map(lambda p: _content_id(p, stats[p], known.get(p)), paths)
         ctx.memo[IDS] = dict(zip(paths, ids))
         ctx.memo[FILES] = {p: (*stats[p], i) for p, i in zip(paths, ids) if i and stats[p]}
     ids = ctx.memo[IDS]
