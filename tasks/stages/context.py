@@ -20,6 +20,7 @@ from PIL import Image
 from mapcap.storage.writer import read_run, read_table, rows_where, shard_name
 from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image
 from mapcap.tasks.decode import decode_jpegs, geometry
+from mapcap.tasks.procpool import process_map
 
 Rows = list[dict[str, Any]]
 MAX_WORKERS = 16  # default threads per shard: one per core up to this (PIL and scikit-image release the GIL)
@@ -100,6 +101,11 @@ class StageContext:
             return [fn(x) for x in items]
         with ThreadPoolExecutor(min(self.workers, len(items))) as ex:
             return list(ex.map(fn, items))
+
+    def map_processes(self, fn: Callable[[Any], Any], items: list) -> list:
+        """[fn(x) for x in items] in this shard's number of worker processes, for work that holds the GIL
+        (tasks/procpool.py; `fn` module-level, items and results picklable)."""
+        return process_map(fn, items, self.workers)
 
     # failures -----------------------------------------------------------------------------------------------
     def fail(self, image_id: str | None, path: str, error: BaseException | str, error_type: str | None = None,

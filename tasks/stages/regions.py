@@ -25,6 +25,16 @@ def _same(r: dict) -> tuple:
     return r["image_id"], r["class_name"], r["method"], r["start_layer"]
 
 
+def segment_job(job: tuple) -> list[dict]:
+    """The region fields of one map's rows, mask as RLE: job = (map cells, grid side, image (W, H), SegmentConfig,
+    image array or None). Module-level and small in, small out: it runs in worker processes."""
+    cells, g, size, seg, picture = job
+    return [{"region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
+             "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
+             "mass_share": reg.mass_share, "mask_rle": rle_encode(reg.mask)}
+            for reg in segment_map(np.asarray(cells, np.float32).reshape(g, g), size, seg, picture)]
+
+
 @register_stage("regions", RegionsConfig, reads=("relevancy", "images"), writes=("regions",), order=2,
                 summary="segment every map into regions ranked by relevancy mass")
 class Regions(Stage):
@@ -44,21 +54,14 @@ class Regions(Stage):
         for r in maps:
             first.setdefault(_same(r), r)
 
-        def segment(r: dict) -> list[tuple]:  # [(region, its mask's RLE)]
-            img, g = images[r["image_id"]], r["grid"]
-            regs = segment_map(np.asarray(r["map"], np.float32).reshape(g, g), (img["width"], img["height"]),
-                               cfg.segment, pictures.get(r["image_id"]))
-            return [(reg, rle_encode(reg.mask)) for reg in regs]
-
-        done = dict(zip(first, ctx.map(segment, list(first.values()))))  # in the shard's threads
+        jobs = [(r["map"], r["grid"], (images[r["image_id"]]["width"], images[r["image_id"]]["height"]), cfg.segment,
+                 pictures.get(r["image_id"])) for r in first.values()]
+        done = dict(zip(first, ctx.map_processes(segment_job, jobs)))  # scikit-image holds the GIL: processes
         rows = []
         for r in maps:
             img = images[r["image_id"]]
             truth = masks[img["path"]]["mask"] if img["path"] in masks else None
-            for reg, rle in done[_same(r)]:
-                row = {k: r[k] for k in KEYS} | {
-                    "region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
-                    "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
-                    "mass_share": reg.mass_share, "mask_rle": rle}
+            for reg in done[_same(r)]:
+                row = {k: r[k] for k in KEYS} | reg
                 rows.append(row | {"on_object": None if truth is None else on_object(row, truth)})
         return {"regions": rows}

@@ -90,14 +90,21 @@ def explained(toy_model, classified):
     return classes, ctx
 
 
-def test_regions_are_the_same_whatever_the_thread_count(explained):
+def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
+    from mapcap.tasks import procpool
     _, ctx = explained
     cfg = RegionsConfig(SegmentConfig(top_k=2))
     one = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
     one.workers = 1
     many = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
-    many.workers = 4
-    rows_one, rows_many = compute("regions", cfg, one)[0]["regions"], compute("regions", cfg, many)[0]["regions"]
+    many.workers = 2
+    rows_one = compute("regions", cfg, one)[0]["regions"]
+    monkeypatch.setattr(procpool, "MIN_ITEMS", 1)  # this shard's few maps would run in this process
+    pools = []
+    real_pool = procpool._pool
+    monkeypatch.setattr(procpool, "_pool", lambda w, pre: pools.append(w) or real_pool(w, pre))
+    rows_many = compute("regions", cfg, many)[0]["regions"]
+    assert pools == [2]  # segmented in a pool of two processes
     assert rows_one and rows_one == rows_many
 
 

@@ -1,0 +1,66 @@
+"""CPU work that holds the GIL, spread over worker processes.
+
+scikit-image and numpy on small arrays (segmenting a 14×14 map at 256 px) hold the GIL for most of their time:
+1,200 noisy maps took 3.1 s in one thread and 3.1 s in two, 1.6 s in two processes (2 cores; /tmp/prof2/segpar.py
+in the notes of issue "Throughput"). Threads suit PIL and torch, which release it; this module is for the rest.
+
+One pool per process and size, started on first use and kept (a start costs ~0.5 s: the children import the
+work's modules). Children come from a forkserver, a clean process that has imported those modules, never a fork
+of a process holding CUDA, Prefect's threads or a model.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+MIN_ITEMS = 64  # fewer items run in the calling process: not worth a pool's start
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_LOCK = threading.Lock()
+
+
+def _pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
+    with _LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            ctx = mp.get_context(method)
+            if method == "forkserver":
+                ctx.set_forkserver_preload(preload)  # taken when the server first starts
+            pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx)
+        return pool
+
+
+def _drop(workers: int) -> None:
+    with _LOCK:
+        pool = _POOLS.pop(workers, None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop every pool (at exit; tests call it to start afresh)."""
+    for workers in list(_POOLS):
+        _drop(workers)
+
+
+def process_map(fn: Callable[[Any], Any], items: list, workers: int, min_items: int | None = None) -> list:
+    """[fn(x) for x in items] in `workers` processes (in order); in this process when workers is 1 or the items
+    are few. `fn` must be a module-level function, its items and results picklable (keep them small: they are
+    copied). A child that dies (killed, out of memory) fails the call with a RuntimeError naming it; the pool
+    is started afresh on the next call."""
+    if workers <= 1 or len(items) < max(MIN_ITEMS if min_items is None else min_items, 2):
+        return [fn(x) for x in items]
+    pool = _pool(workers, [fn.__module__])
+    try:
+        return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))
+    except BrokenProcessPool as e:
+        _drop(workers)
+        raise RuntimeError(f"a worker process died running {fn.__module__}.{fn.__qualname__} on {len(items)} "
+                           f"items (killed, or out of memory); rerun to resume, or set workers=1 to run in "
+                           f"the calling process") from e
