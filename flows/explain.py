@@ -42,9 +42,10 @@ def whole(value):
     return quote(value) if isinstance(runner, ThreadPoolTaskRunner) else value
 
 
-# Shards in flight at once. More only adds threads that wait for the model (its forward passes hold a lock) and
-# hold decoded images in memory. Ray replaces this runner.
-SHARDS_IN_FLIGHT = 1
+# Shards in flight at once: while one holds the model (its passes take the model's lock), the other decodes, crops
+# and segments (on a GPU machine, the CPU work of one shard overlaps the GPU work of the next). More only adds
+# shards that wait for the model and hold decoded images in memory. Ray replaces this runner.
+SHARDS_IN_FLIGHT = 2
 
 
 @flow(name="explain", flow_run_name="explain-{params.dataset}", validate_parameters=True,

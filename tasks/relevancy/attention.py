@@ -55,10 +55,13 @@ class RecordingAttention(nn.Module):
 
 
 def attention_blocks(tower: nn.Module, what: str) -> list[nn.Module]:
-    """The residual blocks of a ViT-style tower (model.visual or the text model), with a clear error if none."""
+    """The residual blocks of a ViT-style tower (model.visual or the text model), with a clear error if none.
+    A block another thread is recording (its `attn` swapped, under the model's lock) is one too: shards in flight
+    share the model."""
     transformer = getattr(tower, "transformer", None)
     blocks = getattr(transformer, "resblocks", None)
-    if blocks is None or not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks):
+    kinds = (nn.MultiheadAttention, RecordingAttention)
+    if blocks is None or not all(isinstance(getattr(b, "attn", None), kinds) for b in blocks):
         raise UnsupportedArchitecture(
             f"the {what} tower ({type(tower).__name__}) has no ViT blocks with nn.MultiheadAttention; relevancy "
             f"supports open_clip ViT models (ViT-B-32, ViT-B-16, ViT-L-14, the toy model), not ResNet, ConvNeXt "

@@ -47,6 +47,14 @@ def test_recorded_attention_reproduces_the_model_exactly(toy_model):
     assert torch.allclose(ref, got, atol=1e-5)
 
 
+def test_blocks_another_shard_is_recording_are_still_attention_blocks(toy_model):
+    """Two shards in flight share the model: while one records (its blocks' attn swapped, under the model's lock),
+    the other's architecture check must not take the model for an unsupported one."""
+    blocks = attention_blocks(toy_model.model.visual, "image")
+    with recording_attention(blocks, 0):
+        assert attention_blocks(toy_model.model.visual, "image") == blocks
+
+
 @pytest.mark.parametrize("method", ["chefer", "gradient"])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_batched_equals_plain_batch1_fp32(toy_model, method, batch):
