@@ -32,7 +32,7 @@ step 60 captions python3 bench/captions.py --sizes gpt2-small --batch 64 512 --n
 step 60 classify python3 bench/classify.py --models ViT-B-16 --precision bf16 --batch 512 --iters 10 --n 512
 wait "$writer"; echo "=== $(find "$data" -name '*.jpg' | wc -l) JPEGs in $data"
 step 90 pipeline-classify python3 bench/pipeline.py --folder "$data" --model ViT-B-16 --stages classify --compare
-step 180 pipeline python3 bench/pipeline.py --folder "$data" --model ViT-B-16 \
+step 180 pipeline python3 bench/pipeline.py --folder "$data" --model ViT-B-16 --profile "$OUT/pipeline-profile.txt" \
   --stages classify relevancy regions captions --compare
 step 120 classify-compile python3 bench/classify.py --models ViT-B-16 --precision bf16 --batch 512 --iters 10 --n 512 \
   --compile

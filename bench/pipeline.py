@@ -11,15 +11,18 @@ numbers measured on one H100 (issue "Throughput").
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mapcap.flows.cli_startup import flow_settings
-from mapcap.flows.explain import explain
+from mapcap.flows.explain import SHARDS_IN_FLIGHT, explain
 from mapcap.flows.params import ExplainParams
 from mapcap.storage.query import connect, run_sql
 from mapcap.tasks.run_record import record_run
@@ -67,13 +70,30 @@ def params_for(args, dataset: str, out: str) -> ExplainParams:
                                          "workers": args.workers, **extra})
 
 
-def plain_loop(resolved, out: str, workers: int) -> tuple[float, dict[str, float]]:
-    """The same stage plans without Prefect: (wall seconds, seconds per stage)."""
+def plain_loop(resolved, out: str, workers: int | None, in_flight: int = SHARDS_IN_FLIGHT,
+               profile: str | None = None) -> tuple[float, dict[str, float]]:
+    """The same stage plans without Prefect, as many shards in flight as the flow: (wall seconds, seconds per
+    stage summed over shards). With `profile`, shards run one after another under cProfile (it sees the thread
+    that enabled it: work in a shard's thread pools shows as waiting in `StageContext.map`) and the top
+    functions go to that file."""
     record_run(out, resolved, {}, "running", datetime.now(timezone.utc))  # the report reads the run's row
     t0 = time.perf_counter()
     run_id = resolved.plan.run_id
-    shards = [run_shard(list(resolved.shard_stages), out, run_id, i, list(s), True, workers)
-              for i, s in enumerate(resolved.plan.shards)]
+
+    def shard(i: int) -> dict:
+        return run_shard(list(resolved.shard_stages), out, run_id, i, list(resolved.plan.shards[i]), True, workers)
+
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        shards = [shard(i) for i in range(len(resolved.plan.shards))]
+        prof.disable()
+        with open(profile, "w") as f:
+            for order, n in (("cumulative", 60), ("tottime", 30)):
+                pstats.Stats(prof, stream=f).sort_stats(order).print_stats(n)
+    else:
+        with ThreadPoolExecutor(in_flight) as ex:
+            shards = list(ex.map(shard, range(len(resolved.plan.shards))))
     runs: dict[str, dict] = {}
     for sp in resolved.run_stages:
         runs[sp.name] = run_run_stage(sp, out, run_id, shards, runs, True, workers)
@@ -94,6 +114,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, help="threads per shard (default: one per core, at most 16)")
     ap.add_argument("--stages", nargs="+", help="stages to run (default: every stage the run can do)")
     ap.add_argument("--compare", action="store_true", help="add the H100 reference numbers")
+    ap.add_argument("--profile", metavar="FILE", help="run the plain loop's shards one by one under cProfile, "
+                    "top functions to FILE (its wall time is then not comparable with the flow's)")
     args = ap.parse_args()
     if args.write_only:
         synthetic(Path(args.write_only), args.n, args.jobs)
@@ -110,10 +132,11 @@ def main() -> None:
         flow_s = time.perf_counter() - t0
     row = run_sql(connect(str(tmp / "flow")), "SELECT stages_json FROM runs WHERE run_id = 'bench'").to_pylist()[0]
     flow_stages = json.loads(row["stages_json"])
-    plain_s, per = plain_loop(resolved, str(tmp / "plain"), args.workers)
+    plain_s, per = plain_loop(resolved, str(tmp / "plain"), args.workers, profile=args.profile)
     print(f"{n} images in {len(resolved.plan.shards)} shard(s), model {resolved.plan.model.name} on "
           f"{resolved.plan.model.device}/{resolved.plan.model.precision}; skipped: "
           f"{[s for s, _ in resolved.skipped] or 'none'}")
+    print(f"{SHARDS_IN_FLIGHT} shard(s) in flight; a stage's seconds are summed over its shards")
     head = ["stage", "seconds (plain loop)", "images/s", "seconds (in the flow)"] + (["H100 reference"] if
                                                                                        args.compare else [])
     rows = []

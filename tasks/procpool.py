@@ -6,7 +6,9 @@ in the notes of issue "Throughput"). Threads suit PIL and torch, which release i
 
 One pool per process and size, started on first use and kept (a start costs ~0.5 s: the children import the
 work's modules). Children come from a forkserver, a clean process that has imported those modules, never a fork
-of a process holding CUDA, Prefect's threads or a model.
+of a process holding CUDA, Prefect's threads or a model. They do not run the caller's main script again, as
+multiprocessing's children otherwise do: a script without an `if __name__ == "__main__":` guard would start its
+work again in each child, and a guarded one would still import torch and Prefect there for nothing.
 """
 from __future__ import annotations
 
@@ -16,11 +18,27 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import spawn
 from typing import Any
 
 MIN_ITEMS = 64  # fewer items run in the calling process: not worth a pool's start
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 _LOCK = threading.Lock()
+_LAUNCHING = threading.local()  # set while this thread starts our pool's children
+_preparation_data = spawn.get_preparation_data
+
+
+def _without_main(name: str) -> dict:
+    """multiprocessing's start-up data for a child, without the caller's main script while this module's pool
+    starts children (a work function lives in an importable module, never in __main__)."""
+    data = _preparation_data(name)
+    if getattr(_LAUNCHING, "on", False):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+spawn.get_preparation_data = _without_main  # children of other pools are started as before
 
 
 def _pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
@@ -56,7 +74,11 @@ def process_map(fn: Callable[[Any], Any], items: list, workers: int, min_items: 
     is started afresh on the next call."""
     if workers <= 1 or len(items) < max(MIN_ITEMS if min_items is None else min_items, 2):
         return [fn(x) for x in items]
+    if fn.__module__ == "__main__":
+        raise ValueError(f"{fn.__qualname__} is defined in the main script: worker processes import the work "
+                         f"function by module, so move it into an importable module")
     pool = _pool(workers, [fn.__module__])
+    _LAUNCHING.on = True  # the pool starts its children on demand, from this thread, while it takes the items
     try:
         return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))
     except BrokenProcessPool as e:
@@ -64,3 +86,5 @@ def process_map(fn: Callable[[Any], Any], items: list, workers: int, min_items: 
         raise RuntimeError(f"a worker process died running {fn.__module__}.{fn.__qualname__} on {len(items)} "
                            f"items (killed, or out of memory); rerun to resume, or set workers=1 to run in "
                            f"the calling process") from e
+    finally:
+        _LAUNCHING.on = False

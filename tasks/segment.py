@@ -128,6 +128,17 @@ def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig 
             for i, (mass, bbox, area, c, mean, mask) in enumerate(found)]
 
 
+def segment_job(job: tuple) -> list[dict]:
+    """The region fields of one map's `regions` rows, the mask as RLE: job = (map cells, grid side, image (W, H),
+    SegmentConfig, image array or None). Small in, small out, and in a module that does not import torch: it runs
+    in worker processes (tasks/procpool.py)."""
+    cells, g, size, cfg, picture = job
+    return [{"region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
+             "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
+             "mass_share": reg.mass_share, "mask_rle": rle_encode(reg.mask)}
+            for reg in segment_map(np.asarray(cells, np.float32).reshape(g, g), size, cfg, picture)]
+
+
 def region_iou(region: Region, mask: np.ndarray) -> float:
     """IoU of a region (in its bbox) with a full-image object mask."""
     full = np.zeros_like(mask, dtype=bool)

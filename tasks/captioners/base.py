@@ -43,8 +43,9 @@ class Captioner:
         raise NotImplementedError
 
     def caption_embedded(self, crops: list[Image.Image], image_emb) -> list[str]:
-        """`caption`, given the crops' unit embeddings by the run's CLIP (the captions stage computes them once
-        for captioning and CLIPScore); captioners that read the run's CLIP override it to reuse them."""
+        """`caption`, given the crops' raw (N, D) embeddings by the run's CLIP, as its image tower gives them (the
+        captions stage computes them once for captioning and CLIPScore); captioners that read the run's CLIP
+        override it to reuse them."""
         return self.caption(crops)
 
     @classmethod

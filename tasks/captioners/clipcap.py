@@ -58,6 +58,7 @@ class ClipCapCaptioner(Captioner):
         if lm is None:
             raise ValueError("the clipcap captioner needs the run's CLIP (lm)")
         self.check(cfg, lm.spec.name)
+        run_spec = lm.spec
         path = cfg.path or default_path(lm.spec.name)
         self.model, self.tok = _load(path, cfg.tokenizer, lm.spec.device)
         mc = self.model.cfg
@@ -67,6 +68,7 @@ class ClipCapCaptioner(Captioner):
         if width is not None and width != mc.prefix_size:
             raise ValueError(f"ClipCap {path} maps {mc.prefix_size}-d CLIP embeddings but {lm.spec.name} makes "
                              f"{width}-d ones: use the CLIP it was trained with (model=..., pretrained=...)")
+        self.shares_clip = lm.spec == run_spec  # its prefixes come from the run's CLIP: the stage's embeddings do
         self.lm, self.cfg = lm, cfg
         stop = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
         dot = self.tok.convert_tokens_to_ids(".")
@@ -78,15 +80,28 @@ class ClipCapCaptioner(Captioner):
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else stop[0]
 
     def token_ids(self, crops: list[Image.Image], use_cache: bool = True) -> torch.Tensor:
-        emb = encode_images(self.lm, crops, normalize=False)  # (N, D)
+        return self.generate_from(encode_images(self.lm, crops, normalize=False), use_cache)
+
+    def generate_from(self, emb: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
+        """Token ids (N, L) of captions from raw CLIP image embeddings (N, D)."""
         with model_lock(self.model), autocast(self.lm):
-            return self.model.generate(emb, self.stop, self.pad, self.cfg.max_tokens, self.cfg.beams, use_cache)
+            return self.model.generate(emb.to(self.lm.spec.device), self.stop, self.pad, self.cfg.max_tokens,
+                                       self.cfg.beams, use_cache)
 
     def caption(self, crops: list[Image.Image]) -> list[str]:
         out: list[str] = []
         for b in range(0, len(crops), self.cfg.batch_size):
             out += decode(self.tok, self.token_ids(crops[b:b + self.cfg.batch_size]))
         return out
+
+    def caption_embedded(self, crops: list[Image.Image], image_emb) -> list[str]:
+        """Captions from the run's raw crop embeddings (N, D) when this ClipCap was trained on the run's CLIP:
+        the crops are not preprocessed and encoded a second time."""
+        if not self.shares_clip:
+            return self.caption(crops)
+        step = self.cfg.batch_size
+        return [t for b in range(0, len(image_emb), step)
+                for t in decode(self.tok, self.generate_from(image_emb[b:b + step]))]
 
 
 __all__ = ["ClipCapCaptioner", "ClipCapModel", "decode"]

@@ -1,6 +1,7 @@
 """The `retrieval` captioner: the best phrases of a phrase bank by CLIP similarity (any CLIP, no extra model)."""
 from __future__ import annotations
 
+import torch.nn.functional as F
 from PIL import Image
 
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
@@ -41,11 +42,11 @@ class RetrievalCaptioner(Captioner):
                               lambda: encode_texts(lm, phrases))
 
     def caption(self, crops: list[Image.Image]) -> list[str]:
-        return self.caption_embedded(crops, encode_images(self.lm, crops) if crops else None)
+        return self.caption_embedded(crops, encode_images(self.lm, crops, normalize=False) if crops else None)
 
     def caption_embedded(self, crops: list[Image.Image], image_emb) -> list[str]:
         if not crops:
             return []
-        sims = image_emb.to(self.text.device) @ self.text.T  # (N, P)
+        sims = F.normalize(image_emb.to(self.text.device), dim=-1) @ self.text.T  # (N, P) cosines
         top = sims.topk(min(self.k, len(self.phrases)), dim=-1).indices
         return [", ".join(self.phrases[j] for j in row) for row in top.tolist()]

@@ -28,7 +28,7 @@ class Explained:
     probs: torch.Tensor  # (R, B, C) on the model's device: templates, ensemble (row T), descriptors
     pred: torch.Tensor  # (B,) ensemble prediction (class index)
     maps: dict[int, torch.Tensor]  # start layer -> (B, g, g) predicted-class maps, on CPU
-    embedding: torch.Tensor  # (B, D) unit image embeddings, on the model's device (the captions stage reuses them)
+    embedding: torch.Tensor  # (B, D) raw image embeddings (float), on the model's device (later stages reuse them)
 
 
 def classify_and_explain(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor, starts: list[int],
@@ -51,4 +51,4 @@ def classify_and_explain(lm: LoadedModel, pixels: torch.Tensor, classifier: torc
     g = grid_size(lm)
     maps = {s: rollout(attns[s % len(blocks) - first:], grads[s % len(blocks) - first:])[:, 0, 1:]
             .reshape(-1, g, g).detach().float().cpu() for s in starts}  # (B, g, g) each
-    return Explained(probs, pred, maps, unit.detach())
+    return Explained(probs, pred, maps, img.detach().float())

@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mapcap.storage.manifest import annotations
@@ -70,8 +71,8 @@ class Captions(Stage):
             _, iid, bbox, _ = job
             return decoded[iid] if bbox is None else crop_region(decoded[iid], bbox, cfg.context)
 
-        def encode(crops: list[Image.Image]) -> torch.Tensor:  # (n, D) unit rows, preprocessed in the threads
-            return encode_pixels(lm, torch.stack(ctx.map(lambda c: lm.preprocess(c.convert("RGB")), crops)))
+        def encode(crops: list[Image.Image]) -> torch.Tensor:  # (n, D) raw rows, preprocessed in the threads
+            return encode_pixels(lm, torch.stack(ctx.map(lambda c: lm.preprocess(c.convert("RGB")), crops)), False)
 
         rows = []
         step = cfg.captioner.batch_size
@@ -80,8 +81,9 @@ class Captions(Stage):
             crops = ctx.map(crop, chunk)
             # (B, D): once, for the captioner and CLIPScore; views the shard's classify or concepts stage embedded
             # already are not encoded again
-            emb = embed_views(ctx, [v for *_, v in chunk], crops, encode)
-            texts = captioner.caption_embedded(crops, emb)
+            raw = embed_views(ctx, [v for *_, v in chunk], crops, encode, raw=True)
+            emb = F.normalize(raw, dim=-1)  # unit rows
+            texts = captioner.caption_embedded(crops, raw)
             scores = clipscore(lm, crops, texts, image_emb=emb)  # (B,)
             with_ref = [j for j, (_, iid, _, _) in enumerate(chunk) if images[iid]["path"] in refs]
             ref_scores = dict(zip(with_ref, ref_clipscore(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from mapcap.tasks.concept_bank import ConceptBank
 from mapcap.tasks.models import ModelSpec, encode_pixels, in_batches, load_model
@@ -55,10 +56,10 @@ class Classify(Stage):
                 pixels = pixels.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
             probs = self._explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) if starts else None
             if probs is None:  # the plain path (its batches halve on CUDA out-of-memory)
-                emb = in_batches(len(chunk), len(chunk), lambda i, j: encode_pixels(lm, pixels[i:j]))  # (B, D)
+                raw = in_batches(len(chunk), len(chunk), lambda i, j: encode_pixels(lm, pixels[i:j], False))  # (B, D)
                 with torch.no_grad():
-                    probs = probabilities(lm, emb, classifier, descriptions)  # (R, B, C)
-                remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], emb)
+                    probs = probabilities(lm, F.normalize(raw, dim=-1), classifier, descriptions)  # (R, B, C)
+                remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], raw)
             preds += prediction_rows(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
                                      cfg.classes, cfg.templates, probs, cfg.top_k)
         return {"images": images, "predictions": preds}
@@ -83,8 +84,8 @@ class Classify(Stage):
 
 
 def remember_embeddings(ctx: StageContext, model: ModelSpec, image_ids: list[str], emb: torch.Tensor) -> None:
-    """Keep the whole-image embeddings (B, D) of this pass for the shard's later stages (concepts and captions
-    embed whole images too: tasks/stages/embeddings.py)."""
+    """Keep the raw whole-image embeddings (B, D) of this pass for the shard's later stages (concepts and
+    captions embed whole images too: tasks/stages/embeddings.py)."""
     remember(ctx, [view_key(model, iid) for iid in image_ids], emb)
 
 

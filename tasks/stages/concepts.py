@@ -29,8 +29,8 @@ CHUNK = 32  # images whose views and perturbations go through the model together
 
 
 def encode_all(lm, images: list) -> torch.Tensor:
-    """(N, D) unit embeddings of PIL images, 256 per forward pass."""
-    return in_batches(len(images), 256, lambda i, j: encode_images(lm, images[i:j]).cpu())
+    """(N, D) raw embeddings of PIL images, 256 per forward pass."""
+    return in_batches(len(images), 256, lambda i, j: encode_images(lm, images[i:j], normalize=False).cpu())
 
 
 @dataclass(frozen=True)

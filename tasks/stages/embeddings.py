@@ -3,7 +3,8 @@
 The classification pass embeds every whole image; the concepts stage embeds each image and a crop per region of
 the predicted class's map; the captions stage embeds each image and the top region crops of both targets, with
 the same crop context. A view is named by (model, image id, bbox, context) — None for the whole image — and its
-embedding is kept in the shard's `ctx.memo`, so a later stage reuses it. A stage run in another process (a resumed
+embedding is kept in the shard's `ctx.memo` as the image tower gives it (not unit length: ClipCap's prefix is the
+raw embedding), so a later stage reuses it. A stage run in another process (a resumed
 run) finds none and encodes its views itself: the same pixels, the same numbers up to batch composition.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from mapcap.tasks.models import ModelSpec
 from mapcap.tasks.stages.context import StageContext
 from PIL import Image
@@ -25,15 +27,16 @@ def view_key(model: ModelSpec, image_id: str, bbox: Sequence[int] | None = None,
 
 
 def remember(ctx: StageContext, keys: list[View], emb: torch.Tensor) -> None:
-    """Keep unit embeddings (N, D) of these views for the shard's later stages."""
+    """Keep the raw (not normalised) embeddings (N, D) of these views for the shard's later stages."""
     for k, e in zip(keys, emb):
         ctx.memo[k] = e
 
 
 def embed_views(ctx: StageContext, keys: list[View], crops: list[Image.Image],
-                encode: Callable[[list[Image.Image]], torch.Tensor]) -> torch.Tensor:
-    """(N, D) unit embeddings of the views: those the shard has already embedded as they are, the rest through
-    `encode` (PIL crops → (n, D) unit rows), then kept. Rows come on the device `encode` returns."""
+                encode: Callable[[list[Image.Image]], torch.Tensor], raw: bool = False) -> torch.Tensor:
+    """(N, D) unit embeddings of the views (raw ones with `raw`): those the shard has already embedded as they
+    are, the rest through `encode` (PIL crops → (n, D) raw rows), then kept. Rows come on the device `encode`
+    returns."""
     known = [ctx.memo.get(k) for k in keys]
     todo = [j for j, e in enumerate(known) if e is None]
     if todo:
@@ -44,4 +47,5 @@ def embed_views(ctx: StageContext, keys: list[View], crops: list[Image.Image],
     if not known:
         return torch.empty(0)
     device = known[todo[0]].device if todo else known[0].device
-    return torch.stack([e.to(device) for e in known])  # (N, D)
+    emb = torch.stack([e.to(device) for e in known])  # (N, D)
+    return emb if raw else F.normalize(emb, dim=-1)

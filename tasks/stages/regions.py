@@ -7,7 +7,7 @@ import numpy as np
 
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
-from mapcap.tasks.segment import SegmentConfig, rle_encode, segment_map
+from mapcap.tasks.segment import SegmentConfig, segment_job
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 
@@ -23,16 +23,6 @@ class RegionsConfig:
 def _same(r: dict) -> tuple:
     """Rows of one map: a right prediction's pred and label targets share it."""
     return r["image_id"], r["class_name"], r["method"], r["start_layer"]
-
-
-def segment_job(job: tuple) -> list[dict]:
-    """The region fields of one map's rows, mask as RLE: job = (map cells, grid side, image (W, H), SegmentConfig,
-    image array or None). Module-level and small in, small out: it runs in worker processes."""
-    cells, g, size, seg, picture = job
-    return [{"region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
-             "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
-             "mass_share": reg.mass_share, "mask_rle": rle_encode(reg.mask)}
-            for reg in segment_map(np.asarray(cells, np.float32).reshape(g, g), size, seg, picture)]
 
 
 @register_stage("regions", RegionsConfig, reads=("relevancy", "images"), writes=("regions",), order=2,

@@ -31,7 +31,8 @@ def shard_task_on(device: str):
 def node() -> str:
     """Where a shard ran (runs.nodes): the Ray node id in a Ray worker, else the host name."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    initialized = getattr(ray, "is_initialized", None)  # absent while another shard's thread is importing ray
+    if initialized is not None and initialized():
         return ray.get_runtime_context().get_node_id()
     return socket.gethostname()
 

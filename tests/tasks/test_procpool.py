@@ -1,5 +1,8 @@
 """Worker processes for GIL-bound work: same results as a plain loop, in order; a dead child is a clear error."""
+import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +39,27 @@ def test_a_child_that_dies_is_an_error_naming_the_work_and_the_pool_starts_afres
         procpool.process_map(die_on_seven, list(range(20)), workers=2, min_items=1)
     assert isinstance(err.value.__cause__, procpool.BrokenProcessPool)
     assert procpool.process_map(square, [1, 2, 3], workers=2, min_items=1) == [1, 4, 9]
+
+
+def test_children_do_not_run_the_callers_main_script_again(tmp_path):
+    """A script without a __main__ guard: multiprocessing's children would run it again (and fail, or start the
+    work over); ours import only the work function's module."""
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import math, os\n"
+        f"open({str(marker)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "from mapcap.tasks import procpool\n"
+        "print(procpool.process_map(math.factorial, list(range(12)), workers=2, min_items=1))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([math.factorial(i) for i in range(12)])
+    assert len(marker.read_text().split()) == 1  # the script ran once, in its own process
+
+
+def test_a_work_function_of_the_main_script_is_refused():
+    def work(x):
+        return x
+    work.__module__ = "__main__"
+    with pytest.raises(ValueError, match="defined in the main script"):
+        procpool.process_map(work, list(range(10)), workers=2, min_items=1)

@@ -130,7 +130,7 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
     classes, ctx = explained
     encoded = []
     real = captions_stage.encode_pixels
-    monkeypatch.setattr(captions_stage, "encode_pixels", lambda lm, px: encoded.extend(px) or real(lm, px))
+    monkeypatch.setattr(captions_stage, "encode_pixels", lambda lm, px, *a: encoded.extend(px) or real(lm, px, *a))
     for method, start in (("chefer", 0), ("gradient", None)):  # gradient-only runs get captions too
         cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), method, start, top_k=1)
         encoded.clear()
@@ -147,6 +147,31 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
         right = [r["image_id"] for r in ctx.outputs["predictions"] if r["template"] == "ensemble" and r["correct"]]
         assert right and all(texts[(i, "pred")] == texts[(i, "label")] for i in right)  # ...one caption if shared
         assert len(encoded) == 5 + len({(r["image_id"], r["class_name"]) for r in regions})
+
+
+def test_clipcap_captions_from_the_embeddings_the_stage_computed(toy_model, explained, monkeypatch):
+    """ClipCap trained on the run's CLIP captions from the crop embeddings the stage computes for CLIPScore: its
+    own preprocess-and-encode path does not run, and the captions equal those of the crops captioned alone."""
+    from mapcap.tasks.captioners import clipcap
+    from mapcap.tasks.captioners.base import crop_region, make_captioner
+    from mapcap.tasks.data import load_image
+    _, ctx = explained
+    ctx.memo.clear()
+    own = []
+    real = clipcap.encode_images
+    monkeypatch.setattr(clipcap, "encode_images", lambda *a, **k: own.append(len(a[1])) or real(*a, **k))
+    cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("clipcap"), "chefer", 0, top_k=1)
+    rows = compute("captions", cfg, ctx)[0]["captions"]
+    assert rows and own == []
+    paths = {r["image_id"]: r["path"] for r in ctx.outputs["images"]}
+    boxes = {(r["image_id"], r["target"], r["region_id"]): r["bbox"] for r in ctx.outputs["regions"]
+             if r["method"] == "chefer" and r["start_layer"] == 0}
+    crops = []
+    for r in rows:
+        img = load_image(paths[r["image_id"]])[0]
+        crops.append(img if r["region_id"] < 0 else crop_region(img, boxes[(r["image_id"], r["target"], 0)], 1.0))
+    alone = make_captioner(CaptionerConfig("clipcap"), toy_model).caption(crops)
+    assert own and [r["text"] for r in rows] == alone
 
 
 def test_a_shard_embeds_each_view_once(toy_model):
@@ -176,7 +201,7 @@ def test_captions_reuse_the_classification_pass_embeddings(toy_model, tiny, monk
     classes, items = tiny
     encoded = []
     real = captions_stage.encode_pixels
-    monkeypatch.setattr(captions_stage, "encode_pixels", lambda lm, px: encoded.extend(px) or real(lm, px))
+    monkeypatch.setattr(captions_stage, "encode_pixels", lambda lm, px, *a: encoded.extend(px) or real(lm, px, *a))
     cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), "chefer", 0, top_k=1)
     runs = {}
     for kept in (True, False):
