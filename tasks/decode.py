@@ -77,6 +77,13 @@ def to_pixels(rgb: torch.Tensor, geo: Geometry) -> torch.Tensor:
 
 
 @dataclass
+class Frames:
+    images: dict[str, torch.Tensor]  # path -> (3, H, W) uint8 on the device, as decoded
+    ids: dict[str, str]  # path -> content id (of the file's bytes)
+    misses: list[str]  # paths left to the PIL path (not JPEG, refused by the decoder, unreadable, too small)
+
+
+@dataclass
 class Decoded:
     pixels: dict[str, torch.Tensor]  # path -> (3, S, S) on the device
     sizes: dict[str, tuple[int, int]]  # path -> (W, H) of the decoded image
@@ -93,11 +100,10 @@ def _load(path: str) -> tuple[bytes, str] | None:
     return (raw, image_id_of(raw)) if raw.startswith(JPEG_MAGIC) else None
 
 
-def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8) -> Decoded:
-    """Every JPEG of `paths` decoded (one batched call) and preprocessed on `device`. Files are read and hashed
-    in `workers` threads (both release the GIL); images of one size are resized as one batch (one kernel
-    launch instead of one per image: the per-image launches, not the arithmetic, cost the time on a GPU)."""
-    out = Decoded({}, {}, {}, [])
+def decode_files(paths: list[str], device: str, workers: int = 8) -> Frames:
+    """Every JPEG of `paths` decoded on `device` in one batched call, as (3, H, W) uint8 RGB (EXIF orientation
+    applied, as the PIL path does). Files are read and hashed in `workers` threads (both release the GIL)."""
+    out = Frames({}, {}, [])
     datas, names = [], []
     with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
         loaded = list(ex.map(_load, paths))
@@ -120,12 +126,23 @@ def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8)
                 images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
             except RuntimeError:
                 images.append(None)
-    by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
     for p, img in zip(names, images):
         if img is None or min(img.shape[1:]) < MIN_SIDE:
             out.misses.append(p)
             out.ids.pop(p, None)
-            continue
+        else:
+            out.images[p] = img
+    return out
+
+
+def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8) -> Decoded:
+    """Every JPEG of `paths` decoded (one batched call) and preprocessed on `device`. Images of one size are
+    resized as one batch (one kernel launch instead of one per image: the per-image launches, not the
+    arithmetic, cost the time on a GPU)."""
+    frames = decode_files(paths, device, workers)
+    out = Decoded({}, {}, frames.ids, frames.misses)
+    by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
+    for p, img in frames.images.items():
         out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
         by_size.setdefault(out.sizes[p], []).append((p, img))
     for group in by_size.values():
@@ -134,3 +151,18 @@ def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8)
             pixels = to_pixels(torch.stack([img for _, img in part]), geo)  # (n, 3, S, S)
             out.pixels.update((p, px) for (p, _), px in zip(part, pixels))
     return out
+
+
+def crop_pixels(rgb: torch.Tensor, box: tuple[int, int, int, int], geo: Geometry) -> torch.Tensor:
+    """(3, H, W) uint8 → (3, S, S): the box (x0, y0, x1, y1, may reach outside) cut out, outside the image
+    filled with the image's mean colour floored to integers (as `crop_region` fills it), then `to_pixels`."""
+    _, H, W = rgb.shape
+    x0, y0, x1, y1 = box
+    inside = rgb[:, max(y0, 0):min(y1, H), max(x0, 0):min(x1, W)]  # (3, h, w)
+    if x0 >= 0 and y0 >= 0 and x1 <= W and y1 <= H:
+        return to_pixels(inside, geo)
+    fill = (rgb.sum((1, 2), dtype=torch.int64) // (H * W)).to(torch.uint8)  # (3,) exact floor of the mean
+    canvas = fill.view(3, 1, 1).expand(3, y1 - y0, x1 - x0).clone()  # (3, side, side)
+    top, left = max(-y0, 0), max(-x0, 0)
+    canvas[:, top:top + inside.shape[1], left:left + inside.shape[2]] = inside
+    return to_pixels(canvas, geo)

@@ -38,6 +38,7 @@ class Captioner:
     """
 
     name = "base"
+    needs_crops = True  # False: `caption_embedded` reads only the embeddings (the crops may stay on the GPU)
 
     def caption(self, crops: list[Image.Image]) -> list[str]:
         raise NotImplementedError

@@ -69,6 +69,7 @@ class ClipCapCaptioner(Captioner):
             raise ValueError(f"ClipCap {path} maps {mc.prefix_size}-d CLIP embeddings but {lm.spec.name} makes "
                              f"{width}-d ones: use the CLIP it was trained with (model=..., pretrained=...)")
         self.shares_clip = lm.spec == run_spec  # its prefixes come from the run's CLIP: the stage's embeddings do
+        self.needs_crops = not self.shares_clip
         self.lm, self.cfg = lm, cfg
         stop = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
         dot = self.tok.convert_tokens_to_ids(".")

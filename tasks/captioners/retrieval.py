@@ -21,6 +21,8 @@ def phrase_bank(cfg: CaptionerConfig, model_name: str) -> str | None:
 class RetrievalCaptioner(Captioner):
     """The `k` concept-bank phrases closest to the crop, joined with ', '."""
 
+    needs_crops = False
+
     @classmethod
     def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
         if cfg.concept_bank:

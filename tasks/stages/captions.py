@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mapcap.storage.manifest import annotations
-from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner
+from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner, square_box
+from mapcap.tasks.decode import Geometry, crop_pixels, geometry, to_pixels
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
-from mapcap.tasks.models import ModelSpec, encode_pixels, load_model
+from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.stages.embeddings import embed_views, view_key
@@ -39,6 +40,30 @@ def references(dataset: str) -> dict[str, list[str]]:
     return {r["path"]: [r["caption"]] for r in annotations(dataset, ("caption",)) if r.get("caption")}
 
 
+def device_geometry(lm: LoadedModel, captioner) -> Geometry | None:
+    """Crops cut and preprocessed on the GPU (no PIL decode, crop or resize on the CPU) when the run is on CUDA,
+    the captioner reads only embeddings and the preprocess is a plain resize, crop and normalise."""
+    if not lm.spec.device.startswith("cuda") or captioner.needs_crops:
+        return None
+    return geometry(lm.preprocess)
+
+
+def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[tuple], images: dict[str, dict],
+                 context: float, unreadable: set[str]) -> tuple[list[tuple], list[torch.Tensor | None]]:
+    """The jobs of `chunk` that can be captioned, and their crops as (3, S, S) pixels on the device: only for
+    views the shard has not embedded yet (None for the others), their images decoded there for this batch. An
+    unreadable or changed image is a failure row once; its jobs are dropped."""
+    todo = [j for j in chunk if j[3] not in ctx.memo and j[1] not in unreadable]
+    need = {iid: images[iid]["path"] for _, iid, _, _ in todo}
+    pics = ctx.device_images(need, lm.spec.device)
+    unreadable |= set(need) - set(pics)
+    chunk = [j for j in chunk if j[3] in ctx.memo or j[1] in pics]
+    crops = [None if j[3] in ctx.memo else
+             to_pixels(pics[j[1]], geo) if j[2] is None else crop_pixels(pics[j[1]], square_box(j[2], context), geo)
+             for j in chunk]
+    return chunk, crops
+
+
 # version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped
 @register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4, version=2,
                 summary="caption the top regions and the whole image (retrieval, clipcap, hf), with CLIPScore")
@@ -55,14 +80,19 @@ class Captions(Stage):
         regions = [r for r in ctx.table("regions") if r["method"] == cfg.method
                    and r["start_layer"] == cfg.start_layer and r["region_id"] < cfg.top_k]
         refs = references(cfg.dataset)
-        decoded = ctx.images({i: images[i]["path"] for i in sorted({r["image_id"] for r in regions})})
+        ids = sorted({r["image_id"] for r in regions})
+        geo = device_geometry(lm, captioner)  # None: PIL crops; else crops cut and preprocessed on the GPU
+        if geo is None:
+            decoded = ctx.images({i: images[i]["path"] for i in ids})
+            ids = [i for i in ids if i in decoded]
         # (row keys, image id, bbox or None for the whole image, view); crops are cut batch by batch
         jobs = [([{"target": "image", "method": None, "start_layer": None, "region_id": -1}], iid, None,
-                 view_key(cfg.model, iid)) for iid in decoded]
+                 view_key(cfg.model, iid)) for iid in ids]
         # a right prediction's pred and label targets share one map, hence the same regions: captioned once
         same: dict[tuple, list[dict]] = {}
+        usable = set(ids)
         for r in regions:
-            if r["image_id"] in decoded:
+            if r["image_id"] in usable:
                 same.setdefault((r["image_id"], r["class_name"], r["region_id"], tuple(r["bbox"])), []).append(r)
         jobs += [([{k: r[k] for k in ("target", "method", "start_layer", "region_id")} for r in rs], iid, bbox,
                   view_key(cfg.model, iid, bbox, cfg.context)) for (iid, _, _, bbox), rs in same.items()]
@@ -71,14 +101,21 @@ class Captions(Stage):
             _, iid, bbox, _ = job
             return decoded[iid] if bbox is None else crop_region(decoded[iid], bbox, cfg.context)
 
-        def encode(crops: list[Image.Image]) -> torch.Tensor:  # (n, D) raw rows, preprocessed in the threads
-            return encode_pixels(lm, torch.stack(ctx.map(lambda c: lm.preprocess(c.convert("RGB")), crops)), False)
+        def encode(crops: list) -> torch.Tensor:  # (n, D) raw rows of PIL crops (preprocessed in the threads) or pixels
+            pixels = crops if geo is not None else ctx.map(lambda c: lm.preprocess(c.convert("RGB")), crops)
+            return encode_pixels(lm, torch.stack(pixels), False)
 
         rows = []
         step = cfg.captioner.batch_size
+        unreadable: set[str] = set()
         for b in range(0, len(jobs), step):
             chunk = jobs[b:b + step]
-            crops = ctx.map(crop, chunk)
+            if geo is None:
+                crops = ctx.map(crop, chunk)
+            else:
+                chunk, crops = device_crops(ctx, lm, geo, chunk, images, cfg.context, unreadable)
+                if not chunk:
+                    continue
             # (B, D): once, for the captioner and CLIPScore; views the shard's classify or concepts stage embedded
             # already are not encoded again
             raw = embed_views(ctx, [v for *_, v in chunk], crops, encode, raw=True)

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
 
 from mapcap.storage.writer import read_run, read_table, rows_where, shard_name
 from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image
-from mapcap.tasks.decode import decode_jpegs, geometry
+from mapcap.tasks.decode import decode_files, decode_jpegs, geometry
 from mapcap.tasks.procpool import process_map
 
 Rows = list[dict[str, Any]]
@@ -167,12 +168,26 @@ class StageContext:
         for iid, (img, found, err) in zip(ids, self._decode_all([refs[i] for i in ids])):
             if err is not None:
                 self.fail(iid, refs[iid], err)
-            elif found != iid:
-                self.fail(iid, refs[iid], f"{refs[iid]} changed since it was classified (content id {found}, "
-                                          f"stored {iid}); rerun with force=True to redo the run", "ImageChanged")
-            else:
+            elif not self._changed(iid, refs[iid], found):
                 out[iid] = img
         return out
+
+    def _changed(self, iid: str, path: str, found: str) -> bool:
+        """Whether the file's content is no longer the image classified (then a failure row says so)."""
+        if found != iid:
+            self.fail(iid, path, f"{path} changed since it was classified (content id {found}, stored {iid}); "
+                                 f"rerun with force=True to redo the run", "ImageChanged")
+        return found != iid
+
+    def device_images(self, refs: dict[str, str], device: str) -> dict[str, torch.Tensor]:
+        """{image id: (3, H, W) uint8 RGB on `device`} for {image id: path}: JPEGs decoded there in one batch
+        (tasks/decode.py), other files through PIL; an unreadable or changed file is a failure row. Not cached:
+        full-size images on a GPU are for the batch at hand."""
+        frames = decode_files(list(dict.fromkeys(refs.values())), device, self.workers)
+        out = {i: frames.images[p] for i, p in refs.items()
+               if p in frames.images and not self._changed(i, p, frames.ids[p])}
+        slow = self.images({i: p for i, p in refs.items() if p not in frames.images})
+        return out | {i: torch.from_numpy(np.array(img)).permute(2, 0, 1).to(device) for i, img in slow.items()}
 
     def pixels(self, preprocess: Callable[[Image.Image], torch.Tensor],
                images: dict[str, Image.Image]) -> dict[str, torch.Tensor]:

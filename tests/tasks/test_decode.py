@@ -96,3 +96,22 @@ def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkey
     assert len(pix) == len(files) - 1
     cached = ctx.cache.get(("pixels", id(toy_model.preprocess), ids[files[0]]))
     assert pix[ids[files[0]]] is cached and ctx.cache.get(("path", files[0])) is None  # never through PIL
+
+
+@pytest.mark.parametrize("model", ["toy", "ViT-B-16"])
+@pytest.mark.parametrize("bbox", [(200, 150, 260, 230), (0, 0, 90, 40), (430, 300, 500, 375), (10, 200, 480, 370)])
+def test_crops_cut_as_tensors_match_the_pil_crops(files, model, bbox, toy_model):
+    """A region's square crop with context (filled with the mean colour where it leaves the image), cut and
+    preprocessed as tensor ops, matches crop_region + the PIL preprocess."""
+    import open_clip
+
+    from mapcap.tasks.captioners.base import crop_region, square_box
+    from mapcap.tasks.decode import crop_pixels
+    preprocess = toy_model.preprocess if model == "toy" else open_clip.create_model_and_transforms(model)[2]
+    geo = geometry(preprocess)
+    img, _ = load_image(files[0])  # 500×375
+    rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    got = crop_pixels(rgb, square_box(bbox, 1.0), geo)
+    ref = preprocess(crop_region(img, bbox, 1.0))
+    assert got.shape == ref.shape
+    assert (got - ref).abs().mean() < 0.02 and (got - ref).abs().max() < 0.5

@@ -174,6 +174,43 @@ def test_clipcap_captions_from_the_embeddings_the_stage_computed(toy_model, expl
     assert own and [r["text"] for r in rows] == alone
 
 
+def _device_path(monkeypatch, on: bool):
+    """The captions stage's GPU path (images decoded, cropped and preprocessed as tensors), here on CPU."""
+    from mapcap.tasks.decode import geometry
+    from mapcap.tasks.stages import captions
+    monkeypatch.setattr(captions, "device_geometry", lambda lm, cap: geometry(lm.preprocess) if on else None)
+
+
+def test_captions_cut_on_the_device_match_the_pil_crops(toy_model, explained, monkeypatch):
+    _, ctx = explained
+    cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval", batch_size=4), "chefer", 0, top_k=2)
+    runs = {}
+    for on in (False, True):
+        ctx.memo.clear()
+        _device_path(monkeypatch, on)
+        out, fails = compute("captions", cfg, ctx)
+        assert not fails
+        runs[on] = {(r["image_id"], r["target"], r["region_id"]): r for r in out["captions"]}
+    assert runs[True].keys() == runs[False].keys() and len(runs[True]) > 5
+    same = sum(r["text"] == runs[False][k]["text"] for k, r in runs[True].items())
+    assert same >= 0.9 * len(runs[True])  # resampling differs a little between PIL and torch
+    assert all(abs(r["clipscore"] - runs[False][k]["clipscore"]) < 0.05 for k, r in runs[True].items())
+
+
+def test_captions_on_the_device_record_a_changed_image_once(toy_model, explained, monkeypatch, tmp_path):
+    _, ctx = explained
+    images = [dict(r) for r in ctx.outputs["images"]]
+    victim, other = [r for r in images if r["width"]][:2]
+    shutil.copy(other["path"], tmp_path / "changed.png")  # another picture under the classified one's name
+    victim["path"] = str(tmp_path / "changed.png")
+    moved = ctx_with(outputs={**ctx.outputs, "images": images})
+    _device_path(monkeypatch, True)
+    cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval", batch_size=2), "chefer", 0, top_k=2)
+    out, fails = compute("captions", cfg, moved)
+    assert [(f["image_id"], f["error_type"]) for f in fails] == [(victim["image_id"], "ImageChanged")]
+    assert out["captions"] and victim["image_id"] not in {r["image_id"] for r in out["captions"]}
+
+
 def test_a_shard_embeds_each_view_once(toy_model):
     from PIL import Image
 
