@@ -10,6 +10,7 @@ back as misses for the caller's PIL path, which turns unreadable files into `fai
 """
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -91,47 +93,76 @@ class Decoded:
     misses: list[str]  # paths left to the PIL path (not JPEG, refused by the decoder, unreadable)
 
 
-def _load(path: str) -> tuple[bytes, str] | None:
-    """(bytes, content id) of a JPEG file; None for an unreadable file or another format (the PIL path's)."""
+# EXIF orientation -> the tensor op PIL's exif_transpose applies (flip / rotate / transpose of (..., H, W))
+ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+    2: lambda x: x.flip(-1),  # FLIP_LEFT_RIGHT
+    3: lambda x: x.flip(-1, -2),  # ROTATE_180
+    4: lambda x: x.flip(-2),  # FLIP_TOP_BOTTOM
+    5: lambda x: x.transpose(-1, -2),  # TRANSPOSE
+    6: lambda x: torch.rot90(x, -1, (-2, -1)),  # ROTATE_270 (a quarter turn clockwise)
+    7: lambda x: x.transpose(-1, -2).flip(-1, -2),  # TRANSVERSE
+    8: lambda x: torch.rot90(x, 1, (-2, -1)),  # ROTATE_90
+}
+
+
+def orientation(raw: bytes) -> int | None:
+    """The EXIF orientation (1-8) of JPEG bytes; 1 without EXIF; None when PIL cannot read the header (then the
+    PIL path decodes the file and reports it)."""
+    if b"Exif\x00\x00" not in raw[:65536]:  # no EXIF segment: skip the header parse (most files)
+        return 1
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def _load(path: str) -> tuple[bytes, str, int] | None:
+    """(bytes, content id, EXIF orientation) of a JPEG file; None for an unreadable file, another format or an
+    unreadable header (the PIL path's)."""
     try:
         raw = Path(path).read_bytes()
     except OSError:
         return None  # the PIL path reports it
-    return (raw, image_id_of(raw)) if raw.startswith(JPEG_MAGIC) else None
+    if not raw.startswith(JPEG_MAGIC) or (turn := orientation(raw)) is None:
+        return None
+    return raw, image_id_of(raw), turn
 
 
 def decode_files(paths: list[str], device: str, workers: int = 8) -> Frames:
     """Every JPEG of `paths` decoded on `device` in one batched call, as (3, H, W) uint8 RGB (EXIF orientation
-    applied, as the PIL path does). Files are read and hashed in `workers` threads (both release the GIL)."""
+    applied as the PIL path does; nvjpeg ignores it, so it is applied here as tensor ops). Files are read and
+    hashed in `workers` threads (both release the GIL)."""
     out = Frames({}, {}, [])
-    datas, names = [], []
+    datas, names, turns = [], [], []
     with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
         loaded = list(ex.map(_load, paths))
     for p, got in zip(paths, loaded):
         if got is None:
             out.misses.append(p)
             continue
-        raw, out.ids[p] = got
+        raw, out.ids[p], turn = got
         datas.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
         names.append(p)
+        turns.append(turn)
     if not names:
         return out
     try:
-        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as e:  # one bad file fails the batch: decode one by one to find it
         log.info("batched JPEG decode failed (%s): decoding %d files one by one", e, len(names))
         images = []
         for d in datas:
             try:
-                images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+                images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
                 images.append(None)
-    for p, img in zip(names, images):
+    for p, img, turn in zip(names, images, turns):
         if img is None or min(img.shape[1:]) < MIN_SIDE:
             out.misses.append(p)
             out.ids.pop(p, None)
         else:
-            out.images[p] = img
+            out.images[p] = ORIENT[turn](img) if turn in ORIENT else img
     return out
 
 

@@ -115,3 +115,24 @@ def test_crops_cut_as_tensors_match_the_pil_crops(files, model, bbox, toy_model)
     ref = preprocess(crop_region(img, bbox, 1.0))
     assert got.shape == ref.shape
     assert (got - ref).abs().mean() < 0.02 and (got - ref).abs().max() < 0.5
+
+
+def test_exif_orientation_is_applied_as_the_pil_path_applies_it(tmp_path):
+    """nvjpeg ignores EXIF orientation (torchvision applies it on CPU only): the tensor path turns the images
+    itself. Every orientation of a non-square picture against PIL's exif_transpose."""
+    from mapcap.tasks.decode import decode_files
+    rng = np.random.default_rng(8)
+    base = Image.fromarray(make_scene(rng, shape=SHAPES[1]).image).resize((120, 80))
+    paths = []
+    for turn in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = turn
+        paths.append(str(tmp_path / f"o{turn}.jpg"))
+        base.save(paths[-1], quality=95, exif=exif.tobytes())
+    out = decode_files(paths, "cpu")
+    assert not out.misses
+    for turn, p in enumerate(paths, start=1):
+        ref = torch.from_numpy(np.array(load_image(p)[0])).permute(2, 0, 1)
+        got = out.images[p]
+        assert got.shape == ref.shape, turn  # 5-8 swap width and height
+        assert (got.float() - ref.float()).abs().mean() < 2.0, turn  # the same picture, the same way up
