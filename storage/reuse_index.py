@@ -97,11 +97,13 @@ def copy_rows(root: str, table: str, run_id: str, name: str, image_ids: set[str]
     return data
 
 
-def merged(table: str, reused: pa.Table, computed: list[dict], order: dict[str, int]) -> pa.Table:
-    """Reused rows (Arrow, as copied) and newly computed rows (dicts) as one table, rows in the shard's image
+def merged(table: str, reused: pa.Table, computed: list[dict] | pa.Table, order: dict[str, int]) -> pa.Table:
+    """Reused rows (Arrow, as copied) and newly computed rows (dicts or Arrow) as one table, rows in the shard's image
     order (`order`: image id → position; reused rows first among equals). Staying in Arrow matters: a grown
     dataset's shard is ~99 % reused rows, and turning 70,000 of them into dicts and back was most of a stage."""
-    new = pa.Table.from_pylist(computed, schema=schema_for(table)) if computed else schema_for(table).empty_table()
+    schema = schema_for(table)
+    new = computed.select(schema.names).cast(schema) if isinstance(computed, pa.Table) else \
+        pa.Table.from_pylist(computed, schema=schema) if computed else schema.empty_table()
     data = pa.concat_tables([reused.select(new.schema.names).cast(new.schema), new])
     if "image_id" not in data.column_names or not data.num_rows:
         return data

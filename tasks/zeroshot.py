@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from mapcap.storage.schemas import SCHEMAS
 from mapcap.tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
 from mapcap.tasks.models import LoadedModel, autocast, encode_texts, in_batches, model_lock
 
@@ -78,24 +81,35 @@ def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Ten
     return probabilities(lm, img, classifier, descriptions)
 
 
-def prediction_rows(run_id: str, shard: int, image_ids: list[str], labels: list[str], classes: tuple[str, ...],
-                    templates: tuple[str, ...], probs: torch.Tensor, top_k: int) -> list[dict]:
-    """One row per image × template (+ the ensemble row, + a 'descriptors' row when probs has one more)."""
+def prediction_table(run_id: str, shard: int, image_ids: list[str], labels: list[str], classes: tuple[str, ...],
+                     templates: tuple[str, ...], probs: torch.Tensor, top_k: int) -> pa.Table:
+    """`predictions` rows, one per template × image (+ the ensemble row, + a 'descriptors' row when probs has one
+    more), as Arrow columns built from whole tensors: a dict per row cost 0.3 s and turning the dicts into Arrow
+    0.1 s more for a 3,318-image shard, most of a GPU's budget for classifying it."""
     k = min(top_k, len(classes))
+    R, B, _ = probs.shape
     # on the probabilities' device: only top-k, the label's probability and its rank are copied back
-    top_p, top_i = probs.topk(k, dim=-1)  # (T + 1, B, k)
+    top_p, top_i = probs.topk(k, dim=-1)  # (R, B, k)
     label_idx = torch.tensor([classes.index(l) for l in labels], device=probs.device)  # (B,)
-    label_p = probs.gather(-1, label_idx.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(-1)  # (T+1, B)
-    rank = (probs > label_p.unsqueeze(-1)).sum(-1) + 1  # (T + 1, B)
-    # as Python lists: indexing tensors element by element cost ~40 µs a row (0.9 s for a 3,300-image shard)
-    top_p, top_i, label_p, rank = (t.cpu().tolist() for t in (top_p, top_i, label_p, rank))
-    rows = []
-    names = list(templates) + [ENSEMBLE] + [DESCRIPTION_TEMPLATE] * (probs.shape[0] - len(templates) - 1)
-    for t, name in enumerate(names):
-        for b, (iid, label) in enumerate(zip(image_ids, labels)):
-            tp, ti = top_p[t][b], top_i[t][b]
-            pred = classes[ti[0]]
-            rows.append({"run_id": run_id, "image_id": iid, "shard": shard, "template": name, "label": label,
-                         "pred": pred, "correct": pred == label, "pred_prob": tp[0], "label_prob": label_p[t][b],
-                         "label_rank": rank[t][b], "topk_labels": [classes[i] for i in ti], "topk_probs": tp})
-    return rows
+    label_p = probs.gather(-1, label_idx.view(1, -1, 1).expand(R, -1, 1)).squeeze(-1)  # (R, B)
+    rank = (probs > label_p.unsqueeze(-1)).sum(-1) + 1  # (R, B)
+    top_p, top_i, label_p, rank = (t.cpu().numpy() for t in (top_p.float(), top_i, label_p.float(), rank))
+    names = list(templates) + [ENSEMBLE] + [DESCRIPTION_TEMPLATE] * (R - len(templates) - 1)
+    vocab = pa.array(classes, pa.string())
+    pred_i = top_i[..., 0].reshape(-1)  # (R·B,) rows template-major, as the rows were always written
+    n = R * B
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    return pa.table({
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "image_id": pa.array(list(image_ids) * R, pa.string()),
+        "shard": pa.array(np.full(n, shard, dtype=np.int32)),
+        "template": pa.array([name for name in names for _ in range(B)], pa.string()),
+        "label": pa.array(list(labels) * R, pa.string()),
+        "pred": vocab.take(pa.array(pred_i)),
+        "correct": pa.array(pred_i == np.tile(label_idx.cpu().numpy(), R)),
+        "pred_prob": pa.array(top_p[..., 0].reshape(-1).astype(np.float32)),
+        "label_prob": pa.array(label_p.reshape(-1).astype(np.float32)),
+        "label_rank": pa.array(rank.reshape(-1).astype(np.int32)),
+        "topk_labels": pa.ListArray.from_arrays(offsets, vocab.take(pa.array(top_i.reshape(-1)))),
+        "topk_probs": pa.ListArray.from_arrays(offsets, pa.array(top_p.reshape(-1).astype(np.float32))),
+    }, schema=SCHEMAS["predictions"])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from mapcap.storage.schemas import schema_for
 from mapcap.tasks.concept_bank import ConceptBank
 from mapcap.tasks.models import ModelSpec, encode_pixels, in_batches, load_model
 from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks
@@ -15,7 +17,7 @@ from mapcap.tasks.relevancy.methods import default_start_layer
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.stages.embeddings import remember, view_key
-from mapcap.tasks.zeroshot import description_classifier, prediction_rows, probabilities, text_classifier
+from mapcap.tasks.zeroshot import description_classifier, prediction_table, probabilities, text_classifier
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,10 @@ class Classify(Stage):
                 with torch.no_grad():
                     probs = probabilities(lm, F.normalize(raw, dim=-1), classifier, descriptions)  # (R, B, C)
                 remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], raw)
-            preds += prediction_rows(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
-                                     cfg.classes, cfg.templates, probs, cfg.top_k)
-        return {"images": images, "predictions": preds}
+            preds.append(prediction_table(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
+                                          cfg.classes, cfg.templates, probs, cfg.top_k))
+        return {"images": images, "predictions": pa.concat_tables(preds) if preds else schema_for("predictions")
+                .empty_table()}
 
     @staticmethod
     def _explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) -> torch.Tensor | None:

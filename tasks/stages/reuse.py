@@ -145,7 +145,7 @@ def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, st
     finally:
         ctx.items, ctx.outputs = items, outputs
     order = {k[0]: i for i, k in enumerate(keys.get(it.path, ("",)) for it in items)}
-    rows = {t: merged(t, reused[t], list(out.get(t, [])), order) for t in reused} | {
+    rows = {t: merged(t, reused[t], out.get(t, []), order) for t in reused} | {
         k: v for k, v in out.items() if k not in reused}
     ctx.log.info("shard %s %s: %d image(s) reused from earlier runs, %d computed", ctx.shard, stage.name,
                  len(covered), len(items) - len(covered))

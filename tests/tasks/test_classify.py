@@ -87,3 +87,38 @@ def write_reference(toy_dir, toy_model, cfg, n=10):  # run by hand after retrain
     images = {f"{Path(it.path).parent.name}/{Path(it.path).name}": [round(float(v), 6) for v in p]
               for it, p in zip(items, probs)}
     REFERENCE.write_text(json.dumps({"classes": list(cfg.classes), "images": images}, indent=1))
+
+
+def _rows_one_by_one(image_ids, labels, classes, templates, probs, top_k):
+    """The per-row construction the Arrow columns replaced: the reference they must equal."""
+    k = min(top_k, len(classes))
+    top_p, top_i = probs.topk(k, dim=-1)
+    names = list(templates) + ["ensemble"] + ["descriptors"] * (probs.shape[0] - len(templates) - 1)
+    rows = []
+    for t, name in enumerate(names):
+        for b, (iid, label) in enumerate(zip(image_ids, labels)):
+            lp = float(probs[t, b, classes.index(label)])
+            pred = classes[int(top_i[t, b, 0])]
+            rows.append({"run_id": "r", "image_id": iid, "shard": 3, "template": name, "label": label, "pred": pred,
+                         "correct": pred == label, "pred_prob": float(top_p[t, b, 0]), "label_prob": lp,
+                         "label_rank": int((probs[t, b] > lp).sum()) + 1,
+                         "topk_labels": [classes[int(i)] for i in top_i[t, b]], "topk_probs": top_p[t, b].tolist()})
+    return rows
+
+
+@pytest.mark.parametrize("shape", [(7, 33, 5), (8, 1, 3), (2, 4, 20)])  # (rows per image, images, top-k)
+def test_prediction_columns_equal_rows_built_one_by_one(shape):
+    import pyarrow as pa
+
+    from mapcap.storage.schemas import SCHEMAS
+    from mapcap.tasks.zeroshot import prediction_table
+    R, B, k = shape
+    classes = tuple(f"class {i}" for i in range(9))
+    templates = tuple(f"t{i} {{}}" for i in range(min(R - 1, 6)))
+    probs = torch.rand(R, B, len(classes), generator=torch.Generator().manual_seed(R * B)).softmax(-1)
+    ids = [f"{i:016x}" for i in range(B)]
+    labels = [classes[(3 * i) % len(classes)] for i in range(B)]
+    got = prediction_table("r", 3, ids, labels, classes, templates, probs, k)
+    ref = pa.Table.from_pylist(_rows_one_by_one(ids, labels, classes, templates, probs, k),
+                               schema=SCHEMAS["predictions"])
+    assert got.equals(ref)

@@ -1,6 +1,7 @@
 """Each stage's `compute` on tiny inputs: a context filled in memory, no flow, no shared output folder."""
 import shutil
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -32,8 +33,8 @@ def ctx_with(items=None, outputs=None, shard=0):
 def compute(name, cfg, ctx):
     ctx.stage, ctx.failures = name, []
     out = get_stage(name).compute(cfg, ctx)
-    ctx.outputs.update(out)
-    return out, ctx.failures
+    ctx.outputs.update(out)  # as the driver keeps them (classify's predictions stay Arrow)
+    return {t: rows.to_pylist() if isinstance(rows, pa.Table) else rows for t, rows in out.items()}, ctx.failures
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
         regions = [r for r in ctx.outputs["regions"] if r["method"] == method and r["region_id"] == 0]
         assert len(rows) == 5 + len(regions)  # a row per region of either target...
         texts = {(r["image_id"], r["target"]): r["text"] for r in rows if r["region_id"] == 0}
-        right = [r["image_id"] for r in ctx.outputs["predictions"] if r["template"] == "ensemble" and r["correct"]]
+        right = [r["image_id"] for r in ctx.table("predictions") if r["template"] == "ensemble" and r["correct"]]
         assert right and all(texts[(i, "pred")] == texts[(i, "label")] for i in right)  # ...one caption if shared
         assert len(encoded) == 5 + len({(r["image_id"], r["class_name"]) for r in regions})
 
@@ -272,7 +273,7 @@ def test_faithfulness_per_image_and_evaluate_means(toy_model, explained):
     classes, ctx = explained
     out, fails = compute("faithfulness", FaithfulnessConfig(toy_model.spec, classes, TEMPLATES, "", 1.0), ctx)
     rows = out["faithfulness"]
-    classified = {r["image_id"] for r in ctx.outputs["predictions"]}
+    classified = {r["image_id"] for r in ctx.table("predictions")}
     assert not fails and {r["image_id"] for r in rows} == classified
     per = {}
     for r in rows:
@@ -342,7 +343,7 @@ def test_concepts_on_a_sample_fixed_by_image_id(toy_model, explained):
     assert 0.22 < share < 0.28 and all(sampled(i, 1.0) for i in ids)
     classes, ctx = explained
     bank = resolve_bank(None, toy_model.spec.name, classes)
-    keep = [r["image_id"] for r in ctx.outputs["predictions"] if r["template"] == "ensemble"
+    keep = [r["image_id"] for r in ctx.table("predictions") if r["template"] == "ensemble"
             and sampled(r["image_id"], 0.5)]
     cfg = ConceptsConfig(toy_model.spec, classes, TEMPLATES, bank, method="chefer", start_layer=0, sample=0.5)
     out, _ = compute("concepts", cfg, ctx)
