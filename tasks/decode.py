@@ -27,7 +27,7 @@ from mapcap.tasks.data import MIN_SIDE, image_id_of
 
 log = logging.getLogger(__name__)
 JPEG_MAGIC = b"\xff\xd8\xff"
-RESIZE_BATCH = 256  # same-size images resized per call (bounds the float copies held at once)
+DECODE_BATCH = 256  # files per batched decode: bounds the full-size images (and their float copies) held
 
 
 @dataclass(frozen=True)
@@ -167,20 +167,22 @@ def decode_files(paths: list[str], device: str, workers: int = 8) -> Frames:
 
 
 def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8) -> Decoded:
-    """Every JPEG of `paths` decoded (one batched call) and preprocessed on `device`. Images of one size are
-    resized as one batch (one kernel launch instead of one per image: the per-image launches, not the
-    arithmetic, cost the time on a GPU)."""
-    frames = decode_files(paths, device, workers)
-    out = Decoded({}, {}, frames.ids, frames.misses)
-    by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
-    for p, img in frames.images.items():
-        out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
-        by_size.setdefault(out.sizes[p], []).append((p, img))
-    for group in by_size.values():
-        for b in range(0, len(group), RESIZE_BATCH):
-            part = group[b:b + RESIZE_BATCH]
-            pixels = to_pixels(torch.stack([img for _, img in part]), geo)  # (n, 3, S, S)
-            out.pixels.update((p, px) for (p, _), px in zip(part, pixels))
+    """Every JPEG of `paths` decoded and preprocessed on `device`, DECODE_BATCH files per batched decode (the
+    full-size images of a whole shard would not fit: 4,096 12-megapixel photos are 147 GB as RGB bytes). Images
+    of one size are resized as one batch (one kernel launch instead of one per image: the per-image launches,
+    not the arithmetic, cost the time on a GPU)."""
+    out = Decoded({}, {}, {}, [])
+    for c in range(0, len(paths), DECODE_BATCH):
+        frames = decode_files(paths[c:c + DECODE_BATCH], device, workers)
+        out.ids |= frames.ids
+        out.misses += frames.misses
+        by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
+        for p, img in frames.images.items():
+            out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
+            by_size.setdefault(out.sizes[p], []).append((p, img))
+        for group in by_size.values():
+            pixels = to_pixels(torch.stack([img for _, img in group]), geo)  # (n, 3, S, S)
+            out.pixels.update((p, px) for (p, _), px in zip(group, pixels))
     return out
 
 

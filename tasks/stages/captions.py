@@ -40,6 +40,9 @@ def references(dataset: str) -> dict[str, list[str]]:
     return {r["path"]: [r["caption"]] for r in annotations(dataset, ("caption",)) if r.get("caption")}
 
 
+DEVICE_IMAGES = 64  # full-size images decoded on the GPU at once for cutting crops
+
+
 def device_geometry(lm: LoadedModel, captioner) -> Geometry | None:
     """Crops cut and preprocessed on the GPU (no PIL decode, crop or resize on the CPU) when the run is on CUDA,
     the captioner reads only embeddings and the preprocess is a plain resize, crop and normalise."""
@@ -51,17 +54,23 @@ def device_geometry(lm: LoadedModel, captioner) -> Geometry | None:
 def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[tuple], images: dict[str, dict],
                  context: float, unreadable: set[str]) -> tuple[list[tuple], list[torch.Tensor | None]]:
     """The jobs of `chunk` that can be captioned, and their crops as (3, S, S) pixels on the device: only for
-    views the shard has not embedded yet (None for the others), their images decoded there for this batch. An
-    unreadable or changed image is a failure row once; its jobs are dropped."""
-    todo = [j for j in chunk if j[3] not in ctx.memo and j[1] not in unreadable]
-    need = {iid: images[iid]["path"] for _, iid, _, _ in todo}
-    pics = ctx.device_images(need, lm.spec.device)
-    unreadable |= set(need) - set(pics)
-    chunk = [j for j in chunk if j[3] in ctx.memo or j[1] in pics]
-    crops = [None if j[3] in ctx.memo else
-             to_pixels(pics[j[1]], geo) if j[2] is None else crop_pixels(pics[j[1]], square_box(j[2], context), geo)
-             for j in chunk]
-    return chunk, crops
+    views the shard has not embedded yet (None for the others), their images decoded there DEVICE_IMAGES at a time
+    (full-size photos are large). An unreadable or changed image is a failure row once; its jobs are dropped."""
+    todo: dict[str, list[int]] = {}  # image id -> positions in chunk of its views to embed
+    for n, (_, iid, _, view) in enumerate(chunk):
+        if view not in ctx.memo and iid not in unreadable:
+            todo.setdefault(iid, []).append(n)
+    need, crops = list(todo), {}
+    for c in range(0, len(need), DEVICE_IMAGES):
+        part = need[c:c + DEVICE_IMAGES]
+        pics = ctx.device_images({i: images[i]["path"] for i in part}, lm.spec.device)  # (3, H, W) uint8 each
+        unreadable |= set(part) - set(pics)
+        for iid, rgb in pics.items():
+            for n in todo[iid]:
+                bbox = chunk[n][2]
+                crops[n] = to_pixels(rgb, geo) if bbox is None else crop_pixels(rgb, square_box(bbox, context), geo)
+    keep = [n for n, j in enumerate(chunk) if j[3] in ctx.memo or n in crops]
+    return [chunk[n] for n in keep], [crops.get(n) for n in keep]
 
 
 # version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped

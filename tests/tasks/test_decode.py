@@ -136,3 +136,15 @@ def test_exif_orientation_is_applied_as_the_pil_path_applies_it(tmp_path):
         got = out.images[p]
         assert got.shape == ref.shape, turn  # 5-8 swap width and height
         assert (got.float() - ref.float()).abs().mean() < 2.0, turn  # the same picture, the same way up
+
+
+def test_decoding_a_few_files_at_a_time_gives_the_same_pixels(files, toy_model, monkeypatch):
+    """A shard's JPEGs are decoded DECODE_BATCH at a time (full-size photos of a whole shard would not fit)."""
+    import mapcap.tasks.decode as decode
+    geo = geometry(toy_model.preprocess)
+    whole = decode_jpegs(files, geo, "cpu")
+    monkeypatch.setattr(decode, "DECODE_BATCH", 2)
+    parts = decode_jpegs(files, geo, "cpu")
+    assert parts.pixels.keys() == whole.pixels.keys() and set(parts.misses) == set(whole.misses)
+    assert parts.sizes == whole.sizes and parts.ids == whole.ids
+    assert all(torch.allclose(parts.pixels[p], whole.pixels[p], atol=1e-6) for p in whole.pixels)

@@ -185,13 +185,16 @@ def _device_path(monkeypatch, on: bool):
 def test_captions_cut_on_the_device_match_the_pil_crops(toy_model, explained, monkeypatch):
     _, ctx = explained
     cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval", batch_size=4), "chefer", 0, top_k=2)
+    from mapcap.tasks.stages import captions
     runs = {}
-    for on in (False, True):
+    for on, at_once in ((False, 64), (True, 64), ("one image at a time", 1)):
         ctx.memo.clear()
-        _device_path(monkeypatch, on)
+        _device_path(monkeypatch, bool(on))
+        monkeypatch.setattr(captions, "DEVICE_IMAGES", at_once)
         out, fails = compute("captions", cfg, ctx)
         assert not fails
         runs[on] = {(r["image_id"], r["target"], r["region_id"]): r for r in out["captions"]}
+    assert runs["one image at a time"] == runs[True]  # images decoded a few at a time: the same rows
     assert runs[True].keys() == runs[False].keys() and len(runs[True]) > 5
     same = sum(r["text"] == runs[False][k]["text"] for k, r in runs[True].items())
     assert same >= 0.9 * len(runs[True])  # resampling differs a little between PIL and torch
