@@ -25,33 +25,40 @@ from mapcap.tasks.procpool import process_map
 
 Rows = list[dict[str, Any]]
 MAX_WORKERS = 16  # default threads per shard: one per core up to this (PIL and scikit-image release the GIL)
-CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per worker process (then the oldest are dropped)
+CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per shard in host memory (then the oldest are dropped)
+DEVICE_CACHE_BYTES = 8 << 30  # ... and pixel tensors on a GPU (a 4,096-image shard of 224 px pixels: 2.5 GB)
 
 
 class ImageCache:
-    """Least-recently-used images (and preprocessed pixels) up to a byte budget, shared across stages."""
+    """Least-recently-used images (and preprocessed pixels) up to a byte budget, shared across stages. Tensors on
+    a GPU count against their own budget: a 4,096-image shard's pixels (2.5 GB) fit there, where evicting them
+    under the host's budget sent the first images of the shard back through PIL."""
 
-    def __init__(self, max_bytes: int = CACHE_BYTES):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
+    def __init__(self, max_bytes: int = CACHE_BYTES, device_bytes: int = DEVICE_CACHE_BYTES):
+        self.budget = {False: max_bytes, True: device_bytes}  # on a device? -> bytes
+        self._items: dict[bool, OrderedDict[tuple, tuple[Any, int]]] = {False: OrderedDict(), True: OrderedDict()}
+        self._bytes = {False: 0, True: 0}
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> Any | None:
         with self._lock:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key][0]
+            for items in self._items.values():
+                if key in items:
+                    items.move_to_end(key)
+                    return items[key][0]
+            return None
 
     def put(self, key: tuple, value: Any, nbytes: int) -> None:
+        on_device = isinstance(value, torch.Tensor) and value.device.type != "cpu"
         with self._lock:
-            if key in self._items:
-                self._bytes -= self._items.pop(key)[1]
-            self._items[key] = (value, nbytes)
-            self._bytes += nbytes
-            while self._bytes > self.max_bytes and len(self._items) > 1:
-                self._bytes -= self._items.popitem(last=False)[1][1]
+            for pool, items in self._items.items():
+                if key in items:
+                    self._bytes[pool] -= items.pop(key)[1]
+            items = self._items[on_device]
+            items[key] = (value, nbytes)
+            self._bytes[on_device] += nbytes
+            while self._bytes[on_device] > self.budget[on_device] and len(items) > 1:
+                self._bytes[on_device] -= items.popitem(last=False)[1][1]
 
 
 class StageContext:

@@ -351,3 +351,18 @@ def test_concepts_on_a_sample_fixed_by_image_id(toy_model, explained):
     cfg = ConceptsConfig(toy_model.spec, classes, TEMPLATES, bank, method="chefer", start_layer=0, sample=0.5)
     out, _ = compute("concepts", cfg, ctx)
     assert sorted(r["image_id"] for r in out["mutual_knowledge"]) == sorted(keep)
+
+
+def test_image_cache_keeps_gpu_tensors_under_their_own_budget():
+    """A GPU shard's pixels must not be evicted by the host budget (the first images would go back to PIL)."""
+    from mapcap.tasks.stages.context import ImageCache
+    cache = ImageCache(max_bytes=100, device_bytes=1000)
+    for i in range(5):
+        cache.put(("host", i), object(), 40)  # 200 bytes > 100: the oldest go
+        cache.put(("gpu", i), torch.empty(1, device="meta"), 150)  # a tensor on a device: 750 < 1000, all kept
+    assert [cache.get(("host", i)) is not None for i in range(5)] == [False, False, False, True, True]
+    assert all(cache.get(("gpu", i)) is not None for i in range(5))
+    cache.get(("gpu", 0))  # used recently: kept over gpu 1
+    cache.put(("gpu", 5), torch.empty(1, device="meta"), 400)  # 1,150 > 1,000: the least recently used goes
+    assert cache.get(("gpu", 1)) is None and cache.get(("gpu", 0)) is not None
+    assert cache.get(("host", 4)) is not None  # the other budget is untouched
