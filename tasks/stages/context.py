@@ -20,7 +20,7 @@ from PIL import Image
 
 from mapcap.storage.writer import read_run, read_table, rows_where, shard_name
 from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image
-from mapcap.tasks.decode import decode_files, decode_jpegs, geometry
+from mapcap.tasks.decode import Geometry, decode_files, decode_jpegs, geometry
 from mapcap.tasks.procpool import process_map
 
 Rows = list[dict[str, Any]]
@@ -59,6 +59,12 @@ class ImageCache:
             self._bytes[on_device] += nbytes
             while self._bytes[on_device] > self.budget[on_device] and len(items) > 1:
                 self._bytes[on_device] -= items.popitem(last=False)[1][1]
+
+
+def tensor_decode(preprocess: Callable, device: str) -> Geometry | None:
+    """The geometry to decode and preprocess JPEGs with as tensor ops on `device` (a GPU, with a plain resize,
+    crop and normalise); None keeps PIL (on CPU, PIL in the shard's threads is as fast as libjpeg-turbo there)."""
+    return geometry(preprocess) if device.startswith("cuda") else None
 
 
 class StageContext:
@@ -152,7 +158,7 @@ class StageContext:
         their pixels are cached, `pixels_of` finds them) and only the other files go through PIL."""
         paths = [it.path for it in self.items]
         fast = None
-        if preprocess is not None and device.startswith("cuda") and (geo := geometry(preprocess)) is not None:
+        if preprocess is not None and (geo := tensor_decode(preprocess, device)) is not None:
             fast = decode_jpegs(paths, geo, device, self.workers)
             for p, pix in fast.pixels.items():
                 self.cache.put(("pixels", id(preprocess), fast.ids[p]), pix, pix.numel() * pix.element_size())

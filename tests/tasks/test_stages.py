@@ -366,3 +366,42 @@ def test_image_cache_keeps_gpu_tensors_under_their_own_budget():
     cache.put(("gpu", 5), torch.empty(1, device="meta"), 400)  # 1,150 > 1,000: the least recently used goes
     assert cache.get(("gpu", 1)) is None and cache.get(("gpu", 0)) is not None
     assert cache.get(("host", 4)) is not None  # the other budget is untouched
+
+
+def test_classify_with_the_gpu_decode_path_gives_the_pil_path_results(toy_model, tmp_path, monkeypatch):
+    """The classify stage as it runs on a GPU (JPEGs decoded and preprocessed as tensor ops, here on CPU, a few
+    files per decode), against the PIL path: the same images rows, predictions within resampling differences,
+    an unreadable JPEG a failure row in both."""
+    import numpy as np
+    from PIL import Image
+
+    import mapcap.tasks.decode as decode
+    from mapcap.tasks.data import Item
+    from mapcap.tasks.decode import geometry
+    from mapcap.tasks.stages import context
+    from mapcap.toy.dataset import make_scene
+    from mapcap.toy.shapes import SHAPES
+    rng = np.random.default_rng(12)
+    items = []
+    for k in range(6):
+        shape = SHAPES[k % 3]
+        path = tmp_path / f"{k}.jpg"
+        Image.fromarray(make_scene(rng, shape=shape).image).resize((160 + 8 * k, 120)).save(path, quality=92)
+        items.append(Item(str(path), shape))
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "0.jpg").read_bytes()[:300])
+    items.append(Item(str(tmp_path / "cut.jpg"), SHAPES[0]))
+    cfg = ClassifyConfig(toy_model.spec, tuple(SHAPES[:3]), TEMPLATES, top_k=2, batch_size=4)
+    monkeypatch.setattr(decode, "DECODE_BATCH", 4)
+    decoded, real = [], context.decode_jpegs
+    monkeypatch.setattr(context, "decode_jpegs", lambda paths, *a: decoded.extend(paths) or real(paths, *a))
+    runs = {}
+    for gpu_path in (False, True):
+        monkeypatch.setattr(context, "tensor_decode", lambda pre, dev: geometry(pre) if gpu_path else None)
+        out, fails = compute("classify", cfg, ctx_with(items))
+        runs[gpu_path] = out, [(f["path"], f["stage"]) for f in fails]
+    assert decoded == [it.path for it in items]  # the tensor path ran, once, in the second run
+    (slow, slow_fails), (fast, fast_fails) = runs[False], runs[True]
+    assert fast["images"] == slow["images"] and fast_fails == slow_fails == [(items[-1].path, "classify")]
+    key = lambda r: (r["image_id"], r["template"])  # noqa: E731
+    for a, b in zip(sorted(fast["predictions"], key=key), sorted(slow["predictions"], key=key)):
+        assert key(a) == key(b) and a["pred"] == b["pred"] and abs(a["label_prob"] - b["label_prob"]) < 0.05
