@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +24,7 @@ from multiprocessing import spawn
 from typing import Any
 
 MIN_ITEMS = 64  # fewer items run in the calling process: not worth a pool's start
+WATCH_S = 1.0  # how often a worker checks that its caller lives
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 _LOCK = threading.Lock()
 _LAUNCHING = threading.local()  # set while this thread starts our pool's children
@@ -41,6 +44,23 @@ def _without_main(name: str) -> dict:
 spawn.get_preparation_data = _without_main  # children of other pools are started as before
 
 
+def _watch(caller: int) -> None:
+    """In each worker: exit once the process that started the pool is gone. A caller killed with SIGKILL (a
+    flow run cancelled hard, a worker machine's OOM killer) otherwise left its workers waiting for work forever,
+    and the forkserver with them."""
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_S)
+            try:
+                os.kill(caller, 0)  # signal 0: does it exist?
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # it exists (owned by another user after a PID reuse: rare, harmless)
+                pass
+
+    threading.Thread(target=watch, name="mapcap-pool-watch", daemon=True).start()
+
+
 def _pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
     with _LOCK:
         pool = _POOLS.get(workers)
@@ -49,7 +69,8 @@ def _pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
             ctx = mp.get_context(method)
             if method == "forkserver":
                 ctx.set_forkserver_preload(preload)  # taken when the server first starts
-            pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx)
+            pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_watch,
+                                                         initargs=(os.getpid(),))
         return pool
 
 
@@ -57,7 +78,7 @@ def _drop(workers: int) -> None:
     with _LOCK:
         pool = _POOLS.pop(workers, None)
     if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @atexit.register

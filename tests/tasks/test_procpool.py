@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -63,3 +64,37 @@ def test_a_work_function_of_the_main_script_is_refused():
     work.__module__ = "__main__"
     with pytest.raises(ValueError, match="defined in the main script"):
         procpool.process_map(work, list(range(10)), workers=2, min_items=1)
+
+
+def test_workers_exit_when_their_caller_is_killed(tmp_path):
+    """A caller killed with SIGKILL must not leave its pool's workers (and the forkserver) waiting forever."""
+    (tmp_path / "pidwork.py").write_text("import os\n\ndef pid(_):\n    return os.getpid()\n")
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import pidwork\n"
+        "from mapcap.tasks import procpool\n"
+        "print(sorted(set(procpool.process_map(pidwork.pid, list(range(40)), workers=2, min_items=1))), flush=True)\n"
+        "time.sleep(120)\n")
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL)  # its resource tracker reports the semaphores it cleans up
+    try:
+        workers = [int(p) for p in caller.stdout.readline().strip("[]\n").split(",")]
+        assert workers and all(_alive(p) for p in workers)
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.time() + 20
+    while any(_alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone too (its parent has not reaped it yet)
+        return f.read().split(") ")[-1][0] != "Z"
