@@ -13,6 +13,7 @@ work again in each child, and a guarded one would still import torch and Prefect
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing as mp
 import os
 import threading
@@ -23,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import spawn
 from typing import Any
 
+log = logging.getLogger(__name__)
 MIN_ITEMS = 64  # fewer items run in the calling process: not worth a pool's start
 WATCH_S = 1.0  # how often a worker checks that its caller lives
 _POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -98,7 +100,11 @@ def process_map(fn: Callable[[Any], Any], items: list, workers: int, min_items: 
     if fn.__module__ == "__main__":
         raise ValueError(f"{fn.__qualname__} is defined in the main script: worker processes import the work "
                          f"function by module, so move it into an importable module")
-    pool = _pool(workers, [fn.__module__])
+    try:
+        pool = _pool(workers, [fn.__module__])
+    except OSError as e:  # no POSIX semaphores or no process start here (some sandboxes and serverless hosts)
+        log.warning("worker processes are not available here (%s): %s runs in this process", e, fn.__qualname__)
+        return [fn(x) for x in items]
     _LAUNCHING.on = True  # the pool starts its children on demand, from this thread, while it takes the items
     try:
         return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))

@@ -98,3 +98,11 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie is gone too (its parent has not reaped it yet)
         return f.read().split(") ")[-1][0] != "Z"
+
+
+def test_without_worker_processes_the_work_runs_here_with_a_warning(monkeypatch, caplog):
+    def no_pool(workers, preload):
+        raise OSError(38, "Function not implemented")  # what sem_open says where POSIX semaphores are missing
+    monkeypatch.setattr(procpool, "_pool", no_pool)
+    assert procpool.process_map(square, list(range(10)), workers=2, min_items=1) == [x * x for x in range(10)]
+    assert "worker processes are not available here" in caplog.text and "square" in caplog.text
