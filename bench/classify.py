@@ -1,6 +1,7 @@
 """Images/s of the classify stage: model forward alone (eager, and with `--compile` torch.compile'd), the one
-pass that also gives last-block Chefer maps for the predicted and true class, and end to end from files
-(decode included).
+pass that also gives last-block Chefer maps for the predicted and true class, and the classify stage end to end
+from files (decode included) on the toy world's PNGs, which always take the PIL path: for JPEGs through the GPU
+decoder, `bench/pipeline.py --stages classify` is the measure.
 
     python bench/classify.py [--models toy ViT-B-16] [--batch 256] [--n 512] [--precision fp32 bf16] [--compile]
 
@@ -90,7 +91,7 @@ def main() -> None:
             rows.append((spec.name, spec.device, prec, args.batch, f"{fwd:,.0f}", comp, f"{fused:,.0f}",
                          f"{files:,.0f}"))
     head = ("model", "device", "precision", "batch", "forward img/s", "compiled img/s",
-            "+ last-block maps img/s", "from files img/s")
+            "+ last-block maps img/s", "from PNG files img/s")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head, tuple("-" * w for w in widths)] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
