@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from mapcap.tasks.data import MIN_SIDE, image_id_of
+from mapcap.tasks.data import MIN_SIDE, ORIENTATION, image_id_of
 
 log = logging.getLogger(__name__)
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -112,7 +112,7 @@ def orientation(raw: bytes) -> int | None:
         return 1
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            return int(im.getexif().get(0x0112, 1) or 1)
+            return int(im.getexif().get(ORIENTATION, 1) or 1)
     except (OSError, ValueError, SyntaxError):
         return None
 

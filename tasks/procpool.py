@@ -85,7 +85,7 @@ def _drop(workers: int) -> None:
 
 @atexit.register
 def shutdown() -> None:
-    """Stop every pool (at exit; tests call it to start afresh)."""
+    """Stop every pool (at exit)."""
     for workers in list(_POOLS):
         _drop(workers)
 

@@ -68,8 +68,7 @@ class ClipCapCaptioner(Captioner):
         if width is not None and width != mc.prefix_size:
             raise ValueError(f"ClipCap {path} maps {mc.prefix_size}-d CLIP embeddings but {lm.spec.name} makes "
                              f"{width}-d ones: use the CLIP it was trained with (model=..., pretrained=...)")
-        self.shares_clip = lm.spec == run_spec  # its prefixes come from the run's CLIP: the stage's embeddings do
-        self.needs_crops = not self.shares_clip
+        self.needs_crops = lm.spec != run_spec  # prefixes from another CLIP than the run's: encode the crops
         self.lm, self.cfg = lm, cfg
         stop = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
         dot = self.tok.convert_tokens_to_ids(".")
@@ -98,7 +97,7 @@ class ClipCapCaptioner(Captioner):
     def caption_embedded(self, crops: list[Image.Image], image_emb) -> list[str]:
         """Captions from the run's raw crop embeddings (N, D) when this ClipCap was trained on the run's CLIP:
         the crops are not preprocessed and encoded a second time."""
-        if not self.shares_clip:
+        if self.needs_crops:
             return self.caption(crops)
         step = self.cfg.batch_size
         return [t for b in range(0, len(image_emb), step)

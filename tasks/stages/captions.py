@@ -14,11 +14,11 @@ from PIL import Image
 
 from mapcap.storage.manifest import annotations
 from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner, square_box
-from mapcap.tasks.decode import Geometry, crop_pixels, geometry, to_pixels
+from mapcap.tasks.decode import Geometry, crop_pixels, to_pixels
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.stages.context import StageContext, tensor_decode
 from mapcap.tasks.stages.embeddings import embed_views, view_key
 from mapcap.storage.writer import shard_name
 
@@ -44,11 +44,9 @@ DEVICE_IMAGES = 64  # full-size images decoded on the GPU at once for cutting cr
 
 
 def device_geometry(lm: LoadedModel, captioner) -> Geometry | None:
-    """Crops cut and preprocessed on the GPU (no PIL decode, crop or resize on the CPU) when the run is on CUDA,
-    the captioner reads only embeddings and the preprocess is a plain resize, crop and normalise."""
-    if not lm.spec.device.startswith("cuda") or captioner.needs_crops:
-        return None
-    return geometry(lm.preprocess)
+    """Crops cut and preprocessed on the GPU (no PIL decode, crop or resize on the CPU) where the shard's images
+    are decoded there (context.tensor_decode) and the captioner reads only embeddings."""
+    return None if captioner.needs_crops else tensor_decode(lm.preprocess, lm.spec.device)
 
 
 def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[tuple], images: dict[str, dict],
