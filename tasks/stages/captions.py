@@ -14,7 +14,7 @@ from PIL import Image
 
 from mapcap.storage.manifest import annotations
 from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner, square_box
-from mapcap.tasks.decode import Geometry, crop_pixels, to_pixels
+from mapcap.tasks.decode import Geometry, crop_batch, to_pixels
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
@@ -64,9 +64,10 @@ def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[
         pics = ctx.device_images({i: images[i]["path"] for i in part}, lm.spec.device)  # (3, H, W) uint8 each
         unreadable |= set(part) - set(pics)
         for iid, rgb in pics.items():
-            for n in todo[iid]:
-                bbox = chunk[n][2]
-                crops[n] = to_pixels(rgb, geo) if bbox is None else crop_pixels(rgb, square_box(bbox, context), geo)
+            boxed = [n for n in todo[iid] if chunk[n][2] is not None]
+            crops |= {n: to_pixels(rgb, geo) for n in todo[iid] if chunk[n][2] is None}
+            if boxed:
+                crops |= zip(boxed, crop_batch(rgb, [square_box(chunk[n][2], context) for n in boxed], geo))
     keep = [n for n, j in enumerate(chunk) if j[3] in ctx.memo or n in crops]
     return [chunk[n] for n in keep], [crops.get(n) for n in keep]
 

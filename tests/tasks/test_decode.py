@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from mapcap.tasks.data import load_image
-from mapcap.tasks.decode import decode_jpegs, geometry
+from mapcap.tasks.decode import decode_jpegs, geometry, to_pixels
 from mapcap.tasks.zeroshot import classify_pixels, text_classifier
 from mapcap.toy.dataset import make_scene
 from mapcap.toy.shapes import SHAPES
@@ -57,7 +57,6 @@ def test_tensor_decode_gives_the_same_predictions(files, toy_model):
 def test_same_size_images_resized_together_equal_one_at_a_time(files, toy_model, tmp_path):
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from mapcap.tasks.decode import to_pixels
     geo = geometry(toy_model.preprocess)
     same = [str(tmp_path / f"{i}.jpg") for i in range(5)]
     for i, p in enumerate(same):  # five 500×375 scenes: one batch
@@ -98,23 +97,32 @@ def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkey
     assert pix[ids[files[0]]] is cached and ctx.cache.get(("path", files[0])) is None  # never through PIL
 
 
+BOXES = [(200, 150, 260, 230), (0, 0, 90, 40), (430, 300, 500, 375), (10, 200, 480, 370), (-30, 5, 40, 60)]
+
+
 @pytest.mark.parametrize("model", ["toy", "ViT-B-16"])
-@pytest.mark.parametrize("bbox", [(200, 150, 260, 230), (0, 0, 90, 40), (430, 300, 500, 375), (10, 200, 480, 370)])
-def test_crops_cut_as_tensors_match_the_pil_crops(files, model, bbox, toy_model):
-    """A region's square crop with context (filled with the mean colour where it leaves the image), cut and
-    preprocessed as tensor ops, matches crop_region + the PIL preprocess."""
+def test_crops_cut_as_tensors_match_the_pil_crops(files, model, toy_model):
+    """Regions' square crops with context (filled with the mean colour where they leave the image), cut and
+    preprocessed as matrix products in one call, match crop_region + the PIL preprocess, and the canvas + resize
+    kernel they replace to within one 8-bit step."""
     import open_clip
 
     from mapcap.tasks.captioners.base import crop_region, square_box
-    from mapcap.tasks.decode import crop_pixels
+    from mapcap.tasks.decode import crop_batch
     preprocess = toy_model.preprocess if model == "toy" else open_clip.create_model_and_transforms(model)[2]
     geo = geometry(preprocess)
     img, _ = load_image(files[0])  # 500×375
     rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-    got = crop_pixels(rgb, square_box(bbox, 1.0), geo)
-    ref = preprocess(crop_region(img, bbox, 1.0))
-    assert got.shape == ref.shape
-    assert (got - ref).abs().mean() < 0.02 and (got - ref).abs().max() < 0.5
+    got = crop_batch(rgb, [square_box(b, 1.0) for b in BOXES], geo)  # (K, 3, S, S)
+    step = 1 / 255 / min(geo.std) + 1e-4  # one 8-bit step, normalised
+    for k, bbox in enumerate(BOXES):
+        ref = preprocess(crop_region(img, bbox, 1.0))
+        assert got[k].shape == ref.shape
+        assert (got[k] - ref).abs().mean() < 0.02 and (got[k] - ref).abs().max() < 0.5, bbox
+        canvas = torch.from_numpy(np.array(crop_region(img, bbox, 1.0))).permute(2, 0, 1)  # the PIL canvas
+        direct = to_pixels(canvas, geo)  # resized by torch's kernel
+        assert (got[k] - direct).abs().max() <= step, bbox
+        assert (got[k] - direct).abs().mean() < 0.01 * step, bbox  # rounding flips only
 
 
 def test_exif_orientation_is_applied_as_the_pil_path_applies_it(tmp_path):
