@@ -25,12 +25,15 @@ def overlay(image: Image.Image, grid_map: np.ndarray, alpha: float = 0.5, cmap: 
 
 
 def overlay_row(image: Image.Image, maps: list[np.ndarray | None], titles: list[str], tile: int = 224,
-                boxes: list[list[tuple[int, int, int, int]]] | None = None) -> Image.Image:
+                boxes: list[list[tuple[int, int, int, int]]] | None = None,
+                size: tuple[int, int] | None = None) -> Image.Image:
     """One overlay per map side by side, each titled (a None map shows the plain image); optional region boxes
-    in image pixels. The image is scaled to the tile first and the maps drawn at tile size: blending at full
-    size cost 4 s per row for a 12-megapixel photo (the report draws a dozen rows, the explorer one per request)."""
+    in the pixels of the image as the file holds it, `size` (W, H) (default image.size: a thumbnail's boxes need
+    it). The image is scaled to the tile first and the maps drawn at tile size: blending at full size cost 4 s
+    per row for a 12-megapixel photo (the report draws a dozen rows, the explorer one per request)."""
     pad = 18
-    sx, sy = tile / image.size[0], tile / image.size[1]
+    full_w, full_h = size or image.size
+    sx, sy = tile / full_w, tile / full_h
     small = image.convert("RGB").resize((tile, tile), Image.BILINEAR)
     canvas = Image.new("RGB", (tile * len(maps), tile + pad), "white")
     draw = ImageDraw.Draw(canvas)
