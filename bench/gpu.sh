@@ -36,3 +36,5 @@ step 180 pipeline python3 bench/pipeline.py --folder "$data" --model ViT-B-16 --
   --stages classify relevancy regions captions --compare
 step 120 classify-compile python3 bench/classify.py --models ViT-B-16 --precision bf16 --batch 512 --iters 10 --n 512 \
   --compile
+step 240 pipeline-compile python3 bench/pipeline.py --folder "$data" --model ViT-B-16 --compile \
+  --stages classify relevancy regions captions --compare

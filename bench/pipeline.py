@@ -67,7 +67,7 @@ def params_for(args, dataset: str, out: str) -> ExplainParams:
                                             "captions": {"phrase_bank": str(phrase_bank_file())}}
     return ExplainParams.model_validate({"dataset": dataset, "model": args.model, "out": out, "device": args.device,
                                          "shard_size": args.shard_size, "run_name": "bench", "stages": args.stages,
-                                         "workers": args.workers, **extra})
+                                         "workers": args.workers, "compile": args.compile, **extra})
 
 
 def plain_loop(resolved, out: str, workers: int | None, in_flight: int = SHARDS_IN_FLIGHT,
@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, help="threads per shard (default: one per core, at most 16)")
     ap.add_argument("--stages", nargs="+", help="stages to run (default: every stage the run can do)")
     ap.add_argument("--compare", action="store_true", help="add the H100 reference numbers")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the image tower (the run parameter "
+                    "`compile`; compiled during the warm-up run, which the table does not count)")
     ap.add_argument("--profile", metavar="FILE", help="run the plain loop's shards one by one under cProfile, "
                     "top functions to FILE (its wall time is then not comparable with the flow's)")
     args = ap.parse_args()
@@ -126,7 +128,9 @@ def main() -> None:
     resolved = params.resolve()
     n = resolved.plan.n_images
     with flow_settings():  # as `mapcap run` runs it on the temporary server
-        explain(params)  # warm-up: models load once per process, as in a long run
+        t0 = time.perf_counter()
+        explain(params)  # warm-up: models load (and compile) once per process, as in a long run
+        warm_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         explain(params.model_copy(update={"force": True}))
         flow_s = time.perf_counter() - t0
@@ -136,7 +140,8 @@ def main() -> None:
     print(f"{n} images in {len(resolved.plan.shards)} shard(s), model {resolved.plan.model.name} on "
           f"{resolved.plan.model.device}/{resolved.plan.model.precision}; skipped: "
           f"{[s for s, _ in resolved.skipped] or 'none'}")
-    print(f"{SHARDS_IN_FLIGHT} shard(s) in flight; a stage's seconds are summed over its shards")
+    print(f"{SHARDS_IN_FLIGHT} shard(s) in flight; a stage's seconds are summed over its shards; the warm-up run "
+          f"(model loads{', torch.compile' if args.compile else ''}) took {warm_s:.1f} s")
     head = ["stage", "seconds (plain loop)", "images/s", "seconds (in the flow)"] + (["H100 reference"] if
                                                                                        args.compare else [])
     rows = []

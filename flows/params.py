@@ -140,6 +140,11 @@ class ExplainParams(BaseModel):
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on GPU, "
                                                                                    "fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the image tower for passes without relevancy maps "
+                                             "(crop embeddings; classification when no Chefer map shares its pass), "
+                                             "compiled on its first batch, once per process. One H200 ran ViT-B-16's "
+                                             "forward at 6,941 img/s eager, 10,475 compiled (bf16, batch 512): it "
+                                             "pays only on a GPU, for runs of hundreds of thousands of images")
     out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
     run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished work")
     force: bool = Field(False, description="redo work that is already complete")

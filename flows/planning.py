@@ -189,7 +189,7 @@ BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {
 def resolve_run(p) -> Resolved:
     """Plan the run and build the config of every stage it will run; see the module doc."""
     plan = plan_run(p.dataset, p.class_map, p.model, p.pretrained, p.classify.templates, p.shard_size, p.device,
-                    p.precision, p.run_name, p.redo_classes, p.out)
+                    p.precision, p.run_name, p.redo_classes, p.out, p.compile)
     explicit = p.stages is not None
     picked = check_stage_list(list(p.stages)) if explicit else stage_order()
     bank, bank_reason = concept_bank(p, plan)

@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +34,9 @@ class ModelSpec:
     pretrained: str  # open_clip tag ('laion2b_s34b_b88k'), a local checkpoint path, or '' for random weights
     device: str  # 'cpu', 'cuda', 'cuda:1'
     precision: str  # 'fp32' | 'bf16' | 'fp16' (autocast dtype for the forward pass)
+    # torch.compile the image tower of passes without maps (embeddings; classification when no Chefer map shares
+    # its pass); left out of stored configs and hashes while off, so results made before it existed still match
+    compile: bool = field(default=False, metadata={"omit_default": True})
 
 
 @dataclass
@@ -42,6 +45,7 @@ class LoadedModel:
     model: Any  # open_clip.CLIP, eval mode, on spec.device
     preprocess: Callable  # PIL image -> (3, H, W) float tensor
     tokenizer: Callable  # list[str] -> (N, context_length) long tensor
+    tower: Callable | None = None  # model.visual under torch.compile (spec.compile), for passes without maps
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -74,7 +78,8 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def resolve_spec(name: str, pretrained: str, device: str = "auto", precision: str = "auto") -> ModelSpec:
+def resolve_spec(name: str, pretrained: str, device: str = "auto", precision: str = "auto",
+                 compile: bool = False) -> ModelSpec:
     """Validate a model name / pretrained pair and name what exists when it is wrong."""
     load_plugins()  # plugins register their open_clip configs and presets (the toy world: 'toy')
     if (p := preset(name)) is not None:
@@ -93,11 +98,31 @@ def resolve_spec(name: str, pretrained: str, device: str = "auto", precision: st
                              f"known tags: {tags or 'none (pass a local checkpoint path)'}")
     dev = resolve_device(device)
     return ModelSpec(name, str(Path(pretrained).resolve()) if pretrained and os.path.isfile(pretrained) else pretrained,
-                     dev, resolve_precision(precision, dev))
+                     dev, resolve_precision(precision, dev), compile)
 
 
 _CACHE: dict[ModelSpec, LoadedModel] = {}
 _LOCK = threading.Lock()
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for ModelSpec.compile (the tests trace with a cheaper one)
+
+
+def compiled_tower(model: Any) -> Callable:
+    """model.visual under torch.compile; `image_features` marks the batch dimension dynamic: shards' last batches
+    and captions' crop batches vary in size, and each static size would compile again (eager after 8).
+    Compiled on its first call, once per process; the module itself stays eager for the relevancy passes,
+    which swap its attention modules."""
+    return torch.compile(model.visual, backend=COMPILE_BACKEND, dynamic=False)
+
+
+def image_features(lm: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, D) raw image embeddings of pixels on the device: `encode_image`, through the compiled tower when
+    spec.compile."""
+    if lm.tower is None:
+        return lm.model.visual(pixels)
+    if len(pixels) == 1:  # a batch of one would compile a graph of its own: run it as a pair
+        return lm.tower(torch.cat([pixels, pixels]))[:1]
+    torch._dynamo.mark_dynamic(pixels, 0)  # the batch size only: one graph for every batch size
+    return lm.tower(pixels)
 
 
 def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callable]:
@@ -118,7 +143,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             log.info("loading %s (%s) on %s", spec.name, spec.pretrained or "random weights", spec.device)
             model, preprocess, tokenizer = create_clip(spec.name, spec.pretrained)
             model = model.to(spec.device).eval()
-            _CACHE[spec] = LoadedModel(spec, model, preprocess, tokenizer)
+            _CACHE[spec] = LoadedModel(spec, model, preprocess, tokenizer, compiled_tower(model) if spec.compile
+                                       else None)
             settle_heap()
         return _CACHE[spec]
 
@@ -167,7 +193,7 @@ def encode_images(lm: LoadedModel, crops: list[Image.Image], normalize: bool = T
 def encode_pixels(lm: LoadedModel, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """(N, D) image embeddings of preprocessed pixels (N, 3, S, S), unit length unless normalize=False."""
     with model_lock(lm.model), autocast(lm):
-        emb = lm.model.encode_image(pixels.to(lm.spec.device, non_blocking=True)).float()
+        emb = image_features(lm, pixels.to(lm.spec.device, non_blocking=True)).float()
     return F.normalize(emb, dim=-1) if normalize else emb
 
 

@@ -57,10 +57,10 @@ def make_run_id(run_name: str | None, params_hash: str) -> str:
 
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
              shard_size: int | None, device: str, precision: str, run_name: str | None,
-             redo_classes: list[str] | None = None, root: str | None = None) -> RunPlan:
+             redo_classes: list[str] | None = None, root: str | None = None, compile: bool = False) -> RunPlan:
     """The dataset, model, templates and shards of a run, validated before any shard starts (with the fix).
     A run already under `root` keeps the shard count it was planned with, so its shards stay stable."""
-    spec = resolve_spec(model, pretrained, device, precision)
+    spec = resolve_spec(model, pretrained, device, precision, compile)
     tpl = resolve_templates(templates)
     # a plugin's named dataset ('toy'), else a path, made absolute: stage configs hold it (its manifest's masks),
     # so `mapcap run data` and a deployment's `/srv/data` must name the same dataset or nothing is reused

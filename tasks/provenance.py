@@ -47,8 +47,9 @@ def library_versions() -> dict[str, str]:
 
 
 def to_jsonable(obj):
-    if dataclasses.is_dataclass(obj):
-        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if dataclasses.is_dataclass(obj):  # a field marked omit_default is left out while it has its default
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mapcap.storage.schemas import SCHEMAS
 from mapcap.tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
-from mapcap.tasks.models import LoadedModel, autocast, encode_texts, in_batches, model_lock
+from mapcap.tasks.models import LoadedModel, autocast, encode_texts, image_features, in_batches, model_lock
 
 ENSEMBLE = "ensemble"  # the template name of the ensemble rows in `predictions`
 
@@ -77,7 +77,7 @@ def classify_pixels(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Ten
     """(R, B, C) class probabilities of a preprocessed batch (B, 3, H, W) (see `probabilities`)."""
     dev = lm.spec.device
     with model_lock(lm.model), autocast(lm):
-        img = lm.model.encode_image(pixels.to(dev, non_blocking=True))  # (B, D)
+        img = image_features(lm, pixels.to(dev, non_blocking=True))  # (B, D)
     return probabilities(lm, img, classifier, descriptions)
 
 

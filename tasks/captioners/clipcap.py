@@ -63,7 +63,8 @@ class ClipCapCaptioner(Captioner):
         self.model, self.tok = _load(path, cfg.tokenizer, lm.spec.device)
         mc = self.model.cfg
         if mc.clip_model:
-            lm = load_model(resolve_spec(mc.clip_model, mc.clip_pretrained, lm.spec.device, lm.spec.precision))
+            lm = load_model(resolve_spec(mc.clip_model, mc.clip_pretrained, lm.spec.device, lm.spec.precision,
+                                           lm.spec.compile))
         width = getattr(lm.model.visual, "output_dim", None)
         if width is not None and width != mc.prefix_size:
             raise ValueError(f"ClipCap {path} maps {mc.prefix_size}-d CLIP embeddings but {lm.spec.name} makes "

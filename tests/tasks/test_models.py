@@ -52,3 +52,35 @@ def test_in_batches_halves_the_batch_on_cuda_oom_and_loses_nothing():
     assert calls[:3] == [10, 8, 4] and max(calls[3:]) <= 2  # 16 → 8 → 4 → 2, then on at 2
     with pytest.raises(torch.cuda.OutOfMemoryError):
         in_batches(3, 1, lambda i, j: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("always")))
+
+
+def test_a_compiled_image_tower_gives_the_eager_embeddings_with_one_graph(monkeypatch, toy_model):
+    """ModelSpec.compile: encode_pixels through torch.compile equals the eager tower, for batch sizes that differ
+    (one graph: the batch dimension is dynamic; a batch of one runs as a pair). Traced with aot_eager here:
+    Dynamo's capture and guards as with inductor, without inductor's C++ build (minutes on 2 cores)."""
+    import dataclasses
+
+    import torch._dynamo
+
+    from mapcap.tasks import models
+    from mapcap.tasks.models import encode_pixels
+    monkeypatch.setattr(models, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(models, "_CACHE", {})  # a model of its own, dropped after the test
+    lm = load_model(dataclasses.replace(toy_model.spec, compile=True))
+    assert lm.tower is not None and lm.model is not toy_model.model
+    x = torch.randn(7, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    first = encode_pixels(lm, x, False)
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # a second graph would raise
+    for n in (7, 3, 5, 1):
+        assert torch.allclose(encode_pixels(lm, x[:n], False), encode_pixels(toy_model, x[:n], False), atol=1e-5), n
+    assert torch.allclose(first, encode_pixels(toy_model, x, False), atol=1e-5)
+
+
+def test_compile_stays_out_of_stored_configs_while_off():
+    """A field added to ModelSpec leaves the configs (and hashes) of results made before it unchanged."""
+    from mapcap.tasks.models import ModelSpec
+    from mapcap.tasks.provenance import config_json, from_jsonable, to_jsonable
+    off, on = ModelSpec("m", "", "cpu", "fp32"), ModelSpec("m", "", "cpu", "fp32", compile=True)
+    assert config_json(off) == '{"device": "cpu", "name": "m", "precision": "fp32", "pretrained": ""}'
+    assert to_jsonable(on)["compile"] is True
+    assert from_jsonable(ModelSpec, to_jsonable(off)) == off and from_jsonable(ModelSpec, to_jsonable(on)) == on
