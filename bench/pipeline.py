@@ -154,6 +154,10 @@ def main() -> None:
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head, ["-" * w for w in widths]] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    print("where the flow's stage seconds went (summed over shards; GPU work waited for at the end of each part):")
+    for name, rec in flow_stages.items():
+        if rec.get("phases"):
+            print(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rec["phases"].items()))
     print(f"Prefect's share of the flow's wall time: {max(0.0, 1 - plain_s / flow_s):.0%} "
           f"(flow {flow_s:.1f} s vs plain loop {plain_s:.1f} s)")
 

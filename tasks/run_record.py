@@ -12,6 +12,15 @@ from mapcap.tasks.provenance import code_version, library_versions, to_jsonable
 from mapcap.tasks.sharding import SCHEME
 
 
+def phase_seconds(parts: list[dict]) -> dict[str, float]:
+    """{phase: seconds summed over the shards} of a stage's parts (StageContext.phase, and the driver's write)."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.get("phases", {}).items():
+            out[k] = out.get(k, 0.0) + v
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dict]) -> dict[str, dict]:
     """Per stage: what ran, what was reused (complete shards; rows copied from earlier runs by content), what
     was skipped and why, rows, failures and seconds (timings)."""
@@ -21,6 +30,7 @@ def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dic
         out[sp.name] = {"status": "ran", "shards_computed": sum(not s["skipped"] for s in parts),
                         "shards_reused": sum(s["skipped"] for s in parts),
                         "seconds": round(sum(s["seconds"] for s in parts), 3),
+                        "phases": phase_seconds(parts),
                         "rows": {t: sum(s["rows"].get(t, 0) for s in parts) for t in
                                  dict.fromkeys(k for s in parts for k in s["rows"])},
                         "rows_reused": {t: sum(s.get("reused_rows", {}).get(t, 0) for s in parts) for t in
@@ -28,7 +38,8 @@ def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dic
     for sp in resolved.run_stages:
         r = run_results.get(sp.name)
         out[sp.name] = {"status": "pending"} if r is None else {
-            "status": "ran", "reused": r["skipped"], "seconds": round(r["seconds"], 3), "rows": r["rows"]}
+            "status": "ran", "reused": r["skipped"], "seconds": round(r["seconds"], 3), "rows": r["rows"],
+            "phases": phase_seconds([r])}
     for what, why in resolved.skipped:
         out[what] = {"status": "skipped", "reason": why}
     return out

@@ -118,24 +118,28 @@ class Captions(Stage):
         unreadable: set[str] = set()
         for b in range(0, len(jobs), step):
             chunk = jobs[b:b + step]
-            if geo is None:
-                crops = ctx.map(crop, chunk)
-            else:
-                chunk, crops = device_crops(ctx, lm, geo, chunk, images, cfg.context, unreadable)
-                if not chunk:
-                    continue
+            with ctx.phase("crops", lm.spec.device):
+                if geo is None:
+                    crops = ctx.map(crop, chunk)
+                else:
+                    chunk, crops = device_crops(ctx, lm, geo, chunk, images, cfg.context, unreadable)
+            if not chunk:
+                continue
             # (B, D): once, for the captioner and CLIPScore; views the shard's classify or concepts stage embedded
             # already are not encoded again
-            raw = embed_views(ctx, [v for *_, v in chunk], crops, encode, raw=True)
-            emb = F.normalize(raw, dim=-1)  # unit rows
-            texts = captioner.caption_embedded(crops, raw)
-            scores = clipscore(lm, crops, texts, image_emb=emb)  # (B,)
-            with_ref = [j for j, (_, iid, _, _) in enumerate(chunk) if images[iid]["path"] in refs]
-            ref_scores = dict(zip(with_ref, ref_clipscore(
-                lm, [crops[j] for j in with_ref], [texts[j] for j in with_ref],
-                [refs[images[chunk[j][1]]["path"]] for j in with_ref], scores=scores[with_ref]).tolist())) \
-                if with_ref else {}
-            scores = scores.tolist()
+            with ctx.phase("embed", lm.spec.device):
+                raw = embed_views(ctx, [v for *_, v in chunk], crops, encode, raw=True)
+                emb = F.normalize(raw, dim=-1)  # unit rows
+            with ctx.phase("caption", lm.spec.device):
+                texts = captioner.caption_embedded(crops, raw)
+            with ctx.phase("score", lm.spec.device):
+                scores = clipscore(lm, crops, texts, image_emb=emb)  # (B,)
+                with_ref = [j for j, (_, iid, _, _) in enumerate(chunk) if images[iid]["path"] in refs]
+                ref_scores = dict(zip(with_ref, ref_clipscore(
+                    lm, [crops[j] for j in with_ref], [texts[j] for j in with_ref],
+                    [refs[images[chunk[j][1]]["path"]] for j in with_ref], scores=scores[with_ref]).tolist())) \
+                    if with_ref else {}
+                scores = scores.tolist()
             for j, ((keys, iid, _, _), text, score) in enumerate(zip(chunk, texts, scores)):
                 rows += [{"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard, **key,
                           "captioner": cfg.captioner.name, "text": text, "clipscore": score,

@@ -42,7 +42,9 @@ class Classify(Stage):
         classifier = text_classifier(lm, cfg.classes, cfg.templates)  # (T + 1, C, D)
         descriptions = description_classifier(lm, cfg.bank) if cfg.bank else None
         images, good = [], []
-        for item, image_id, size in ctx.decode_items(lm.preprocess, cfg.model.device):
+        with ctx.phase("decode", cfg.model.device):
+            decoded = ctx.decode_items(lm.preprocess, cfg.model.device)
+        for item, image_id, size in decoded:
             images.append({"run_id": ctx.run_id, "image_id": image_id, "path": item.path, "label": item.label,
                            "shard": ctx.shard, "width": size[0] if size else None,
                            "height": size[1] if size else None})
@@ -52,18 +54,23 @@ class Classify(Stage):
         preds = []
         for b in range(0, len(good), cfg.batch_size):
             chunk = good[b:b + cfg.batch_size]
-            pix = ctx.pixels_of(lm.preprocess, {iid: path for iid, _, path in chunk})
-            pixels = torch.stack([pix[iid] for iid, _, _ in chunk])  # (B, 3, H, W)
-            if pixels.device.type == "cpu" and cfg.model.device.startswith("cuda"):
-                pixels = pixels.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
-            probs = self._explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) if starts else None
-            if probs is None:  # the plain path (its batches halve on CUDA out-of-memory)
-                raw = in_batches(len(chunk), len(chunk), lambda i, j: encode_pixels(lm, pixels[i:j], False))  # (B, D)
-                with torch.no_grad():
-                    probs = probabilities(lm, F.normalize(raw, dim=-1), classifier, descriptions)  # (R, B, C)
-                remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], raw)
-            preds.append(prediction_table(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
-                                          cfg.classes, cfg.templates, probs, cfg.top_k))
+            with ctx.phase("pixels"):  # PIL-decoded images preprocessed (the GPU path's are ready)
+                pix = ctx.pixels_of(lm.preprocess, {iid: path for iid, _, path in chunk})
+                pixels = torch.stack([pix[iid] for iid, _, _ in chunk])  # (B, 3, H, W)
+                if pixels.device.type == "cpu" and cfg.model.device.startswith("cuda"):
+                    pixels = pixels.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
+            with ctx.phase("model", cfg.model.device):
+                probs = self._explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) if starts \
+                    else None
+                if probs is None:  # the plain path (its batches halve on CUDA out-of-memory)
+                    raw = in_batches(len(chunk), len(chunk),
+                                     lambda i, j: encode_pixels(lm, pixels[i:j], False))  # (B, D)
+                    with torch.no_grad():
+                        probs = probabilities(lm, F.normalize(raw, dim=-1), classifier, descriptions)  # (R, B, C)
+                    remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], raw)
+            with ctx.phase("rows"):
+                preds.append(prediction_table(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
+                                              cfg.classes, cfg.templates, probs, cfg.top_k))
         return {"images": images, "predictions": pa.concat_tables(preds) if preds else schema_for("predictions")
                 .empty_table()}
 

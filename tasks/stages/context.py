@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -84,6 +86,20 @@ class StageContext:
         self.failures: Rows = []
         self.pending: dict[str, Any] = {}  # {stage: config} this chain will compute (set by the driver)
         self.memo: dict[tuple, Any] = {}  # results a stage computed for a later one of the chain
+        self.phases: dict[str, float] = {}  # seconds of the current stage's parts (`phase`), set by the driver
+
+    @contextmanager
+    def phase(self, name: str, device: str = "cpu"):
+        """Time a part of the current stage (summed over calls; logged with the stage's line and kept in the run's
+        record), to say where a stage's seconds go. On a CUDA `device` the work it queued is waited for at the
+        end, so GPU time counts where it is spent, not where the next copy to the host waits for it."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
 
     # tables -------------------------------------------------------------------------------------------------
     def table(self, name: str, where: dict[str, Any] | None = None, columns: tuple[str, ...] | None = None) -> Rows:

@@ -65,8 +65,9 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
         return {"skipped": True, "hash": chash, "seconds": 0.0,
                 "rows": {t: count_rows(ctx.root, t, ctx.run_id, n) for t, n in files}}
     t0 = time.perf_counter()
-    ctx.stage, ctx.failures = stage.name, []
+    ctx.stage, ctx.failures, ctx.phases = stage.name, [], {}
     out, reused, reuse_meta = reuse.compute(stage, cfg, ctx, files, reuse_hash, force)
+    t_write = time.perf_counter()
     failures = with_rows(out.pop("failures", []), ctx.failures)
     blobs = out.pop("files", {})
     unknown = set(out) - set(stage.writes)
@@ -83,10 +84,12 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
                     extra_meta=reuse_meta)
         ctx.outputs[table] = rows
     seconds = time.perf_counter() - t0
+    phases = ctx.phases | {"write": time.perf_counter() - t_write}
     counts = {"failures": len(failures)} | {t: len(out.get(t, [])) for t in stage.writes}
-    ctx.log.info("%s %s: %s in %.2f s", where, stage.name, ", ".join(f"{n} {t}" for t, n in counts.items()),
-                 seconds)
-    return {"skipped": False, "hash": chash, "seconds": seconds, "rows": counts, "reused_rows": reused}
+    ctx.log.info("%s %s: %s in %.2f s (%s)", where, stage.name, ", ".join(f"{n} {t}" for t, n in counts.items()),
+                 seconds, ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    return {"skipped": False, "hash": chash, "seconds": seconds, "rows": counts, "reused_rows": reused,
+            "phases": phases}
 
 
 def with_rows(rows: Rows | pa.Table, more: Rows) -> Rows | pa.Table:

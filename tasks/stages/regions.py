@@ -46,7 +46,8 @@ class Regions(Stage):
 
         jobs = [(r["map"], r["grid"], (images[r["image_id"]]["width"], images[r["image_id"]]["height"]), cfg.segment,
                  pictures.get(r["image_id"])) for r in first.values()]
-        done = dict(zip(first, ctx.map_processes(segment_job, jobs)))  # scikit-image holds the GIL: processes
+        with ctx.phase("segment"):  # scikit-image holds the GIL: processes
+            done = dict(zip(first, ctx.map_processes(segment_job, jobs)))
         rows = []
         for r in maps:
             img = images[r["image_id"]]

@@ -57,7 +57,8 @@ class Relevancy(Stage):
                 chunk = todo[b:b + cfg.batch_size]
                 pix = torch.stack([pixels[i] for i, _ in chunk])  # (B, 3, H, W)
                 txt = text[[cfg.classes.index(c) for _, c in chunk]]  # (B, D)
-                found.update(zip(chunk, relevancy_maps(lm, method, pix, txt, start, cfg.batch_size)))  # (g, g) each
+                with ctx.phase("maps", cfg.model.device):
+                    found.update(zip(chunk, relevancy_maps(lm, method, pix, txt, start, cfg.batch_size)))  # (g, g)
             done: dict[tuple[str, str], torch.Tensor] = {}
             for pair in pairs:
                 if torch.isfinite(found[pair]).all():

@@ -1,4 +1,5 @@
 """What every new user does first: `mapcap run` with default settings on a folder of ordinary photos."""
+import json
 import shutil
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def test_default_run_on_photos_does_every_stage_it_can(prefect_harness, photos, 
     assert (Path(out) / "reports" / "photos.html").stat().st_size > 10_000
     stages = run_sql(con, "SELECT stages_json FROM runs").column("stages_json")[0].as_py()
     assert '"concepts": {"reason": "the model' in stages and '"status": "skipped"' in stages
+    record = json.loads(stages)  # where each stage's seconds went, summed over shards
+    for stage, parts in {"classify": {"decode", "pixels", "model", "rows", "write"}, "regions": {"segment", "write"},
+                         "captions": {"crops", "embed", "caption", "score", "write"}}.items():
+        phases = record[stage]["phases"]
+        assert set(phases) == parts, stage
+        assert 0 < sum(phases.values()) <= record[stage]["seconds"] + 0.01, stage
     templates = run_sql(con, "SELECT DISTINCT template FROM predictions").column("template").to_pylist()
     assert "descriptors" not in templates  # description-based classification off: no bank for these classes
 
