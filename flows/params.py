@@ -69,8 +69,9 @@ class CaptionsParams(Section):
     prompt: str | None = Field(None, description="hf: text prompt for conditional models (BLIP: 'a picture of')")
     top_k: int = Field(1, ge=1, description="regions per map to caption")
     context: float = Field(1.0, ge=0, description="crop context around a region, × its size")
-    batch_size: int | None = Field(None, ge=1, description="crops per captioning call (default: 256 on a GPU, 32 on "
-                                                           "CPU)")
+    batch_size: int | None = Field(None, ge=1, description="crops per captioning call (default on a GPU: 512, 256 "
+                                                           "for hf models; 32 on CPU). One H200 captioned 458/s "
+                                                           "with GPT-2-small ClipCap in batches of 64, 3,663/s in 512")
 
 
 class ConceptsParams(Section):

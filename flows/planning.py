@@ -138,7 +138,7 @@ def _concepts(p, f: Facts) -> ConceptsConfig:
 def captioner_config(p, device: str) -> CaptionerConfig:
     c = p.captions
     return CaptionerConfig(c.captioner, c.path, c.tokenizer, c.phrase_bank, c.phrases, c.beams, c.max_tokens, c.prompt,
-                           c.batch_size or default_batch(device, 32, 256))
+                           c.batch_size or default_batch(device, 32, 256 if c.captioner == "hf" else 512))
 
 
 def _captions(p, f: Facts) -> CaptionsConfig:
