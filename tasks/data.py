@@ -127,6 +127,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+FULL_SIZE = "mapcap.full_size"  # Image.info key: (W, H) of the file's image, on images decoded at a reduced scale
+
+
+def full_size(image: Image.Image) -> tuple[int, int]:
+    """(W, H) of the image as the file holds it (after its EXIF turn), also for one decoded with `draft`."""
+    return image.info.get(FULL_SIZE, image.size)
+
+
 def load_image(path: str, draft: int | None = None) -> tuple[Image.Image, str]:
     """Decode one image as RGB with its content id; any problem raises ImageLoadError naming the file.
     `draft`: see decode_image."""
@@ -139,16 +147,21 @@ def load_image(path: str, draft: int | None = None) -> tuple[Image.Image, str]:
 
 def decode_image(data: bytes, name: str, draft: int | None = None) -> tuple[Image.Image, str]:
     """Image bytes (a file's, an upload's) → RGB image and content id; ImageLoadError naming `name`.
-    `draft`: for pictures to look at, not to compute on: a JPEG is decoded at a reduced scale (libjpeg's 1/2,
-    1/4 or 1/8, as PIL's draft picks it) that keeps both sides ≥ draft pixels (a 12-megapixel photo ~5-10×
-    faster); the image is then smaller than the file's."""
+    `draft`: a JPEG is decoded at a reduced scale (libjpeg's 1/2, 1/4 or 1/8, as PIL's draft picks it) that keeps
+    both sides ≥ draft pixels (a 12-megapixel photo ~5-10× faster), for model-resolution pixels and pictures to
+    look at; the image is then smaller than the file's, and `full_size` gives the file's."""
     image_id = image_id_of(data)
     try:
         im = Image.open(io.BytesIO(data))  # bytes in memory: no file to close (closing would free the pixels)
+        full = im.size
         if draft:
             im.draft("RGB", (draft, draft))  # a no-op for formats other than JPEG
         im.load()
         rgb = to_rgb(im)
+        if rgb.size != im.size:  # turned a quarter by its EXIF orientation
+            full = full[::-1]
+        if rgb.size != full:
+            rgb.info[FULL_SIZE] = full
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         err = ImageLoadError(f"cannot decode {name}: {type(e).__name__}: {e}")
         err.image_id = image_id

@@ -118,7 +118,7 @@ def image_features(lm: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """(B, D) raw image embeddings of pixels on the device: `encode_image`, through the compiled tower when
     spec.compile."""
     if lm.tower is None:
-        return lm.model.visual(pixels)
+        return lm.model.encode_image(pixels)
     if len(pixels) == 1:  # a batch of one would compile a graph of its own: run it as a pair
         return lm.tower(torch.cat([pixels, pixels]))[:1]
     torch._dynamo.mark_dynamic(pixels, 0)  # the batch size only: one graph for every batch size

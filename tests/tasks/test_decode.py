@@ -156,3 +156,38 @@ def test_decoding_a_few_files_at_a_time_gives_the_same_pixels(files, toy_model, 
     assert parts.pixels.keys() == whole.pixels.keys() and set(parts.misses) == set(whole.misses)
     assert parts.sizes == whole.sizes and parts.ids == whole.ids
     assert all(torch.allclose(parts.pixels[p], whole.pixels[p], atol=1e-6) for p in whole.pixels)
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_for_model_pixels_only(tmp_path, toy_model):
+    """On the PIL path a JPEG needed only at model resolution is decoded at a reduced DCT scale (both sides ≥ twice
+    the resize): the images table still gets the file's size (EXIF-turned), the pixels match a full decode's,
+    and a stage that crops (ctx.images) gets the full image. A JPEG no larger than that decodes once, whole."""
+    from mapcap.tasks.data import Item, full_size
+    from mapcap.tasks.stages.context import StageContext, draft_size
+    rng = np.random.default_rng(3)
+    scene = Image.fromarray(make_scene(rng, shape=SHAPES[2]).image)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a quarter turn clockwise: the file's 1600×1200 is shown 1200×1600
+    paths = [str(tmp_path / n) for n in ("big.jpg", "turned.jpg", "small.jpg")]
+    scene.resize((1600, 1200), Image.BICUBIC).save(paths[0], quality=92)
+    scene.resize((1600, 1200), Image.BICUBIC).save(paths[1], quality=92, exif=exif.tobytes())
+    scene.resize((200, 150), Image.BICUBIC).save(paths[2], quality=92)
+    pre = toy_model.preprocess
+    draft = draft_size(pre)
+    assert draft == 128  # the toy model resizes to 64
+    ctx = StageContext("memory://unused", "r", 0, [Item(p, "square") for p in paths], workers=2)
+    ctx.stage = "classify"
+    got = ctx.decode_items(pre)
+    assert [size for _, _, size in got] == [(1600, 1200), (1200, 1600), (200, 150)]
+    ids = {it.path: iid for it, iid, _ in got}
+    reduced = ctx.cache.get(("draft", draft, paths[0]))[0]
+    assert reduced.size == (200, 150) and full_size(reduced) == (1600, 1200)  # 1/8: both sides still ≥ 128
+    assert ctx.cache.get(("path", paths[0])) is None  # not decoded whole (yet)
+    assert ctx.cache.get(("path", paths[2])) is not None  # 200×150 is not reduced: cached as the full image
+    pix = ctx.pixels_of(pre, {ids[p]: p for p in paths})
+    for p in paths:
+        ref = pre(load_image(p)[0])
+        assert (pix[ids[p]] - ref).abs().mean() < 0.01 and (pix[ids[p]] - ref).abs().max() < 0.2, p
+    whole = ctx.images({ids[p]: p for p in paths[:2]})
+    assert [whole[ids[p]].size for p in paths[:2]] == [(1600, 1200), (1200, 1600)]
+    assert not ctx.failures

@@ -53,6 +53,7 @@ def test_insertion_shows_the_cells_deletion_removes():
 
     class Probe:  # a stand-in model that records what it is shown
         autocast_dtype = None
+        tower = None  # not compiled
 
         class spec:
             device = "cpu"
