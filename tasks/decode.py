@@ -196,7 +196,7 @@ def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8)
     return out
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=256)  # a shard's crops come in a few hundred sides; ≤ 1.2 MB each for ≤ 1,400 px
 def resize_weights(n: int, m: int, device: str) -> torch.Tensor:
     """(m, n): the antialiased bicubic resize of a length-n axis to length m as a matrix (torch's filter, PIL's
     too), read off by resizing the identity. A crop's resize is then two matrix products, whatever its size."""
