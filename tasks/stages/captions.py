@@ -144,4 +144,5 @@ class Captions(Stage):
                 rows += [{"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard, **key,
                           "captioner": cfg.captioner.name, "text": text, "clipscore": score,
                           "ref_clipscore": ref_scores.get(j)} for key in keys]
+            ctx.progress(b + step, len(jobs), "crops")
         return {"captions": rows}

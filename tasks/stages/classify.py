@@ -71,6 +71,7 @@ class Classify(Stage):
             with ctx.phase("rows"):
                 preds.append(prediction_table(ctx.run_id, ctx.shard, [c[0] for c in chunk], [c[1] for c in chunk],
                                               cfg.classes, cfg.templates, probs, cfg.top_k))
+            ctx.progress(b + len(chunk), len(good), "images")
         return {"images": images, "predictions": pa.concat_tables(preds) if preds else schema_for("predictions")
                 .empty_table()}
 

@@ -145,4 +145,5 @@ class Concepts(Stage):
                 mk |= faithfulness(probs[start:start + len(pert[i])], cfg.classes.index(preds[i]["pred"]),
                                    cfg.classes.index(preds[i]["label"]))
                 start += len(pert[i])
+            ctx.progress(c + len(chunk), len(ids), "images")
         return {"concepts": concept_rows, "mutual_knowledge": mk_rows}

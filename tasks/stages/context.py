@@ -69,6 +69,7 @@ def tensor_decode(preprocess: Callable, device: str) -> Geometry | None:
     return geometry(preprocess) if device.startswith("cuda") else None
 
 
+PROGRESS_SECONDS = 30.0  # a long stage logs how far it is at most this often
 DRAFT_FACTOR = 2  # JPEGs for model pixels decode at a reduced scale keeping both sides ≥ this × the resize
 
 
@@ -98,6 +99,24 @@ class StageContext:
         self.pending: dict[str, Any] = {}  # {stage: config} this chain will compute (set by the driver)
         self.memo: dict[tuple, Any] = {}  # results a stage computed for a later one of the chain
         self.phases: dict[str, float] = {}  # seconds of the current stage's parts (`phase`), set by the driver
+        self.started = self._reported = time.perf_counter()  # when the current stage started, last progress line
+
+    def begin(self, stage: str) -> None:
+        """The driver starts `stage` on this context: its failures, parts and progress start afresh."""
+        self.stage, self.failures, self.phases = stage, [], {}
+        self.started = self._reported = time.perf_counter()
+
+    def progress(self, done: int, total: int, unit: str = "images") -> None:
+        """Log how far the current stage is, at most every PROGRESS_SECONDS (a stage that ends sooner logs none):
+        on CPU with a large model a shard's stage runs for minutes between its start and its result line."""
+        now = time.perf_counter()
+        if now - self._reported < PROGRESS_SECONDS or not 0 < done < total:
+            return
+        self._reported = now
+        rate = done / max(now - self.started, 1e-9)
+        where = f"shard {self.shard}" if self.shard is not None else f"run {self.run_id}"
+        self.log.info("%s %s: %d/%d %s (%d %%, %.2f/s, about %.0f s left)", where, self.stage, done, total, unit,
+                      100 * done // total, rate, (total - done) / rate)
 
     @contextmanager
     def phase(self, name: str, device: str = "cpu"):

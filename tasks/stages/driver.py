@@ -65,7 +65,7 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
         return {"skipped": True, "hash": chash, "seconds": 0.0,
                 "rows": {t: count_rows(ctx.root, t, ctx.run_id, n) for t, n in files}}
     t0 = time.perf_counter()
-    ctx.stage, ctx.failures, ctx.phases = stage.name, [], {}
+    ctx.begin(stage.name)
     out, reused, reuse_meta = reuse.compute(stage, cfg, ctx, files, reuse_hash, force)
     t_write = time.perf_counter()
     failures = with_rows(out.pop("failures", []), ctx.failures)

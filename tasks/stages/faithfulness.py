@@ -72,7 +72,8 @@ class Faithfulness(Stage):
         def add(k: int, base: dict, metric: str, value: float) -> None:
             rows.append(base | {"image_id": ids[k], "metric": metric, "value": float(value)})
 
-        for method, start in cfg.variants:
+        for n_done, (method, start) in enumerate(cfg.variants):
+            ctx.progress(n_done, len(cfg.variants), f"map variants of {len(ids)} images")
             base = {"run_id": ctx.run_id, "shard": ctx.shard, "method": method, "start_layer": start}
             pmaps = relevancy_maps(lm, method, x, emb[pred], start)  # (B, g, g)
             curves = perturbation_curves(lm, x, pmaps, emb, pred, label, clean)

@@ -59,6 +59,7 @@ class Relevancy(Stage):
                 txt = text[[cfg.classes.index(c) for _, c in chunk]]  # (B, D)
                 with ctx.phase("maps", cfg.model.device):
                     found.update(zip(chunk, relevancy_maps(lm, method, pix, txt, start, cfg.batch_size)))  # (g, g)
+                ctx.progress(b + len(chunk), len(todo), f"{method} maps")
             done: dict[tuple[str, str], torch.Tensor] = {}
             for pair in pairs:
                 if torch.isfinite(found[pair]).all():

@@ -57,6 +57,22 @@ def test_classify_every_image_is_a_prediction_or_a_failure(classified):
     assert {r["template"] for r in out["predictions"]} == {*TEMPLATES, "ensemble"}
 
 
+def test_a_long_stage_logs_how_far_it_is(toy_model, tiny, monkeypatch, caplog):
+    """Between a stage's start and its result line, progress lines (rate-limited; here every batch)."""
+    import logging
+
+    from mapcap.tasks.stages import context
+    monkeypatch.setattr(context, "PROGRESS_SECONDS", 0.0)
+    classes, items = tiny
+    ctx = ctx_with(items)
+    ctx.begin("classify")
+    with caplog.at_level(logging.INFO, logger=context.__name__):
+        get_stage("classify").compute(ClassifyConfig(toy_model.spec, classes, TEMPLATES, batch_size=2), ctx)
+    lines = [r.getMessage() for r in caplog.records if "images (" in r.getMessage()]
+    assert lines[0].startswith("shard 0 classify: 2/5 images (40 %, ") and lines[-1].startswith("shard 0 classify: 4/5")
+    assert "s left)" in lines[0] and len(lines) == 2  # not at 0 and not at the end (the stage's own line says it)
+
+
 def test_classify_with_a_bank_adds_description_rows(toy_model, tiny):
     classes, items = tiny
     bank = resolve_bank(None, toy_model.spec.name, classes)
