@@ -210,10 +210,22 @@ def test_runs_on_the_temporary_server_send_no_heartbeats(prefect_harness):
         assert get_current_settings().flows.heartbeat_frequency == every
 
 
-def test_only_gpu_runs_take_a_gpu_concurrency_slot():
-    from mapcap.tasks.stages.tasks import GPU_TAG, shard_task_on
-    assert set(shard_task_on("cuda").tags) == set(shard_task_on("cuda:1").tags) == {GPU_TAG}
-    assert not shard_task_on("cpu").tags and shard_task_on("cpu").name == shard_task_on("cuda").name == "shard"
+def test_gpu_runs_take_a_gpu_concurrency_slot_only_where_a_limit_is_set(prefect_harness):
+    """Shard tasks of a GPU run carry the tag (one slot request per start) once `prefect concurrency-limit create
+    mapcap-gpu 1` made a limit; never on CPU."""
+    from prefect.client.orchestration import get_client
+
+    from mapcap.tasks.stages.tasks import GPU_TAG, gpu_limit_set, shard_task_on
+    assert not gpu_limit_set() and not shard_task_on("cuda").tags
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=1)  # what the README's command does
+        try:
+            assert gpu_limit_set()
+            assert set(shard_task_on("cuda").tags) == set(shard_task_on("cuda:1").tags) == {GPU_TAG}
+            assert not shard_task_on("cpu").tags and shard_task_on("cpu").name == shard_task_on("cuda").name
+        finally:
+            client.delete_concurrency_limit_by_tag(GPU_TAG)
+    assert not gpu_limit_set()
 
 
 def test_query_commands_start_without_the_model_libraries(tmp_path):
