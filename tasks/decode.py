@@ -56,17 +56,22 @@ def geometry(preprocess: Callable) -> Geometry | None:
     return Geometry(size, ch, tuple(norm[0].mean), tuple(norm[0].std))
 
 
-def resize_crop(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """(C, H, W) or (N, C, H, W) float → (C, S, S) or (N, C, S, S): the shorter side to geo.resize (bicubic,
-    antialiased; torchvision's rule for the longer one), then the centre crop, as the preprocess's geometry does it."""
-    if x.dim() == 3:
-        return resize_crop(x.unsqueeze(0), geo)[0]
-    H, W = x.shape[-2:]
-    short, long = (H, W) if H <= W else (W, H)
+def resize_plan(H: int, W: int, geo: Geometry) -> tuple[int, int, int, int]:
+    """(h, w, top, left): an H × W image's size after the resize (shorter side to geo.resize, torchvision's rule
+    for the longer one) and where the centre crop starts in it."""
+    short, long = min(H, W), max(H, W)
     new_long = int(geo.resize * long / short)
     h, w = (geo.resize, new_long) if H <= W else (new_long, geo.resize)
+    return h, w, int(round((h - geo.crop) / 2.0)), int(round((w - geo.crop) / 2.0))
+
+
+def resize_crop(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """(C, H, W) or (N, C, H, W) float → (C, S, S) or (N, C, S, S): the resize (bicubic, antialiased), then the
+    centre crop, as the preprocess's geometry does it (`resize_plan`)."""
+    if x.dim() == 3:
+        return resize_crop(x.unsqueeze(0), geo)[0]
+    h, w, top, left = resize_plan(*x.shape[-2:], geo)
     x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)  # (N, C, h, w)
-    top, left = int(round((h - geo.crop) / 2.0)), int(round((w - geo.crop) / 2.0))
     return x[..., top:top + geo.crop, left:left + geo.crop]
 
 
@@ -206,12 +211,9 @@ def resize_weights(n: int, m: int, device: str) -> torch.Tensor:
 
 
 def crop_weights(side_h: int, side_w: int, geo: Geometry, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S, side_h), (S, side_w): the rows and columns of a side_h × side_w canvas's resize (shorter side to
-    geo.resize, torchvision's rule for the longer) that its centre crop keeps."""
-    short, long = min(side_h, side_w), max(side_h, side_w)
-    new_long = int(geo.resize * long / short)
-    h, w = (geo.resize, new_long) if side_h <= side_w else (new_long, geo.resize)
-    top, left = int(round((h - geo.crop) / 2.0)), int(round((w - geo.crop) / 2.0))
+    """(S, side_h), (S, side_w): the rows and columns of a side_h × side_w canvas's resize (`resize_plan`) that
+    its centre crop keeps."""
+    h, w, top, left = resize_plan(side_h, side_w, geo)
     return (resize_weights(side_h, h, device)[top:top + geo.crop],
             resize_weights(side_w, w, device)[left:left + geo.crop])
 
