@@ -218,9 +218,10 @@ def crop_weights(side_h: int, side_w: int, geo: Geometry, device: str) -> tuple[
             resize_weights(side_w, w, device)[left:left + geo.crop])
 
 
-def crop_batch(rgb: torch.Tensor, boxes: list[tuple[int, int, int, int]], geo: Geometry) -> torch.Tensor:
-    """(3, H, W) uint8 → (K, 3, S, S): each box (x0, y0, x1, y1, may reach outside) cut out, outside the image
-    filled with the image's mean colour floored to integers (as `crop_region` fills it), then `to_pixels`.
+def resized_crops(rgb: torch.Tensor, boxes: list[tuple[int, int, int, int]], geo: Geometry) -> list[torch.Tensor]:
+    """(3, H, W) uint8 → K × (3, S, S) float in 0..255, not yet normalised (`normalise` then takes a whole batch
+    of them in one go): each box (x0, y0, x1, y1, may reach outside) cut out, outside the image filled with the
+    image's mean colour floored to integers (as `crop_region` fills it), resized and centre-cropped.
 
     Each crop's resize is Wy · crop · Wxᵀ (`crop_weights`): two matrix products instead of a canvas, a resize
     kernel and a dozen small ops per crop (on a GPU, the launches of those cost more than the arithmetic). The
@@ -240,4 +241,5 @@ def crop_batch(rgb: torch.Tensor, boxes: list[tuple[int, int, int, int]], geo: G
                 fill = (rgb.sum((1, 2), dtype=torch.int64) // (H * W)).float()  # (3,) exact floor of the mean
             crop = crop + fill.view(3, 1, 1) * (1 - wy.sum(1)[:, None] * wx.sum(1)[None, :])
         out.append(crop)
-    return normalise(torch.stack(out), geo)  # (K, 3, S, S)
+    return out
+

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mapcap.storage.manifest import annotations
 from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner, square_box
-from mapcap.tasks.decode import Geometry, crop_batch, to_pixels
+from mapcap.tasks.decode import Geometry, normalise, resize_crop, resized_crops
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
 from mapcap.tasks.stages.base import Stage, register_stage
@@ -58,16 +58,18 @@ def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[
     for n, (_, iid, _, view) in enumerate(chunk):
         if view not in ctx.memo and iid not in unreadable:
             todo.setdefault(iid, []).append(n)
-    need, crops = list(todo), {}
+    need, crops = list(todo), {}  # position in chunk -> (3, S, S) resized, in 0..255
     for c in range(0, len(need), DEVICE_IMAGES):
         part = need[c:c + DEVICE_IMAGES]
         pics = ctx.device_images({i: images[i]["path"] for i in part}, lm.spec.device)  # (3, H, W) uint8 each
         unreadable |= set(part) - set(pics)
         for iid, rgb in pics.items():
             boxed = [n for n in todo[iid] if chunk[n][2] is not None]
-            crops |= {n: to_pixels(rgb, geo) for n in todo[iid] if chunk[n][2] is None}
+            crops |= {n: resize_crop(rgb.float(), geo) for n in todo[iid] if chunk[n][2] is None}
             if boxed:
-                crops |= zip(boxed, crop_batch(rgb, [square_box(chunk[n][2], context) for n in boxed], geo))
+                crops |= zip(boxed, resized_crops(rgb, [square_box(chunk[n][2], context) for n in boxed], geo))
+    if crops:  # normalised in one go (per image, five small kernels each)
+        crops = dict(zip(crops, normalise(torch.stack(list(crops.values())), geo)))  # (K, 3, S, S)
     keep = [n for n, j in enumerate(chunk) if j[3] in ctx.memo or n in crops]
     return [chunk[n] for n in keep], [crops.get(n) for n in keep]
 

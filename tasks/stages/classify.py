@@ -86,11 +86,11 @@ class Classify(Stage):
                             len(chunk))
             torch.cuda.empty_cache()
             return None
-        pred = out.pred.cpu()
+        pred = out.pred.tolist()
         remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], out.embedding)
         for key, s in starts:  # keyed (image, class): a right prediction's label map is this map too
             for k, (iid, _, _) in enumerate(chunk):
-                ctx.memo[("relevancy", *key, iid, cfg.classes[int(pred[k])])] = out.maps[s][k]
+                ctx.memo[("relevancy", *key, iid, cfg.classes[pred[k]])] = out.maps[s][k]
         return out.probs
 
 

@@ -61,8 +61,11 @@ class Relevancy(Stage):
                     found.update(zip(chunk, relevancy_maps(lm, method, pix, txt, start, cfg.batch_size)))  # (g, g)
                 ctx.progress(b + len(chunk), len(todo), f"{method} maps")
             done: dict[tuple[str, str], torch.Tensor] = {}
-            for pair in pairs:
-                if torch.isfinite(found[pair]).all():
+            # one check for all maps (per map, each answer was a wait for the GPU)
+            finite = torch.isfinite(torch.stack([found[p] for p in pairs]).flatten(1)).all(1).tolist() \
+                if pairs else []
+            for pair, ok in zip(pairs, finite):
+                if ok:
                     done[pair] = found[pair]
                 else:
                     ctx.fail(pair[0], paths[pair[0]], f"the {method} map for class {pair[1]!r} has NaN/inf values",

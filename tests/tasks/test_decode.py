@@ -103,17 +103,17 @@ BOXES = [(200, 150, 260, 230), (0, 0, 90, 40), (430, 300, 500, 375), (10, 200, 4
 @pytest.mark.parametrize("model", ["toy", "ViT-B-16"])
 def test_crops_cut_as_tensors_match_the_pil_crops(files, model, toy_model):
     """Regions' square crops with context (filled with the mean colour where they leave the image), cut and
-    preprocessed as matrix products in one call, match crop_region + the PIL preprocess, and the canvas + resize
-    kernel they replace to within one 8-bit step."""
+    resized as matrix products, then normalised together, match crop_region + the PIL preprocess, and the canvas
+    + resize kernel they replace to within one 8-bit step."""
     import open_clip
 
     from mapcap.tasks.captioners.base import crop_region, square_box
-    from mapcap.tasks.decode import crop_batch
+    from mapcap.tasks.decode import normalise, resized_crops
     preprocess = toy_model.preprocess if model == "toy" else open_clip.create_model_and_transforms(model)[2]
     geo = geometry(preprocess)
     img, _ = load_image(files[0])  # 500×375
     rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)
-    got = crop_batch(rgb, [square_box(b, 1.0) for b in BOXES], geo)  # (K, 3, S, S)
+    got = normalise(torch.stack(resized_crops(rgb, [square_box(b, 1.0) for b in BOXES], geo)), geo)  # (K, 3, S, S)
     step = 1 / 255 / min(geo.std) + 1e-4  # one 8-bit step, normalised
     for k, bbox in enumerate(BOXES):
         ref = preprocess(crop_region(img, bbox, 1.0))

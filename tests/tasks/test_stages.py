@@ -98,6 +98,32 @@ def test_relevancy_grid_of_methods_and_batch_sizes(toy_model, classified, method
         assert torch.allclose(torch.tensor(a["map"]), torch.tensor(b["map"]), atol=1e-5)
 
 
+def test_a_non_finite_map_is_a_failure_row_and_the_rest_are_kept(toy_model, classified, monkeypatch):
+    """Maps are checked all at once (one wait for a GPU per method, not one per map): the bad one still fails
+    alone, named."""
+    import math
+
+    import mapcap.tasks.stages.relevancy as relevancy_stage
+    classes, _, out, _ = classified
+    real = relevancy_stage.relevancy_maps
+
+    def one_nan(*a, **k):  # the second map of each batch goes NaN
+        maps = real(*a, **k).clone()
+        if len(maps) > 1:
+            maps[1, 0, 0] = float("nan")
+        return maps
+    monkeypatch.setattr(relevancy_stage, "relevancy_maps", one_nan)
+    cfg = RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("gradient", None),), 8)
+    rel, fails = compute("relevancy", cfg, ctx_with(outputs=dict(out)))
+    assert [f["error_type"] for f in fails] == ["NonFiniteMap"] and "gradient map for class" in fails[0]["error"]
+    ens = {r["image_id"]: r for r in out["predictions"] if r["template"] == "ensemble"}
+    kept = {(r["image_id"], r["target"]) for r in rel["relevancy"]}
+    lost = {(i, t) for i, r in ens.items() for t in ("pred", "label")} - kept
+    bad = fails[0]["image_id"]
+    assert lost and {i for i, _ in lost} == {bad} and f"class {ens[bad][next(iter(lost))[1]]!r}" in fails[0]["error"]
+    assert all(math.isfinite(v) for r in rel["relevancy"] for v in r["map"])  # no NaN written
+
+
 @pytest.fixture(scope="module")
 def explained(toy_model, classified):
     classes, items, out, _ = classified
