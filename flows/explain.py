@@ -19,10 +19,11 @@ from mapcap.flows.params import ExplainParams
 from mapcap.tasks.plan import expand_run_task, plan_run_task, shards_to_force
 from mapcap.tasks.report.run_summary import run_summary_task
 from mapcap.tasks.run_record import record_run_task
+from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.report.html import report_path
 from mapcap.tasks.stages.tasks import run_stage_task, shard_task_on
 
-__all__ = ["ExplainParams", "explain"]
+__all__ = ["SHARDS_IN_FLIGHT", "ExplainParams", "explain"]
 
 
 def gpu_request(gpus: float) -> AbstractContextManager:
@@ -40,12 +41,6 @@ def whole(value):
     lists), so on Ray the value goes unquoted."""
     runner = getattr(FlowRunContext.get(), "task_runner", None)
     return quote(value) if isinstance(runner, ThreadPoolTaskRunner) else value
-
-
-# Shards in flight at once: while one holds the model (its passes take the model's lock), the other decodes, crops
-# and segments (on a GPU machine, the CPU work of one shard overlaps the GPU work of the next). More only adds
-# shards that wait for the model and hold decoded images in memory. Ray replaces this runner.
-SHARDS_IN_FLIGHT = 2
 
 
 @flow(name="explain", flow_run_name="explain-{params.dataset}", validate_parameters=True,

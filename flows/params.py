@@ -160,7 +160,8 @@ class ExplainParams(BaseModel):
                                                            "table and stage; shards are buckets of a hash of the "
                                                            "image path, their count fixed when the run starts); "
                                                            "empty: 4096 on a GPU, 1024 on CPU, so Prefect's "
-                                                           "per-task cost stays a small share")
+                                                           "per-task cost stays a small share; on a GPU the count "
+                                                           "is rounded up to pairs, the two shards in flight)")
     workers: int | None = Field(None, ge=1, description="threads per shard that decode, crop and segment (empty: "
                                                         "one per CPU core, at most 16)")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "

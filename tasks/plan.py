@@ -15,7 +15,7 @@ from mapcap.tasks.data import Item, read_dataset
 from mapcap.tasks.models import ModelSpec, resolve_spec
 from mapcap.tasks.plugins import named_dataset
 from mapcap.tasks.provenance import config_hash
-from mapcap.tasks.sharding import hash_shards, resumed_shard_count, shard_count
+from mapcap.tasks.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
 from mapcap.tasks.templates import resolve_templates
 
 
@@ -75,7 +75,8 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     shard_size = shard_size or default_shard_size(spec.device)
     run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
     stored = stored_run_row(root, run_id) if root and run_name else None
-    n_shards = resumed_shard_count(stored, run_id) or shard_count(len(ds.items), shard_size)
+    in_flight = SHARDS_IN_FLIGHT if spec.device.startswith("cuda") else 1  # on CPU both shards share the cores
+    n_shards = resumed_shard_count(stored, run_id) or shard_count(len(ds.items), shard_size, in_flight)
     shards = tuple(tuple(s) for s in hash_shards(ds.items, n_shards))
     return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
 

@@ -12,11 +12,24 @@ from mapcap.tasks.data import Item
 SCHEME = "path-hash-v1"  # stored in the runs row; a run planned another way cannot be resumed with this one
 
 
-def shard_count(n_images: int, shard_size: int) -> int:
-    """Buckets for a new run: about `shard_size` images each (at least one bucket)."""
+# Shards in flight at once (the flow's thread-pool runner; Ray replaces it): while one holds the model (its passes
+# take the model's lock), the other decodes, crops and segments (on a GPU machine, the CPU work of one shard overlaps
+# the GPU work of the next). More only adds shards that wait for the model and hold decoded images in memory.
+SHARDS_IN_FLIGHT = 2
+MIN_SPLIT_SHARD = 512  # a run is split into SHARDS_IN_FLIGHT shards only if each gets at least this many images
+
+
+def shard_count(n_images: int, shard_size: int, in_flight: int = 1) -> int:
+    """Buckets for a new run: about `shard_size` images each (at least one bucket). With `in_flight` > 1 (a GPU
+    run) the count is rounded up to a multiple of it once each bucket would still hold MIN_SPLIT_SHARD images:
+    10,000 images in 3 shards with 2 in flight leave the third to run alone, the GPU idle through its CPU work
+    (decode, segmentation, crops); in 4, the shards pair up to the end."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
-    return max(1, math.ceil(n_images / shard_size))
+    n = max(1, math.ceil(n_images / shard_size))
+    if in_flight > 1 and n_images >= in_flight * MIN_SPLIT_SHARD:
+        n = math.ceil(n / in_flight) * in_flight
+    return n
 
 
 def bucket_of(path: str, n_shards: int) -> int:

@@ -126,6 +126,14 @@ def test_shards_are_stable_when_images_are_added_or_removed():
         hash_shards(items, 0)
 
 
+def test_gpu_runs_get_a_shard_count_the_shards_in_flight_divide():
+    """Two shards in flight on a GPU: 10,000 images in 3 shards would leave the third to run alone."""
+    assert [shard_count(10_000, 4096, k) for k in (1, 2)] == [3, 4]
+    assert shard_count(8192, 4096, 2) == 2 and shard_count(3000, 4096, 2) == 2  # one shard splits in two...
+    assert shard_count(1000, 4096, 2) == 1  # ... unless the halves would be too small to gain from overlapping
+    assert shard_count(0, 4096, 2) == 1 and shard_count(48, 16, 1) == 3
+
+
 def test_resuming_a_run_keeps_its_shard_count_and_refuses_sorted_path_runs():
     assert resumed_shard_count(None, "r") is None
     assert resumed_shard_count({"sharding": "path-hash-v1", "n_shards": 7}, "r") == 7
