@@ -148,10 +148,14 @@ def decode_files(paths: list[str], device: str, workers: int = 8) -> Frames:
     """Every JPEG of `paths` decoded on `device` in one batched call, as (3, H, W) uint8 RGB (EXIF orientation
     applied as the PIL path does; nvjpeg ignores it, so it is applied here as tensor ops). Files are read and
     hashed in `workers` threads (both release the GIL)."""
+    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
+        return _decode_loaded(paths, list(ex.map(_load, paths)), device)
+
+
+def _decode_loaded(paths: list[str], loaded: list[tuple[bytes, str, int] | None], device: str) -> Frames:
+    """decode_files once the files are read (`_load` per path)."""
     out = Frames({}, {}, [])
     datas, names, turns = [], [], []
-    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
-        loaded = list(ex.map(_load, paths))
     for p, got in zip(paths, loaded):
         if got is None:
             out.misses.append(p)
@@ -183,21 +187,27 @@ def decode_files(paths: list[str], device: str, workers: int = 8) -> Frames:
 
 def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8) -> Decoded:
     """Every JPEG of `paths` decoded and preprocessed on `device`, DECODE_BATCH files per batched decode (the
-    full-size images of a whole shard would not fit: 4,096 12-megapixel photos are 147 GB as RGB bytes). Images
-    of one size are resized as one batch (one kernel launch instead of one per image: the per-image launches,
-    not the arithmetic, cost the time on a GPU)."""
+    full-size images of a whole shard would not fit: 4,096 12-megapixel photos are 147 GB as RGB bytes). The next
+    batch's files are read and hashed in the threads while this one decodes. Images of one size are resized as one
+    batch (one kernel launch instead of one per image: the per-image launches, not the arithmetic, cost the time
+    on a GPU)."""
     out = Decoded({}, {}, {}, [])
-    for c in range(0, len(paths), DECODE_BATCH):
-        frames = decode_files(paths[c:c + DECODE_BATCH], device, workers)
-        out.ids |= frames.ids
-        out.misses += frames.misses
-        by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
-        for p, img in frames.images.items():
-            out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
-            by_size.setdefault(out.sizes[p], []).append((p, img))
-        for group in by_size.values():
-            pixels = to_pixels(torch.stack([img for _, img in group]), geo)  # (n, 3, S, S)
-            out.pixels.update((p, px) for (p, _), px in zip(group, pixels))
+    chunks = [paths[c:c + DECODE_BATCH] for c in range(0, len(paths), DECODE_BATCH)]
+    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
+        ahead = [ex.submit(_load, p) for p in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):
+            loaded = [f.result() for f in ahead]
+            ahead = [ex.submit(_load, p) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
+            frames = _decode_loaded(chunk, loaded, device)
+            out.ids |= frames.ids
+            out.misses += frames.misses
+            by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = {}
+            for p, img in frames.images.items():
+                out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
+                by_size.setdefault(out.sizes[p], []).append((p, img))
+            for group in by_size.values():
+                pixels = to_pixels(torch.stack([img for _, img in group]), geo)  # (n, 3, S, S)
+                out.pixels.update((p, px) for (p, _), px in zip(group, pixels))
     return out
 
 

@@ -69,6 +69,37 @@ def test_same_size_images_resized_together_equal_one_at_a_time(files, toy_model,
     assert list(out.pixels) and set(out.misses) == {files[-2], files[-1]}
 
 
+def test_the_next_batch_is_read_while_one_decodes(files, toy_model, monkeypatch):
+    """Batched decoding reads (and hashes) the next batch's files in the threads meanwhile; results as in one
+    batch."""
+    import time
+
+    from mapcap.tasks import decode
+    geo = geometry(toy_model.preprocess)
+    whole = decode_jpegs(files, geo, "cpu")
+    monkeypatch.setattr(decode, "DECODE_BATCH", 2)
+    started, real_load, real_decode = [], decode._load, decode._decode_loaded
+    overlapped = []
+
+    def load(path):
+        started.append(path)
+        return real_load(path)
+
+    def decode_batch(paths, loaded, device):
+        nxt = files[files.index(paths[-1]) + 1:][:2]
+        deadline = time.monotonic() + 5
+        while nxt and not set(nxt) <= set(started) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        overlapped.append(set(nxt) <= set(started))
+        return real_decode(paths, loaded, device)
+    monkeypatch.setattr(decode, "_load", load)
+    monkeypatch.setattr(decode, "_decode_loaded", decode_batch)
+    out = decode_jpegs(files, geo, "cpu", workers=2)
+    assert len(overlapped) == -(-len(files) // 2) and all(overlapped)
+    assert out.ids == whole.ids and out.misses == whole.misses and out.sizes == whole.sizes
+    assert all(torch.equal(out.pixels[p], whole.pixels[p]) for p in whole.pixels)
+
+
 def test_a_preprocess_it_cannot_mirror_keeps_the_pil_path():
     from torchvision import transforms as T
     assert geometry(T.Compose([T.Resize((64, 64)), T.ToTensor()])) is None
