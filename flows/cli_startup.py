@@ -43,8 +43,10 @@ def start_prefect_api_early(argv: list[str]) -> Callable[[], None]:
     def start() -> None:
         try:
             from prefect.server.api.server import SubprocessASGIServer
+            from prefect.settings import temporary_settings
             server = SubprocessASGIServer()
-            server.start()
+            with temporary_settings(updates=_temporary_server_settings()):  # its process starts with these
+                server.start()
             started.append(server.address)
         except Exception as e:  # noqa: BLE001 (reported by wait(); Prefect retries and raises its own error)
             failed.append(e)
@@ -63,16 +65,27 @@ def start_prefect_api_early(argv: list[str]) -> Callable[[], None]:
     return wait
 
 
+def _temporary_server_settings() -> dict:
+    """Settings of Prefect's temporary server (the one a flow gets without `PREFECT_API_URL`): no analytics. Its
+    telemetry service posts to Prefect's servers from a server that lives for one command, logging "ERROR ...
+    Failed to send telemetry" in every run where they cannot be reached (all machines here), and writes the
+    server's SQLite database as the server starts, where it sometimes met the flow's first writes ("database is
+    locked" tracebacks in 2 of 10 benchmark logs)."""
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED
+    return {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+
+
 def flow_settings() -> AbstractContextManager:
     """Prefect settings for a flow this process runs: on Prefect's temporary server (no `PREFECT_API_URL`), no
-    flow-run heartbeats. A heartbeat lets a server mark a run whose process died as crashed; the temporary server
-    dies with this process, so there is no one to tell. And the heartbeat thread sleeps in 1 s steps, which held the
-    end of every flow run for 1.0 s (measured: 1.002 s with, 0.015 s without), a tenth of a 10,000-image
-    classification on the H200. On a real server the heartbeats stay."""
+    flow-run heartbeats and no analytics (`_temporary_server_settings`; the server, started by the flow, takes
+    them). A heartbeat lets a server mark a run whose process died as crashed; the temporary server dies with this
+    process, so there is no one to tell. And the heartbeat thread sleeps in 1 s steps, which held the end of every
+    flow run for 1.0 s (measured: 1.002 s with, 0.015 s without), a tenth of a 10,000-image classification on the
+    H200. On a real server the heartbeats stay."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     if PREFECT_API_URL.value():
         return nullcontext()
-    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, **_temporary_server_settings()})
 
 
 def import_quietly(load: Callable[[], T]) -> T:

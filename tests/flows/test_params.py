@@ -187,16 +187,17 @@ def test_the_temporary_prefect_api_starts_early_only_for_flow_commands(prefect_h
         address = "http://127.0.0.1:1"
 
         def start(self):
-            calls.append("start")
+            from prefect.settings import get_current_settings
+            calls.append(f"start, analytics {get_current_settings().server.analytics_enabled}")
 
     monkeypatch.setattr("prefect.server.api.server.SubprocessASGIServer", Server)
     from prefect.settings import PREFECT_API_URL, temporary_settings
     with temporary_settings({PREFECT_API_URL: None}):
         startup.start_prefect_api_early(["--debug", "run", "data"])()
-    assert calls == ["start"]
+    assert calls == ["start, analytics False"]  # a server for one command does not phone home
 
 
-def test_runs_on_the_temporary_server_send_no_heartbeats(prefect_harness):
+def test_runs_on_the_temporary_server_send_no_heartbeats_and_no_analytics(prefect_harness):
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     from mapcap.flows.cli_startup import flow_settings
@@ -207,6 +208,7 @@ def test_runs_on_the_temporary_server_send_no_heartbeats(prefect_harness):
     with temporary_settings(updates={PREFECT_API_URL: None}):  # no server configured: the temporary one
         with flow_settings():
             assert get_current_settings().flows.heartbeat_frequency is None
+            assert get_current_settings().server.analytics_enabled is False  # nor analytics
         assert get_current_settings().flows.heartbeat_frequency == every
 
 
