@@ -235,21 +235,22 @@ def resized_crops(rgb: torch.Tensor, boxes: list[tuple[int, int, int, int]], geo
 
     Each crop's resize is Wy · crop · Wxᵀ (`crop_weights`): two matrix products instead of a canvas, a resize
     kernel and a dozen small ops per crop (on a GPU, the launches of those cost more than the arithmetic). The
-    fill needs no canvas: it adds fill · (1 − row weight inside ⊗ column weight inside), as the weights of each
-    output pixel sum to one."""
+    fill f needs no canvas either: the weights of each output pixel sum to one, so the canvas's resize is
+    Wy_in · (crop_in − f) · Wx_inᵀ + f over the rows and columns inside the image alone (the image minus f made
+    once per image: three kernels per crop that leaves the image)."""
     _, H, W = rgb.shape
     x = rgb.float()  # (3, H, W)
-    fill = None
+    fill = shifted = None  # (3, 1, 1) the fill colour; (3, H, W) the image minus it
     out = []
     for x0, y0, x1, y1 in boxes:
         wy, wx = crop_weights(y1 - y0, x1 - x0, geo, str(rgb.device))  # (S, bh), (S, bw)
         ya, yb, xa, xb = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
         wy, wx = wy[:, ya - y0:yb - y0], wx[:, xa - x0:xb - x0]  # the weights of the rows/columns inside
-        crop = wy @ x[:, ya:yb, xa:xb] @ wx.T  # (3, S, S)
-        if (ya, yb, xa, xb) != (y0, y1, x0, x1):
-            if fill is None:
-                fill = (rgb.sum((1, 2), dtype=torch.int64) // (H * W)).float()  # (3,) exact floor of the mean
-            crop = crop + fill.view(3, 1, 1) * (1 - wy.sum(1)[:, None] * wx.sum(1)[None, :])
-        out.append(crop)
+        if (ya, yb, xa, xb) == (y0, y1, x0, x1):
+            out.append(wy @ x[:, ya:yb, xa:xb] @ wx.T)  # (3, S, S)
+            continue
+        if fill is None:
+            fill = (rgb.sum((1, 2), dtype=torch.int64) // (H * W)).float().view(3, 1, 1)  # exact floor of the mean
+            shifted = x - fill
+        out.append(wy @ shifted[:, ya:yb, xa:xb] @ wx.T + fill)  # (3, S, S)
     return out
-
