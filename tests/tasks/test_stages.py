@@ -99,8 +99,8 @@ def test_relevancy_grid_of_methods_and_batch_sizes(toy_model, classified, method
 
 
 def test_a_non_finite_map_is_a_failure_row_and_the_rest_are_kept(toy_model, classified, monkeypatch):
-    """Maps are checked all at once (one wait for a GPU per method, not one per map): the bad one still fails
-    alone, named."""
+    """Maps are checked all at once (one check per method, not a few small operations per map): the bad one
+    still fails alone, named."""
     import math
 
     import mapcap.tasks.stages.relevancy as relevancy_stage
