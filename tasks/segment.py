@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import find_objects
 from skimage.filters import threshold_otsu
-from skimage.measure import label, regionprops
+from skimage.measure import label
 from skimage.segmentation import slic
 
 from mapcap.tasks.report.overlay import upsample
@@ -84,18 +85,18 @@ def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
     return max(1, round(W * scale)), max(1, round(H * scale))
 
 
-def _to_image(p, work: tuple[int, int], size: tuple[int, int]) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """A region found at the working size as (bbox, mask) in image pixels: each image pixel takes the value of
-    the working pixel it falls in (nearest), so the mask is exact at the working resolution (and a copy of the
-    region's own when the working size is the image's)."""
+def _to_image(bbox: tuple[int, int, int, int], region: np.ndarray, work: tuple[int, int], size: tuple[int, int],
+              ) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """A region found at the working size (its (x0, y0, x1, y1) there and its mask inside that box) as (bbox, mask)
+    in image pixels: each image pixel takes the value of the working pixel it falls in (nearest), so the mask is
+    exact at the working resolution (and a copy of the region's own when the working size is the image's)."""
     (w, h), (W, H) = work, size
-    y0, x0, y1, x1 = p.bbox
+    x0, y0, x1, y1 = bbox
     X0, X1 = -(-x0 * W // w), -(-x1 * W // w)  # image columns whose working column is in [x0, x1)
     Y0, Y1 = -(-y0 * H // h), -(-y1 * H // h)
     xs = np.arange(X0, X1) * w // W - x0
     ys = np.arange(Y0, Y1) * h // H - y0
-    mask = p.image[np.ix_(ys, xs)]
-    return (X0, Y0, X1, Y1), mask
+    return (X0, Y0, X1, Y1), region[np.ix_(ys, xs)]
 
 
 def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig = SegmentConfig(),
@@ -111,21 +112,24 @@ def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig 
             image = np.asarray(Image.fromarray(image).resize(work, Image.BILINEAR))
         fg = snap_to_superpixels(fg, image, cfg.superpixels)
     total = float(up.sum()) or 1.0
-    min_px = cfg.min_area * up.size
-    # rank every component by its mass at the working size, then scale only the kept ones back to image pixels
-    # (a noisy map has many components; their masks in image pixels were most of the cost)
-    ranked = [(float(p.intensity_mean * p.area), p) for p in regionprops(label(fg, connectivity=2),
-                                                                       intensity_image=up) if p.area >= min_px]
-    ranked.sort(key=lambda r: -r[0])  # stable: equal masses keep label order
-    found = []
-    for mass, p in ranked[:cfg.top_k]:
-        bbox, mask = _to_image(p, work, size)
-        x0, y0 = bbox[:2]
-        ys, xs = np.nonzero(mask)
-        found.append((mass, bbox, int(mask.sum()), (float(xs.mean() + x0), float(ys.mean() + y0)),
-                      float(p.intensity_mean), mask))
-    return [Region(i, bbox, area, c, mean, mean * area, mass / total, mask)  # mass in image pixels
-            for i, (mass, bbox, area, c, mean, mask) in enumerate(found)]
+    # every component's area and mass at the working size by counting (not a regionprops object each: a noisy
+    # map has dozens), ranked; only the kept ones are cut out and scaled back to image pixels
+    labels = label(fg, connectivity=2)  # (h, w), 0 = background
+    area = np.bincount(labels.ravel())  # (n + 1,)
+    mass = np.bincount(labels.ravel(), weights=up.ravel().astype(np.float64), minlength=area.size)  # (n + 1,)
+    big = np.flatnonzero(area[1:] >= cfg.min_area * up.size) + 1  # component labels, specks dropped
+    ranked = big[np.argsort(-mass[big], kind="stable")][:cfg.top_k]  # equal masses keep label order
+    boxes = find_objects(labels)  # boxes[k - 1]: (rows, columns) of component k
+    regions = []
+    for rank, k in enumerate(ranked):
+        rows, cols = boxes[k - 1]
+        bbox, mask = _to_image((cols.start, rows.start, cols.stop, rows.stop), labels[rows, cols] == k, work, size)
+        n = int(mask.sum())  # pixels in the image
+        cy = float(mask.sum(1) @ np.arange(mask.shape[0])) / n + bbox[1]  # centroid from row and column counts
+        cx = float(mask.sum(0) @ np.arange(mask.shape[1])) / n + bbox[0]
+        mean = float(mass[k] / area[k])
+        regions.append(Region(rank, bbox, n, (cx, cy), mean, mean * n, float(mass[k]) / total, mask))
+    return regions
 
 
 def segment_job(job: tuple) -> list[dict]:

@@ -57,3 +57,35 @@ def test_regions_at_map_resolution_match_full_resolution(size):
         assert all(abs(p - q) < 2 for p, q in zip(a.centroid, b.centroid))
     small = [(r.bbox, r.area, r.mass) for r in segment_map(g, (200, 150), SegmentConfig(resolution=256))]
     assert small == [(r.bbox, r.area, r.mass) for r in segment_map(g, (200, 150), SegmentConfig(resolution=0))]
+
+
+@pytest.mark.parametrize("threshold", ["otsu", "mass"])
+def test_components_measured_by_counting_equal_regionprops(threshold):
+    """Areas and masses come from counting labels (a regionprops object per component cost most of a noisy map's
+    time): the same regions, in the same order, as regionprops finds, over noisy maps with ties."""
+    from skimage.measure import label, regionprops
+
+    from mapcap.tasks.report.overlay import upsample
+    from mapcap.tasks.segment import foreground, working_size
+    rng = np.random.default_rng(5)
+    cfg = SegmentConfig(threshold=threshold, mass=0.7, top_k=4)
+    checked = 0
+    for i in range(40):
+        g = rng.random((14, 14)) ** rng.uniform(1, 6)
+        g = np.round(g * 4) / 4 if i % 4 == 0 else g  # equal masses: label order decides
+        size = [(224, 168), (128, 200), (96, 96)][i % 3]  # at the working size: pixels compare one to one
+        work = working_size(size, cfg.resolution)
+        up = np.clip(upsample(g, work), 0, None)
+        props = [p for p in regionprops(label(foreground(up, cfg), connectivity=2), intensity_image=up)
+                 if p.area >= cfg.min_area * up.size]
+        props.sort(key=lambda p: -float(p.intensity_mean * p.area))
+        got = segment_map(g, size, cfg)
+        assert work == size and len(got) == min(cfg.top_k, len(props))
+        for r, p in zip(got, props):
+            y0, x0, y1, x1 = p.bbox
+            assert r.bbox == (x0, y0, x1, y1) and np.array_equal(r.mask, p.image) and r.area == p.area
+            assert r.mean_relevancy == pytest.approx(float(p.intensity_mean), rel=1e-5)
+            assert r.mass_share == pytest.approx(float(p.intensity_mean * p.area) / up.sum(), rel=1e-5)
+            assert r.centroid == pytest.approx((p.centroid[1], p.centroid[0]), abs=1e-6)
+            checked += 1
+    assert checked > 40
