@@ -28,9 +28,12 @@ data="$(mktemp -d)/jpegs"
 # the whole-pipeline runs first (their targets are the ones not yet met on a GPU), the stage benchmarks after
 python3 bench/pipeline.py --n "$N" --write-only "$data" >"$OUT/data.txt" 2>&1
 echo "=== $(find "$data" -name '*.jpg' | wc -l) JPEGs in $data"
-step 240 pipeline python3 bench/pipeline.py --folder "$data" --model ViT-B-16 --profile "$OUT/pipeline-profile.txt" \
+step 200 pipeline python3 bench/pipeline.py --folder "$data" --model ViT-B-16 \
   --stages classify relevancy regions captions --compare
 step 90 pipeline-classify python3 bench/pipeline.py --folder "$data" --model ViT-B-16 --stages classify --compare
+# where the plain loop's time goes (its shards one at a time under cProfile; no Prefect comparison)
+step 200 pipeline-profile python3 bench/pipeline.py --folder "$data" --model ViT-B-16 \
+  --profile "$OUT/pipeline-profile.txt" --stages classify relevancy regions captions
 step 240 pipeline-compile python3 bench/pipeline.py --folder "$data" --model ViT-B-16 --compile \
   --stages classify relevancy regions captions --compare
 step 60 relevancy python3 bench/relevancy.py --models ViT-B-16 --methods chefer --batch 128 --n 1024 --n-single 16 \
