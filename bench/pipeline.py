@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mapcap.flows.cli_startup import flow_settings
-from mapcap.flows.explain import SHARDS_IN_FLIGHT, explain
+from mapcap.flows.explain import explain
 from mapcap.flows.params import ExplainParams
 from mapcap.storage.query import connect, run_sql
 from mapcap.tasks.run_record import record_run
+from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.stages.driver import run_run_stage, run_shard
 from mapcap.toy.concepts import TOY_CONCEPTS
 from mapcap.toy.plugin import phrase_bank_file

@@ -23,7 +23,7 @@ from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.report.html import report_path
 from mapcap.tasks.stages.tasks import run_stage_task, shard_task_on
 
-__all__ = ["SHARDS_IN_FLIGHT", "ExplainParams", "explain"]
+__all__ = ["ExplainParams", "explain"]
 
 
 def gpu_request(gpus: float) -> AbstractContextManager:
