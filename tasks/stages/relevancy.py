@@ -48,6 +48,8 @@ class Relevancy(Stage):
         pixels = ctx.pixels_of(lm.preprocess, {i: paths[i] for i in ids})
         # one map per distinct (image, class): pred and label share it when the prediction is right
         pairs = sorted({(i, ens[i][t]) for i in ids if i in pixels for t in TARGETS})
+        if not pairs:
+            return {"relevancy": []}
         rows = []
         for method, start in cfg.variants:
             # maps the classification pass computed already (one forward for both, tasks/relevancy/fused.py)
@@ -60,19 +62,17 @@ class Relevancy(Stage):
                 with ctx.phase("maps", cfg.model.device):
                     found.update(zip(chunk, relevancy_maps(lm, method, pix, txt, start, cfg.batch_size)))  # (g, g)
                 ctx.progress(b + len(chunk), len(todo), f"{method} maps")
-            done: dict[tuple[str, str], torch.Tensor] = {}
-            # one check for all maps (on their CPU copies; per map it was ~6 small operations, 11 µs each map)
-            finite = torch.isfinite(torch.stack([found[p] for p in pairs]).flatten(1)).all(1).tolist() \
-                if pairs else []
-            for pair, ok in zip(pairs, finite):
+            stacked = torch.stack([found[p] for p in pairs])  # (P, g, g), checked and written from one stack
+            at: dict[tuple[str, str], int] = {}  # pair -> its finite map's row in `stacked`
+            for n, (pair, ok) in enumerate(zip(pairs, torch.isfinite(stacked.flatten(1)).all(1).tolist())):
                 if ok:
-                    done[pair] = found[pair]
+                    at[pair] = n
                 else:
                     ctx.fail(pair[0], paths[pair[0]], f"the {method} map for class {pair[1]!r} has NaN/inf values",
                              "NonFiniteMap")
-            keys = [(i, t) for i in ids for t in TARGETS if (i, ens[i][t]) in done]
+            keys = [(i, t) for i in ids for t in TARGETS if (i, ens[i][t]) in at]
             if keys:
-                maps = torch.stack([done[(i, ens[i][t])] for i, t in keys])
+                maps = stacked[[at[(i, ens[i][t])] for i, t in keys]]  # (K, g, g): a right prediction's twice
                 rows += relevancy_rows(ctx.run_id, ctx.shard, [i for i, _ in keys], [t for _, t in keys],
                                        [ens[i][t] for i, t in keys], method, start, maps)
         return {"relevancy": rows}
