@@ -163,7 +163,7 @@ def decode_image(data: bytes, name: str, draft: int | None = None) -> tuple[Imag
         if rgb.size != full:
             rgb.info[FULL_SIZE] = full
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        err = ImageLoadError(f"cannot decode {name}: {type(e).__name__}: {e}")
+        err = ImageLoadError(f"cannot decode {name}: {_decode_reason(data, e)}")
         err.image_id = image_id
         raise err from e
     if min(rgb.size) < MIN_SIDE:
@@ -171,3 +171,14 @@ def decode_image(data: bytes, name: str, draft: int | None = None) -> tuple[Imag
         err.image_id = image_id
         raise err
     return rgb, image_id
+
+
+def _decode_reason(data: bytes, e: Exception) -> str:
+    """Why PIL refused `data`, in words that are the same on every run (PIL's own message for an unknown format
+    names the in-memory buffer's address) and say what to do."""
+    if not data:
+        return "the file is empty (0 bytes); remove it or replace it with the image"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return (f"not an image format PIL reads ({len(data)} bytes starting {data[:8]!r}); remove the file or "
+                "convert it to JPEG or PNG")
+    return f"{type(e).__name__}: {e}"

@@ -51,8 +51,17 @@ def test_rgb_images_are_not_copied_and_exif_orientation_is_applied():
 def test_bad_images_raise_a_clear_error(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image at all")
-    with pytest.raises(ImageLoadError, match="cannot decode .*bad.jpg"):
+    with pytest.raises(ImageLoadError, match="cannot decode .*bad.jpg") as first:
         load_image(str(bad))
+    with pytest.raises(ImageLoadError) as again:
+        load_image(str(bad))
+    # the same words on every run (PIL's own message names a buffer's address), and the fix
+    assert str(first.value) == str(again.value) and "0x" not in str(first.value)
+    assert "19 bytes starting b'not an i'" in str(first.value) and "convert it" in str(first.value)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match=r"empty.jpg: the file is empty \(0 bytes\)"):
+        load_image(str(empty))
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (3, 40)).save(tiny)
     with pytest.raises(ImageLoadError, match="3x40 px"):
