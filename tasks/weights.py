@@ -1,0 +1,74 @@
+"""Pretrained weights made sure of at planning, before any shard.
+
+open_clip fetches a tag's weights when a model is built, that is in the first stage of every shard: where the hub
+cannot be reached, each shard spent ~46 s in the hub client's retries (a safetensors file, then the .bin) before
+it failed, and the run ended with "shard(s) failed". Planning now finds the weights in the local cache (no
+network) or downloads them once, and stops the run with the reason and the fix when neither works.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from urllib.parse import urlparse
+
+import open_clip
+from open_clip import pretrained as oc_pretrained
+
+log = logging.getLogger(__name__)
+HF_BIN, HF_SAFE = "open_clip_pytorch_model.bin", "open_clip_model.safetensors"  # open_clip's default hub files
+URL_CACHE = os.path.expanduser("~/.cache/clip")  # where open_clip keeps weights fetched by URL
+
+
+def hub_files(cfg: dict) -> tuple[str, list[str]] | None:
+    """(repo id, file names in the order open_clip tries them: a .safetensors alternative first) of a tag's hub
+    weights; None where open_clip fetches the tag's URL instead (no hub entry, or no hub client)."""
+    hub = cfg.get("hf_hub", "")
+    if not hub or not oc_pretrained.has_hf_hub():
+        return None
+    repo, name = os.path.split(hub)  # 'org/model/' names the default file
+    name = name or HF_BIN
+    if name == HF_BIN:
+        return repo, [HF_SAFE, name]
+    return repo, ([name[:-4] + ".safetensors"] if name.endswith((".bin", ".pth")) else []) + [name]
+
+
+def cached_weights(cfg: dict, cache_dir: str | None = None) -> str | None:
+    """The local file open_clip would load for this pretrained config without asking the network, or None."""
+    if "file" in cfg:
+        return cfg["file"] if os.path.isfile(cfg["file"]) else None
+    hub = hub_files(cfg)
+    if hub is not None:
+        from huggingface_hub import try_to_load_from_cache
+        for name in hub[1]:
+            found = try_to_load_from_cache(hub[0], name, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+        return None
+    url = cfg.get("url", "")
+    path = os.path.join(cache_dir or URL_CACHE, os.path.basename(urlparse(url).path)) if url else ""
+    return path if path and os.path.isfile(path) else None
+
+
+def ensure_weights(name: str, tag: str, cache_dir: str | None = None) -> str:
+    """The local path of open_clip tag `tag`'s weights for model `name`: cached, or downloaded now (as building
+    the model would, once instead of in every shard). ValueError naming the tag and the fix when neither works."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        raise ValueError(f"pretrained {tag!r} is not a tag of {name!r}; known tags: "
+                         f"{open_clip.list_pretrained_tags_by_model(name) or 'none (pass a local checkpoint path)'}")
+    found = cached_weights(cfg, cache_dir)
+    if found:
+        return found
+    where = f"hub repo {hub[0]}" if (hub := hub_files(cfg)) else f"URL {cfg.get('url')}"
+    log.info("weights of %s / %s are not cached: downloading them from the %s", name, tag, where)
+    try:
+        path = oc_pretrained.download_pretrained(cfg, cache_dir=cache_dir)
+    except (OSError, RuntimeError, ValueError) as e:  # the hub client's and urllib's errors derive from these
+        raise ValueError(
+            f"the weights of {name!r} with pretrained={tag!r} are not in the local cache and could not be "
+            f"downloaded from the {where} ({type(e).__name__}: {e}); pass a local checkpoint file "
+            f"(--pretrained /path/to/weights.bin), or run once where the hub is reachable to fill the cache") from e
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"the weights of {name!r} with pretrained={tag!r} were not found after downloading "
+                         f"(got {path!r}); pass a local checkpoint file (--pretrained /path/to/weights.bin)")
+    return path

@@ -1,0 +1,63 @@
+"""Pretrained weights are made sure of at planning: found in the cache without the network, or the run stops
+before any shard with the tag and the fix (offline, each shard used to spend ~46 s in the hub's retries)."""
+import huggingface_hub.constants as hf_constants
+import pytest
+from PIL import Image
+
+from mapcap.tasks.plan import plan_run
+from mapcap.tasks.weights import cached_weights, ensure_weights, hub_files
+
+REPO = "timm/vit_base_patch16_clip_224.openai"  # ViT-B-16 / openai on the hub
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty hub cache of our own: every hub call answers from tmp_path/hub at once."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def _cache(hub_dir, repo: str, name: str) -> str:
+    """A file laid out as the hub client caches it (blob under a snapshot named by refs/main)."""
+    folder = hub_dir / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text("abc123")
+    path = folder / "snapshots" / "abc123" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"weights")
+    return str(path)
+
+
+def test_hub_files_follow_open_clips_order():
+    import open_clip
+    assert hub_files(open_clip.get_pretrained_cfg("ViT-B-16", "openai")) == (
+        REPO, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+    assert hub_files({"hf_hub": "org/model/weights.pth"}) == ("org/model", ["weights.safetensors", "weights.pth"])
+    assert hub_files({"url": "https://example.org/x.pt"}) is None
+
+
+def test_cached_weights_are_found_without_the_network(offline, tmp_path):
+    assert cached_weights({"hf_hub": REPO + "/"}) is None
+    bin_path = _cache(offline, REPO, "open_clip_pytorch_model.bin")
+    assert ensure_weights("ViT-B-16", "openai") == bin_path
+    safe = _cache(offline, REPO, "open_clip_model.safetensors")  # open_clip prefers it: so does the check
+    assert ensure_weights("ViT-B-16", "openai") == safe
+    url_cache = tmp_path / "clip"
+    url_cache.mkdir()
+    cfg = {"url": "https://openaipublic.azureedge.net/clip/models/abc/ViT-B-16.pt"}
+    assert cached_weights(cfg, str(url_cache)) is None
+    (url_cache / "ViT-B-16.pt").write_bytes(b"w")
+    assert cached_weights(cfg, str(url_cache)) == str(url_cache / "ViT-B-16.pt")
+
+
+def test_unreachable_weights_stop_planning_before_any_shard(offline, tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "data" / cls / "a.png")
+    with pytest.raises(ValueError, match=r"'ViT-B-16' with pretrained='openai' are not in the local cache and "
+                                         r"could not be downloaded from the hub repo timm/.*--pretrained /path"):
+        plan_run(str(tmp_path / "data"), None, "ViT-B-16", "openai", "simple", None, "cpu", "fp32", None)
+    _cache(offline, REPO, "open_clip_pytorch_model.bin")  # once cached, the same plan goes through
+    plan = plan_run(str(tmp_path / "data"), None, "ViT-B-16", "openai", "simple", None, "cpu", "fp32", None)
+    assert plan.model.pretrained == "openai" and sum(len(s) for s in plan.shards) == 2
