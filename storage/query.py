@@ -184,6 +184,11 @@ QUERIES: dict[str, str] = {
         WHERE r.status = 'finished'
         ORDER BY r.dataset, r.model, r.pretrained, r.started_at""",
     "image_paths": """SELECT image_id, path FROM images WHERE run_id = $run ORDER BY image_id""",
+    "failure_counts": """
+        SELECT stage, error_type, count(*) AS n, min(path) AS example FROM failures WHERE run_id = $run
+        GROUP BY stage, error_type ORDER BY n DESC, stage, error_type""",
+    "failure_list": """
+        SELECT stage, path, error_type, error FROM failures WHERE run_id = $run ORDER BY stage, path LIMIT 200""",
     "run_datasets": """SELECT DISTINCT dataset FROM runs WHERE dataset IS NOT NULL ORDER BY 1""",
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,

@@ -3,7 +3,8 @@
 Sections: per-class accuracy, template comparison, top-k probability bars for sampled images, heatmap
 overlays with region boxes and captions (misclassified images first), per-class summaries, accuracy
 against each summary property with its correlations, and textual concepts (description-based accuracy,
-mutual knowledge against accuracy). Data comes through storage/ (named queries).
+mutual knowledge against accuracy), and the images a stage could not use. Data comes through storage/ (named
+queries).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.report.concepts import concepts_section
 from mapcap.tasks.report.plots import accuracy_bars, property_scatter, template_bars, topk_panels
 
-SECTIONS = ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends", "concepts")
+SECTIONS = ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends", "concepts",
+            "failures")
 QUALITY_COLUMNS = ["captioner", "captioned", "n", "bleu_1", "bleu_4", "cider_d", "clipscore", "ref_clipscore"]
 # Counts images that failed to decode and script errors into <body data-...> for headless checks.
 CHECK_JS = """<script>
@@ -157,6 +159,20 @@ def caption_quality_section(rows: list[dict]) -> str:
             "CLIPScore and RefCLIPScore as Hessel et al.'s code computes them.</p>" + _table(rows, QUALITY_COLUMNS))
 
 
+def failures_section(counts: list[dict], rows: list[dict], n_images: int, root: str, run: str) -> str:
+    """What the run could not use, by stage and error, then the files themselves (the first 200): a user's own
+    data holds unreadable files, and a report that counts only the images it shows hides them."""
+    if not counts:
+        return f"<p>None: every stage used every one of the {n_images} images.</p>"
+    total = sum(c["n"] for c in counts)
+    command = f"mapcap sql --root {root} \"SELECT * FROM failures WHERE run_id = '{run}'\""
+    more = f" (the first {len(rows)} of {total})" if total > len(rows) else ""
+    return (f"<p>{total} failure row(s) of {n_images} images; each names the stage that could not use the image "
+            f"(<code>{html.escape(command)}</code> lists them all).</p>"
+            + _table(counts, ["stage", "error_type", "n", "example"]) + f"<h3>The files{more}</h3>"
+            + _table(rows, ["stage", "path", "error_type", "error"]))
+
+
 def build_report(root: str, run: str = "latest", explained: int = 12, sampled: int = 6,
                  variant: tuple[str, int | None] = ("chefer", None)) -> tuple[str, str]:
     """(run id, HTML) of the report for a run."""
@@ -178,8 +194,10 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
     captioner = points[0]["captioner"] if points else None
     stats = {r["property"]: r for r in stats_rows if r["captioner"] == captioner}
     acc = np.mean([p["correct"] for p in preds]) if preds else float("nan")
+    counts = named_query(con, "row_counts", run).to_pylist()[0]
     parts = [f"<h1>MapCap run <code>{html.escape(run)}</code></h1>",
-             f"<p>{len(preds)} images, ensemble accuracy {acc:.3f}. Written "
+             f"<p>{counts['images']} images, {len(preds)} classified ({counts['failed']} could not be read: "
+             f'<a href="#failures">failures</a>), ensemble accuracy {acc:.3f}. Written '
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from <code>{html.escape(root)}</code>.</p>",
              '<h2 id="accuracy">Per-class accuracy</h2>',
              _img(accuracy_bars(per_class), "per-class accuracy") if per_class else "<p>No predictions.</p>",
@@ -200,7 +218,10 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
              (_img(property_scatter([p for p in points if p["captioner"] == captioner], stats),
                    "accuracy vs properties") if points else "<p>No class summaries (stage summarize).</p>"),
              f"<pre>{html.escape(format_table(named_query(con, 'accuracy_vs_property', run)))}</pre>",
-             concepts_section(con, run, _img)]
+             concepts_section(con, run, _img),
+             '<h2 id="failures">Images a stage could not use</h2>',
+             failures_section(named_query(con, "failure_counts", run).to_pylist(),
+                              named_query(con, "failure_list", run).to_pylist(), counts["images"], root, run)]
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>MapCap {html.escape(run)}</title>"
            f"<style>{CSS}</style>{CHECK_JS}</head><body>{''.join(parts)}</body></html>")
     return run, doc

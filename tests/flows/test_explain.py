@@ -323,3 +323,14 @@ def test_regions_know_whether_they_lie_on_the_object_and_summaries_use_it(first_
     summ = run_sql(con, "SELECT on_object_share FROM class_summaries WHERE run_id = 'e2e' AND subset = 'all' "
                         "AND n_images > 0").column(0).to_pylist()
     assert summ and all(x is not None and 0.0 <= x <= 1.0 for x in summ)  # summaries average the regions' flag
+
+
+def test_report_lists_the_images_a_stage_could_not_use(first_run):
+    from mapcap.tasks.report.html import build_report
+    params, _ = first_run
+    _, page = build_report(params.out, "e2e", explained=2, sampled=2)
+    assert "<p>49 images, 48 classified (1 could not be read" in page
+    failures = page.split('id="failures"')[1]
+    assert "1 failure row(s) of 49 images" in failures
+    assert "<td>classify</td><td>OSError</td><td>1</td>" in failures  # by stage and error
+    assert "zz-corrupt.png</td><td>OSError</td><td>cannot decode" in failures  # the file itself

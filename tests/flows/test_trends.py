@@ -59,7 +59,8 @@ def test_report_renders_in_headless_chromium(trend_run, tmp_path):
     params, result = trend_run
     report = result["report"]
     page = open(report).read()
-    for section in ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends"):
+    for section in ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends",
+                    "failures"):
         assert f'id="{section}"' in page
     quality = page.split('id="caption-quality"')[1].split("<h2")[0]
     assert "<td>clipcap</td><td>image</td>" in quality and "cider_d" in quality
