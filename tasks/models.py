@@ -24,6 +24,7 @@ import open_clip
 import torch
 
 from mapcap.tasks.plugins import load_plugins, preset
+from mapcap.tasks.weights import tag_options
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,9 @@ def image_features(lm: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callable]:
     """Build an open_clip model (train mode, CPU, fp32) with its eval preprocess and tokenizer."""
     load_plugins()  # in a fresh worker process (Ray, a deployment) too: plugins register their open_clip configs
+    weights, opts = tag_options(name, pretrained) if pretrained and not os.path.isfile(pretrained) else (pretrained, {})
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights or None, **opts)
     except RuntimeError as e:
         raise RuntimeError(f"open_clip could not load {name!r} with pretrained={pretrained!r} "
                            f"(no model hub here: pass a local checkpoint path): {e}") from e

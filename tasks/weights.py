@@ -72,3 +72,25 @@ def ensure_weights(name: str, tag: str, cache_dir: str | None = None) -> str:
         raise ValueError(f"the weights of {name!r} with pretrained={tag!r} were not found after downloading "
                          f"(got {path!r}); pass a local checkpoint file (--pretrained /path/to/weights.bin)")
     return path
+
+
+def tag_options(name: str, tag: str) -> tuple[str, dict]:
+    """(what to pass open_clip as `pretrained`, extra options) so that a tag builds the model it was trained as.
+
+    - QuickGELU where the tag was trained with it and the model config does not say so: open_clip 3.3 builds
+      `ViT-B-16` with 'openai' weights with the standard GELU and only warns (its `-quickgelu` names exist for
+      this), which shifts every probability of OpenAI's CLIPs.
+    - Weights found in the local cache are passed as the file, with the tag's preprocessing: given the tag,
+      open_clip asks the hub first, and offline its client retries ~23 s for each file name it tries."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        return tag, {}
+    opts = {}
+    if cfg.get("quick_gelu") and not (open_clip.get_model_config(name) or {}).get("quick_gelu"):
+        log.info("%s / %s: QuickGELU, as the tag was trained (open_clip's %s-quickgelu)", name, tag, name)
+        opts["force_quick_gelu"] = True
+    found = cached_weights(cfg)
+    if not found:
+        return tag, opts
+    return found, opts | {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+                          "image_interpolation": cfg.get("interpolation"), "image_resize_mode": cfg.get("resize_mode")}

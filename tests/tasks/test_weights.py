@@ -61,3 +61,38 @@ def test_unreachable_weights_stop_planning_before_any_shard(offline, tmp_path):
     _cache(offline, REPO, "open_clip_pytorch_model.bin")  # once cached, the same plan goes through
     plan = plan_run(str(tmp_path / "data"), None, "ViT-B-16", "openai", "simple", None, "cpu", "fp32", None)
     assert plan.model.pretrained == "openai" and sum(len(s) for s in plan.shards) == 2
+
+
+def test_a_cached_tag_builds_from_its_file_as_the_tag_was_trained(offline, monkeypatch):
+    """A tag with cached weights is built from the file without asking the hub, with the tag's preprocessing and
+    its QuickGELU (open_clip 3.3 gives ViT-B-16 'openai' weights the standard GELU and only warns): the same
+    model and preprocess as open_clip's own build of the tag with QuickGELU forced."""
+    import shutil
+
+    import open_clip
+    import torch
+    from open_clip import pretrained as oc
+
+    from mapcap.tasks.models import create_clip
+    from mapcap.toy import TOY_CHECKPOINT, TOY_MODEL_NAME
+    cfg = {"hf_hub": "mapcap/toy-clip/", "url": "", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
+           "interpolation": "bilinear", "resize_mode": "shortest", "quick_gelu": True}
+    create_clip(TOY_MODEL_NAME, str(TOY_CHECKPOINT))  # registers the toy config (plugins)
+    monkeypatch.setitem(oc._PRETRAINED, TOY_MODEL_NAME, {"faketag": cfg})
+    shutil.copy(TOY_CHECKPOINT, _cache(offline, "mapcap/toy-clip", "open_clip_pytorch_model.bin"))
+    ref, _, ref_pre = open_clip.create_model_and_transforms(TOY_MODEL_NAME, pretrained="faketag",
+                                                            force_quick_gelu=True)  # from the cache, offline
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+
+    def ask_hub(*args, **kwargs):
+        raise AssertionError("asked the hub")
+    monkeypatch.setattr(oc, "hf_hub_download", ask_hub)
+    model, preprocess, _ = create_clip(TOY_MODEL_NAME, "faketag")
+    assert str(preprocess) == str(ref_pre) and "bilinear" in str(preprocess) and "0.4" in str(preprocess)
+    assert type(model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval().encode_image(x), ref.eval().encode_image(x))
+    monkeypatch.setitem(oc._PRETRAINED, TOY_MODEL_NAME, {"faketag": {**cfg, "quick_gelu": False}})
+    plain, _, _ = create_clip(TOY_MODEL_NAME, "faketag")
+    assert type(plain.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
