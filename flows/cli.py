@@ -19,10 +19,13 @@ def _params(args: argparse.Namespace):
 CAPTION_QUALITY_TITLE = "captions against the reference captions (BLEU and CIDEr-D as coco-caption computes them)"
 
 
-def _print_table(table) -> None:
+def _print_table(table, ends: int | None = None) -> None:
     from mapcap.storage.query import format_table
 
-    print(format_table(table))
+    print(format_table(table, ends=ends))
+
+
+PER_CLASS_ENDS = 10  # a run's summary prints this many classes at each end of its per-class tables
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -43,14 +46,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {params.out}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
     for what, why in result.get("skipped_stages", []):
         print(f"skipped {what}: {why}")
-    print("\nper-class accuracy (DuckDB over the Parquet results):")
-    _print_table(named_query(con, "per_class_accuracy", result["run_id"]))
+    per_class = named_query(con, "per_class_accuracy", result["run_id"])
+    every = f"; all {per_class.num_rows}: mapcap classes --root {params.out} {result['run_id']}" \
+        if per_class.num_rows > 2 * PER_CLASS_ENDS + 1 else ""
+    print(f"\nper-class accuracy, worst first (DuckDB over the Parquet results{every}):")
+    _print_table(per_class, PER_CLASS_ENDS)
     print("\nper-template accuracy:")
     _print_table(named_query(con, "per_template_accuracy", result["run_id"]))
     captions = named_query(con, "class_captions", result["run_id"])
     if captions.num_rows:
         print("\nmost frequent caption of the true class's top region, per class:")
-        _print_table(captions)
+        _print_table(captions, PER_CLASS_ENDS)
     quality = named_query(con, "caption_quality", result["run_id"])
     if quality.num_rows:
         print(f"\n{CAPTION_QUALITY_TITLE}:")

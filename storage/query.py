@@ -241,16 +241,21 @@ def predictions_for(con: duckdb.DuckDBPyConnection, run: str, template: str = "e
     return run_sql(con, sql, [run, template, class_name, class_name, correct, correct]).to_pylist()
 
 
-def format_table(table: pa.Table, max_rows: int = 200) -> str:
-    """A plain-text table for terminals and logs."""
-    cols = table.column_names
-    rows = [[_fmt(v) for v in r.values()] for r in table.slice(0, max_rows).to_pylist()]
+def format_table(table: pa.Table, max_rows: int = 200, ends: int | None = None) -> str:
+    """A plain-text table for terminals and logs: the first `max_rows` rows, or with `ends` the first and the last
+    `ends` rows of a longer table (a table ordered worst first then shows the worst and the best)."""
+    cols, n = table.column_names, table.num_rows
+    cut = ends is not None and n > 2 * ends + 1
+    parts = [table.slice(0, ends), table.slice(n - ends)] if cut else [table.slice(0, max_rows)]
+    rows = [[_fmt(v) for v in r.values()] for part in parts for r in part.to_pylist()]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    if table.num_rows > max_rows:
-        out.append(f"... {table.num_rows - max_rows} more rows")
+    if cut:
+        out.insert(2 + ends, f"... {n - 2 * ends} more rows ...")
+    elif n > max_rows:
+        out.append(f"... {n - max_rows} more rows")
     return "\n".join(out)
 
 

@@ -76,6 +76,15 @@ def test_duckdb_reads_a_remote_root_through_fsspec():
     assert "image_id" in format_table(t)
 
 
+def test_format_table_shows_both_ends_of_a_long_table():
+    t = pa.table({"class_name": [f"c{i}" for i in range(100)], "accuracy": [i / 100 for i in range(100)]})
+    lines = format_table(t, ends=3).splitlines()
+    assert [ln.split()[0] for ln in lines[2:]] == ["c0", "c1", "c2", "...", "c97", "c98", "c99"]
+    assert lines[5] == "... 94 more rows ..."
+    assert len(format_table(t.slice(0, 7), ends=3).splitlines()) == 9  # short enough: every row
+    assert format_table(t, max_rows=5).splitlines()[-1] == "... 95 more rows"
+
+
 def test_a_column_added_later_reads_as_null_from_older_files(tmp_path):
     root = str(tmp_path)
     old = pa.table({"run_id": ["r1"], "method": ["chefer"], "start_layer": pa.array([0], pa.int32()),
