@@ -40,5 +40,6 @@ step 60 relevancy python3 bench/relevancy.py --models ViT-B-16 --methods chefer 
   --start-layer 0 -1 --precision bf16
 step 60 captions python3 bench/captions.py --sizes gpt2-small --batch 64 512 --n 1024 --n-single 16 --beams 1
 step 60 classify python3 bench/classify.py --models ViT-B-16 --precision bf16 --batch 512 --iters 10 --n 512
+step 60 text python3 bench/text.py --models ViT-B-16 --classes 100 --precision fp32 bf16
 step 120 classify-compile python3 bench/classify.py --models ViT-B-16 --precision bf16 --batch 512 --iters 10 --n 512 \
   --compile

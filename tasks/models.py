@@ -24,6 +24,7 @@ import open_clip
 import torch
 
 from mapcap.tasks.plugins import load_plugins, preset
+from mapcap.tasks.text_tower import text_features
 from mapcap.tasks.weights import tag_options
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
         for b in range(0, len(todo), TEXT_BATCH):
             part = todo[b:b + TEXT_BATCH]
             with autocast(lm):
-                emb = F.normalize(lm.model.encode_text(lm.tokenizer(part).to(lm.spec.device)).float(), dim=-1)
+                emb = F.normalize(text_features(lm.model, lm.tokenizer(part).to(lm.spec.device)).float(), dim=-1)
             cache.update(zip(part, emb))  # (D,) rows
         for t in texts:
             cache.move_to_end(t)
