@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from timing import rate, sync  # bench/timing.py
+from timing import print_table, rate, sync  # bench/timing.py
 from mapcap.tasks.relevancy.fused import classify_and_explain
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.driver import StagePlan, run_shard
@@ -92,9 +92,7 @@ def main() -> None:
                          f"{files:,.0f}"))
     head = ("model", "device", "precision", "batch", "forward img/s", "compiled img/s",
             "+ last-block maps img/s", "from PNG files img/s")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    for r in [head, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    print_table(head, rows)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from timing import print_table  # bench/timing.py (scripts run from bench/ on sys.path)
+
 VIEWS = {"view", "slice", "expand", "_unsafe_view", "permute", "transpose", "t", "unsqueeze", "select", "alias",
          "detach", "as_strided", "squeeze", "_reshape_alias", "split", "unbind", "lift_fresh"}
 SCALAR_READS = "_local_scalar_dense"  # `.item()`, `bool(t)`, `int(t)`: on a GPU each waits for the queue
@@ -79,11 +81,7 @@ def main() -> None:
         rows.append([name, f"{sum(ops.values()) / n:.1f}", f"{sum(work.values()) / n:.1f}",
                      f"{ops[SCALAR_READS] / n:.2f}", f"{sec:.2f}",
                      ", ".join(f"{k} {v / n:.1f}" for k, v in collections.Counter(work).most_common(args.top))])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, r in enumerate(rows):
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows[0], rows[1:])
 
 
 if __name__ == "__main__":

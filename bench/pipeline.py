@@ -30,6 +30,7 @@ from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.stages.driver import run_run_stage, run_shard
 from mapcap.toy.concepts import TOY_CONCEPTS
 from mapcap.toy.plugin import phrase_bank_file
+from timing import print_table  # bench/timing.py (scripts run from bench/ on sys.path)
 
 REFERENCE = {"classify": "6,600 (eager) / 10,410 (compile) img/s", "relevancy": "1,730 (all blocks) / 5,690 "
              "(last block) img/s", "captions": "2,617 captions/s (batch 512)", "decode": "202 img/s per core (PIL)"}
@@ -152,9 +153,7 @@ def main() -> None:
                     + ([REFERENCE.get(name, "")] if args.compare else []))
     rows.append(["end to end", f"{plain_s:.2f}", f"{n / plain_s:,.1f}", f"{flow_s:.2f}"]
                 + (["800 img/s (target, whole pipeline)"] if args.compare else []))
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    for r in [head, ["-" * w for w in widths]] + rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    print_table(head, rows)
     print("where the flow's stage seconds went (summed over shards; GPU work waited for at the end of each part):")
     for name, rec in flow_stages.items():
         if rec.get("phases"):

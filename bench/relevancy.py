@@ -16,7 +16,7 @@ import mapcap  # noqa: F401  (before torch: it sets the OpenMP wait policy)
 import torch
 import torch.nn.functional as F
 
-from timing import rate  # bench/timing.py (scripts run from bench/ on sys.path)
+from timing import print_table, rate  # bench/timing.py (scripts run from bench/ on sys.path)
 from mapcap.tasks.models import LoadedModel, load_model, resolve_spec
 from mapcap.tasks.relevancy.methods import METHODS, relevancy_maps
 
@@ -52,9 +52,7 @@ def main() -> None:
                          mixed_spec.precision, args.batch, f"{batched:,.1f}", f"{batched / single:.1f}x"))
     head = ("model", "device", "method", "start", "batch-1 fp32 img/s", "batched precision", "batch",
             "batched img/s", "speed-up")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    for r in [head, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    print_table(head, rows)
 
 
 if __name__ == "__main__":

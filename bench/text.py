@@ -13,7 +13,7 @@ import mapcap  # noqa: F401  (before torch: it sets the OpenMP wait policy)
 
 import torch
 
-from timing import rate  # bench/timing.py (scripts run from bench/ on sys.path)
+from timing import print_table, rate  # bench/timing.py (scripts run from bench/ on sys.path)
 from mapcap.tasks.models import autocast, load_model, resolve_spec
 from mapcap.tasks.templates import resolve_templates
 from mapcap.tasks.text_tower import text_features
@@ -43,11 +43,7 @@ def main() -> None:
         diff = (run(lm.model.encode_text) - run(lambda b: text_features(lm.model, b))).abs().max().item()
         rows.append([name, lm.spec.device, lm.spec.precision, f"{len(prompts):,}", f"{whole:,.0f}", f"{used:,.0f}",
                      f"{used / whole:.1f}x", f"{diff:.1e}"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, r in enumerate(rows):
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows[0], rows[1:])
 
 
 if __name__ == "__main__":

@@ -20,3 +20,10 @@ def rate(fn: Callable[[], object], n: int, dev: str) -> float:
     fn()
     sync(dev)
     return n / (time.perf_counter() - t)
+
+
+def print_table(head: list[str], rows: list[list]) -> None:
+    """The benchmarks' plain-text table: a header, a rule, the rows, columns padded to their widest cell."""
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    for r in [head, ["-" * w for w in widths]] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
