@@ -16,21 +16,15 @@ def _params(args: argparse.Namespace):
     return params_from_args(args, **({"dataset": "toy"} if args.cmd == "demo" else {}))
 
 
-CAPTION_QUALITY_TITLE = "captions against the reference captions (BLEU and CIDEr-D as coco-caption computes them)"
-
-
 def _print_table(table, ends: int | None = None) -> None:
-    from mapcap.storage.query import format_table
+    from mapcap.flows.cli_summary import print_table
 
-    print(format_table(table, ends=ends))
-
-
-PER_CLASS_ENDS = 10  # a run's summary prints this many classes at each end of its per-class tables
+    print_table(table, ends)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mapcap.flows.cli_summary import print_run_summary
     from mapcap.flows.explain import explain
-    from mapcap.storage.query import connect, named_query
 
     flow = explain
     if getattr(args, "ray", None):
@@ -40,41 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.wait_for_api()
     with flow_settings():
         result = flow(params)
-    con = connect(params.out)
-    print(f"run {result['run_id']}: {result['n_images']} images, {result['n_failures']} failed, "
-          f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")
-    print(f"results: {params.out}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
-    for what, why in result.get("skipped_stages", []):
-        print(f"skipped {what}: {why}")
-    per_class = named_query(con, "per_class_accuracy", result["run_id"])
-    every = f"; all {per_class.num_rows}: mapcap classes --root {params.out} {result['run_id']}" \
-        if per_class.num_rows > 2 * PER_CLASS_ENDS + 1 else ""
-    print(f"\nper-class accuracy, worst first (DuckDB over the Parquet results{every}):")
-    _print_table(per_class, PER_CLASS_ENDS)
-    print("\nper-template accuracy:")
-    _print_table(named_query(con, "per_template_accuracy", result["run_id"]))
-    captions = named_query(con, "class_captions", result["run_id"])
-    if captions.num_rows:
-        print("\nmost frequent caption of the true class's top region, per class:")
-        _print_table(captions, PER_CLASS_ENDS)
-    quality = named_query(con, "caption_quality", result["run_id"])
-    if quality.num_rows:
-        print(f"\n{CAPTION_QUALITY_TITLE}:")
-        _print_table(quality)
-    evaluation = named_query(con, "evaluations", result["run_id"])
-    if evaluation.num_rows:
-        print("\nrelevancy maps against ground truth and perturbation (AUC: positive/deletion lower is better):")
-        _print_table(evaluation)
-    desc = [r for r in named_query(con, "descriptors_vs_names", result["run_id"]).to_pylist()
-            if r["class_name"] == "(all)" and r["descriptors_accuracy"] is not None]
-    if desc:
-        print(f"\ndescription-based classification: accuracy {desc[0]['descriptors_accuracy']:.4f} "
-              f"(class-name templates {desc[0]['names_accuracy']:.4f}); per class: mapcap concepts --root {params.out}")
-    mk = named_query(con, "mutual_knowledge_vs_accuracy", result["run_id"])
-    if mk.num_rows:
-        print("\nmutual knowledge of the two encoders against per-class accuracy:")
-        _print_table(mk)
-    print(f"\nmore: mapcap sql --root {params.out} \"SELECT * FROM predictions LIMIT 5\"")
+    print_run_summary(params.out, result)
     return 0
 
 
@@ -137,6 +97,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_named(args: argparse.Namespace) -> int:
+    from mapcap.flows.cli_summary import CAPTION_QUALITY_TITLE
     from mapcap.storage.query import connect, named_query
 
     name = {"classes": "per_class_accuracy", "templates": "per_template_accuracy", "confusion": "confusion_pairs",

@@ -334,3 +334,14 @@ def test_report_lists_the_images_a_stage_could_not_use(first_run):
     assert "1 failure row(s) of 49 images" in failures
     assert "<td>classify</td><td>OSError</td><td>1</td>" in failures  # by stage and error
     assert "zz-corrupt.png</td><td>OSError</td><td>cannot decode" in failures  # the file itself
+
+
+def test_run_summary_prints_what_could_not_be_read(first_run, capsys):
+    from mapcap.flows.cli_summary import print_run_summary
+    params, result = first_run
+    print_run_summary(params.out, result)
+    out = capsys.readouterr().out
+    assert "run e2e: 49 images, 1 failed" in out
+    block = out.split("images a stage could not use")[1].split("\n\n")[0]
+    assert "FROM failures WHERE run_id = 'e2e'" in block and "classify  OSError" in block and "zz-corrupt.png" in block
+    assert "per-class accuracy, worst first" in out and "; all " not in out  # 5 classes: every one printed
