@@ -28,6 +28,7 @@ from mapcap.tasks.data import MIN_SIDE, ORIENTATION, image_id_of
 
 log = logging.getLogger(__name__)
 JPEG_MAGIC = b"\xff\xd8\xff"
+TRAILER = 64 << 10  # bytes some cameras append after a JPEG's end-of-image marker (maker notes, padding)
 DECODE_BATCH = 256  # files per batched decode: bounds the full-size images (and their float copies) held
 
 
@@ -132,14 +133,23 @@ def orientation(raw: bytes) -> int | None:
         return None
 
 
+def complete(raw: bytes) -> bool:
+    """Whether JPEG bytes end with their end-of-image marker (a trailer of up to TRAILER bytes after it allowed).
+    A truncated file lacks it; it goes to the PIL path, which fails it as on CPU, so that what becomes a failure
+    row is decided here and not by whether a GPU's decoder fills the missing rows or refuses them. (0xFF D9
+    appears in a JPEG only as that marker: scan data stuffs a 0x00 after every 0xFF.)"""
+    eoi = raw.rfind(b"\xff\xd9")
+    return eoi >= 0 and len(raw) - eoi - 2 <= TRAILER
+
+
 def _load(path: str) -> tuple[bytes, str, int] | None:
-    """(bytes, content id, EXIF orientation) of a JPEG file; None for an unreadable file, another format or an
-    unreadable header (the PIL path's)."""
+    """(bytes, content id, EXIF orientation) of a whole JPEG file; None for an unreadable file, another format, a
+    truncated JPEG or an unreadable header (the PIL path's)."""
     try:
         raw = Path(path).read_bytes()
     except OSError:
         return None  # the PIL path reports it
-    if not raw.startswith(JPEG_MAGIC) or (turn := orientation(raw)) is None:
+    if not raw.startswith(JPEG_MAGIC) or not complete(raw) or (turn := orientation(raw)) is None:
         return None
     return raw, image_id_of(raw), turn
 

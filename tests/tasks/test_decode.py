@@ -222,3 +222,23 @@ def test_large_jpegs_decode_at_a_reduced_scale_for_model_pixels_only(tmp_path, t
     whole = ctx.images({ids[p]: p for p in paths[:2]})
     assert [whole[ids[p]].size for p in paths[:2]] == [(1600, 1200), (1200, 1600)]
     assert not ctx.failures
+
+
+def test_a_truncated_jpeg_goes_to_pil_before_any_gpu_decoder_sees_it(files, tmp_path, monkeypatch):
+    """Whether a cut file becomes a failure row is decided on the host (no end-of-image marker: the PIL path,
+    which fails it), not by a device decoder that may fill the missing rows; a trailer after the marker is fine."""
+    import mapcap.tasks.decode as decode
+    from mapcap.tasks.decode import complete, decode_files
+    whole = open(files[0], "rb").read()
+    assert complete(whole) and not complete(whole[:2000]) and not complete(whole[:-1])
+    (tmp_path / "trailer.jpg").write_bytes(whole + b"\0" * 4096 + b"maker note")
+    (tmp_path / "long-trailer.jpg").write_bytes(whole + b"\0" * (decode.TRAILER + 1))
+    seen = []
+    real = decode.decode_jpeg
+    monkeypatch.setattr(decode, "decode_jpeg", lambda datas, **kw: seen.append(len(datas)) or real(datas, **kw))
+    frames = decode_files([files[0], files[-1], str(tmp_path / "trailer.jpg"), str(tmp_path / "long-trailer.jpg")],
+                          "cpu")
+    assert seen == [2]  # one batch of the two whole files: the cut one never reached the decoder
+    assert set(frames.images) == {files[0], str(tmp_path / "trailer.jpg")}
+    assert set(frames.misses) == {files[-1], str(tmp_path / "long-trailer.jpg")}  # PIL decides those
+    assert torch.equal(frames.images[files[0]], frames.images[str(tmp_path / "trailer.jpg")])
