@@ -176,23 +176,27 @@ def _decode_loaded(paths: list[str], loaded: list[tuple[bytes, str, int] | None]
         turns.append(turn)
     if not names:
         return out
-    try:
-        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError as e:  # one bad file fails the batch: decode one by one to find it
-        log.info("batched JPEG decode failed (%s): decoding %d files one by one", e, len(names))
-        images = []
-        for d in datas:
-            try:
-                images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                images.append(None)
-    for p, img, turn in zip(names, images, turns):
+    for p, img, turn in zip(names, _decode_halving(datas, device), turns):
         if img is None or min(img.shape[1:]) < MIN_SIDE:
             out.misses.append(p)
             out.ids.pop(p, None)
         else:
             out.images[p] = ORIENT[turn](img) if turn in ORIENT else img
     return out
+
+
+def _decode_halving(datas: list[torch.Tensor], device: str) -> list[torch.Tensor | None]:
+    """decode_jpeg over a batch; where the decoder refuses the batch (one file it cannot take fails them all),
+    each half is decoded again, down to the files it refuses (None): ~2·log2(n) calls per such file, where one
+    call per file made a batch of 256 with one CMYK or odd JPEG decode 256 times one by one."""
+    try:
+        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError as e:
+        if len(datas) == 1:
+            log.info("JPEG decoder refused a file (%s): the PIL path takes it", e)
+            return [None]
+    half = len(datas) // 2
+    return _decode_halving(datas[:half], device) + _decode_halving(datas[half:], device)
 
 
 def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8) -> Decoded:

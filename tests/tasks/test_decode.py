@@ -242,3 +242,31 @@ def test_a_truncated_jpeg_goes_to_pil_before_any_gpu_decoder_sees_it(files, tmp_
     assert set(frames.images) == {files[0], str(tmp_path / "trailer.jpg")}
     assert set(frames.misses) == {files[-1], str(tmp_path / "long-trailer.jpg")}  # PIL decides those
     assert torch.equal(frames.images[files[0]], frames.images[str(tmp_path / "trailer.jpg")])
+
+
+def test_a_file_the_decoder_refuses_costs_a_few_halvings_not_a_decode_per_file(files, tmp_path, monkeypatch):
+    """A GPU decoder refusing one file of a batch fails the batch; the halves are decoded again down to that file
+    (a miss: the PIL path takes it), every other file decoded as in one batch."""
+    import math
+    import shutil
+
+    import mapcap.tasks.decode as decode
+    from mapcap.tasks.decode import decode_files
+    paths = []
+    for k in range(32):
+        paths.append(str(tmp_path / f"{k}.jpg"))
+        shutil.copy(files[4] if k == 7 else files[k % 4], paths[-1])
+    refused = open(files[4], "rb").read()  # stands for a file nvjpeg refuses (CMYK, an odd sampling)
+    calls, real = [], decode.decode_jpeg
+
+    def picky(datas, **kw):
+        calls.append(len(datas))
+        if any(bytes(d.numpy()) == refused for d in datas):
+            raise RuntimeError("nvjpeg: unsupported")
+        return real(datas, **kw)
+    plain = decode_files(paths, "cpu")
+    monkeypatch.setattr(decode, "decode_jpeg", picky)
+    frames = decode_files(paths, "cpu")
+    assert frames.misses == [paths[7]] and set(frames.images) == set(paths) - {paths[7]}
+    assert all(torch.equal(frames.images[p], plain.images[p]) for p in frames.images)
+    assert len(calls) == 1 + 2 * math.log2(len(paths))  # 11; one file at a time after the batch failed: 33
