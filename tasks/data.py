@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from mapcap.storage.manifest import read_manifest
@@ -122,8 +123,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode == "I;16" or img.mode == "I":
-        return img.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grey, either byte order: the top 8 bits
+        grey = np.clip(np.asarray(img).astype(np.int64) // 256, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 

@@ -27,6 +27,21 @@ def test_every_image_mode_loads_as_rgb(tmp_path, mode, fmt, ext):
     assert iid == image_id_of(p.read_bytes()) and len(iid) == 16
 
 
+def test_sixteen_bit_grey_keeps_its_top_eight_bits_in_either_byte_order(tmp_path):
+    """A 16-bit grey image (a scientific camera's TIFF is often big-endian) maps 0..65535 onto 0..255: the
+    big-endian one came out white (PIL clipped it on conversion)."""
+    import numpy as np
+    from mapcap.tasks.data import to_rgb
+    ramp = (np.arange(40 * 30, dtype=np.int64).reshape(30, 40) * 54).astype(np.uint16)  # 0 .. 64,746
+    want = (ramp // 256).astype(np.uint8)
+    for mode, dtype in (("I;16", "<u2"), ("I;16B", ">u2"), ("I;16L", "<u2")):
+        img = Image.frombuffer(mode, (40, 30), ramp.astype(dtype).tobytes(), "raw", mode, 0, 1)
+        got = np.asarray(to_rgb(img))
+        assert got.shape == (30, 40, 3) and (got == want[..., None]).all(), mode
+    Image.frombuffer("I;16B", (40, 30), ramp.astype(">u2").tobytes(), "raw", "I;16B", 0, 1).save(tmp_path / "b.tif")
+    assert (np.asarray(load_image(str(tmp_path / "b.tif"))[0])[..., 0] == want).all()
+
+
 def test_transparent_pixels_become_white(tmp_path):
     p = tmp_path / "t.png"
     Image.new("RGBA", (10, 10), (255, 0, 0, 0)).save(p)
