@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mapcap.tasks.templates import prompt_name
+
 DESCRIPTION_TEMPLATE = "descriptors"  # the template name of description-based rows in `predictions`
 
 
@@ -29,7 +31,7 @@ def descriptor_sentence(descriptor: str) -> str:
 
 def class_prompt(class_name: str, descriptor: str) -> str:
     """'{class}, which (is/has) {descriptor}': their prompt for description-based classification."""
-    return f"{class_name.replace('_', ' ')}, {descriptor_sentence(descriptor)}"
+    return f"{prompt_name(class_name)}, {descriptor_sentence(descriptor)}"
 
 
 def concept_prompt(descriptor: str, subject: str) -> str:

@@ -14,6 +14,17 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def prompt_name(class_name: str) -> str:
+    """A class name as prompts and captions say it: folder names join words with underscores
+    ('golden_retriever'), which CLIP's tokenizer reads as a separate token and no caption contains."""
+    return class_name.replace("_", " ")
+
+
+def fill(template: str, class_name: str) -> str:
+    """One template's prompt for a class."""
+    return template.format(prompt_name(class_name))
+
+
 def resolve_templates(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """A named set ('openai', 'simple', 'compare'), or a user list of templates with one '{}' each."""
     if isinstance(spec, str):

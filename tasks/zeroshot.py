@@ -12,6 +12,7 @@ from mapcap.storage.schemas import SCHEMAS
 from mapcap.tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
 from mapcap.tasks.models import (TEXT_BATCH, LoadedModel, autocast, encode_texts, image_features, in_batches,
                                  model_lock)
+from mapcap.tasks.templates import fill
 from mapcap.tasks.text_tower import text_features
 
 ENSEMBLE = "ensemble"  # the template name of the ensemble rows in `predictions`
@@ -32,7 +33,7 @@ def text_classifier(lm: LoadedModel, classes: tuple[str, ...], templates: tuple[
     key = (lm.spec, classes, templates)
     with _TEXT_LOCK, model_lock(lm.model):
         if key not in _TEXT_CACHE:
-            prompts = [t.format(c) for c in classes for t in templates]  # class-major
+            prompts = [fill(t, c) for c in classes for t in templates]  # class-major
 
             def encode(i: int, j: int) -> torch.Tensor:
                 with autocast(lm):

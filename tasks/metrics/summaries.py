@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 
 from mapcap.tasks.segment import rle_decode
+from mapcap.tasks.templates import prompt_name
 
 
 def mmr_summary(texts: list[str], emb: np.ndarray, k: int, lam: float = 0.7, dup: float = 0.95) -> list[str]:
@@ -40,8 +41,9 @@ def mmr_summary(texts: list[str], emb: np.ndarray, k: int, lam: float = 0.7, dup
 
 
 def mentions(text: str, words: tuple[str, ...]) -> bool:
-    """Does the text name any of the words (whole words, case-insensitive, plural -s / -es allowed)?"""
-    return any(re.search(rf"\b{re.escape(w.lower())}(e?s)?\b", text.lower()) for w in words if w)
+    """Does the text name any of the words (whole words, case-insensitive, plural -s / -es allowed; a class
+    name's underscores match spaces, as prompts say it)?"""
+    return any(re.search(rf"\b{re.escape(prompt_name(w).lower())}(e?s)?\b", text.lower()) for w in words if w)
 
 
 def diversity(emb: np.ndarray, max_n: int = 1000) -> float:

@@ -18,3 +18,21 @@ def test_user_lists_are_validated_and_deduplicated():
         resolve_templates(["{} and {}"])
     with pytest.raises(ValueError, match="empty"):
         resolve_templates([])
+
+
+def test_a_folder_names_underscores_are_spaces_in_prompts_and_caption_matches(toy_model):
+    """'golden_retriever' is said 'golden retriever' in every prompt (CLIP's tokenizer reads '_' as a token of
+    its own) and matched as such in captions (no caption writes the underscore)."""
+    import torch
+
+    from mapcap.tasks.concept_bank import class_prompt
+    from mapcap.tasks.metrics.summaries import mentions
+    from mapcap.tasks.templates import fill
+    from mapcap.tasks.zeroshot import text_classifier
+    assert fill("a photo of a {}.", "golden_retriever") == "a photo of a golden retriever."
+    assert class_prompt("red_star", "five points") == class_prompt("red star", "five points")
+    a = text_classifier(toy_model, ("red_star", "blue_ring"), ("a photo of a {}.",))
+    b = text_classifier(toy_model, ("red star", "blue ring"), ("a photo of a {}.",))
+    assert torch.equal(a, b)
+    assert mentions("two golden retrievers on grass", ("golden_retriever",))
+    assert not mentions("a golden field", ("golden_retriever",))
