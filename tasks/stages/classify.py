@@ -30,7 +30,8 @@ class ClassifyConfig:
     bank: ConceptBank | None = None  # descriptors covering the classes: adds rows with template 'descriptors'
 
 
-@register_stage("classify", ClassifyConfig, reads=(), writes=("images", "predictions"), order=0,
+# version 2: a class name's underscores are spaces in its prompts (templates.fill); ViT tags trained with QuickGELU
+@register_stage("classify", ClassifyConfig, reads=(), writes=("images", "predictions"), order=0, version=2,
                 summary="zero-shot classification: every template, their ensemble, descriptions "
                         "(always; the other stages read it)")
 class Classify(Stage):
