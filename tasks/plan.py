@@ -1,6 +1,7 @@
 """Planning a run: resolve the dataset, model and templates, cut deterministic shards, name the run."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from mapcap.tasks.models import ModelSpec, resolve_spec
 from mapcap.tasks.plugins import named_dataset
 from mapcap.tasks.provenance import config_hash
 from mapcap.tasks.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
-from mapcap.tasks.templates import resolve_templates
+from mapcap.tasks.templates import fill, id_like, resolve_templates
 from mapcap.tasks.weights import ensure_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,11 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     if len(ds.classes) < 2:
         raise ValueError(f"dataset {source} has {len(ds.classes)} class(es) {list(ds.classes)}; zero-shot "
                          f"classification needs at least two")
+    if ids := id_like(ds.classes):
+        log.warning("%d of the %d class names of %s are ids, not words (%s): prompts say them as they are ('%s'); "
+                    "pass a class map (--class-map FILE.json, {folder or label: class name}) to classify by name",
+                    len(ids), len(ds.classes), source, ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""),
+                    fill(tpl[0], ids[0]))
     unknown = sorted(set(redo_classes or ()) - set(ds.classes))
     if unknown:
         raise ValueError(f"redo_classes {unknown} are not classes of {source}; its classes are {list(ds.classes)}")

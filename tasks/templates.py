@@ -1,6 +1,8 @@
 """Prompt templates: named sets and user lists, validated once."""
 from __future__ import annotations
 
+import re
+
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
@@ -18,6 +20,15 @@ def prompt_name(class_name: str) -> str:
     """A class name as prompts and captions say it: folder names join words with underscores
     ('golden_retriever'), which CLIP's tokenizer reads as a separate token and no caption contains."""
     return class_name.replace("_", " ")
+
+
+ID_LIKE = re.compile(r"n\d{8}|[\W\d_]+")  # WordNet ids (ImageNet's folders: n01440764), names without a letter
+
+
+def id_like(classes: tuple[str, ...]) -> list[str]:
+    """The class names that are ids rather than words: a prompt says them as they are ('a photo of a n01440764.'),
+    so zero-shot classification by them is chance; a class map names them."""
+    return [c for c in classes if ID_LIKE.fullmatch(c)]
 
 
 def fill(template: str, class_name: str) -> str:

@@ -36,3 +36,29 @@ def test_a_folder_names_underscores_are_spaces_in_prompts_and_caption_matches(to
     assert torch.equal(a, b)
     assert mentions("two golden retrievers on grass", ("golden_retriever",))
     assert not mentions("a golden field", ("golden_retriever",))
+
+
+def test_class_names_that_are_ids_are_named_with_the_fix(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from mapcap.tasks.plan import plan_run
+    from mapcap.tasks.templates import id_like
+    assert id_like(("n01440764", "0", "12_3", "tench", "café", "n0144", "t-shirt")) == ["n01440764", "0", "12_3"]
+    for cls in ("n01440764", "n01443537"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / cls / "a.png")
+    log = logging.getLogger("mapcap.tasks.plan")  # Prefect's logging set-up may stop it reaching the root's
+    log.addHandler(caplog.handler)
+    try:
+        plan_run(str(tmp_path / "imgs"), None, "toy", "toy", "simple", None, "cpu", "fp32", None)
+        assert "2 of the 2 class names" in caplog.text and "'a photo of a n01440764.'" in caplog.text
+        assert "--class-map" in caplog.text
+        (tmp_path / "map.json").write_text('{"n01440764": "tench", "n01443537": "goldfish"}')
+        caplog.clear()
+        plan = plan_run(str(tmp_path / "imgs"), str(tmp_path / "map.json"), "toy", "toy", "simple", None, "cpu",
+                        "fp32", None)
+        assert "class names" not in caplog.text and plan.classes == ("goldfish", "tench")
+    finally:
+        log.removeHandler(caplog.handler)
