@@ -22,6 +22,8 @@ def print_run_summary(root: str, result: dict[str, Any]) -> None:
     print(f"run {run}: {result['n_images']} images, {result['n_failures']} failed, "
           f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")
     print(f"results: {root}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
+    for note in result.get("notes", []):
+        print(f"note: {note}")
     for what, why in result.get("skipped_stages", []):
         print(f"skipped {what}: {why}")
     failures = named_query(con, "failure_counts", run)

@@ -62,6 +62,8 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                 [s.name for s in resolved.shard_stages + resolved.run_stages])
     for what, why in resolved.skipped:
         logger.warning("%s skipped: %s", what, why)
+    for note in resolved.notes:
+        logger.warning("%s", note)
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
     forces = shards_to_force(plan, params.force, params.redo_classes)
     with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
@@ -95,6 +97,7 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     summary = run_summary_task(params.out, plan.run_id)
     report_line = f"\n\nHTML report: `{report}`\n" if report else ""
     skipped_md = "".join(f"\n- `{what}` skipped: {why}" for what, why in resolved.skipped)
+    skipped_md += "".join(f"\n- note: {note}" for note in resolved.notes)
     create_markdown_artifact(summary["markdown"] + report_line + skipped_md, key="mapcap-run-summary",
                              description=f"MapCap run {plan.run_id}: per-class accuracy")
     create_table_artifact(summary["per_class_table"], key="mapcap-per-class",
@@ -102,4 +105,4 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     return {"run_id": plan.run_id, "root": params.out, "n_images": plan.n_images, "accuracy": summary["accuracy"],
             "n_failures": summary["n_failures"], "shards_done": len(done),
             "shards_skipped": sum(all(s["skipped"] for s in r["stages"].values()) for r in done),
-            "skipped_stages": [list(s) for s in resolved.skipped], "report": report}
+            "skipped_stages": [list(s) for s in resolved.skipped], "notes": list(resolved.notes), "report": report}

@@ -25,6 +25,7 @@ class ModelPreset:
     phrases: str | None = None  # retrieval captioner's phrase bank JSON {class: [phrase]}
     captioner_path: str | None = None  # default ClipCap directory for the clipcap captioner
     start_layer: int | None = None  # chefer's default first block for this model (None: last block)
+    classes: tuple[str, ...] | None = None  # all a narrow model (the toy CLIP) tells apart: runs on others are warned
 
 
 PRESETS: dict[str, ModelPreset] = {}

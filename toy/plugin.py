@@ -15,6 +15,7 @@ import open_clip
 from mapcap.tasks.plugins import ModelPreset, register_dataset, register_preset
 from mapcap.toy import TOY_CHECKPOINT, TOY_CLIPCAP, TOY_DIR, TOY_MODEL_NAME
 from mapcap.toy.concepts import TOY_CONCEPTS
+from mapcap.toy.shapes import SHAPES
 
 TOY = "toy"
 TOY_DATA_VERSION = "v2"  # bump when the generator's output changes
@@ -62,5 +63,6 @@ def register() -> None:
     register_preset(TOY, ModelPreset(model=TOY_MODEL_NAME, checkpoint=str(TOY_CHECKPOINT),
                                      descriptors=str(TOY_CONCEPTS), phrases=str(phrase_bank_file()),
                                      captioner_path=str(TOY_CLIPCAP),
-                                     start_layer=0))  # measured on the toy world: all blocks localise best
+                                     start_layer=0,  # measured on the toy world: all blocks localise best
+                                     classes=SHAPES))
     register_dataset(TOY, lambda: str(ensure_toy_dataset()))

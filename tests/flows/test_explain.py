@@ -35,6 +35,7 @@ def test_flow_classifies_the_toy_world_and_counts_add_up(first_run):
     assert acc.as_py() >= 0.95
     counts = named_query(con, "row_counts", "e2e").to_pylist()[0]
     assert counts == {"images": 49, "predicted": 48, "failed": 1}
+    assert result["notes"] == []  # the toy CLIP on the toy world: nothing to warn about
     fail = run_sql(con, "SELECT path, stage, error FROM failures").to_pylist()
     assert len(fail) == 1 and fail[0]["path"].endswith("zz-corrupt.png") and fail[0]["stage"] == "classify"
     per_template = run_sql(con, "SELECT template, count(*) AS n FROM predictions GROUP BY 1").to_pylist()
