@@ -15,8 +15,7 @@ import open_clip
 
 from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
-from mapcap.tasks.plan import RunPlan, default_batch, plan_run
-from mapcap.tasks.plugins import preset_for_model
+from mapcap.tasks.plan import RunPlan, default_batch, model_notes, plan_run
 from mapcap.tasks.relevancy.methods import default_start_layer, get_method
 from mapcap.tasks.segment import SegmentConfig
 from mapcap.tasks.stages.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
@@ -188,19 +187,6 @@ BUILDERS: dict[str, Callable[[Any, Facts], Any]] = {
     "evaluate": _evaluate, "summarize": _summarize, "report": _report}
 
 
-def model_notes(plan: RunPlan) -> list[str]:
-    """A warning when the model is a narrow preset (the toy CLIP knows only its eight shapes) and the dataset has
-    classes it was never trained on: every prediction, map and caption of the run is then noise."""
-    pre = preset_for_model(plan.model.name)
-    unknown = [c for c in plan.classes if pre is not None and pre.classes is not None and c not in pre.classes]
-    if not unknown:
-        return []
-    return [f"the model {plan.model.name} was trained on {len(pre.classes)} classes only ({', '.join(pre.classes)}) "
-            f"and this dataset's {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not among them: its "
-            f"predictions, maps and captions mean nothing here; pass a CLIP that knows them (--model ViT-B-16 "
-            f"--pretrained laion2b_s34b_b88k, or --pretrained /path/to/checkpoint)"]
-
-
 def resolve_run(p) -> Resolved:
     """Plan the run and build the config of every stage it will run; see the module doc."""
     plan = plan_run(p.dataset, p.class_map, p.model, p.pretrained, p.classify.templates, p.shard_size, p.device,
@@ -227,7 +213,7 @@ def resolve_run(p) -> Resolved:
         skipped.append(("classify.descriptions", f"description-based classification off: {bank_reason}"))
         log.info("description-based classification off: %s", bank_reason)
     plans = [StagePlan(n, configs[n]) for n in picked if n in configs]
-    notes = model_notes(plan)
+    notes = model_notes(plan.model.name, plan.classes)
     for note in notes:
         log.warning("%s", note)
     return Resolved(plan, tuple(s for s in plans if get_stage(s.name).scope == "shard"),

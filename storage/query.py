@@ -184,6 +184,7 @@ QUERIES: dict[str, str] = {
         WHERE r.status = 'finished'
         ORDER BY r.dataset, r.model, r.pretrained, r.started_at""",
     "image_paths": """SELECT image_id, path FROM images WHERE run_id = $run ORDER BY image_id""",
+    "run_model": """SELECT model, pretrained FROM runs WHERE run_id = $run ORDER BY started_at DESC LIMIT 1""",
     "failure_counts": """
         SELECT stage, error_type, count(*) AS n, min(path) AS example FROM failures WHERE run_id = $run
         GROUP BY stage, error_type ORDER BY n DESC, stage, error_type""",

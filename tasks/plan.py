@@ -15,7 +15,7 @@ from mapcap.storage.compact import expand_run
 from mapcap.storage.writer import read_run
 from mapcap.tasks.data import Item, read_dataset
 from mapcap.tasks.models import ModelSpec, resolve_spec
-from mapcap.tasks.plugins import named_dataset
+from mapcap.tasks.plugins import named_dataset, preset_for_model
 from mapcap.tasks.provenance import config_hash
 from mapcap.tasks.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
 from mapcap.tasks.templates import fill, id_like, resolve_templates
@@ -58,6 +58,19 @@ def make_run_id(run_name: str | None, params_hash: str) -> str:
             raise ValueError(f"run name {run_name!r} has no usable characters; use letters, digits, '-', '_' or '.'")
         return rid
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{params_hash[:6]}"
+
+
+def model_notes(model_name: str, classes: tuple[str, ...] | list[str]) -> list[str]:
+    """A warning when the model is a narrow preset (the toy CLIP knows only its eight shapes) and the dataset has
+    classes it was never trained on: every prediction, map and caption of the run is then noise."""
+    pre = preset_for_model(model_name)
+    unknown = [c for c in classes if pre is not None and pre.classes is not None and c not in pre.classes]
+    if not unknown:
+        return []
+    return [f"the model {model_name} was trained on {len(pre.classes)} classes only ({', '.join(pre.classes)}) "
+            f"and this dataset's {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not among them: its "
+            f"predictions, maps and captions mean nothing here; pass a CLIP that knows them (--model ViT-B-16 "
+            f"--pretrained laion2b_s34b_b88k, or --pretrained /path/to/checkpoint)"]
 
 
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],

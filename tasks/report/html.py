@@ -21,6 +21,7 @@ from PIL import Image
 from mapcap.storage.query import connect, format_table, named_query, predictions_for, resolve_run, rows_for_images
 from mapcap.storage.writer import write_file
 from mapcap.tasks.data import ImageLoadError, load_image
+from mapcap.tasks.plan import model_notes
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.report.concepts import concepts_section
 from mapcap.tasks.report.plots import accuracy_bars, property_scatter, template_bars, topk_panels
@@ -195,10 +196,13 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
     stats = {r["property"]: r for r in stats_rows if r["captioner"] == captioner}
     acc = np.mean([p["correct"] for p in preds]) if preds else float("nan")
     counts = named_query(con, "row_counts", run).to_pylist()[0]
+    model = named_query(con, "run_model", run).to_pylist()
+    notes = model_notes(model[0]["model"], [r["class_name"] for r in per_class]) if model else []
     parts = [f"<h1>MapCap run <code>{html.escape(run)}</code></h1>",
              f"<p>{counts['images']} images, {len(preds)} classified ({counts['failed']} could not be read: "
              f'<a href="#failures">failures</a>), ensemble accuracy {acc:.3f}. Written '
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from <code>{html.escape(root)}</code>.</p>",
+             "".join(f'<p class="wrong"><b>Note:</b> {html.escape(n)}</p>' for n in notes),
              '<h2 id="accuracy">Per-class accuracy</h2>',
              _img(accuracy_bars(per_class), "per-class accuracy") if per_class else "<p>No predictions.</p>",
              '<h2 id="templates">Prompt templates</h2>',

@@ -62,6 +62,7 @@ def test_report_renders_in_headless_chromium(trend_run, tmp_path):
     for section in ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends",
                     "failures"):
         assert f'id="{section}"' in page
+    assert "<b>Note:</b>" not in page  # the toy CLIP on the toy world
     quality = page.split('id="caption-quality"')[1].split("<h2")[0]
     assert "<td>clipcap</td><td>image</td>" in quality and "cider_d" in quality
     shot = tmp_path / "report.png"
