@@ -24,7 +24,8 @@ from mapcap.tasks.data import ImageLoadError, load_image
 from mapcap.tasks.plan import model_notes
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.report.concepts import concepts_section
-from mapcap.tasks.report.plots import accuracy_bars, property_scatter, template_bars, topk_panels
+from mapcap.tasks.report.plots import (SHOWN_CLASSES, accuracy_bars, property_scatter, shown_classes, template_bars,
+                                      topk_panels)
 
 SECTIONS = ("accuracy", "templates", "topk", "explanations", "caption-quality", "summaries", "trends", "concepts",
             "failures")
@@ -196,6 +197,13 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
     stats = {r["property"]: r for r in stats_rows if r["captioner"] == captioner}
     acc = np.mean([p["correct"] for p in preds]) if preds else float("nan")
     counts = named_query(con, "row_counts", run).to_pylist()[0]
+    shown, title = shown_classes(per_class)  # many classes: the tables keep the worst and the best, as the chart
+    if title:
+        keep = {r["class_name"] for r in shown if r}
+        table, subsets = [r for r in table if r["class_name"] in keep], [r for r in subsets if r["class_name"] in keep]
+    every = html.escape(f"mapcap summaries --root {root} {run}")
+    few = (f"<p>The {SHOWN_CLASSES} worst and {SHOWN_CLASSES} best of {len(per_class)} classes, as in the chart; "
+           f"<code>{every}</code> lists every class.</p>" if title else "")
     model = named_query(con, "run_model", run).to_pylist()
     notes = model_notes(model[0]["model"], [r["class_name"] for r in per_class]) if model else []
     parts = [f"<h1>MapCap run <code>{html.escape(run)}</code></h1>",
@@ -213,7 +221,7 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
              explanation_cards(con, run, preds, explained, variant),
              '<h2 id="caption-quality">Captions against the reference captions</h2>',
              caption_quality_section(named_query(con, "caption_quality", run).to_pylist()),
-             '<h2 id="summaries">Per-class summaries</h2>',
+             '<h2 id="summaries">Per-class summaries</h2>', few,
              _table(table, ["class_name", "n", "accuracy", "top_confusion", "captioner", "summary",
                             "class_mention_share", "other_class_share", "on_object_share"]),
              "<h3>Correct vs misclassified</h3>",
