@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import pickle
 import threading
 import weakref
 from collections import OrderedDict
@@ -133,9 +134,12 @@ def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callabl
     weights, opts = tag_options(name, pretrained) if pretrained and not os.path.isfile(pretrained) else (pretrained, {})
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights or None, **opts)
-    except RuntimeError as e:
-        raise RuntimeError(f"open_clip could not load {name!r} with pretrained={pretrained!r} "
-                           f"(no model hub here: pass a local checkpoint path): {e}") from e
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:  # a corrupt or mismatched checkpoint
+        raise ValueError(f"open_clip could not build {name!r} with pretrained={pretrained!r}: {type(e).__name__}: "
+                         f"{str(e)[:600]}; check that the checkpoint is whole and is one of {name!r} (OpenAI's "
+                         f"weights need the '-quickgelu' name), or pass another --model / --pretrained") from e
     return model, preprocess, open_clip.get_tokenizer(name)
 
 

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from mapcap.storage.compact import expand_run
 from mapcap.storage.writer import read_run
 from mapcap.tasks.data import Item, read_dataset
-from mapcap.tasks.models import ModelSpec, resolve_spec
+from mapcap.tasks.models import ModelSpec, load_model, resolve_spec
 from mapcap.tasks.plugins import named_dataset, preset_for_model
 from mapcap.tasks.provenance import config_hash
 from mapcap.tasks.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
@@ -97,6 +97,8 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
         raise ValueError(f"redo_classes {unknown} are not classes of {source}; its classes are {list(ds.classes)}")
     if spec.pretrained and not os.path.isfile(spec.pretrained):  # an open_clip tag: cached, or downloaded once now
         ensure_weights(spec.name, spec.pretrained)
+    load_model(spec)  # a checkpoint that does not load stops the run here, not in every shard; this process's
+    # shards reuse the model (built once per process)
     shard_size = shard_size or default_shard_size(spec.device)
     run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
     stored = stored_run_row(root, run_id) if root and run_name else None

@@ -58,9 +58,38 @@ def test_unreachable_weights_stop_planning_before_any_shard(offline, tmp_path):
     with pytest.raises(ValueError, match=r"'ViT-B-16' with pretrained='openai' are not in the local cache and "
                                          r"could not be downloaded from the hub repo timm/.*--pretrained /path"):
         plan_run(str(tmp_path / "data"), None, "ViT-B-16", "openai", "simple", None, "cpu", "fp32", None)
-    _cache(offline, REPO, "open_clip_pytorch_model.bin")  # once cached, the same plan goes through
-    plan = plan_run(str(tmp_path / "data"), None, "ViT-B-16", "openai", "simple", None, "cpu", "fp32", None)
-    assert plan.model.pretrained == "openai" and sum(len(s) for s in plan.shards) == 2
+    import shutil
+
+    from open_clip import pretrained as oc
+
+    from mapcap.toy import TOY_CHECKPOINT, TOY_MODEL_NAME
+    plan_run(str(tmp_path / "data"), None, "toy", "toy", "simple", None, "cpu", "fp32", None)  # registers the toy
+    cfg = {"hf_hub": "mapcap/toy-clip/", "url": "", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25),
+           "interpolation": "bicubic", "resize_mode": "shortest"}
+    oc._PRETRAINED[TOY_MODEL_NAME] = {"faketag": cfg}
+    try:
+        with pytest.raises(ValueError, match="not in the local cache"):
+            plan_run(str(tmp_path / "data"), None, TOY_MODEL_NAME, "faketag", "simple", None, "cpu", "fp32", None)
+        shutil.copy(TOY_CHECKPOINT, _cache(offline, "mapcap/toy-clip", "open_clip_pytorch_model.bin"))
+        plan = plan_run(str(tmp_path / "data"), None, TOY_MODEL_NAME, "faketag", "simple", None, "cpu", "fp32", None)
+        assert plan.model.pretrained == "faketag" and sum(len(s) for s in plan.shards) == 2  # once cached, it runs
+    finally:
+        del oc._PRETRAINED[TOY_MODEL_NAME]
+
+
+def test_a_checkpoint_that_does_not_load_stops_planning(tmp_path):
+    """A corrupt file or one of another architecture fails at planning with the fix, not in every shard."""
+    from mapcap.toy import TOY_CHECKPOINT
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "data" / cls / "a.png")
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(TOY_CHECKPOINT.read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"could not build 'MapCap-Toy-ViT' with pretrained=.*cut.pt.*checkpoint is "
+                                         r"whole"):
+        plan_run(str(tmp_path / "data"), None, "toy", str(bad), "simple", None, "cpu", "fp32", None)
+    with pytest.raises(ValueError, match=r"could not build 'ViT-B-32' with pretrained=.*toy_clip.pt"):
+        plan_run(str(tmp_path / "data"), None, "ViT-B-32", str(TOY_CHECKPOINT), "simple", None, "cpu", "fp32", None)
 
 
 def test_a_cached_tag_builds_from_its_file_as_the_tag_was_trained(offline, monkeypatch):
