@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from mapcap.storage.manifest import read_manifest
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MIN_SIDE = 8  # pixels: smaller images cannot be resized meaningfully and become failures
@@ -48,17 +51,25 @@ def load_class_map(path: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in mapping.items()}
 
 
+SYSTEM_FOLDERS = {"@eaDir", "__MACOSX", "$RECYCLE.BIN"}  # a NAS's thumbnails, a macOS zip's forks, Windows' bin
+
+
 def _images_under(folder: Path) -> list[str]:
     """Absolute paths of the image files under a class folder, sorted as Path objects sort (by path parts), as
-    `rglob` finds them: linked files count, linked folders are not entered. One `scandir` pass whose entries
+    `rglob` finds them: linked files count, linked folders are not entered. Hidden entries ('.ipynb_checkpoints',
+    macOS's '._photo.jpg' forks) and SYSTEM_FOLDERS are left out (logged): a Synology share holds a thumbnail of
+    every photo under '@eaDir', which would have joined the class. One `scandir` pass whose entries
     know their type: no `stat` per file except for links (resolved), which 10,000-image plannings notice."""
     base = str(folder.resolve())
     found: list[tuple[tuple[str, ...], str]] = []
+    hidden: list[str] = []
 
     def walk(d: str, rel: tuple[str, ...]) -> None:
         with os.scandir(d) as entries:
             for e in entries:
-                if e.is_dir(follow_symlinks=False):
+                if e.name.startswith(".") or e.name in SYSTEM_FOLDERS:
+                    hidden.append(e.name)
+                elif e.is_dir(follow_symlinks=False):
                     walk(e.path, rel + (e.name,))
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
                     parts = rel + (e.name,)
@@ -66,6 +77,9 @@ def _images_under(folder: Path) -> list[str]:
                                   "/".join((base,) + parts)))
 
     walk(str(folder), ())
+    if hidden:
+        log.info("%s: %d hidden or system entries left out (%s)", folder, len(hidden),
+                 ", ".join(sorted(set(hidden))[:5]))
     return [path for _, path in sorted(found)]
 
 
@@ -74,7 +88,8 @@ def read_dataset(source: str, class_map: str | None = None) -> Dataset:
     src = Path(source).expanduser()
     mapping = load_class_map(class_map)
     if src.is_dir():
-        folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        folders = sorted(p for p in src.iterdir()
+                         if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in SYSTEM_FOLDERS)
         if not folders:
             raise ValueError(f"dataset folder {src} has no class sub-folders; ImageFolder layout is "
                              f"{src}/<class>/<image>.jpg (or pass a manifest .csv/.parquet with path,label)")

@@ -1,5 +1,6 @@
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,24 @@ def test_resuming_a_run_keeps_its_shard_count_and_refuses_sorted_path_runs():
     assert resumed_shard_count({"sharding": "path-hash-v1", "n_shards": 7}, "r") == 7
     with pytest.raises(ValueError, match=r"run 'old' was sharded by sorted path.*start a new run"):
         resumed_shard_count({"sharding": None, "n_shards": 3}, "old")
+
+
+def test_hidden_and_system_entries_are_not_images_of_a_class(tmp_path):
+    """A NAS's '@eaDir' thumbnails, Jupyter's checkpoints and macOS's '._' forks are not the class's photos."""
+    root = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        _save(root / cls / "a.png", "RGB", "PNG")
+    (root / "cat" / "@eaDir" / "a.png").mkdir(parents=True)
+    _save(root / "cat" / "@eaDir" / "a.png" / "SYNOPHOTO_THUMB_M.png", "RGB", "PNG")
+    (root / "cat" / ".ipynb_checkpoints").mkdir()
+    _save(root / "cat" / ".ipynb_checkpoints" / "a-checkpoint.png", "RGB", "PNG")
+    (root / "cat" / "._a.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / "@eaDir").mkdir()  # at the top too: not a class
+    _save(root / "@eaDir" / "x.png", "RGB", "PNG")
+    (root / "cat" / "more").mkdir()  # an ordinary sub-folder still counts
+    _save(root / "cat" / "more" / "b.png", "RGB", "PNG")
+    ds = read_dataset(str(root))
+    assert ds.classes == ("cat", "dog")
+    assert sorted(Path(it.path).relative_to(root).as_posix() for it in ds.items) == [
+        "cat/a.png", "cat/more/b.png", "dog/a.png"]
