@@ -29,7 +29,9 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"could not read manifest {path}: {e}") from e
     missing = {"path", "label"} - set(table.column_names)
     if missing:
-        raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; it has {table.column_names}")
+        raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; it has {table.column_names}: name the "
+                         f"image file column 'path' (absolute, or relative to the manifest) and the class column "
+                         f"'label'")
     return table.select([c for c in table.column_names if c in ("path", "label", "split")]).to_pylist()
 
 
