@@ -210,17 +210,26 @@ _TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> Orde
 
 
 @torch.no_grad()
+def embed_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """(T, D) unit text embeddings, TEXT_BATCH texts per encoder call under the model's autocast (a batch halves on
+    CUDA out-of-memory), no cache: callers that hold many texts at once (a class × template classifier) or that
+    cache them themselves (`encode_texts`). Hold the model's lock."""
+    def encode(i: int, j: int) -> torch.Tensor:
+        with autocast(lm):
+            raw = text_features(lm.model, lm.tokenizer(texts[i:j]).to(lm.spec.device))  # (j - i, D)
+        return F.normalize(raw.float(), dim=-1)
+    return in_batches(len(texts), TEXT_BATCH, encode)
+
+
+@torch.no_grad()
 def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
     """(T, D) unit text embeddings. Each distinct text goes through the encoder once per process: captions,
     references and phrases repeat across crops, shards and stages (a bounded LRU per model)."""
     with model_lock(lm.model):
         cache = _TEXTS.setdefault(lm.model, OrderedDict())
         todo = list(dict.fromkeys(t for t in texts if t not in cache))
-        for b in range(0, len(todo), TEXT_BATCH):
-            part = todo[b:b + TEXT_BATCH]
-            with autocast(lm):
-                emb = F.normalize(text_features(lm.model, lm.tokenizer(part).to(lm.spec.device)).float(), dim=-1)
-            cache.update(zip(part, emb))  # (D,) rows
+        if todo:
+            cache.update(zip(todo, embed_texts(lm, todo)))  # (D,) rows
         for t in texts:
             cache.move_to_end(t)
         if not texts:

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 
 from mapcap.storage.schemas import SCHEMAS
 from mapcap.tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
-from mapcap.tasks.models import (TEXT_BATCH, LoadedModel, autocast, encode_texts, image_features, in_batches,
+from mapcap.tasks.models import (LoadedModel, autocast, embed_texts, encode_texts, image_features, in_batches,
                                  model_lock)
 from mapcap.tasks.templates import fill
-from mapcap.tasks.text_tower import text_features
 
 ENSEMBLE = "ensemble"  # the template name of the ensemble rows in `predictions`
 
@@ -27,19 +26,14 @@ def text_classifier(lm: LoadedModel, classes: tuple[str, ...], templates: tuple[
     """(T + 1, C, D) unit text embeddings: one row per template, the last row their ensemble.
 
     The ensemble is the mean of the normalised per-template embeddings, normalised again (CLIP's recipe).
-    Computed once per process for a model, class list and template list, every prompt in TEXT_BATCH batches under
-    the model's autocast (ImageNet's 1,000 classes × CLIP's 80 templates are 80,000 prompts).
+    Computed once per process for a model, class list and template list, all prompts through `embed_texts` (batches,
+    the model's autocast: ImageNet's 1,000 classes × CLIP's 80 templates are 80,000 prompts).
     """
     key = (lm.spec, classes, templates)
     with _TEXT_LOCK, model_lock(lm.model):
         if key not in _TEXT_CACHE:
             prompts = [fill(t, c) for c in classes for t in templates]  # class-major
-
-            def encode(i: int, j: int) -> torch.Tensor:
-                with autocast(lm):
-                    raw = text_features(lm.model, lm.tokenizer(prompts[i:j]).to(lm.spec.device))  # (j - i, D)
-                return F.normalize(raw.float(), dim=-1)
-            emb = in_batches(len(prompts), TEXT_BATCH, encode)  # (C·T, D)
+            emb = embed_texts(lm, prompts)  # (C·T, D)
             emb = emb.view(len(classes), len(templates), -1).transpose(0, 1)  # (T, C, D)
             ens = F.normalize(emb.mean(0, keepdim=True), dim=-1)  # (1, C, D)
             _TEXT_CACHE[key] = torch.cat([emb, ens], dim=0)  # (T + 1, C, D)
