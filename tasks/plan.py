@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +18,6 @@ from mapcap.tasks.plugins import named_dataset, preset_for_model
 from mapcap.tasks.provenance import config_hash
 from mapcap.tasks.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
 from mapcap.tasks.templates import fill, id_like, resolve_templates
-from mapcap.tasks.weights import ensure_weights
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +93,8 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     unknown = sorted(set(redo_classes or ()) - set(ds.classes))
     if unknown:
         raise ValueError(f"redo_classes {unknown} are not classes of {source}; its classes are {list(ds.classes)}")
-    if spec.pretrained and not os.path.isfile(spec.pretrained):  # an open_clip tag: cached, or downloaded once now
-        ensure_weights(spec.name, spec.pretrained)
-    load_model(spec)  # a checkpoint that does not load stops the run here, not in every shard; this process's
-    # shards reuse the model (built once per process)
+    load_model(spec)  # weights that cannot be fetched or loaded stop the run here, not in every shard; this
+    # process's shards reuse the model (built once per process)
     shard_size = shard_size or default_shard_size(spec.device)
     run_id = make_run_id(run_name, config_hash(source, spec, tpl, shard_size))
     stored = stored_run_row(root, run_id) if root and run_name else None

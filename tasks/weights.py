@@ -1,9 +1,9 @@
-"""Pretrained weights made sure of at planning, before any shard.
+"""A pretrained tag's weights and build options, for `models.create_clip`.
 
-open_clip fetches a tag's weights when a model is built, that is in the first stage of every shard: where the hub
-cannot be reached, each shard spent ~46 s in the hub client's retries (a safetensors file, then the .bin) before
-it failed, and the run ended with "shard(s) failed". Planning now finds the weights in the local cache (no
-network) or downloads them once, and stops the run with the reason and the fix when neither works.
+open_clip fetches a tag's weights when a model is built: where the hub cannot be reached, each shard spent ~46 s in
+the hub client's retries (a safetensors file, then the .bin) before it failed, and the run ended with "shard(s)
+failed". The weights are now found in the local cache (no network) or downloaded once, else the build stops with
+the reason and the fix; planning builds the model, so that happens before any shard.
 """
 from __future__ import annotations
 
@@ -49,13 +49,10 @@ def cached_weights(cfg: dict, cache_dir: str | None = None) -> str | None:
     return path if path and os.path.isfile(path) else None
 
 
-def ensure_weights(name: str, tag: str, cache_dir: str | None = None) -> str:
-    """The local path of open_clip tag `tag`'s weights for model `name`: cached, or downloaded now (as building
-    the model would, once instead of in every shard). ValueError naming the tag and the fix when neither works."""
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    if not cfg:
-        raise ValueError(f"pretrained {tag!r} is not a tag of {name!r}; known tags: "
-                         f"{open_clip.list_pretrained_tags_by_model(name) or 'none (pass a local checkpoint path)'}")
+def ensure_weights(name: str, tag: str, cfg: dict, cache_dir: str | None = None) -> str:
+    """The local path of open_clip tag `tag`'s weights (`cfg`, its pretrained config) for model `name`: cached, or
+    downloaded now. ValueError naming the tag and the fix when neither works (open_clip's own error says only
+    that a download failed)."""
     found = cached_weights(cfg, cache_dir)
     if found:
         return found
@@ -80,8 +77,9 @@ def tag_options(name: str, tag: str) -> tuple[str, dict]:
     - QuickGELU where the tag was trained with it and the model config does not say so: open_clip 3.3 builds
       `ViT-B-16` with 'openai' weights with the standard GELU and only warns (its `-quickgelu` names exist for
       this), which shifts every probability of OpenAI's CLIPs.
-    - Weights found in the local cache are passed as the file, with the tag's preprocessing: given the tag,
-      open_clip asks the hub first, and offline its client retries ~23 s for each file name it tries."""
+    - The weights are passed as their local file (`ensure_weights`: cached, else downloaded once here, else a
+      ValueError with the fix), with the tag's preprocessing: given the tag, open_clip asks the hub first, and
+      offline its client retries ~23 s for each file name it tries before it reads the cache."""
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if not cfg:
         return tag, {}
@@ -89,8 +87,5 @@ def tag_options(name: str, tag: str) -> tuple[str, dict]:
     if cfg.get("quick_gelu") and not (open_clip.get_model_config(name) or {}).get("quick_gelu"):
         log.info("%s / %s: QuickGELU, as the tag was trained (open_clip's %s-quickgelu)", name, tag, name)
         opts["force_quick_gelu"] = True
-    found = cached_weights(cfg)
-    if not found:
-        return tag, opts
-    return found, opts | {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+    return ensure_weights(name, tag, cfg), opts | {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
                           "image_interpolation": cfg.get("interpolation"), "image_resize_mode": cfg.get("resize_mode")}

@@ -1,6 +1,7 @@
 """Pretrained weights are made sure of at planning: found in the cache without the network, or the run stops
 before any shard with the tag and the fix (offline, each shard used to spend ~46 s in the hub's retries)."""
 import huggingface_hub.constants as hf_constants
+import open_clip
 import pytest
 from PIL import Image
 
@@ -40,9 +41,10 @@ def test_hub_files_follow_open_clips_order():
 def test_cached_weights_are_found_without_the_network(offline, tmp_path):
     assert cached_weights({"hf_hub": REPO + "/"}) is None
     bin_path = _cache(offline, REPO, "open_clip_pytorch_model.bin")
-    assert ensure_weights("ViT-B-16", "openai") == bin_path
+    openai = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    assert ensure_weights("ViT-B-16", "openai", openai) == bin_path
     safe = _cache(offline, REPO, "open_clip_model.safetensors")  # open_clip prefers it: so does the check
-    assert ensure_weights("ViT-B-16", "openai") == safe
+    assert ensure_weights("ViT-B-16", "openai", openai) == safe
     url_cache = tmp_path / "clip"
     url_cache.mkdir()
     cfg = {"url": "https://openaipublic.azureedge.net/clip/models/abc/ViT-B-16.pt"}
