@@ -32,8 +32,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         flow = explain_on_ray(None if args.ray == "local" else args.ray)
     params = _params(args)
     args.wait_for_api()
-    with flow_settings():
-        result = flow(params)
+    try:
+        with flow_settings():
+            result = flow(params)
+    except KeyboardInterrupt:  # Ctrl-C; the flow logged the run and how to resume it (a SIGTERM ends the process)
+        print(f"mapcap {args.cmd}: stopped; the shards' finished stages are kept, and a rerun with the run's name "
+              "(logged above) does the rest", file=sys.stderr)
+        return 130
     print_run_summary(params.out, result)
     return 0
 

@@ -22,6 +22,7 @@ from mapcap.tasks.run_record import record_run_task
 from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.report.html import report_path
 from mapcap.tasks.stages.tasks import run_stage_task, shard_task_on
+from mapcap.tasks.stop import stop_scope
 
 __all__ = ["ExplainParams", "explain"]
 
@@ -66,31 +67,42 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
         logger.warning("%s", note)
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")
     forces = shards_to_force(plan, params.force, params.redo_classes)
-    with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
-        futures = shard_task_on(plan.model.device).map(
-            unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id, list(range(len(plan.shards))),
-            [whole(list(s)) for s in plan.shards], forces, unmapped(params.workers))
-    shard_of = {f.task_run_id: i for i, f in enumerate(futures)}
-    results: list[dict | None] = [None] * len(futures)
+    results: list[dict | None] = [None] * len(plan.shards)
     failed: set[int] = set()
-    for n, fut in enumerate(as_completed(futures), start=1):
-        i = shard_of[fut.task_run_id]
-        try:
-            results[i] = fut.result()
-        except Exception as e:  # the shard failed (its retries spent); the run records it
-            logger.error("shard %d failed: %s: %s", i, type(e).__name__, e)
-            failed.add(i)
-        update_progress_artifact(progress, 100.0 * n / len(futures))
+    run_results: dict[str, dict] = {}
+    try:
+        with stop_scope():  # Ctrl-C, SIGTERM or a cancel: the running shards stop at their next batch
+            with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
+                futures = shard_task_on(plan.model.device).map(
+                    unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,
+                    list(range(len(plan.shards))), [whole(list(s)) for s in plan.shards], forces,
+                    unmapped(params.workers))
+            shard_of = {f.task_run_id: i for i, f in enumerate(futures)}
+            for n, fut in enumerate(as_completed(futures), start=1):
+                i = shard_of[fut.task_run_id]
+                try:
+                    results[i] = fut.result()
+                except Exception as e:  # the shard failed (its retries spent); the run records it
+                    logger.error("shard %d failed: %s: %s", i, type(e).__name__, e)
+                    failed.add(i)
+                update_progress_artifact(progress, 100.0 * n / len(futures))
+            for sp in resolved.run_stages if not failed else ():
+                run_results[sp.name] = run_stage_task(sp, params.out, plan.run_id, [r for r in results if r],
+                                                      run_results, params.force or any(forces), params.workers,
+                                                      {"dataset": plan.dataset, "classes": plan.classes})
+    except BaseException as e:  # stopped (or a fault of the flow's own): record what is done, then end as asked
+        done = [r for r in results if r is not None]
+        record_run_task(params.out, quote(resolved), pdict, "failed" if isinstance(e, Exception) else "stopped",
+                        started, done, [], run_results)
+        logger.warning("run %s ended early (%s): %d of %d shards done, their files kept; rerun with run_name=%r "
+                       "(--run-name %s) to do the rest", plan.run_id, type(e).__name__, len(done), len(plan.shards),
+                       plan.run_id, plan.run_id)
+        raise
     done = [r for r in results if r is not None]
     if failed:
         record_run_task(params.out, quote(resolved), pdict, "failed", started, done, sorted(failed))
         raise RuntimeError(f"run {plan.run_id}: shard(s) {sorted(failed)} failed (see their task logs); rerun with "
                            f"run_name={plan.run_id!r} to redo only those")
-    run_results: dict[str, dict] = {}
-    for sp in resolved.run_stages:
-        run_results[sp.name] = run_stage_task(sp, params.out, plan.run_id, done, run_results,
-                                              params.force or any(forces), params.workers,
-                                              {"dataset": plan.dataset, "classes": plan.classes})
     record_run_task(params.out, quote(resolved), pdict, "finished", started, done, [], run_results)
     report = report_path(plan.run_id) if "report" in run_results else None
     report = f"{params.out.rstrip('/')}/{report}" if report else None

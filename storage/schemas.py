@@ -16,7 +16,7 @@ _ts = pa.timestamp("us", tz="UTC")
 
 SCHEMAS: dict[str, pa.Schema] = {
     "runs": pa.schema([
-        ("run_id", pa.string()), ("status", pa.string()),  # 'running' | 'finished' | 'failed'
+        ("run_id", pa.string()), ("status", pa.string()),  # 'running' | 'finished' | 'failed' | 'stopped'
         ("started_at", _ts), ("finished_at", _ts), ("duration_s", pa.float64()),
         ("dataset", pa.string()), ("model", pa.string()), ("pretrained", pa.string()),
         ("templates", pa.list_(pa.string())), ("n_classes", pa.int32()), ("n_shards", pa.int32()),

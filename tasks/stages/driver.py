@@ -22,6 +22,7 @@ from mapcap.tasks.provenance import config_from_json, config_hash, library_versi
 from mapcap.tasks.stages import reuse
 from mapcap.tasks.stages.base import Rows, Stage, get_stage, upstream, writers
 from mapcap.tasks.stages.context import ImageCache, StageContext
+from mapcap.tasks.stop import check_stop
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
         root, run_id, output_files(get_stage(sp.name), sp.config, shard), hashes[sp.name])}
     stages: dict[str, dict] = {}
     for sp in plans:
+        check_stop()  # a stopped run's shard starts no further stage (tasks/stop.py)
         stages[sp.name] = run_stage(get_stage(sp.name), sp.config, ctx, hashes[sp.name], force, by_content[sp.name])
     return {"shard": shard, "n_images": len(items), "stages": stages}
 

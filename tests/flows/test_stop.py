@@ -1,0 +1,51 @@
+"""Ctrl-C during a run: the shards stop at their next batch, the run is recorded as stopped, a rerun resumes."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from mapcap.flows.explain import ExplainParams, explain
+from mapcap.storage.query import connect, named_query, run_sql
+
+
+def test_an_interrupt_stops_the_running_shards_and_a_rerun_resumes(prefect_harness, toy_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    from mapcap.flows.cli import main
+    from mapcap.tasks.stages.classify import Classify
+    original = Classify.compute
+    steps, ended_by = [], []
+
+    def slow_shard_1(self, cfg, ctx):
+        """Shard 1 interrupts the process (as Ctrl-C does), then works in batches for a long time."""
+        if ctx.shard != 1:
+            return original(self, cfg, ctx)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            for i in range(3000):  # 30 s of batches unless stopped
+                ctx.progress(i, 3000)
+                steps.append(i)
+                threading.Event().wait(0.01)
+        except BaseException as e:
+            ended_by.append(type(e).__name__)
+            raise
+        return original(self, cfg, ctx)
+
+    monkeypatch.setattr(Classify, "compute", slow_shard_1)
+    rc = main(["run", str(toy_dir), "--out", str(tmp_path), "--shard-size", "16", "--run-name", "stop", "--device",
+               "cpu", "--stages", "classify", "relevancy"])
+    assert rc == 130 and "mapcap run: stopped" in capsys.readouterr().err
+    assert ended_by == ["RunStopped"] and len(steps) < 3000  # it stopped between batches, not at its end
+    con = connect(str(tmp_path))
+    assert run_sql(con, "SELECT status FROM runs").column("status").to_pylist() == ["stopped"]
+    kept = sorted(p.name for p in (tmp_path / "predictions" / "run=stop").glob("*.parquet"))
+    assert "shard-00001.parquet" not in kept  # the stopped shard wrote nothing of its stage
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # and no half file
+
+    monkeypatch.setattr(Classify, "compute", original)
+    again = explain(ExplainParams(dataset=str(toy_dir), out=str(tmp_path), shard_size=16, run_name="stop",
+                                  device="cpu", stages=["classify", "relevancy"]))
+    assert again["shards_done"] == 3
+    con = connect(str(tmp_path))
+    assert named_query(con, "row_counts", "stop").to_pylist()[0] == {"images": 48, "predicted": 48, "failed": 0}
+    assert run_sql(con, "SELECT status FROM runs").column("status").to_pylist() == ["finished"]
