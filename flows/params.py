@@ -89,9 +89,11 @@ class ConceptsParams(Section):
 
 
 class EvaluateParams(Section):
-    images: int = Field(64, ge=1, description="about this many classified images get per-image faithfulness "
-                                              "scores (the faithfulness stage; within a factor √2: a sample "
-                                              "fixed by image id, as for concepts) that evaluate averages")
+    images: int | None = Field(None, ge=1, description="about this many classified images get per-image "
+                                                       "faithfulness scores (the faithfulness stage; within a factor "
+                                                       "√2: a sample fixed by image id, as for concepts) that "
+                                                       "evaluate averages; empty: 64, or on CPU fewer for a large "
+                                                       "model (each image costs ~84 forwards: ViT-B-16 gets 7)")
 
 
 class SummarizeParams(Section):

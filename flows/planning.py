@@ -15,6 +15,8 @@ import open_clip
 
 from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
+from mapcap.tasks.cost import default_eval_images
+from mapcap.tasks.models import load_model
 from mapcap.tasks.plan import RunPlan, default_batch, model_notes, plan_run
 from mapcap.tasks.relevancy.methods import default_start_layer, get_method
 from mapcap.tasks.segment import SegmentConfig
@@ -162,9 +164,16 @@ def _variants(f: Facts) -> tuple[tuple[str, int | None], ...]:
     return VARIANTS
 
 
+def eval_images(p, f: Facts) -> tuple[int, str | None]:
+    """The faithfulness sample's size: the user's, else sized to the model's cost off a GPU (tasks/cost.py)."""
+    if p.evaluate.images is not None:
+        return p.evaluate.images, None
+    return default_eval_images(load_model(f.plan.model), len(_variants(f)))
+
+
 def _faithfulness(p, f: Facts) -> FaithfulnessConfig:
     return FaithfulnessConfig(f.plan.model, f.plan.classes, f.plan.templates, f.plan.dataset,
-                              sample_share(p.evaluate.images, f.plan.n_images), _variants(f))
+                              sample_share(eval_images(p, f)[0], f.plan.n_images), _variants(f))
 
 
 def _evaluate(p, f: Facts) -> EvaluateConfig:
@@ -214,6 +223,8 @@ def resolve_run(p) -> Resolved:
         log.info("description-based classification off: %s", bank_reason)
     plans = [StagePlan(n, configs[n]) for n in picked if n in configs]
     notes = model_notes(plan.model.name, plan.classes)
+    if "faithfulness" in configs and configs["faithfulness"].sample < 1.0:
+        notes += [n for n in eval_images(p, facts)[1:] if n]
     for note in notes:
         log.warning("%s", note)
     return Resolved(plan, tuple(s for s in plans if get_stage(s.name).scope == "shard"),

@@ -14,6 +14,8 @@ discrimination on two-object images (share of a class map's mass on its own obje
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,14 @@ def perturbation_plan(maps: torch.Tensor) -> dict[str, list[tuple[str, int]]]:
             "insertion": [("top", n) for n in ns]}
 
 
+def perturbed_passes(g: int) -> int:
+    """Passes over the images `perturbation_curves` makes for one map of a g×g grid (the unperturbed images are
+    classified once for every map, the blank image once per call)."""
+    N = g * g
+    keys = {k for keys in perturbation_plan(torch.zeros(g, g)).values() for k in keys}
+    return len(keys - {("top", N), ("bottom", 0), ("top", 0), ("bottom", N)})
+
+
 @torch.no_grad()
 def _probs(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     img = encode_pixels(lm, pixels)  # (B, D), unit
@@ -51,12 +61,12 @@ def _probs(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> t
 
 
 def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor, classifier: torch.Tensor,
-                        target: torch.Tensor, label: torch.Tensor,
-                        clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                        target: torch.Tensor, label: torch.Tensor, clean: torch.Tensor | None = None,
+                        tick: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
     """Curves (B, F) over FRACTIONS: accuracy under positive / negative perturbation, target probability
     under deletion and insertion, and "clean": the unperturbed images' probabilities (B, C). `target`, `label`:
     (B,) class indices; classifier (C, D). `clean`: those probabilities when the caller has them already (they
-    do not depend on the map: pass them back for the next variant)."""
+    do not depend on the map: pass them back for the next variant). `tick(n)` follows each pass over n images."""
     B, size, g = len(target), pixels.shape[-1], maps.shape[-1]
     N = g * g
     order = maps.flatten(1).argsort(dim=1, descending=True)  # (B, N) most relevant first
@@ -72,6 +82,7 @@ def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tenso
         else:
             cells = slice(None, n) if kind == "top" else slice(n, None)
             probs[key] = _probs(lm, pixels * _kept(order, cells, g, size), classifier)
+            tick(B)
     rows = torch.arange(B)
     out = {"positive": [(probs[k].argmax(-1) == label).float() for k in plan["positive"]],
            "negative": [(probs[k].argmax(-1) == label).float() for k in plan["negative"]],

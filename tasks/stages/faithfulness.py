@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from mapcap.storage.manifest import dataset_masks
-from mapcap.tasks.metrics.faithfulness import aucs, mass_share, perturbation_curves, pointing_grid, pointing_pixel
+from mapcap.tasks.metrics.faithfulness import (aucs, mass_share, perturbation_curves, perturbed_passes,
+                                                pointing_grid, pointing_pixel)
 from mapcap.tasks.models import ModelSpec, load_model
-from mapcap.tasks.relevancy.methods import relevancy_maps
+from mapcap.tasks.relevancy.methods import grid_size, relevancy_maps
 from mapcap.tasks.sharding import sampled
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
@@ -72,11 +73,18 @@ class Faithfulness(Stage):
         def add(k: int, base: dict, metric: str, value: float) -> None:
             rows.append(base | {"image_id": ids[k], "metric": metric, "value": float(value)})
 
-        for n_done, (method, start) in enumerate(cfg.variants):
-            ctx.progress(n_done, len(cfg.variants), f"map variants of {len(ids)} images")
+        # progress in perturbed images (a variant is ~19 passes over the sample: minutes each with a large CLIP on CPU)
+        passes = len(cfg.variants) * perturbed_passes(grid_size(lm)) * len(ids)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            ctx.progress(done[0], passes, "perturbed images")
+
+        for method, start in cfg.variants:
             base = {"run_id": ctx.run_id, "shard": ctx.shard, "method": method, "start_layer": start}
             pmaps = relevancy_maps(lm, method, x, emb[pred], start)  # (B, g, g)
-            curves = perturbation_curves(lm, x, pmaps, emb, pred, label, clean)
+            curves = perturbation_curves(lm, x, pmaps, emb, pred, label, clean, tick)
             clean = curves.pop("clean")
             for name, c in curves.items():
                 for k, v in enumerate(aucs(c)):

@@ -155,6 +155,23 @@ def test_unset_batch_sizes_follow_the_device(toy_dir):
     assert (cfg["classify"].batch_size, cfg["relevancy"].batch_size, cfg["captions"].captioner.batch_size) == (8, 4, 5)
 
 
+def test_the_evaluation_sample_follows_the_models_cost_off_a_gpu(toy_dir):
+    from types import SimpleNamespace
+
+    from mapcap.tasks.cost import EVAL_IMAGES, default_eval_images
+
+    def planned(**kw):
+        r = ExplainParams(dataset=str(toy_dir), device="cpu", **kw).resolve()
+        return {s.name: s.config for s in r.shard_stages}["faithfulness"].sample, r.notes
+
+    sample, notes = planned(model="ViT-B-32", pretrained="")  # 48 images; ~88 forwards of 5.9 GFLOP each
+    assert sample == 0.5 and [n for n in notes if "faithfulness evaluation scores about" in n and "not 64" in n
+                              and "--evaluate.images" in n]
+    assert planned(model="ViT-B-32", pretrained="", evaluate={"images": 64}) == (1.0, ())  # asked for: as asked
+    assert planned() == (1.0, ())  # the toy CLIP keeps the full sample
+    assert default_eval_images(SimpleNamespace(spec=SimpleNamespace(device="cuda:0")), 4) == (EVAL_IMAGES, None)
+
+
 def test_caption_quality_runs_where_the_dataset_has_reference_captions(tmp_path, toy_dir):
     import shutil
     r = ExplainParams(dataset=str(toy_dir)).resolve()

@@ -48,7 +48,7 @@ def test_auc_of_constant_curves():
 
 
 def test_insertion_shows_the_cells_deletion_removes():
-    from mapcap.tasks.metrics.faithfulness import perturbation_curves
+    from mapcap.tasks.metrics.faithfulness import perturbation_curves, perturbed_passes
     seen = []
 
     class Probe:  # a stand-in model that records what it is shown
@@ -68,9 +68,13 @@ def test_insertion_shows_the_cells_deletion_removes():
 
     maps = torch.arange(16.0).view(1, 4, 4)  # the last row is the most relevant
     pixels = torch.ones(1, 3, 8, 8)
-    curves = perturbation_curves(Probe, pixels, maps, torch.eye(2), torch.tensor([0]), torch.tensor([0]))
+    ticks: list[int] = []
+    curves = perturbation_curves(Probe, pixels, maps, torch.eye(2), torch.tensor([0]), torch.tensor([0]),
+                                 tick=ticks.append)
     assert {tuple(v.shape) for v in curves.values()} == {(1, len(FRACTIONS)), (1, 2)}
     assert len(seen) == len({x.numpy().tobytes() for x in seen})  # no image is classified twice
+    # the stage's progress counts these passes: all but the unperturbed and the blank image, one tick each
+    assert ticks == [1] * perturbed_passes(4) and len(seen) == perturbed_passes(4) + 2
     cells = maps.flatten().argsort(descending=True)
 
     def shown(top: int) -> torch.Tensor:  # the image with only the `top` most relevant cells

@@ -1,0 +1,58 @@
+"""Model work of the sampled faithfulness evaluation, to size its default sample where forwards are dear (CPU).
+
+The evaluation classifies each sampled image ~84 times (4 map variants × 18-19 perturbed images, and the maps'
+forward and backward; tasks/metrics/faithfulness.py): nothing on a GPU (64 images of ViT-B-16 in ~1 s on an H200),
+but on 2 CPU cores a 64-image ViT-B-16 run was still in it after 20 minutes, its classification, maps, regions and
+captions having taken 41 s. So where the run's device is not a GPU and the user left `evaluate.images` unset, the
+sample is sized to a fixed amount of model work, counted in FLOPs (deterministic for a model, unlike a timing): the
+toy CLIP keeps its 64 images, ViT-B-32 gets about 28, ViT-B-16 7 (about 3 minutes on those cores), ViT-L-14 4.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mapcap.tasks.metrics.faithfulness import perturbed_passes
+from mapcap.tasks.models import LoadedModel
+from mapcap.tasks.relevancy.methods import grid_size
+
+EVAL_IMAGES = 64  # the evaluation's sample where forwards are cheap (a GPU) or the model small
+CPU_EVAL_FLOP = 15e12  # model work of the default sample elsewhere (~3 min at the ~90 GFLOP/s of 2 cores)
+MAP_PASSES = 3  # a map's forward and backward, in forwards (Chefer over all blocks; less for the others)
+
+_FLOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> FLOPs of one image forward
+_LOCK = threading.Lock()
+
+
+def image_flops(lm: LoadedModel) -> float:
+    """FLOPs of one image through the image tower, as torch counts them (once per model: one forward, batch 1)."""
+    with _LOCK:
+        if lm.model not in _FLOPS:
+            size = lm.model.visual.image_size
+            size = size if isinstance(size, (tuple, list)) else (size, size)
+            pixels = torch.zeros(1, 3, *size, device=lm.spec.device)
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                lm.model.encode_image(pixels)  # eager: counting never compiles the tower
+            _FLOPS[lm.model] = float(counter.get_total_flops())
+        return _FLOPS[lm.model]
+
+
+def eval_forwards(lm: LoadedModel, n_variants: int) -> int:
+    """Image forwards the evaluation makes per sampled image."""
+    return n_variants * (perturbed_passes(grid_size(lm)) + MAP_PASSES)
+
+
+def default_eval_images(lm: LoadedModel, n_variants: int) -> tuple[int, str | None]:
+    """The evaluation's sample size when the user set none, and a note saying why when it is below EVAL_IMAGES."""
+    if lm.spec.device.startswith("cuda"):
+        return EVAL_IMAGES, None
+    flops, forwards = image_flops(lm), eval_forwards(lm, n_variants)
+    n = max(4, min(EVAL_IMAGES, int(CPU_EVAL_FLOP // (flops * forwards))))
+    if n == EVAL_IMAGES:
+        return n, None
+    return n, (f"the faithfulness evaluation scores about {n} images, not {EVAL_IMAGES}: on {lm.spec.device} each "
+               f"costs {forwards} forwards of {lm.spec.name} ({flops / 1e9:.1f} GFLOP each); set evaluate.images "
+               f"(--evaluate.images N) to score more, or leave the stage out (--stages)")
