@@ -71,12 +71,13 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     failed: set[int] = set()
     run_results: dict[str, dict] = {}
     try:
-        with stop_scope():  # Ctrl-C, SIGTERM or a cancel: the running shards stop at their next batch
+        with stop_scope() as stop:  # Ctrl-C, SIGTERM or a cancel: running shards stop at their next batch
             with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
                 futures = shard_task_on(plan.model.device).map(
                     unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,
                     list(range(len(plan.shards))), [whole(list(s)) for s in plan.shards], forces,
                     unmapped(params.workers))
+            stop.cancel_on_stop(futures)  # queued shards are then dropped
             shard_of = {f.task_run_id: i for i, f in enumerate(futures)}
             for n, fut in enumerate(as_completed(futures), start=1):
                 i = shard_of[fut.task_run_id]

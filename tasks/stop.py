@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 _STOP: ContextVar[threading.Event | None] = ContextVar("mapcap_stop", default=None)
 
@@ -25,16 +27,31 @@ class RunStopped(BaseException):
     one image's error into a `failures` row catch Exception, and must not record a stop as a bad image."""
 
 
+@dataclass
+class StopScope:
+    event: threading.Event  # set once the run is stopped
+    queued: list = field(default_factory=list)  # task futures that must not start once it is
+
+    def cancel_on_stop(self, futures: list) -> None:
+        """Shards still queued when the run stops are dropped, not started only to stop at once (each a task run
+        and a crash line: a thousand of them for a thousand-shard run)."""
+        self.queued.extend(futures)
+
+
 @contextmanager
-def stop_scope() -> Iterator[threading.Event]:
+def stop_scope() -> Iterator[StopScope]:
     """Work started inside (tasks submitted, threads run in a copy of this context) stops at its next `check_stop`
     once an exception leaves the block: an interrupt, a termination, a cancel, or a bug of the flow's own."""
-    event = threading.Event()
-    token = _STOP.set(event)
+    scope = StopScope(threading.Event())
+    token = _STOP.set(scope.event)
     try:
-        yield event
+        yield scope
     except BaseException:
-        event.set()
+        scope.event.set()
+        for fut in scope.queued:  # a thread-pool task's future (Ray's stop at their first check instead)
+            inner = getattr(fut, "wrapped_future", None)
+            if isinstance(inner, Future):
+                inner.cancel()  # False, and harmless, for one that runs or ran
         raise
     finally:
         _STOP.reset(token)

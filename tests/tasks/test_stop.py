@@ -72,3 +72,19 @@ def test_a_stopped_run_takes_no_further_model_lock_and_is_no_failure_row():
     except RunStopped:
         pass
     assert caught == []
+
+
+def test_queued_shards_are_dropped_when_the_run_stops():
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(release.wait, 30)
+        queued = pool.submit(lambda: "started")
+        with pytest.raises(KeyboardInterrupt):
+            with stop_scope() as stop:
+                stop.cancel_on_stop([SimpleNamespace(wrapped_future=f) for f in (running, queued)])
+                raise KeyboardInterrupt
+        release.set()
+    assert queued.cancelled() and running.result() is True  # the queued one never started; the running one ran on
