@@ -6,10 +6,12 @@ import sys
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 
 from mapcap.tasks.data import Item
 from mapcap.tasks.provenance import SHARD_RETRIES, run_logger
 from mapcap.tasks.stages.driver import StagePlan, run_run_stage, run_shard
+from mapcap.tasks.stop import RunStopped
 
 
 GPU_TAG = "mapcap-gpu"  # a Prefect tag concurrency limit on it gives one shard task per GPU (README)
@@ -17,8 +19,11 @@ GPU_TAG = "mapcap-gpu"  # a Prefect tag concurrency limit on it gives one shard 
 
 @task(name="shard", task_run_name="shard-{shard}", cache_policy=NO_CACHE, **SHARD_RETRIES)
 def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
-               workers: int | None = None) -> dict:
-    return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__)) | {"node": node()}
+               workers: int | None = None) -> dict | State:
+    try:
+        return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__)) | {"node": node()}
+    except RunStopped as e:  # the run was stopped (tasks/stop.py): this shard ends Cancelled, not Crashed
+        return Cancelled(message=str(e))
 
 
 def shard_task_on(device: str):
