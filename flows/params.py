@@ -61,8 +61,9 @@ class CaptionsParams(Section):
                                                "model: the shipped one); hf: a local image-to-text model dir")
     tokenizer: str | None = Field(None, description="clipcap with an authors' .pt checkpoint: a local GPT-2 "
                                                     "tokenizer directory")
-    phrase_bank: str | None = Field(None, description="retrieval: JSON {class: [phrase, ...]} (the toy model has "
-                                                      "its own)")
+    phrase_bank: str | None = Field(None, description="retrieval: JSON {class: [phrase, ...]}, or 'general'; "
+                                                      "empty: the toy model's own bank, for other CLIPs the general "
+                                                      "one (ImageNet's objects, stuff, the run's classes)")
     phrases: int = Field(1, ge=1, description="retrieval: best phrases joined into one caption")
     beams: int = Field(1, ge=1, description="generative captioners: 1 = greedy, more = beam search")
     max_tokens: int = Field(20, ge=1, description="generative captioners: longest caption in tokens")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import open_clip
 
 from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
+from mapcap.tasks.captioners.general_bank import GENERAL
+from mapcap.tasks.captioners.retrieval import phrase_bank
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
 from mapcap.tasks.cost import default_eval_images
 from mapcap.tasks.models import load_model
@@ -138,14 +140,19 @@ def _concepts(p, f: Facts) -> ConceptsConfig:
                           c.language_top_k, f.primary[0], f.primary[1], p.captions.context, sample)
 
 
-def captioner_config(p, device: str) -> CaptionerConfig:
+def captioner_config(p, device: str, model_name: str = "", classes: tuple[str, ...] = ()) -> CaptionerConfig:
+    """The captioner's config; a retrieval captioner left without a bank gets the general one, named as such and
+    with the run's classes (so its config, and the captions' hash, say which phrases were used)."""
     c = p.captions
-    return CaptionerConfig(c.captioner, c.path, c.tokenizer, c.phrase_bank, c.phrases, c.beams, c.max_tokens, c.prompt,
-                           c.batch_size or default_batch(device, 32, 256 if c.captioner == "hf" else 512))
+    cfg = CaptionerConfig(c.captioner, c.path, c.tokenizer, c.phrase_bank, c.phrases, c.beams, c.max_tokens, c.prompt,
+                          c.batch_size or default_batch(device, 32, 256 if c.captioner == "hf" else 512))
+    if c.captioner == "retrieval" and phrase_bank(cfg, model_name) == GENERAL:
+        cfg = replace(cfg, concept_bank=GENERAL, classes=tuple(classes))
+    return cfg
 
 
 def _captions(p, f: Facts) -> CaptionsConfig:
-    cap = captioner_config(p, f.plan.model.device)
+    cap = captioner_config(p, f.plan.model.device, f.plan.model.name, f.plan.classes)
     check_captioner(cap, f.plan.model.name)  # StageUnavailable when it lacks a bank: skipped, or fails if asked for
     return CaptionsConfig(f.plan.model, cap, f.primary[0], f.primary[1], p.captions.top_k, p.captions.context,
                           f.plan.dataset)

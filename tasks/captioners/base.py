@@ -7,7 +7,7 @@ This module holds the interface, its typed config and the crop helpers; each bac
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageStat
 
@@ -23,12 +23,15 @@ class CaptionerConfig:
     name: str = "retrieval"  # a registered captioner: retrieval, clipcap, hf
     path: str | None = None  # clipcap: checkpoint (.pt) or save_clipcap dir; hf: model dir; None: toy default
     tokenizer: str | None = None  # clipcap with an authors' .pt: local GPT-2 tokenizer directory
-    concept_bank: str | None = None  # retrieval: JSON {class: [phrase]}; None: the toy bank for the toy model
+    concept_bank: str | None = None  # retrieval: JSON {class: [phrase]} or "general"; None: the preset's, else general
     phrases: int = 1  # retrieval: best phrases joined into one caption
     beams: int = 1  # generative captioners: 1 = greedy, more = beam search
     max_tokens: int = 20  # generative captioners: longest caption, in tokens
     prompt: str | None = None  # hf: text prompt for conditional models (BLIP: "a picture of")
     batch_size: int = 32  # crops per captioning call
+    # retrieval with the general bank: the run's class names, phrases of it too (left out of stored configs while
+    # empty, so configs from before it hash as they did)
+    classes: tuple[str, ...] = field(default=(), metadata={"omit_default": True})
 
 
 class Captioner:

@@ -1,4 +1,5 @@
-"""The `retrieval` captioner: the best phrases of a phrase bank by CLIP similarity (any CLIP, no extra model)."""
+"""The `retrieval` captioner: the best phrases of a phrase bank by CLIP similarity (any CLIP, no extra model): the
+user's bank, the model preset's (the toy's), or the general bank of ImageNet's objects, stuff and the run's classes."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -6,15 +7,16 @@ from PIL import Image
 
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
 from mapcap.tasks.concept_bank import load_descriptors
-from mapcap.tasks.errors import StageUnavailable
+from mapcap.tasks.captioners.general_bank import GENERAL, general_phrases
 from mapcap.tasks.models import LoadedModel, encode_images, encode_texts, load_once
 from mapcap.tasks.plugins import preset_for_model
 
 
-def phrase_bank(cfg: CaptionerConfig, model_name: str) -> str | None:
-    """The retrieval captioner's phrase bank: the configured JSON, else the model preset's, else None."""
+def phrase_bank(cfg: CaptionerConfig, model_name: str) -> str:
+    """The retrieval captioner's phrase bank: the configured JSON (or `general`), else the model preset's, else the
+    general bank (tasks/captioners/general_bank.py)."""
     p = preset_for_model(model_name)
-    return cfg.concept_bank or (p.phrases if p is not None else None)
+    return cfg.concept_bank or (p.phrases if p is not None else None) or GENERAL
 
 
 @register_captioner("retrieval")
@@ -25,18 +27,17 @@ class RetrievalCaptioner(Captioner):
 
     @classmethod
     def check(cls, cfg: CaptionerConfig, model_name: str) -> None:
-        if cfg.concept_bank:
+        if cfg.concept_bank and cfg.concept_bank != GENERAL:
             load_descriptors(cfg.concept_bank)
-        elif not phrase_bank(cfg, model_name):
-            raise StageUnavailable(f"the retrieval captioner has no phrase bank for model {model_name}: pass "
-                                   f"captions.phrase_bank=PATH (JSON {{class: [phrase, ...]}}) or another "
-                                   f"captions.captioner (clipcap, hf)")
 
     def __init__(self, lm: LoadedModel, cfg: CaptionerConfig):
         self.check(cfg, lm.spec.name)
-        bank = load_descriptors(phrase_bank(cfg, lm.spec.name))
+        source = phrase_bank(cfg, lm.spec.name)
         k = cfg.phrases
-        phrases = sorted({p for ps in bank.values() for p in ps})
+        if source == GENERAL:
+            phrases = general_phrases(cfg.classes)
+        else:
+            phrases = sorted({p for ps in load_descriptors(source).values() for p in ps})
         if not phrases:
             raise ValueError("the concept bank has no phrases")
         self.lm, self.phrases, self.k = lm, phrases, k

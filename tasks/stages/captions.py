@@ -85,7 +85,8 @@ class Captions(Stage):
 
     def compute(self, cfg: CaptionsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
-        captioner = make_captioner(cfg.captioner, lm)
+        with ctx.phase("load", lm.spec.device):  # once per process: the captioner's model, a bank's phrase embeddings
+            captioner = make_captioner(cfg.captioner, lm)
         images = {r["image_id"]: r for r in ctx.table("images")}
         regions = [r for r in ctx.table("regions") if r["method"] == cfg.method
                    and r["start_layer"] == cfg.start_layer and r["region_id"] < cfg.top_k]

@@ -128,13 +128,15 @@ def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, 
     photos = ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", device="cpu")
     r = photos.resolve()
     skipped = dict(r.skipped)
-    assert [s.name for s in r.shard_stages] == ["classify", "relevancy", "regions", "faithfulness"]
-    assert {"concepts", "captions", "summarize", "classify.descriptions"} <= set(skipped)
-    assert "phrase bank" in skipped["captions"] and "concepts.descriptors" in skipped["concepts"]
-    assert [s.name for s in r.run_stages] == ["evaluate", "report"]
-    with pytest.raises(ValueError, match="stage 'captions' was asked for but cannot run: the retrieval captioner "
-                                         "has no phrase bank"):
-        photos.model_copy(update={"stages": ["classify", "relevancy", "regions", "captions"]}).resolve()
+    assert [s.name for s in r.shard_stages] == ["classify", "relevancy", "regions", "captions", "faithfulness"]
+    assert set(skipped) == {"concepts", "classify.descriptions"}
+    assert "concepts.descriptors" in skipped["concepts"]
+    assert [s.name for s in r.run_stages] == ["caption_quality", "evaluate", "summarize", "report"]
+    # without a phrase bank of its own, a real CLIP's regions are named from the general bank and the run's classes
+    cap = next(s for s in r.shard_stages if s.name == "captions").config.captioner
+    assert (cap.concept_bank, set(cap.classes)) == ("general", {p.name for p in toy_dir.iterdir() if p.is_dir()})
+    with pytest.raises(ValueError, match="stage 'concepts' was asked for but cannot run: no concept bank"):
+        photos.model_copy(update={"stages": ["classify", "relevancy", "regions", "concepts"]}).resolve()
     r = ExplainParams(dataset=str(toy_dir), relevancy={"methods": ["gradient", "chefer"]}).resolve()
     cap = next(s for s in r.shard_stages if s.name == "captions").config
     assert (cap.method, cap.start_layer) == ("gradient", None)  # the primary method is the first listed

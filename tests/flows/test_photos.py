@@ -46,7 +46,7 @@ def test_default_run_on_photos_does_every_stage_it_can(prefect_harness, photos, 
     assert '"concepts": {"reason": "the model' in stages and '"status": "skipped"' in stages
     record = json.loads(stages)  # where each stage's seconds went, summed over shards
     for stage, parts in {"classify": {"decode", "pixels", "model", "rows", "write"}, "regions": {"segment", "write"},
-                         "captions": {"crops", "embed", "caption", "score", "write"}}.items():
+                         "captions": {"load", "crops", "embed", "caption", "score", "write"}}.items():
         phases = record[stage]["phases"]
         assert set(phases) == parts, stage
         assert 0 < sum(phases.values()) <= record[stage]["seconds"] + 0.01, stage
