@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from mapcap.flows.cli_startup import command_of, flow_settings, import_quietly, start_prefect_api_early
+from mapcap.flows.cli_startup import (command_of, exit_on_sigterm, flow_settings, import_quietly,
+                                     start_prefect_api_early)
 
 
 def _params(args: argparse.Namespace):
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     # which takes longer than Prefect's 20 s default on a slow or busy machine (a newcomer's first `mapcap demo`)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     words = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:  # the console command (not a test calling main): leave the process's signals as they are else
+        exit_on_sigterm()
     wait_for_api = start_prefect_api_early(words)
     args = _parser(words).parse_args(argv)
     args.wait_for_api = wait_for_api

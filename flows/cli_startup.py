@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RUNS_A_FLOW = ("run", "demo")  # the commands that call a flow at once (`serve` runs them later, on its schedule)
+
+
+def exit_on_sigterm() -> None:
+    """A SIGTERM ends the command through Python's shutdown, as Ctrl-C does. Its default action killed the process
+    outright (Prefect, having stopped the flow, sends it again under the handler it found), which left the temporary
+    Prefect server the command had started running: an orphan server per terminated `mapcap run`."""
+    def terminate(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def command_of(argv: list[str]) -> str | None:

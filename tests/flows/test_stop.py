@@ -49,3 +49,36 @@ def test_an_interrupt_stops_the_running_shards_and_a_rerun_resumes(prefect_harne
     con = connect(str(tmp_path))
     assert named_query(con, "row_counts", "stop").to_pylist()[0] == {"images": 48, "predicted": 48, "failed": 0}
     assert run_sql(con, "SELECT status FROM runs").column("status").to_pylist() == ["finished"]
+
+
+def test_sigterm_ends_the_command_and_the_prefect_server_it_started(toy_dir, tmp_path):
+    """`kill` of a `mapcap run`: exit 143 once the running shards stop, the run recorded as stopped, and no
+    temporary Prefect server left running (the default SIGTERM action killed the command outright and orphaned it)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.flows.test_service import _descendants
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home"),
+                                                                              "PREFECT_LOGGING_LEVEL": "INFO"}
+    (tmp_path / "home").mkdir()
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "mapcap"), "run", str(toy_dir), "--out",
+                                 str(tmp_path / "res"), "--run-name", "term", "--shard-size", "2", "--device", "cpu"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while "shard 0 classify" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        children = _descendants(proc.pid)
+        assert proc.poll() is None, "the run ended before it could be terminated"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=300)
+    assert rc == 143, log.read_text()[-3000:]
+    assert children  # the temporary server, at least ...
+    time.sleep(2)
+    assert [c for c in children if Path(f"/proc/{c}").exists()] == []  # ... is gone with the command
+    con = connect(str(tmp_path / "res"))
+    assert run_sql(con, "SELECT status FROM runs").column("status").to_pylist() == ["stopped"]
