@@ -153,7 +153,7 @@ def captioner_config(p, device: str, model_name: str = "", classes: tuple[str, .
 
 def _captions(p, f: Facts) -> CaptionsConfig:
     cap = captioner_config(p, f.plan.model.device, f.plan.model.name, f.plan.classes)
-    check_captioner(cap, f.plan.model.name)  # StageUnavailable when it lacks a bank: skipped, or fails if asked for
+    check_captioner(cap, f.plan.model.name)  # StageUnavailable if it lacks what it needs: skipped, or fails
     return CaptionsConfig(f.plan.model, cap, f.primary[0], f.primary[1], p.captions.top_k, p.captions.context,
                           f.plan.dataset)
 

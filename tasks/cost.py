@@ -1,11 +1,12 @@
 """Model work of the sampled faithfulness evaluation, to size its default sample where forwards are dear (CPU).
 
 The evaluation classifies each sampled image ~84 times (4 map variants × 18-19 perturbed images, and the maps'
-forward and backward; tasks/metrics/faithfulness.py): nothing on a GPU (64 images of ViT-B-16 in ~1 s on an H200),
-but on 2 CPU cores a 64-image ViT-B-16 run was still in it after 20 minutes, its classification, maps, regions and
-captions having taken 41 s. So where the run's device is not a GPU and the user left `evaluate.images` unset, the
-sample is sized to a fixed amount of model work, counted in FLOPs (deterministic for a model, unlike a timing): the
-toy CLIP keeps its 64 images, ViT-B-32 gets about 28, ViT-B-16 7 (about 3 minutes on those cores), ViT-L-14 4.
+forward and backward; tasks/metrics/faithfulness.py): little on a GPU (64 images of ViT-B-16: ~5,400 forwards, about
+a second at the 6,900 img/s measured on an H200), but on 2 CPU cores a 64-image ViT-B-16 run was still in it after
+20 minutes, its classification, maps, regions and captions having taken 41 s. So where the run's device is not a GPU
+and the user left `evaluate.images` unset, the sample is sized to a fixed amount of model work, counted in FLOPs
+(deterministic for a model, unlike a timing): the toy CLIP keeps its 64 images, ViT-B-32 gets about 28, ViT-B-16 7
+(a 64-image run: 8 sampled, 99 s on those cores), ViT-L-14 4.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mapcap.tasks.metrics.faithfulness import perturbed_passes
-from mapcap.tasks.models import LoadedModel
+from mapcap.tasks.models import LoadedModel, model_lock
 from mapcap.tasks.relevancy.methods import grid_size
 
 EVAL_IMAGES = 64  # the evaluation's sample where forwards are cheap (a GPU) or the model small
@@ -34,7 +35,7 @@ def image_flops(lm: LoadedModel) -> float:
             size = lm.model.visual.image_size
             size = size if isinstance(size, (tuple, list)) else (size, size)
             pixels = torch.zeros(1, 3, *size, device=lm.spec.device)
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
+            with model_lock(lm.model), FlopCounterMode(display=False) as counter, torch.no_grad():
                 lm.model.encode_image(pixels)  # eager: counting never compiles the tower
             _FLOPS[lm.model] = float(counter.get_total_flops())
         return _FLOPS[lm.model]
