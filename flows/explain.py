@@ -18,7 +18,7 @@ from prefect.utilities.annotations import quote
 from mapcap.flows.params import ExplainParams
 from mapcap.tasks.plan import expand_run_task, plan_run_task, shards_to_force
 from mapcap.tasks.report.run_summary import run_summary_task
-from mapcap.tasks.run_record import record_run_task
+from mapcap.tasks.run_record import record_run_task, run_heartbeat
 from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.report.html import report_path
 from mapcap.tasks.stages.tasks import run_stage_task, shard_task_on
@@ -71,7 +71,9 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     failed: set[int] = set()
     run_results: dict[str, dict] = {}
     try:
-        with stop_scope() as stop:  # Ctrl-C, SIGTERM or a cancel: running shards stop at their next batch
+        with run_heartbeat(params.out, resolved, pdict, started, results), stop_scope() as stop:
+            # the heartbeat rewrites the `running` row as shards finish; Ctrl-C, SIGTERM or a cancel stops the
+            # running shards at their next batch
             with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
                 futures = shard_task_on(plan.model.device).map(
                     unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,

@@ -86,8 +86,12 @@ QUERIES: dict[str, str] = {
         FROM predictions WHERE run_id = $run
         GROUP BY template ORDER BY accuracy DESC, template""",
     "runs_compared": """
-        SELECT r.run_id, r.status, r.started_at, r.model, r.pretrained, r.dataset, r.n_images, r.n_failures,
-               p.accuracy, r.duration_s
+        SELECT r.run_id,
+               -- a running row not rewritten for 5 heartbeats (60 s each): its process was killed or lost
+               CASE WHEN r.status = 'running' AND r.updated_at < now() - INTERVAL 5 MINUTE THEN 'lost'
+                    ELSE r.status END AS status,
+               r.started_at, r.model, r.pretrained, r.dataset, r.n_images, r.n_failures,
+               p.accuracy, r.duration_s, r.n_shards_done || '/' || r.n_shards AS shards, r.updated_at
         FROM runs r LEFT JOIN (
             SELECT run_id, avg(correct::INT) AS accuracy FROM predictions WHERE template = 'ensemble'
             GROUP BY run_id) p USING (run_id)

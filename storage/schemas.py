@@ -27,6 +27,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("stages_json", pa.string()),  # per stage: ran / reused / skipped and why, rows, failures, seconds
         ("sharding", pa.string()),  # how images were cut into shards (tasks/sharding.py); null: by sorted path
         ("nodes", pa.list_(pa.string())),  # where its shards ran: Ray node ids, or host names
+        ("updated_at", _ts),  # when the row was last written: every HEARTBEAT_SECONDS while the run is running
+        ("n_shards_done", pa.int32()),  # shards finished so far (all of them once finished)
     ]),
     "images": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),

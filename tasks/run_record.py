@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from prefect import task
@@ -10,6 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from mapcap.storage.writer import read_run, write_table
 from mapcap.tasks.provenance import code_version, library_versions, to_jsonable
 from mapcap.tasks.sharding import SCHEME
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 60.0  # how often a running run's row is rewritten (storage/query.py calls it lost after 5 beats)
 
 
 def phase_seconds(parts: list[dict]) -> dict[str, float]:
@@ -68,6 +75,7 @@ def run_row(resolved, params: dict, status: str, started_at: datetime, shard_res
         "config_json": json.dumps(configs, sort_keys=True),
         "stages_json": json.dumps(stage_record(resolved, done, run_results), sort_keys=True),
         "sharding": SCHEME, "nodes": sorted({r["node"] for r in done if r.get("node")}),
+        "updated_at": datetime.now(timezone.utc), "n_shards_done": len(done),
     }
 
 
@@ -79,6 +87,31 @@ def record_run(root: str, resolved, params: dict, status: str, started_at: datet
     return write_table(root, "runs", resolved.plan.run_id, "run", [row],
                        config={"params": to_jsonable(params), "stages": json.loads(row["config_json"])},
                        versions=library_versions())
+
+
+@contextmanager
+def run_heartbeat(root: str, resolved, params: dict, started_at: datetime, shard_results: list,
+                  every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """While the block runs, rewrite the run's `running` row every `every` seconds with the shards finished so far
+    (`shard_results`, filled in by the caller): `runs` shows a long run's progress, and a row whose `updated_at`
+    stops moving belongs to a run that was killed (SIGKILL, a lost machine), which no end-of-run record can say.
+    The thread is stopped and joined when the block ends, before the caller writes the final row."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                record_run(root, resolved, params, "running", started_at, [r for r in list(shard_results) if r])
+            except OSError as e:  # a full or flaky disk: the run goes on, the next beat tries again
+                log.warning("run %s: heartbeat row not written: %s", resolved.plan.run_id, e)
+
+    thread = threading.Thread(target=beat, name="mapcap-run-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @task(name="record-run", cache_policy=NO_CACHE)
