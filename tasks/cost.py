@@ -10,35 +10,29 @@ and the user left `evaluate.images` unset, the sample is sized to a fixed amount
 """
 from __future__ import annotations
 
-import threading
-import weakref
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mapcap.tasks.metrics.faithfulness import perturbed_passes
-from mapcap.tasks.models import LoadedModel, model_lock
+from mapcap.tasks.models import LoadedModel, load_once, model_lock
 from mapcap.tasks.relevancy.methods import grid_size
 
 EVAL_IMAGES = 64  # the evaluation's sample where forwards are cheap (a GPU) or the model small
-CPU_EVAL_FLOP = 15e12  # model work of the default sample elsewhere (~3 min at the ~90 GFLOP/s of 2 cores)
+CPU_EVAL_FLOP = 15e12  # model work of the default sample elsewhere (ViT-B-16's 8 images: 99 s on 2 cores)
 MAP_PASSES = 3  # a map's forward and backward, in forwards (Chefer over all blocks; less for the others)
-
-_FLOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> FLOPs of one image forward
-_LOCK = threading.Lock()
 
 
 def image_flops(lm: LoadedModel) -> float:
-    """FLOPs of one image through the image tower, as torch counts them (once per model: one forward, batch 1)."""
-    with _LOCK:
-        if lm.model not in _FLOPS:
-            size = lm.model.visual.image_size
-            size = size if isinstance(size, (tuple, list)) else (size, size)
-            pixels = torch.zeros(1, 3, *size, device=lm.spec.device)
-            with model_lock(lm.model), FlopCounterMode(display=False) as counter, torch.no_grad():
-                lm.model.encode_image(pixels)  # eager: counting never compiles the tower
-            _FLOPS[lm.model] = float(counter.get_total_flops())
-        return _FLOPS[lm.model]
+    """FLOPs of one image through the image tower, as torch counts them (once per model and process: one forward,
+    batch 1)."""
+    def count() -> float:
+        size = lm.model.visual.image_size
+        size = size if isinstance(size, (tuple, list)) else (size, size)
+        pixels = torch.zeros(1, 3, *size, device=lm.spec.device)
+        with model_lock(lm.model), FlopCounterMode(display=False) as counter, torch.no_grad():
+            lm.model.encode_image(pixels)  # eager: counting never compiles the tower
+        return float(counter.get_total_flops())
+    return load_once(("image-flops", lm.spec), count)
 
 
 def eval_forwards(lm: LoadedModel, n_variants: int) -> int:
