@@ -1,5 +1,8 @@
 """`chefer`: Chefer, Gur & Wolf 2021 as applied to CLIP by its authors. Target = image-text logit; for each
-vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; map = R[CLS, 1:].
+vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; the map is the explained
+token's row over the patch columns. The explained token is the class token (open_clip ViT, EVA02), or for a
+tower pooled by attention (SigLIP's "map" head) its learned query, whose row is Chefer's rule for attention
+from outside the sequence: mean_heads(clamp(dA_pool ⊙ A_pool, 0)) @ R; a token-average tower reads R's mean row.
 Also the same rule over the text tower (per-token relevancy, read at the EOT row)."""
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import torch.nn.functional as F
 
 from mapcap.tasks.models import LoadedModel, autocast, model_lock
 from mapcap.tasks.relevancy.attention import attention_blocks, recording_attention
-from mapcap.tasks.relevancy.methods import grid_size, image_text_logit, register
+from mapcap.tasks.relevancy.methods import image_text_logit, register
+from mapcap.tasks.relevancy.recording import recording
+from mapcap.tasks.relevancy.towers import Tower, tower_of, vit_blocks
 
 
 def rollout(attns: list[torch.Tensor], grads: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
@@ -21,16 +26,28 @@ def rollout(attns: list[torch.Tensor], grads: tuple[torch.Tensor, ...] | list[to
     return R
 
 
-@register("chefer")
+def explained_row(tower: Tower, R: torch.Tensor, pooled: list[torch.Tensor], pooled_grads) -> torch.Tensor:
+    """(B, g, g) relevancy of the token the embedding is read from, over the patch tokens."""
+    if tower.pool == "map":
+        cam = (pooled_grads[-1].float() * pooled[-1].detach().float()).clamp(min=0).mean(dim=1)  # (B, 1, N)
+        row = torch.bmm(cam, R)[:, 0]  # (B, N)
+    elif tower.pool == "avg":
+        row = R.mean(dim=1)  # (B, N)
+    else:
+        row = R[:, 0]  # (B, N) the class token's row
+    return row[:, tower.prefix:].reshape(-1, *tower.grid)
+
+
+@register("chefer", kinds=("vit", "timm_vit"), start=-1)
 def chefer(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_layer: int) -> torch.Tensor:
-    blocks = attention_blocks(lm.model.visual, "image")
-    start = start_layer % len(blocks)
-    with recording_attention(blocks, start) as attns, torch.enable_grad(), autocast(lm):
+    visual = lm.model.visual
+    tower = tower_of(visual)
+    start = start_layer % len(vit_blocks(visual))
+    with recording(visual, start) as rec, torch.enable_grad(), autocast(lm):
         target = image_text_logit(lm, pixels, text_emb)  # (B,)
-        attns = list(attns)  # blocks[start:] (a copy: the store is emptied when the context exits)
-        grads = torch.autograd.grad(target.sum(), attns)  # one backward for the whole batch
-    g = grid_size(lm)
-    return rollout(attns, grads)[:, 0, 1:].reshape(-1, g, g)  # CLS row, patch columns
+        attns, pooled = list(rec.attns), list(rec.pooled)  # blocks[start:] (B, H, N, N); the pool's (B, H, 1, N)
+        grads = torch.autograd.grad(target.sum(), attns + pooled[-1:])  # one backward for the whole batch
+    return explained_row(tower, rollout(attns, grads[:len(attns)]), pooled, grads[len(attns):])
 
 
 def text_token_relevancy(lm: LoadedModel, image_emb: torch.Tensor, tokens: torch.Tensor,

@@ -1,4 +1,5 @@
-"""`gradient`: plain input-gradient saliency, |d target / d pixels| summed over channels, pooled per patch."""
+"""`gradient`: plain input-gradient saliency, |d target / d pixels| summed over channels, pooled per map cell
+(a patch of a ViT, a feature cell of a convolutional tower): the baseline every tower gets."""
 from __future__ import annotations
 
 import torch

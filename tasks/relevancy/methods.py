@@ -1,11 +1,14 @@
 """Relevancy maps: where in the image CLIP found evidence for a text. The registry and the batched driver.
 
-Methods register by name and implement one call: (model, pixels, text embeddings) -> (B, g, g) maps; each
-built-in method is one file of this package (chefer.py, gradient.py, random_map.py).
-- `chefer`: Chefer, Gur & Wolf 2021 as applied to CLIP by its authors: target = image–text logit; for each
-  vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; map = R[CLS, 1:].
-- `gradient`: plain input-gradient saliency, |d target / d pixels| summed over channels, pooled per patch.
-- `random`: a uniform random map, the baseline every method must beat.
+A method is one file of this package: one function (model, pixels (B, 3, H, W), text embeddings (B, D), start
+layer) -> (B, g, g) maps, registered by name with the tower kinds it explains (towers.py) and, for methods that
+read a range of blocks, its default first block:
+- `chefer` (chefer.py): Chefer, Gur & Wolf 2021 as its authors apply it to CLIP, on ViTs of both kinds;
+- `legrad` (legrad.py): Bousselham et al. 2024, the authors' `compute_legrad_clip`, on ViTs of both kinds;
+- `grad_eclip` (grad_eclip.py): Zhao et al. 2024, the authors' `grad_eclip` + `clip_encode_dense`, open_clip ViT;
+- `gradcam` (gradcam.py): Selvaraju et al. 2017 on the last stage of ResNet and ConvNeXt towers;
+- `gradient` (gradient.py): input-gradient saliency pooled per cell, every tower;
+- `random` (random_map.py): a uniform random map, the baseline every method must beat.
 Every image's target depends only on its own row, so one backward pass of the summed targets gives every
 map of a batch.
 """
@@ -13,43 +16,72 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from mapcap.tasks.models import LoadedModel, in_batches, model_lock
 from mapcap.tasks.plugins import preset_for_model
+from mapcap.tasks.relevancy.towers import KINDS, tower_of
 
 MethodFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor, int], torch.Tensor]
-METHODS: dict[str, MethodFn] = {}
 
 
-def register(name: str) -> Callable[[MethodFn], MethodFn]:
+@dataclass(frozen=True)
+class Method:
+    fn: MethodFn
+    kinds: tuple[str, ...]  # tower kinds it explains
+    start: int | None  # default first block for methods that read a range of blocks; None: no start layer
+
+
+METHODS: dict[str, Method] = {}
+# the default `relevancy.methods` per tower kind: the primary (first) method is the one regions, captions and
+# summaries use; `evaluate` scores every method the tower supports anyway
+DEFAULTS: dict[str, tuple[str, ...]] = {"vit": ("chefer",), "timm_vit": ("legrad",), "resnet": ("gradcam",),
+                                        "convnext": ("gradcam",)}
+
+
+def register(name: str, kinds: tuple[str, ...] = KINDS, start: int | None = None) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
-        METHODS[name] = fn
+        METHODS[name] = Method(fn, kinds, start)
         return fn
     return deco
 
 
-def get_method(name: str) -> MethodFn:
+def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown relevancy method {name!r}; registered methods are {sorted(METHODS)}")
     return METHODS[name]
 
 
-def default_start_layer(model_name: str) -> int:
-    """-1 (last block only, the authors' current CLIP default) unless the model's measured default differs."""
-    p = preset_for_model(model_name)
-    return p.start_layer if p is not None and p.start_layer is not None else -1
+def supported(kind: str) -> list[str]:
+    """The registered methods that explain a tower of this kind, in registration order."""
+    return [n for n, m in METHODS.items() if kind in m.kinds]
+
+
+def check_supported(name: str, kind: str, model_name: str) -> None:
+    """A clear planning error for a method the model's tower cannot do."""
+    if kind not in get_method(name).kinds:
+        raise ValueError(f"relevancy method {name!r} does not explain {model_name}'s {kind} image tower (it "
+                         f"supports {', '.join(get_method(name).kinds)} towers); methods for a {kind} tower: "
+                         f"{', '.join(supported(kind))}")
+
+
+def default_start_layer(model_name: str, method: str = "chefer") -> int:
+    """A method's first block: chefer's is -1 (last block only, the authors' current CLIP default) unless the
+    model's measured default differs; others' is the one they register (legrad: -2, the authors' default)."""
+    if method == "chefer":
+        p = preset_for_model(model_name)
+        if p is not None and p.start_layer is not None:
+            return p.start_layer
+    start = get_method(method).start
+    return -1 if start is None else start
 
 
 def grid_size(lm: LoadedModel) -> int:
-    """The ViT patch grid; for convolutional towers (gradient baseline only), the stride-32 feature grid."""
-    visual = lm.model.visual
-    if hasattr(visual, "grid_size"):
-        return int(visual.grid_size[0])
-    size = visual.image_size
-    return int((size[0] if isinstance(size, (tuple, list)) else size) // 32)
+    """The map's side: the ViT patch grid, or the last stage's feature grid of a convolutional tower."""
+    return tower_of(lm.model.visual).grid[0]
 
 
 def image_text_logit(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -58,16 +90,23 @@ def image_text_logit(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tens
     return lm.model.logit_scale.exp().float() * (img * text_emb.float()).sum(-1)
 
 
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    """(B, ...) maps scaled to [0, 1] each (a constant map becomes 0)."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp(min=1e-12)).reshape(maps.shape)
+
+
 def relevancy_maps(lm: LoadedModel, method: str, pixels: torch.Tensor, text_emb: torch.Tensor,
                    start_layer: int | None = None, batch_size: int = 32) -> torch.Tensor:
     """(B, g, g) float32 maps on CPU, computed in batches; a CUDA out-of-memory halves the batch and retries."""
-    fn = get_method(method)
-    start = default_start_layer(lm.spec.name) if start_layer is None else start_layer
+    m = get_method(method)
+    start = default_start_layer(lm.spec.name, method) if start_layer is None else start_layer
     dev = lm.spec.device
 
     def batch(i: int, j: int) -> torch.Tensor:
         with model_lock(lm.model):
-            return fn(lm, pixels[i:j].to(dev), text_emb[i:j].to(dev), start).detach().float().cpu()
+            return m.fn(lm, pixels[i:j].to(dev), text_emb[i:j].to(dev), start).detach().float().cpu()
 
     return in_batches(pixels.shape[0], batch_size, batch)
 
@@ -84,4 +123,4 @@ def map_stats(maps: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 # the built-in methods register themselves on import (one file each)
-from mapcap.tasks.relevancy import chefer, gradient, random_map  # noqa: E402,F401
+from mapcap.tasks.relevancy import chefer, legrad, grad_eclip, gradcam, gradient, random_map  # noqa: E402,F401
