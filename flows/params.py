@@ -32,10 +32,13 @@ class ClassifyParams(Section):
 
 
 class RelevancyParams(Section):
-    methods: list[str] = Field(["chefer"], min_length=1,
-                               description="relevancy methods (chefer, gradient, random; the gradient baseline is "
-                                           "opt-in: evaluate scores it anyway); the first is the primary one that "
-                                           "regions' captions, concepts and summaries use")
+    methods: list[str] | None = Field(None, min_length=1,
+                                      description="relevancy methods (chefer, legrad, grad_eclip, gradcam, gradient, "
+                                                  "random); the first is the primary one that regions' captions, "
+                                                  "concepts and summaries use. Empty: the best the model's image "
+                                                  "tower supports: chefer for open_clip ViTs, legrad for timm ViTs "
+                                                  "(EVA02, SigLIP), gradcam for ResNet and ConvNeXt; evaluate "
+                                                  "scores every method the tower supports anyway")
     start_layers: list[int] | None = Field(None, description="chefer's first block(s), from 0 (all blocks) to "
                                                              "depth-1, or -1 for the last block; empty: the "
                                                              "model's default (last block; all for the toy model)")

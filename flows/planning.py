@@ -11,16 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import open_clip
-
 from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
 from mapcap.tasks.captioners.general_bank import GENERAL
 from mapcap.tasks.captioners.retrieval import phrase_bank
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
 from mapcap.tasks.cost import default_eval_images
-from mapcap.tasks.models import load_model
+from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.plan import RunPlan, default_batch, model_notes, plan_run
-from mapcap.tasks.relevancy.methods import default_start_layer, get_method
+from mapcap.tasks.relevancy.methods import DEFAULTS, check_supported, default_start_layer, get_method, supported
+from mapcap.tasks.relevancy.towers import Tower, tower_of, vit_blocks
 from mapcap.tasks.segment import SegmentConfig
 from mapcap.tasks.stages.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
 from mapcap.tasks.stages.caption_quality import CaptionQualityConfig
@@ -29,7 +28,7 @@ from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.concepts import ConceptsConfig
 from mapcap.tasks.stages.driver import StagePlan
 from mapcap.tasks.stages.evaluate import EvaluateConfig
-from mapcap.tasks.stages.faithfulness import VARIANTS, FaithfulnessConfig
+from mapcap.tasks.stages.faithfulness import FaithfulnessConfig
 from mapcap.tasks.stages.regions import RegionsConfig
 from mapcap.tasks.stages.relevancy import RelevancyConfig
 from mapcap.tasks.stages.report import ReportConfig
@@ -61,34 +60,45 @@ class Facts:
         return self.variants[0]
 
 
-def vision_depth(model_name: str) -> int | None:
-    """Blocks of the model's vision transformer (from its open_clip config), None for other towers."""
-    cfg = open_clip.get_model_config(model_name) or {}
-    vision = cfg.get("vision_cfg", {})
-    layers = vision.get("layers")
-    return layers if isinstance(layers, int) and not vision.get("timm_model_name") else None
+def model_tower(spec: ModelSpec) -> tuple[Tower, int | None]:
+    """The model's image-tower kind and map grid, and its blocks for ViTs (None for convolutional towers)."""
+    visual = load_model(spec).model.visual
+    tower = tower_of(visual)
+    return tower, (len(vit_blocks(visual)) if tower.kind in ("vit", "timm_vit") else None)
 
 
-def map_variants(p, model_name: str) -> tuple[tuple[str, int | None], ...]:
-    """(method, start layer) per map to compute, the primary first; unknown methods and bad layers fail here."""
-    for m in p.relevancy.methods:
-        get_method(m)
-    depth = vision_depth(model_name)
-    out: list[tuple[str, int | None]] = []
-    for m in dict.fromkeys(p.relevancy.methods):
-        if m != "chefer":
-            out.append((m, None))
-            continue
-        if depth is None:
-            raise ValueError(f"relevancy method 'chefer' needs a ViT vision tower; {model_name} has none. Use "
-                             f"relevancy.methods=['gradient'] for it")
-        for s in dict.fromkeys(p.relevancy.start_layers or [default_start_layer(model_name)]):
-            if not -depth <= s < depth:
-                raise ValueError(f"relevancy start layer {s} is out of range for {model_name}, whose vision tower "
-                                 f"has {depth} blocks: use 0..{depth - 1} (0 = all blocks) or -{depth}..-1 "
-                                 f"(-1 = the last block)")
-            out.append((m, s))
-    return tuple(out)
+def _starts(method: str, wanted: list[int] | None, model_name: str, depth: int | None) -> list[int | None]:
+    """A method's start blocks, checked against the tower's depth; [None] for methods without one."""
+    if get_method(method).start is None:
+        return [None]
+    if not wanted:  # the default: chefer's preset or -1, legrad's -2 (the whole tower when it has fewer blocks)
+        return [max(default_start_layer(model_name, method), -(depth or 1))]
+    for s in wanted:
+        if depth is not None and not -depth <= s < depth:
+            raise ValueError(f"relevancy start layer {s} is out of range for {model_name}, whose vision tower has "
+                             f"{depth} blocks: use 0..{depth - 1} (0 = all blocks) or -{depth}..-1 (-1 = the last "
+                             f"block)")
+    return list(dict.fromkeys(wanted))
+
+
+def map_variants(p, spec: ModelSpec) -> tuple[tuple[str, int | None], ...]:
+    """(method, start layer) per map to compute, the primary first. Left empty, the methods are the best the
+    model's tower supports (DEFAULTS); unknown methods, methods the tower cannot do and bad layers fail here."""
+    tower, depth = model_tower(spec)
+    names = list(p.relevancy.methods or DEFAULTS[tower.kind])
+    for m in names:
+        check_supported(m, tower.kind, spec.name)
+    return tuple((m, s) for m in dict.fromkeys(names)
+                 for s in _starts(m, p.relevancy.start_layers if m == "chefer" else None, spec.name, depth))
+
+
+def all_variants(spec: ModelSpec) -> tuple[tuple[str, int | None], ...]:
+    """Every method the tower supports, as evaluate compares them: chefer over all blocks and the last one, the
+    others at their defaults; the baselines (gradient, random) last."""
+    tower, depth = model_tower(spec)
+    names = [m for m in supported(tower.kind) if m not in ("gradient", "random")] + ["gradient", "random"]
+    return tuple((m, s) for m in names
+                 for s in ([0, -1] if m == "chefer" else _starts(m, None, spec.name, depth)))
 
 
 def concept_bank(p, plan: RunPlan) -> tuple[ConceptBank | None, str]:
@@ -166,9 +176,7 @@ def _caption_quality(p, f: Facts) -> CaptionQualityConfig:
 
 
 def _variants(f: Facts) -> tuple[tuple[str, int | None], ...]:
-    if vision_depth(f.plan.model.name) is None:  # attention-based variants need a ViT
-        return tuple(v for v in VARIANTS if v[0] != "chefer")
-    return VARIANTS
+    return all_variants(f.plan.model)
 
 
 def eval_images(p, f: Facts) -> tuple[int, str | None]:
@@ -210,7 +218,7 @@ def resolve_run(p) -> Resolved:
     explicit = p.stages is not None
     picked = check_stage_list(list(p.stages)) if explicit else stage_order()
     bank, bank_reason = concept_bank(p, plan)
-    facts = Facts(plan, bank, bank_reason, map_variants(p, plan.model.name))
+    facts = Facts(plan, bank, bank_reason, map_variants(p, plan.model))
     configs: dict[str, Any] = {}
     skipped: list[tuple[str, str]] = []
     for name in picked:

@@ -10,12 +10,14 @@ import gc
 import logging
 import os
 import pickle
+import socket
 import threading
 import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any, Callable
 
 import torch.nn.functional as F
@@ -133,6 +135,7 @@ def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callabl
     """Build an open_clip model (train mode, CPU, fp32) with its eval preprocess and tokenizer."""
     load_plugins()  # in a fresh worker process (Ray, a deployment) too: plugins register their open_clip configs
     weights, opts = tag_options(name, pretrained) if pretrained and not os.path.isfile(pretrained) else (pretrained, {})
+    tokenizer = clip_tokenizer(name)  # before the model: a tokenizer that cannot be had stops planning at once
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights or None, **opts)
     except torch.cuda.OutOfMemoryError:
@@ -141,7 +144,34 @@ def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callabl
         raise ValueError(f"open_clip could not build {name!r} with pretrained={pretrained!r}: {type(e).__name__}: "
                          f"{str(e)[:600]}; check that the checkpoint is whole and is one of {name!r} (OpenAI's "
                          f"weights need the '-quickgelu' name), or pass another --model / --pretrained") from e
-    return model, preprocess, open_clip.get_tokenizer(name)
+    return model, preprocess, tokenizer
+
+
+def _tokenizer_cached(hf: str | None) -> bool:
+    """Whether the hub tokenizer `hf` is in the local Hugging Face cache (no network asked)."""
+    if not hf:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+    return any(isinstance(try_to_load_from_cache(hf, f), str) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def clip_tokenizer(name: str) -> Callable:
+    """open_clip's tokenizer for the model. CLIP's own ships with open_clip; SigLIP's, and any named by a Hugging
+    Face id in the model's config, is fetched on first use, so a machine without the hub needs it in its cache."""
+    hf = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    try:
+        if (hf or "siglip" in name.lower()) and not _tokenizer_cached(hf):
+            host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname if hf else \
+                "storage.googleapis.com"  # open_clip's SigLIP vocabulary when no hub id is named
+            with socket.create_connection((host, 443), timeout=3):  # the hub client retries for ~50 s offline
+                pass
+        return open_clip.get_tokenizer(name)
+    except (OSError, ValueError, ImportError) as e:  # hub / web unreachable, or the tokenizer's library missing
+        raise ValueError(f"the tokenizer of {name!r} ({hf or 'fetched by open_clip on first use'}) is not available "
+                         f"on this machine ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                         f"load it once where the Hugging Face hub is reachable (python -c \"import open_clip; "
+                         f"open_clip.get_tokenizer('{name}')\") and copy its cache (HF_HOME) here, or pick a model "
+                         f"with CLIP's built-in tokenizer") from e
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:

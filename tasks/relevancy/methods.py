@@ -55,9 +55,13 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+BUILT_IN = ("chefer", "legrad", "grad_eclip", "gradcam", "gradient", "random")  # listed in this order
+
+
 def supported(kind: str) -> list[str]:
-    """The registered methods that explain a tower of this kind, in registration order."""
-    return [n for n, m in METHODS.items() if kind in m.kinds]
+    """The registered methods that explain a tower of this kind: the built-in ones in their order, then others."""
+    rank = {n: i for i, n in enumerate(BUILT_IN)}
+    return sorted((n for n, m in METHODS.items() if kind in m.kinds), key=lambda n: (rank.get(n, len(rank)), n))
 
 
 def check_supported(name: str, kind: str, model_name: str) -> None:
@@ -101,6 +105,7 @@ def relevancy_maps(lm: LoadedModel, method: str, pixels: torch.Tensor, text_emb:
                    start_layer: int | None = None, batch_size: int = 32) -> torch.Tensor:
     """(B, g, g) float32 maps on CPU, computed in batches; a CUDA out-of-memory halves the batch and retries."""
     m = get_method(method)
+    check_supported(method, tower_of(lm.model.visual).kind, lm.spec.name)
     start = default_start_layer(lm.spec.name, method) if start_layer is None else start_layer
     dev = lm.spec.device
 

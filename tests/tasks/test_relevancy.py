@@ -60,7 +60,7 @@ def test_blocks_another_shard_is_recording_are_still_attention_blocks(toy_model)
 def test_batched_equals_plain_batch1_fp32(toy_model, method, batch):
     pix, txt = _inputs(toy_model, 8, seed=batch)
     batched = relevancy_maps(toy_model, method, pix, txt, batch_size=batch)
-    single = torch.cat([METHODS[method](toy_model, pix[i:i + 1], txt[i:i + 1], 0) for i in range(8)])
+    single = torch.cat([METHODS[method].fn(toy_model, pix[i:i + 1], txt[i:i + 1], 0) for i in range(8)])
     assert batched.shape == (8, 8, 8)
     assert (batched - single).abs().max() <= 1e-4
 
@@ -95,7 +95,7 @@ def test_blocks_before_start_run_without_recording_and_give_the_same_map(toy_mod
 @pytest.mark.parametrize("method", ["chefer", "gradient"])
 def test_bf16_batched_agrees_with_fp32_batch1(toy_model, method):
     pix, txt = _inputs(toy_model, 6, seed=11)
-    single = torch.cat([METHODS[method](toy_model, pix[i:i + 1], txt[i:i + 1], 0) for i in range(6)])
+    single = torch.cat([METHODS[method].fn(toy_model, pix[i:i + 1], txt[i:i + 1], 0) for i in range(6)])
     bf16 = LoadedModel(toy_model.spec.__class__(toy_model.spec.name, toy_model.spec.pretrained, "cpu", "bf16"),
                        toy_model.model, toy_model.preprocess, toy_model.tokenizer)
     mixed = relevancy_maps(bf16, method, pix, txt, batch_size=6)
@@ -125,14 +125,17 @@ def test_hooks_leave_no_memory_behind(toy_model):
     assert after <= before + 2
 
 
-def test_unsupported_architectures_get_a_clear_error():
+def test_a_method_the_tower_cannot_do_gets_a_clear_error():
     lm = _random_model("RN50")
     pix, txt = _inputs(lm, 1)
-    with pytest.raises(UnsupportedArchitecture, match="not ResNet, ConvNeXt"):
+    with pytest.raises(ValueError, match="'chefer' does not explain RN50's resnet image tower.*gradcam, gradient"):
         relevancy_maps(lm, "chefer", pix, txt)
-    assert relevancy_maps(lm, "gradient", pix, txt).shape[0] == 1  # the baseline still works
+    assert relevancy_maps(lm, "gradient", pix, txt).shape == (1, 7, 7)  # the baseline still works
+    assert relevancy_maps(lm, "gradcam", pix, txt).shape == (1, 7, 7)
     with pytest.raises(ValueError, match="unknown relevancy method 'nope'"):
         relevancy_maps(lm, "nope", pix, txt)
+    with pytest.raises(UnsupportedArchitecture, match="not ResNet"):  # the text-token path keeps its own check
+        attention_blocks(lm.model.visual, "image")
 
 
 def test_map_stats():
