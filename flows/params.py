@@ -59,7 +59,8 @@ class RegionsParams(Section):
 
 class CaptionsParams(Section):
     captioner: str = Field("retrieval", description="captioner for regions and whole images: retrieval (phrase "
-                                                    "bank by CLIP similarity), clipcap, hf")
+                                                    "bank by CLIP similarity), clipcap, hf, coca (a CoCa "
+                                                    "model's own text decoder)")
     path: str | None = Field(None, description="clipcap: a ClipCap .pt checkpoint or save_clipcap directory (toy "
                                                "model: the shipped one); hf: a local image-to-text model dir")
     tokenizer: str | None = Field(None, description="clipcap with an authors' .pt checkpoint: a local GPT-2 "

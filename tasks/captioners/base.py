@@ -2,7 +2,7 @@
 
 A captioner implements one method, `caption(crops) -> list[str]`, and registers with `@register_captioner`.
 This module holds the interface, its typed config and the crop helpers; each backend is one file of this package
-(`retrieval`, `clipcap`, `hf`), imported on first use.
+(`retrieval`, `clipcap`, `hf`, `coca`), imported on first use.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from mapcap.tasks.models import LoadedModel
 
 CAPTIONERS: dict[str, type["Captioner"]] = {}
 BUILTIN_MODULES = ("mapcap.tasks.captioners.retrieval", "mapcap.tasks.captioners.clipcap",
-                   "mapcap.tasks.captioners.hf")  # each registers its captioner on first use
+                   "mapcap.tasks.captioners.hf", "mapcap.tasks.captioners.coca")  # each registers its captioner on first use
 
 
 @dataclass(frozen=True)
 class CaptionerConfig:
-    name: str = "retrieval"  # a registered captioner: retrieval, clipcap, hf
+    name: str = "retrieval"  # a registered captioner: retrieval, clipcap, hf, coca
     path: str | None = None  # clipcap: checkpoint (.pt) or save_clipcap dir; hf: model dir; None: toy default
     tokenizer: str | None = None  # clipcap with an authors' .pt: local GPT-2 tokenizer directory
     concept_bank: str | None = None  # retrieval: JSON {class: [phrase]} or "general"; None: the preset's, else general

@@ -5,7 +5,8 @@ Each family is built by open_clip's own factory from a config, exactly as its fu
 - `Tiny-EVA`: a timm Eva tower with a class token and rotary embeddings (as EVA02-*), 2 blocks;
 - `Tiny-MapViT`: a timm ViT with the attention-pool ("map") head and no class token (as ViT-*-SigLIP*; a name with "siglip" would make open_clip fetch the SigLIP tokenizer), 2 blocks;
 - `Tiny-RN`: open_clip's ModifiedResNet (as RN50), one bottleneck per stage;
-- `Tiny-ConvNeXt`: a timm ConvNeXt (as convnext_*), one block per stage.
+- `Tiny-ConvNeXt`: a timm ConvNeXt (as convnext_*), one block per stage;
+- `Tiny-CoCa`: open_clip's CoCa (as coca_*: a ViT with an attention pool, a text decoder), for its captioner.
 """
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ CONFIGS = {
     "Tiny-ConvNeXt": {"embed_dim": 24, "vision_cfg": {"image_size": 128, "timm_model_name": "mapcap_tiny_convnext",
                                                       "timm_model_pretrained": False, "timm_pool": "",
                                                       "timm_proj": "linear"}, "text_cfg": TEXT},
+    "Tiny-CoCa": {"embed_dim": 32, "custom_text": True,
+                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8,
+                                 "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+                  "text_cfg": {**TEXT, "embed_cls": True, "output_tokens": True},
+                  "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                     "layers": 1, "attn_pooler_heads": 2}},
 }
 FAMILIES = {"Tiny-ViT": "vit", "Tiny-EVA": "timm_vit", "Tiny-MapViT": "timm_vit", "Tiny-RN": "resnet",
             "Tiny-ConvNeXt": "convnext"}
