@@ -29,8 +29,18 @@ def image_flops(lm: LoadedModel) -> float:
         size = lm.model.visual.image_size
         size = size if isinstance(size, (tuple, list)) else (size, size)
         pixels = torch.zeros(1, 3, *size, device=lm.spec.device)
-        with model_lock(lm.model), FlopCounterMode(display=False) as counter, torch.no_grad():
-            lm.model.encode_image(pixels)  # eager: counting never compiles the tower
+        with model_lock(lm.model):
+            # parameters frozen while counting: the counter's module tracker fails on a parameter's view made under
+            # no_grad (timm's attention pool expands its latent query)
+            grads = [(p, p.requires_grad) for p in lm.model.visual.parameters()]
+            try:
+                for p, _ in grads:
+                    p.requires_grad_(False)
+                with FlopCounterMode(display=False) as counter, torch.no_grad():
+                    lm.model.encode_image(pixels)  # eager: counting never compiles the tower
+            finally:
+                for p, flag in grads:
+                    p.requires_grad_(flag)
         return float(counter.get_total_flops())
     return load_once(("image-flops", lm.spec), count)
 

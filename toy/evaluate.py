@@ -18,7 +18,8 @@ from mapcap.tasks.templates import resolve_templates
 from mapcap.toy.dataset import make_scene
 from mapcap.toy.shapes import SHAPES
 
-VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))
+VARIANTS = (("chefer", 0), ("chefer", -1), ("legrad", -2), ("grad_eclip", None), ("gradient", None),
+            ("random", None))  # every method the toy ViT supports
 
 
 def _pixels(lm: LoadedModel, scenes) -> torch.Tensor:

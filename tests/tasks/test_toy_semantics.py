@@ -14,7 +14,8 @@ def test_chefer_all_blocks_points_at_the_object(figures):
     assert figures[("chefer", 0, "pointing_grid")] >= 0.9
 
 
-@pytest.mark.parametrize("method,start", [("chefer", 0), ("chefer", -1), ("gradient", None)])
+@pytest.mark.parametrize("method,start", [("chefer", 0), ("chefer", -1), ("legrad", -2), ("grad_eclip", None),
+                                          ("gradient", None)])
 def test_every_method_beats_the_random_map_widely(figures, method, start):
     assert figures[(method, start, "pointing_grid")] >= figures[("random", None, "pointing_grid")] + 0.25
     # removing the most relevant patches first hurts more than removing random ones

@@ -1,0 +1,42 @@
+"""The default `mapcap run` with a model of each image-tower family (tiny random configs, tests/towers/tiny.py):
+every image gets maps from the tower's default method, and evaluate compares every method the tower supports."""
+import shutil
+from pathlib import Path
+
+import pytest
+import skimage
+
+from mapcap.flows.cli import main
+from mapcap.storage.query import connect, run_sql
+from mapcap.tasks.relevancy.methods import DEFAULTS, supported
+from tests.towers.tiny import FAMILIES, register
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Six of scikit-image's photographs in two class folders."""
+    root = tmp_path_factory.mktemp("family-photos")
+    data = Path(skimage.__file__).parent / "data"
+    for cls, files in {"animal": ["chelsea.png", "horse.png", "astronaut.png"],
+                       "object": ["coffee.png", "rocket.jpg", "motorcycle_left.png"]}.items():
+        (root / cls).mkdir()
+        for f in files:
+            shutil.copy(data / f, root / cls / f)
+    return root
+
+
+@pytest.mark.parametrize("name", ["Tiny-EVA", "Tiny-MapViT", "Tiny-RN", "Tiny-ConvNeXt"])
+def test_default_run_explains_every_family(prefect_harness, photos, tmp_path, capsys, name):
+    register()
+    kind = FAMILIES[name]
+    out = str(tmp_path / "res")
+    assert main(["run", str(photos), "--out", out, "--model", name, "--pretrained", "", "--device", "cpu",
+                 "--run-name", name.lower()]) == 0
+    assert "6 images, 0 failed" in capsys.readouterr().out
+    con = connect(out)
+    rel = run_sql(con, "SELECT image_id, method, target FROM relevancy").to_pylist()
+    assert len({r["image_id"] for r in rel}) == 6 and {r["method"] for r in rel} == {DEFAULTS[kind][0]}
+    assert {r["target"] for r in rel} == {"pred", "label"}
+    assert run_sql(con, "SELECT count(DISTINCT image_id) AS n FROM regions").column("n")[0].as_py() == 6
+    compared = {r["method"] for r in run_sql(con, "SELECT DISTINCT method FROM evaluations").to_pylist()}
+    assert compared == set(supported(kind))
