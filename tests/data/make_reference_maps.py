@@ -25,6 +25,9 @@ global `clipmodel` (the 2.23 CLIP). Two adaptations: `x = x.half()` becomes `x =
 authors' __main__: cosine of F.normalize(outputs[:, 0]) with the unit text embedding. Their last block runs ONE head
 over the full width (`attention_layer(q, k, v, 1)`), so their c differs from encode_image's; kept as given.
 
+Edge case kept as it came: gradcam_rn[1] is all zero (Grad-CAM's ReLU removes the whole map; the library's min-max
+scaling then leaves zeros), so a Pearson test must take that image apart (e.g. both all zero).
+
 Size (< 2 MB): only visual towers; weights and pixels are rounded to float16 BEFORE use and stored as float16, so
 `.float()` restores exactly what produced the maps. Maps are float32 as returned.
 """
