@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from mapcap.flows.params import RelevancyParams
 from mapcap.flows.planning import all_variants, map_variants
-from mapcap.tasks.models import LoadedModel, ModelSpec, load_model
+from mapcap.tasks.models import LoadedModel, ModelSpec
 from mapcap.tasks.relevancy.methods import DEFAULTS, METHODS, relevancy_maps, supported
 from mapcap.tasks.relevancy.recording import recording
 from mapcap.tasks.relevancy.towers import tower_of, vit_blocks
-from tests.towers.tiny import CONFIGS, FAMILIES, register
+from tests.towers.tiny import FAMILIES, build, register
 
 GRID = [(name, m) for name, kind in FAMILIES.items() for m in METHODS if kind in METHODS[m].kinds]
 
@@ -25,9 +25,15 @@ def _spec(name: str, precision: str = "fp32") -> ModelSpec:
     return ModelSpec(name, "", "cpu", precision)
 
 
+_BUILT: dict[str, LoadedModel] = {}
+
+
 def _model(name: str, precision: str = "fp32") -> LoadedModel:
-    torch.manual_seed(0)  # load_model caches per spec: the same seeded weights whichever test builds it first
-    fp32 = load_model(_spec(name))
+    """The tiny model with seed-0 weights, built once here (load_model's cache may hold one another test seeded)."""
+    if name not in _BUILT:
+        model, pre, tok = build(name, seed=0)
+        _BUILT[name] = LoadedModel(_spec(name), model, pre, tok)
+    fp32 = _BUILT[name]
     return fp32 if precision == "fp32" else LoadedModel(_spec(name, precision), fp32.model, fp32.preprocess,
                                                         fp32.tokenizer)
 
