@@ -161,7 +161,7 @@ def cmd_relevancy(args: argparse.Namespace) -> int:
 
     lm = load_model(resolve_spec(args.model, args.pretrained, args.device, args.precision))
     result = explain_image(lm, args.image, args.text, args.method, args.start_layer)
-    npz, png = save_explanation(result, args.text, args.out, args.method)
+    npz, png = save_explanation(result, args.text, args.out, result["method"])
     for text, p, m in zip(args.text, result["probs"], result["maps"]):
         print(f"{p:.4f}  peak cell {int(m.argmax())} of {m.size}  {text}")
     print(f"wrote {npz} and {png}")

@@ -77,8 +77,10 @@ def build_parser(flow_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", required=True, help="a text to explain (repeat)")
     p.add_argument("--model", default="toy")
     p.add_argument("--pretrained", default="toy")
-    p.add_argument("--method", default="chefer", help="chefer (default), gradient, or any registered method")
-    p.add_argument("--start-layer", type=int, help="chefer's first block (default: the model's)")
+    p.add_argument("--method", help="chefer, legrad, grad_eclip, gradcam, gradient, or any registered method "
+                                    "(default: the model's tower's: chefer for ViTs, legrad for timm ViTs, gradcam "
+                                    "for ResNet/ConvNeXt)")
+    p.add_argument("--start-layer", type=int, help="chefer's or legrad's first block (default: the method's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--out", required=True, help="OUT.npz (the overlay is written beside it as OUT.png)")

@@ -39,7 +39,7 @@ class ImageRequest(BaseModel):
     image_path: str | None = Field(None, description="or a path on this machine (an image of a run)")
     model: str = "toy"
     pretrained: str = "toy"
-    method: str = "chefer"
+    method: str | None = None  # None: the default of the model's image tower
     start_layer: int | None = None
 
 
@@ -77,7 +77,7 @@ def _image(req: ImageRequest, root: str, limits: Limits):
 
 
 def _explain(req: ImageRequest, texts: list[str], root: str, limits: Limits) -> dict:
-    if req.method not in METHODS:
+    if req.method is not None and req.method not in METHODS:
         raise ValueError(f"unknown method {req.method!r}; choose one of {sorted(METHODS)}")
     image = _image(req, root, limits)  # refused or unreadable: before any model loads
     lm = load_model(resolve_spec(req.model, req.pretrained, "auto", "fp32"))

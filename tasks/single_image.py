@@ -12,15 +12,18 @@ from mapcap.tasks.data import load_image
 from mapcap.tasks.models import LoadedModel, encode_texts, model_lock
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.relevancy.chefer import text_token_relevancy
-from mapcap.tasks.relevancy.methods import default_start_layer, get_method, relevancy_maps
+from mapcap.tasks.relevancy.methods import DEFAULTS, default_start_layer, get_method, relevancy_maps
+from mapcap.tasks.relevancy.towers import tower_of
 
 
 def explain_image(lm: LoadedModel, image_path: str | tuple[Image.Image, str], texts: list[str],
-                  method: str = "chefer", start_layer: int | None = None) -> dict:
+                  method: str | None = None, start_layer: int | None = None) -> dict:
     """Raw maps (T, g, g) float32, the softmax over the texts, the decoded image, and each text's per-token
-    relevancy. `image_path` is a file, or an already decoded (image, image id)."""
+    relevancy. `image_path` is a file, or an already decoded (image, image id). `method` None: the default of the
+    model's image tower (chefer for ViTs, legrad for timm ViTs, gradcam for CNNs); the result names it."""
     if not texts or any(not t.strip() for t in texts):
         raise ValueError("every text must be non-empty; pass at least one --text")
+    method = method or DEFAULTS[tower_of(lm.model.visual).kind][0]
     image, image_id = load_image(image_path) if isinstance(image_path, str) else image_path
     txt = encode_texts(lm, texts)
     pix = lm.preprocess(image).unsqueeze(0).expand(len(texts), -1, -1, -1)  # (T, 3, H, W)
@@ -30,7 +33,7 @@ def explain_image(lm: LoadedModel, image_path: str | tuple[Image.Image, str], te
         probs = (lm.model.logit_scale.exp() * img @ txt.T).softmax(-1)[0].cpu()
     start = default_start_layer(lm.spec.name, method) if start_layer is None and get_method(method).start is not None \
         else start_layer
-    return {"maps": maps.numpy().astype(np.float32), "probs": probs.numpy(), "image": image,
+    return {"maps": maps.numpy().astype(np.float32), "probs": probs.numpy(), "image": image, "method": method,
             "image_id": image_id, "start_layer": start, "tokens": token_weights(lm, img, texts)}
 
 
