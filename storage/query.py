@@ -103,7 +103,8 @@ QUERIES: dict[str, str] = {
                max(value) FILTER (metric = 'positive_auc') AS positive_auc,
                max(value) FILTER (metric = 'negative_auc') AS negative_auc,
                max(value) FILTER (metric = 'deletion_auc') AS deletion_auc,
-               max(value) FILTER (metric = 'insertion_auc') AS insertion_auc, max(n) AS n
+               max(value) FILTER (metric = 'insertion_auc') AS insertion_auc,
+               max(value) FILTER (metric = 'discrimination') AS discrimination, max(n) AS n
         FROM evaluations WHERE run_id = $run AND captioner IS NULL GROUP BY ALL ORDER BY method, start_layer""",
     "caption_quality": """
         SELECT captioner,

@@ -84,3 +84,26 @@ def test_compile_stays_out_of_stored_configs_while_off():
     assert config_json(off) == '{"device": "cpu", "name": "m", "precision": "fp32", "pretrained": ""}'
     assert to_jsonable(on)["compile"] is True
     assert from_jsonable(ModelSpec, to_jsonable(off)) == off and from_jsonable(ModelSpec, to_jsonable(on)) == on
+
+
+@pytest.mark.parametrize("name,source", [("ViT-B-16-SigLIP", "timm/ViT-B-16-SigLIP"), ("ViT-B-16-SigLIP2", "timm/ViT-B-16-SigLIP2")])
+def test_a_tokenizer_that_cannot_be_had_offline_stops_at_once_with_the_fix(monkeypatch, tmp_path, name, source):
+    """SigLIP's tokenizers come from the Hugging Face hub (or the web) on first use; offline, with an empty cache,
+    the model stops before it is built, in one line that names the model and what to do (the hub client's own
+    retries took ~50 s)."""
+    import socket
+    import time
+
+    from mapcap.tasks.models import create_clip
+
+    def offline(*_a, **_k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(socket, "create_connection", offline)
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=f"the tokenizer of '{name}' .*{source}.*not available on this machine.*"
+                                         f"copy its cache \\(HF_HOME\\) here") as e:
+        create_clip(name)
+    assert time.perf_counter() - t < 5 and "\n" not in str(e.value)
