@@ -161,6 +161,27 @@ def caption_quality_section(rows: list[dict]) -> str:
             "CLIPScore and RefCLIPScore as Hessel et al.'s code computes them.</p>" + _table(rows, QUALITY_COLUMNS))
 
 
+METHOD_COLUMNS = ["method", "start_layer", "pointing_grid", "pointing_pixel", "discrimination", "deletion_auc",
+                  "insertion_auc", "positive_auc", "negative_auc", "n"]
+
+
+def methods_section(rows: list[dict]) -> str:
+    """Every relevancy method the model's tower supports, scored on the same sample: which to trust here."""
+    if not rows:
+        return "<p>No evaluation of the maps in this run (stages faithfulness, evaluate).</p>"
+    best = []
+    for col, lower, what in (("deletion_auc", True, "deletion AUC"), ("discrimination", False, "discrimination"),
+                             ("pointing_grid", False, "pointing")):
+        scored = [r for r in rows if r.get(col) is not None and r["method"] != "random"]
+        if scored:
+            r = (min if lower else max)(scored, key=lambda r: r[col])
+            at = "" if r["start_layer"] is None else f" (start {r['start_layer']})"
+            best.append(f"{what}: <b>{html.escape(r['method'])}{at}</b> {r[col]:.3f}")
+    return ("<p>Each method's maps of the same sampled images, against ground truth where the dataset has object "
+            "masks (pointing, discrimination: higher is better) and under perturbation (deletion, positive AUC: "
+            "lower is better). Best " + "; ".join(best) + ".</p>" + _table(rows, METHOD_COLUMNS))
+
+
 def failures_section(counts: list[dict], rows: list[dict], n_images: int, root: str, run: str) -> str:
     """What the run could not use, by stage and error, then the files themselves (the first 200): a user's own
     data holds unreadable files, and a report that counts only the images it shows hides them."""
@@ -219,6 +240,8 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
              _img(topk_panels(topk), "top-k probabilities") if topk else "<p>No images could be read.</p>",
              '<h2 id="explanations">What CLIP looked at (misclassified first)</h2>',
              explanation_cards(con, run, preds, explained, variant),
+             '<h2 id="methods">Relevancy methods compared</h2>',
+             methods_section(named_query(con, "evaluations", run).to_pylist()),
              '<h2 id="caption-quality">Captions against the reference captions</h2>',
              caption_quality_section(named_query(con, "caption_quality", run).to_pylist()),
              '<h2 id="summaries">Per-class summaries</h2>', few,

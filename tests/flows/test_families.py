@@ -47,3 +47,6 @@ def test_default_run_explains_every_family(prefect_harness, photos, tmp_path, ca
     assert n_regions >= 4
     compared = {r["method"] for r in run_sql(con, "SELECT DISTINCT method FROM evaluations").to_pylist()}
     assert compared == set(supported(kind))
+    page = (Path(out) / "reports" / f"{name.lower()}.html").read_text()  # the report puts them side by side
+    section = page[page.index('<h2 id="methods">'):page.index('<h2 id="caption-quality">')]
+    assert all(f"<td>{m}</td>" in section for m in supported(kind)) and "Best deletion AUC: <b>" in section
