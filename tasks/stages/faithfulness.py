@@ -1,8 +1,9 @@
 """Stage `faithfulness` (per shard): per-image faithfulness and ground-truth scores of every map variant.
 
 On a sample of the classified images (picked by content id, so the same images in any shard, rerun or grown
-dataset), maps are computed afresh for each variant (Chefer over all blocks and on the last block, the gradient
-baseline, a random map) so every run is scored the same way, whatever the relevancy stage stored. One row per
+dataset), maps are computed afresh for each variant (planning passes every method the model's tower supports:
+Chefer over all blocks and on the last block, LeGrad, Grad-ECLIP or Grad-CAM, the gradient baseline, a random map)
+so every run is scored the same way, whatever the relevancy stage stored. One row per
 (image, variant, metric) in the `faithfulness` table:
 - positive_auc / negative_auc: accuracy under perturbation, predicted class's map (tasks/metrics/faithfulness.py);
 - deletion_auc / insertion_auc: the predicted class's probability as the most relevant patches go / come;
@@ -30,7 +31,7 @@ from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
-VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))
+VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))  # a config's default (toy ViT)
 
 
 @dataclass(frozen=True)
