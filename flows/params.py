@@ -98,7 +98,19 @@ class EvaluateParams(Section):
                                                        "faithfulness scores (the faithfulness stage; within a factor "
                                                        "√2: a sample fixed by image id, as for concepts) that "
                                                        "evaluate averages; empty: 64, or on CPU fewer for a large "
-                                                       "model (each image costs ~84 forwards: ViT-B-16 gets 7)")
+                                                       "model (each image costs a few hundred forwards per method: "
+                                                       "RISE's deletion and insertion take one per map cell)")
+    steps: int | None = Field(None, ge=1, description="RISE deletion/insertion steps (each reveals or removes "
+                                                      "the next cells in relevance order); empty: one per map "
+                                                      "cell on a GPU, 16 on CPU (a ViT-B-16 map has 196 cells)")
+    base: Literal["black", "mean"] = Field("black", description="what Chefer's positive/negative perturbation "
+                                                                "shows where cells are removed: black (pixels "
+                                                                "zeroed before normalisation, as Chefer et al.) "
+                                                                "or mean (the dataset's mean colour)")
+    deletion: Literal["mean", "black"] = Field("mean", description="RISE deletion substrate: mean (RISE's zeros "
+                                                                   "of the normalised input) or black")
+    insertion: Literal["blur", "mean"] = Field("blur", description="RISE insertion start image: blur (RISE's "
+                                                                   "Gaussian blur, 11 px, sigma 5) or mean")
 
 
 class SummarizeParams(Section):

@@ -15,7 +15,7 @@ from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner
 from mapcap.tasks.captioners.general_bank import GENERAL
 from mapcap.tasks.captioners.retrieval import phrase_bank
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
-from mapcap.tasks.cost import default_eval_images
+from mapcap.tasks.cost import CPU_STEPS, default_eval_images
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.plan import RunPlan, default_batch, model_notes, plan_run
 from mapcap.tasks.relevancy.methods import DEFAULTS, check_supported, default_start_layer, get_method, supported
@@ -183,12 +183,21 @@ def eval_images(p, f: Facts) -> tuple[int, str | None]:
     """The faithfulness sample's size: the user's, else sized to the model's cost off a GPU (tasks/cost.py)."""
     if p.evaluate.images is not None:
         return p.evaluate.images, None
-    return default_eval_images(load_model(f.plan.model), len(_variants(f)))
+    return default_eval_images(load_model(f.plan.model), len(_variants(f)), eval_steps(p, f))
+
+
+def eval_steps(p, f: Facts) -> int | None:
+    """RISE's deletion/insertion steps: the user's, else one per map cell on a GPU and CPU_STEPS elsewhere."""
+    if p.evaluate.steps is not None:
+        return p.evaluate.steps
+    return None if f.plan.model.device.startswith("cuda") else CPU_STEPS
 
 
 def _faithfulness(p, f: Facts) -> FaithfulnessConfig:
+    e = p.evaluate
     return FaithfulnessConfig(f.plan.model, f.plan.classes, f.plan.templates, f.plan.dataset,
-                              sample_share(eval_images(p, f)[0], f.plan.n_images), _variants(f))
+                              sample_share(eval_images(p, f)[0], f.plan.n_images), _variants(f),
+                              steps=eval_steps(p, f), base=e.base, deletion=e.deletion, insertion=e.insertion)
 
 
 def _evaluate(p, f: Facts) -> EvaluateConfig:

@@ -1,12 +1,12 @@
 """Model work of the sampled faithfulness evaluation, to size its default sample where forwards are dear (CPU).
 
-The evaluation classifies each sampled image ~84 times (4 map variants × 18-19 perturbed images, and the maps'
-forward and backward; tasks/metrics/faithfulness.py): little on a GPU (64 images of ViT-B-16: ~5,400 forwards, about
-a second at the 6,900 img/s measured on an H200), but on 2 CPU cores a 64-image ViT-B-16 run was still in it after
-20 minutes, its classification, maps, regions and captions having taken 41 s. So where the run's device is not a GPU
-and the user left `evaluate.images` unset, the sample is sized to a fixed amount of model work, counted in FLOPs
-(deterministic for a model, unlike a timing): the toy CLIP keeps its 64 images, ViT-B-32 gets about 28, ViT-B-16 7
-(a 64-image run: 8 sampled, 99 s on those cores), ViT-L-14 4.
+The evaluation classifies each sampled image a few hundred times per map method: Chefer's positive and negative
+perturbation (17 images), RISE's deletion and insertion (2 per step: one step per map cell on a GPU, CPU_STEPS
+elsewhere) and the maps' forward and backward (tasks/metrics/faithfulness.py, causal.py). Little on a GPU, but on
+2 CPU cores a 64-image ViT-B-16 run was still in the (then 84-forward) evaluation after 20 minutes, its
+classification, maps, regions and captions having taken 41 s. So where the run's device is not a GPU and the user
+left `evaluate.images` unset, the sample is sized to a fixed amount of model work, counted in FLOPs (deterministic
+for a model, unlike a timing), at least 4 images; the toy CLIP keeps its 64.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from mapcap.tasks.relevancy.methods import grid_size
 
 EVAL_IMAGES = 64  # the evaluation's sample where forwards are cheap (a GPU) or the model small
 CPU_EVAL_FLOP = 15e12  # model work of the default sample elsewhere (ViT-B-16's 8 images: 99 s on 2 cores)
+CPU_STEPS = 16  # RISE deletion/insertion steps off a GPU when the user sets none (a GPU: one per map cell)
 MAP_PASSES = 3  # a map's forward and backward, in forwards (Chefer over all blocks; less for the others)
 
 
@@ -45,19 +46,20 @@ def image_flops(lm: LoadedModel) -> float:
     return load_once(("image-flops", lm.spec), count)
 
 
-def eval_forwards(lm: LoadedModel, n_variants: int) -> int:
-    """Image forwards the evaluation makes per sampled image."""
-    return n_variants * (perturbed_passes(grid_size(lm)) + MAP_PASSES)
+def eval_forwards(lm: LoadedModel, n_variants: int, steps: int | None = None) -> int:
+    """Image forwards the evaluation makes per sampled image (`steps`: RISE's deletion/insertion steps)."""
+    return n_variants * (perturbed_passes(grid_size(lm), steps) + MAP_PASSES)
 
 
-def default_eval_images(lm: LoadedModel, n_variants: int) -> tuple[int, str | None]:
+def default_eval_images(lm: LoadedModel, n_variants: int, steps: int | None = None) -> tuple[int, str | None]:
     """The evaluation's sample size when the user set none, and a note saying why when it is below EVAL_IMAGES."""
     if lm.spec.device.startswith("cuda"):
         return EVAL_IMAGES, None
-    flops, forwards = image_flops(lm), eval_forwards(lm, n_variants)
+    flops, forwards = image_flops(lm), eval_forwards(lm, n_variants, steps)
     n = max(4, min(EVAL_IMAGES, int(CPU_EVAL_FLOP // (flops * forwards))))
     if n == EVAL_IMAGES:
         return n, None
     return n, (f"the faithfulness evaluation scores about {n} images, not {EVAL_IMAGES}: on {lm.spec.device} each "
                f"costs {forwards} forwards of {lm.spec.name} ({flops / 1e9:.1f} GFLOP each); set evaluate.images "
-               f"(--evaluate.images N) to score more, or leave the stage out (--stages)")
+               f"(--evaluate.images N) to score more, --evaluate.steps N for fewer RISE steps, or leave the stage out "
+               f"(--stages)")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mapcap.tasks.zeroshot import text_classifier
-from mapcap.tasks.metrics.faithfulness import auc, mass_share, perturbation_curves, pointing_grid, pointing_pixel
+from mapcap.tasks.metrics.faithfulness import map_aucs, mass_share, pointing_grid, pointing_pixel, shared_images
 from mapcap.tasks.models import LoadedModel
 from mapcap.tasks.relevancy.methods import relevancy_maps
 from mapcap.tasks.segment import SegmentConfig, region_iou, segment_map
@@ -27,7 +27,7 @@ def _pixels(lm: LoadedModel, scenes) -> torch.Tensor:
 
 
 def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48, seed: int = 2024,
-                           variants=VARIANTS, templates: str = "simple") -> list[dict]:
+                           variants=VARIANTS, templates: str = "simple", steps: int | None = None) -> list[dict]:
     """Rows (method, start_layer, metric, value, n) for every map variant."""
     rng = np.random.default_rng(seed)
     classes = SHAPES
@@ -41,6 +41,7 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
         pred = (img @ emb.T).argmax(-1).cpu()
     correct = (pred == label).numpy()
     ppix = _pixels(lm, pairs)
+    shared = shared_images(lm, pix, emb)  # the defaults: black for positive/negative, RISE's substrates
     rows = []
     for method, start in variants:
         maps = relevancy_maps(lm, method, pix, emb[label], start)  # true-class maps (B, g, g)
@@ -52,8 +53,7 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
                 regions = segment_map(m.numpy(), s.masks[0].shape[::-1], SegmentConfig())
                 ious.append(region_iou(regions[0], s.masks[0]) if regions else 0.0)
         pmaps = relevancy_maps(lm, method, pix, emb[pred], start)  # predicted-class maps for perturbation
-        curves = perturbation_curves(lm, pix, pmaps, emb, pred, label)
-        curves.pop("clean")
+        scores = map_aucs(lm, pix, pmaps, emb, pred, label, shared, steps)  # per image; RISE one step per cell
         shares = []
         for k in (0, 1):  # each object's class map: share of mass on its own object
             cls = torch.tensor([classes.index(s.objects[k].shape) for s in pairs])
@@ -69,8 +69,8 @@ def evaluate_toy_relevancy(lm: LoadedModel, n_single: int = 64, n_pair: int = 48
              "value": float(np.mean(np.array(ious) >= 0.5)), "n": n},
             {"method": method, "start_layer": start, "metric": "discrimination", "value": float(np.mean(shares)),
              "n": len(shares)},
-        ] + [{"method": method, "start_layer": start, "metric": f"{k}_auc", "value": auc(v), "n": len(singles)}
-             for k, v in curves.items()]
+        ] + [{"method": method, "start_layer": start, "metric": k, "value": float(v.mean()), "n": len(singles)}
+             for k, v in scores.items()]
     return rows
 
 

@@ -1,13 +1,13 @@
 """How faithful and how well-placed relevancy maps are.
 
-Perturbation (Chefer et al.'s ViT evaluation): remove patches in order of relevancy and re-classify.
+Perturbation (Chefer et al. 2021's ViT evaluation): remove patches in order of relevancy and re-classify.
   positive: most relevant first; the accuracy curve should fall fast (lower AUC is better);
   negative: least relevant first; accuracy should hold (higher AUC is better).
-Deletion / insertion (Petsiuk et al. 2018): the target class probability as the most relevant patches are
-  removed from the image (lower AUC is better) / added to an empty image (higher AUC is better).
-"Removed" means set to 0 in normalised pixel space, i.e. the dataset mean colour; insertion at fraction f
-shows exactly the f·N cells that deletion at f removes (f = 0: nothing shown). AUCs are trapezoids over
-the removed fraction in [0, 1], averaged over images.
+  "Removed" cells show the perturbation base: `black` (pixels zeroed before normalisation, as Chefer et al.; the
+  default) or `mean` (zeros of the normalised input, the dataset's mean colour). Fractions 0, 0.1, ..., 0.9;
+  AUCs are trapezoids over the removed fraction, extended flat to 1.
+Deletion / insertion (Petsiuk et al. 2018, RISE): tasks/metrics/causal.py, as the authors compute them.
+Cells are ranked by value, ties by cell index (a stable sort): the same order on every run and device.
 Ground truth (toy world): pointing game at grid level (the peak cell touches the object) and pixel level
 (the peak of the upsampled map within a tolerance of the object: 15 px at 224 px, scaled), and class
 discrimination on two-object images (share of a class map's mass on its own object vs the other).
@@ -15,12 +15,14 @@ discrimination on two-object images (share of a class map's mass on its own obje
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
+from mapcap.tasks.metrics.causal import causal_curves, causal_passes, cell_order, rise_auc, substrate
 from mapcap.tasks.models import LoadedModel, encode_pixels
 from mapcap.tasks.report.overlay import upsample
 
@@ -37,21 +39,20 @@ def _kept(order: torch.Tensor, cells: slice, g: int, size: int) -> torch.Tensor:
 
 def perturbation_plan(maps: torch.Tensor) -> dict[str, list[tuple[str, int]]]:
     """Per curve and fraction, which image is shown: ("top", k) = only the k most relevant cells, ("bottom", k) =
-    only the cells after the k most relevant. One relevance order (descending) defines both, so positive at f
-    removes exactly what insertion at f shows, and negative at f (its f·N least relevant cells removed) is
-    ("top", N - f·N), the image insertion shows at 1 - f: equal images are classified once."""
+    only the cells after the k most relevant. Positive at f removes the f·N most relevant cells; negative at f
+    (its f·N least relevant cells removed) shows the N − f·N most relevant."""
     N = maps.shape[-1] * maps.shape[-2]
     ns = [round(f * N) for f in FRACTIONS]
-    return {"positive": [("bottom", n) for n in ns], "negative": [("top", N - n) for n in ns],
-            "insertion": [("top", n) for n in ns]}
+    return {"positive": [("bottom", n) for n in ns], "negative": [("top", N - n) for n in ns]}
 
 
-def perturbed_passes(g: int) -> int:
-    """Passes over the images `perturbation_curves` makes for one map of a g×g grid (the unperturbed images are
-    classified once for every map, the blank image once per call)."""
+def perturbed_passes(g: int, steps: int | None = None) -> int:
+    """Passes over the images one map of a g×g grid costs: the positive and negative perturbation images (the
+    unperturbed images are classified once for every map, the blank image once per call) and RISE's deletion
+    and insertion steps."""
     N = g * g
     keys = {k for keys in perturbation_plan(torch.zeros(g, g)).values() for k in keys}
-    return len(keys - {("top", N), ("bottom", 0), ("top", 0), ("bottom", N)})
+    return len(keys - {("top", N), ("bottom", 0), ("top", 0), ("bottom", N)}) + causal_passes(g, steps)
 
 
 @torch.no_grad()
@@ -61,15 +62,17 @@ def _probs(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor) -> t
 
 
 def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor, classifier: torch.Tensor,
-                        target: torch.Tensor, label: torch.Tensor, clean: torch.Tensor | None = None,
-                        tick: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
-    """Curves (B, F) over FRACTIONS: accuracy under positive / negative perturbation, target probability
-    under deletion and insertion, and "clean": the unperturbed images' probabilities (B, C). `target`, `label`:
-    (B,) class indices; classifier (C, D). `clean`: those probabilities when the caller has them already (they
-    do not depend on the map: pass them back for the next variant). `tick(n)` follows each pass over n images."""
-    B, size, g = len(target), pixels.shape[-1], maps.shape[-1]
+                        label: torch.Tensor, clean: torch.Tensor | None = None,
+                        tick: Callable[[int], None] = lambda n: None,
+                        base: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Accuracy curves (B, F) over FRACTIONS under positive and negative perturbation, and "clean": the
+    unperturbed images' probabilities (B, C). `label`: (B,) class indices; classifier (C, D). `clean`: those
+    probabilities when the caller has them already (pass them back for the next variant). `base` (B, 3, S, S):
+    what removed cells show (None: zeros of the normalised input). `tick(n)` follows each pass over n images."""
+    B, size, g = len(label), pixels.shape[-1], maps.shape[-1]
     N = g * g
-    order = maps.flatten(1).argsort(dim=1, descending=True)  # (B, N) most relevant first
+    base = torch.zeros_like(pixels) if base is None else base
+    order = cell_order(maps)  # (B, N) most relevant first, ties by index
     plan = perturbation_plan(maps)
     probs: dict[tuple[str, int], torch.Tensor] = {}
     for key in dict.fromkeys(k for keys in plan.values() for k in keys):
@@ -77,18 +80,59 @@ def perturbation_curves(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tenso
         if (kind, n) in (("top", N), ("bottom", 0)):  # everything shown
             probs[key] = _probs(lm, pixels, classifier) if clean is None else clean
             clean = probs[key]
-        elif (kind, n) in (("top", 0), ("bottom", N)):  # nothing shown: the same blank image for every row
-            probs[key] = _probs(lm, torch.zeros_like(pixels[:1]), classifier).expand(B, -1)
+        elif (kind, n) in (("top", 0), ("bottom", N)):  # nothing shown: the base
+            probs[key] = _probs(lm, base, classifier)
         else:
             cells = slice(None, n) if kind == "top" else slice(n, None)
-            probs[key] = _probs(lm, pixels * _kept(order, cells, g, size), classifier)
+            probs[key] = _probs(lm, base + (pixels - base) * _kept(order, cells, g, size), classifier)
             tick(B)
-    rows = torch.arange(B)
-    out = {"positive": [(probs[k].argmax(-1) == label).float() for k in plan["positive"]],
-           "negative": [(probs[k].argmax(-1) == label).float() for k in plan["negative"]],
-           "deletion": [probs[k][rows, target] for k in plan["positive"]],
-           "insertion": [probs[k][rows, target] for k in plan["insertion"]]}
-    return {k: torch.stack(v, dim=1) for k, v in out.items()} | {"clean": clean}
+    out = {name: torch.stack([(probs[k].argmax(-1) == label).float() for k in keys], dim=1)
+           for name, keys in plan.items()}
+    return out | {"clean": clean}
+
+
+@dataclass
+class Shared:
+    """What every map variant of the same images shares: the images' probabilities unperturbed, the perturbation
+    base and RISE's substrates, and the probabilities of the fully deleted image and of the insertion start."""
+    clean: torch.Tensor  # (B, C)
+    base: torch.Tensor  # (B, 3, S, S) what positive/negative perturbation shows where cells are removed
+    deletion: torch.Tensor  # (B, 3, S, S) RISE's deletion substrate
+    insertion: torch.Tensor  # (B, 3, S, S) RISE's insertion substrate
+    deleted: torch.Tensor  # (B, C)
+    inserted: torch.Tensor  # (B, C)
+
+
+def norm_stats(preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the preprocess's Normalize (OpenAI's when it has none)."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from torchvision.transforms import Normalize
+
+    norm = [t for t in getattr(preprocess, "transforms", []) if isinstance(t, Normalize)]
+    mean, std = (norm[0].mean, norm[0].std) if norm else (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
+def shared_images(lm: LoadedModel, pixels: torch.Tensor, classifier: torch.Tensor, base: str = "black",
+                  deletion: str = "mean", insertion: str = "blur") -> Shared:
+    """The Shared of a batch (B, 3, S, S) of preprocessed images; base / deletion / insertion name substrates."""
+    mean, std = norm_stats(lm.preprocess)
+    sub = {k: substrate(pixels, k, mean, std) for k in {base, deletion, insertion}}
+    return Shared(_probs(lm, pixels, classifier), sub[base], sub[deletion], sub[insertion],
+                  _probs(lm, sub[deletion], classifier), _probs(lm, sub[insertion], classifier))
+
+
+def map_aucs(lm: LoadedModel, pixels: torch.Tensor, maps: torch.Tensor, classifier: torch.Tensor,
+             target: torch.Tensor, label: torch.Tensor, shared: Shared, steps: int | None = None,
+             tick: Callable[[int], None] = lambda n: None) -> dict[str, np.ndarray]:
+    """Per image (B,): positive_auc and negative_auc (accuracy of `label`), deletion_auc and insertion_auc
+    (RISE's, on the probability of `target`: the class predicted on the clean image)."""
+    curves = perturbation_curves(lm, pixels, maps, classifier, label, shared.clean, tick, shared.base)
+    ends = {"clean": shared.clean, "deleted": shared.deleted, "inserted": shared.inserted,
+            "deletion": shared.deletion, "insertion": shared.insertion}
+    causal = causal_curves(lambda x: _probs(lm, x, classifier), pixels, maps, target, ends, steps, tick)
+    return {"positive_auc": aucs(curves["positive"]), "negative_auc": aucs(curves["negative"]),
+            "deletion_auc": rise_auc(causal["deletion"]), "insertion_auc": rise_auc(causal["insertion"])}
 
 
 def aucs(curves: torch.Tensor) -> np.ndarray:

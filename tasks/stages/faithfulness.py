@@ -5,8 +5,10 @@ dataset), maps are computed afresh for each variant (planning passes every metho
 Chefer over all blocks and on the last block, LeGrad, Grad-ECLIP or Grad-CAM, the gradient baseline, a random map)
 so every run is scored the same way, whatever the relevancy stage stored. One row per
 (image, variant, metric) in the `faithfulness` table:
-- positive_auc / negative_auc: accuracy under perturbation, predicted class's map (tasks/metrics/faithfulness.py);
-- deletion_auc / insertion_auc: the predicted class's probability as the most relevant patches go / come;
+- positive_auc / negative_auc: accuracy under Chefer et al.'s perturbation, predicted class's map, removed cells
+  black by default (`base`; tasks/metrics/faithfulness.py);
+- deletion_auc / insertion_auc: RISE's (tasks/metrics/causal.py): the predicted class's probability as the
+  most relevant cells go (to the mean colour) / come (onto the blurred image), one step per cell by default;
 - pointing_grid / pointing_pixel (0 or 1): correctly classified images whose object mask the dataset's manifest
   holds (the toy world's does); the predicted-class map is then the true-class map;
 - discrimination: images whose manifest also holds a second object's label and mask: the mean of the two
@@ -22,8 +24,8 @@ import numpy as np
 import torch
 
 from mapcap.storage.manifest import dataset_masks
-from mapcap.tasks.metrics.faithfulness import (aucs, mass_share, perturbation_curves, perturbed_passes,
-                                                pointing_grid, pointing_pixel)
+from mapcap.tasks.metrics.faithfulness import (map_aucs, mass_share, perturbed_passes, pointing_grid,
+                                                pointing_pixel, shared_images)
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import grid_size, relevancy_maps
 from mapcap.tasks.sharding import sampled
@@ -42,10 +44,14 @@ class FaithfulnessConfig:
     dataset: str = ""  # its manifest's masks give the pointing game and class discrimination
     sample: float = 1.0  # share of classified images scored, picked by content id (flows/planning.sample_share)
     variants: tuple[tuple[str, int | None], ...] = VARIANTS  # (method, start layer) scored
+    steps: int | None = None  # RISE deletion/insertion steps (None: one per map cell)
+    base: str = "black"  # positive/negative perturbation: removed cells black (Chefer et al.) or "mean"
+    deletion: str = "mean"  # RISE deletion substrate: "mean" (zeros of the normalised input) or "black"
+    insertion: str = "blur"  # RISE insertion start: "blur" (RISE's notebook) or "mean"
 
 
 @register_stage("faithfulness", FaithfulnessConfig, reads=("predictions", "images"), writes=("faithfulness",),
-                order=5, version=1,
+                order=5, version=2,
                 summary="per-image faithfulness (perturbation AUCs), pointing game and class discrimination of "
                         "every map method, on a sample")
 class Faithfulness(Stage):
@@ -69,27 +75,26 @@ class Faithfulness(Stage):
         label = torch.tensor([cfg.classes.index(preds[i]["label"]) for i in ids])  # (B,)
         gt = [(k, truth[paths[i]]) for k, i in enumerate(ids) if paths[i] in truth]
         two = [(k, t) for k, t in gt if t["second_mask"] is not None and t["second_label"] in cfg.classes]
-        rows, clean = [], None  # the unperturbed images' probabilities: the same for every variant
+        rows = []
 
         def add(k: int, base: dict, metric: str, value: float) -> None:
             rows.append(base | {"image_id": ids[k], "metric": metric, "value": float(value)})
 
-        # progress in perturbed images (a variant is ~19 passes over the sample: minutes each with a large CLIP on CPU)
-        passes = len(cfg.variants) * perturbed_passes(grid_size(lm)) * len(ids)
+        # progress in perturbed images (a variant is a few hundred passes over the sample with RISE's curves)
+        passes = len(cfg.variants) * perturbed_passes(grid_size(lm), cfg.steps) * len(ids)
         done = [0]
 
         def tick(n: int) -> None:
             done[0] += n
             ctx.progress(done[0], passes, "perturbed images")
 
+        shared = shared_images(lm, x, emb, cfg.base, cfg.deletion, cfg.insertion)  # the same for every variant
         for method, start in cfg.variants:
             base = {"run_id": ctx.run_id, "shard": ctx.shard, "method": method, "start_layer": start}
             pmaps = relevancy_maps(lm, method, x, emb[pred], start)  # (B, g, g)
-            curves = perturbation_curves(lm, x, pmaps, emb, pred, label, clean, tick)
-            clean = curves.pop("clean")
-            for name, c in curves.items():
-                for k, v in enumerate(aucs(c)):
-                    add(k, base, f"{name}_auc", v)
+            for metric, values in map_aucs(lm, x, pmaps, emb, pred, label, shared, cfg.steps, tick).items():
+                for k, v in enumerate(values):
+                    add(k, base, metric, v)
             for k, t in gt:
                 if pred[k] == label[k]:  # correct: the predicted-class map is the true-class map
                     add(k, base, "pointing_grid", pointing_grid(pmaps[k].numpy(), t["mask"]))

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from mapcap.tasks.metrics.causal import causal_passes, cell_order
 from mapcap.tasks.metrics.faithfulness import FRACTIONS, perturbation_plan, auc, mass_share, pointing_grid, pointing_pixel
 
 
@@ -32,14 +33,11 @@ def test_mass_share_tells_objects_apart():
     assert abs(mass_share(np.ones((8, 8)), own, other) - 0.5) < 1e-6
 
 
-def test_perturbation_plan_pairs_negative_with_insertion():
+def test_perturbation_plan_removes_the_most_and_the_least_relevant():
     maps = torch.arange(64.0).view(1, 8, 8)
     plan = perturbation_plan(maps)
     ns = [round(f * 64) for f in FRACTIONS]
-    assert plan["insertion"] == [("top", n) for n in ns] and plan["positive"] == [("bottom", n) for n in ns]
-    assert plan["negative"][0] == ("top", 64)  # nothing removed
-    # negative at f shows what insertion shows at 1 - f: those images are classified once
-    assert set(plan["negative"][1:]) <= set(plan["insertion"])
+    assert plan["positive"] == [("bottom", n) for n in ns] and plan["negative"] == [("top", 64 - n) for n in ns]
 
 
 def test_auc_of_constant_curves():
@@ -47,44 +45,43 @@ def test_auc_of_constant_curves():
     assert abs(auc(torch.zeros(2, len(FRACTIONS)))) < 1e-9
 
 
-def test_insertion_shows_the_cells_deletion_removes():
+class _Probe:
+    """A stand-in model that records what it is shown."""
+    autocast_dtype = None
+    tower = None  # not compiled
+    seen: list = []
+
+    class spec:
+        device = "cpu"
+
+    class model:
+        logit_scale = torch.tensor(0.0)
+
+        @staticmethod
+        def encode_image(x):
+            _Probe.seen.append(x.clone())
+            return torch.ones(x.shape[0], 2)
+
+
+def test_positive_perturbation_shows_the_base_where_the_most_relevant_cells_were():
     from mapcap.tasks.metrics.faithfulness import perturbation_curves, perturbed_passes
-    seen = []
-
-    class Probe:  # a stand-in model that records what it is shown
-        autocast_dtype = None
-        tower = None  # not compiled
-
-        class spec:
-            device = "cpu"
-
-        class model:
-            logit_scale = torch.tensor(0.0)
-
-            @staticmethod
-            def encode_image(x):
-                seen.append(x.clone())
-                return torch.ones(x.shape[0], 2)
-
+    _Probe.seen = []
     maps = torch.arange(16.0).view(1, 4, 4)  # the last row is the most relevant
     pixels = torch.ones(1, 3, 8, 8)
+    base = torch.full_like(pixels, -2.0)  # e.g. black after normalisation
     ticks: list[int] = []
-    curves = perturbation_curves(Probe, pixels, maps, torch.eye(2), torch.tensor([0]), torch.tensor([0]),
-                                 tick=ticks.append)
+    curves = perturbation_curves(_Probe, pixels, maps, torch.eye(2), torch.tensor([0]), tick=ticks.append,
+                                 base=base)
     assert {tuple(v.shape) for v in curves.values()} == {(1, len(FRACTIONS)), (1, 2)}
-    assert len(seen) == len({x.numpy().tobytes() for x in seen})  # no image is classified twice
-    # the stage's progress counts these passes: all but the unperturbed and the blank image, one tick each
-    assert ticks == [1] * perturbed_passes(4) and len(seen) == perturbed_passes(4) + 2
-    cells = maps.flatten().argsort(descending=True)
+    assert len(_Probe.seen) == len({x.numpy().tobytes() for x in _Probe.seen})  # no image is classified twice
+    # the stage's progress counts these passes: all but the unperturbed image, one tick each
+    assert len(ticks) == perturbed_passes(4) - causal_passes(4, None) and len(_Probe.seen) == len(ticks) + 1
+    pos = next(x for x in _Probe.seen if (x[0, 0] == -2).sum() == 8)  # fraction 0.1: round(1.6) = 2 cells removed
+    assert (pos[0, 0, 6:, 4:] == -2).all() and (pos[0, 0, :6] == 1).all()  # the 2 most relevant cells
 
-    def shown(top: int) -> torch.Tensor:  # the image with only the `top` most relevant cells
-        keep = torch.zeros(16)
-        keep[cells[:top]] = 1
-        want = torch.nn.functional.interpolate(keep.view(1, 1, 4, 4), size=(8, 8)).expand(1, 3, 8, 8)
-        return next(x for x in seen if torch.equal(x, want))
 
-    ins, pos = shown(2), next(x for x in seen if torch.equal(x, pixels - shown(2)))  # fraction 0.1: round(1.6) = 2
-    assert ins[0, 0, 6:, 4:].sum() == 8 and ins[0, 0, :6].sum() == 0  # insertion: the 2 most relevant cells
-    assert pos[0, 0, 6:, 4:].sum() == 0  # deletion removed exactly those
-    assert shown(11) is not None  # negative at 0.3 (5 least relevant removed) = insertion at 0.7: one image
-    assert shown(0).sum() == 0  # fraction 0: insertion shows nothing
+def test_ties_are_ranked_by_cell_index():
+    maps = torch.zeros(2, 3, 3)
+    maps[0, 1, 1] = 1.0
+    assert cell_order(maps)[0].tolist() == [4, 0, 1, 2, 3, 5, 6, 7, 8]
+    assert cell_order(maps)[1].tolist() == list(range(9))
