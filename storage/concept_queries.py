@@ -1,10 +1,18 @@
 """Ready DuckDB queries over the concepts stage's tables (`concepts`, `mutual_knowledge`) and the
-description-based rows of `predictions` (template 'descriptors'); merged into storage.query.QUERIES."""
+description-based rows of `predictions` (template 'descriptors'); merged into storage.query.QUERIES.
+
+Mutual knowledge over a class or a run comes two ways: `mean_auc`, the mean of the images' own AUCs (each the
+mean of its MI curve), and `curve_auc`, the authors' dataset-level figure (Sammani & Deligiannis, `get_mean_scores`
+then `get_statistics`): the images' curves zero-padded to the longest, averaged point by point, and the AUC (the
+mean of its points) of that mean curve. They agree only when every image has as many visual concepts."""
+
+# the authors' AUC of the zero-padded mean curve: sum of every point / (images × longest curve)
+_CURVE_AUC = "sum(list_sum({p}mi_curve)) / (count(*) * max(len({p}mi_curve))) AS curve_auc"
 
 _PER_CLASS_MK = """
     SELECT label AS class_name, count(*) AS n, avg(correct::INT) AS accuracy, avg(mi) AS mean_mi,
-           avg(auc) AS mean_auc, avg(n_shared) AS mean_shared, avg(deletion) AS deletion,
-           avg(insertion) AS insertion, avg(correct::INT) - avg(correct_after_drop::INT) AS acc_drop,
+           avg(auc) AS mean_auc, """ + _CURVE_AUC.format(p="") + """,
+           avg(n_shared) AS mean_shared, avg(deletion) AS deletion, avg(insertion) AS insertion, avg(correct::INT) - avg(correct_after_drop::INT) AS acc_drop,
            avg(correct_after_insert::INT) - avg(correct_empty::INT) AS acc_inc,
            avg(top_visual_of_label::INT) FILTER (correct) AS top_visual_true
     FROM mutual_knowledge WHERE run_id = $run GROUP BY label"""
@@ -23,7 +31,8 @@ _CORRELATE = """
 
 _PER_RUN_MK = """
     SELECT m.run_id, r.model, r.pretrained, r.started_at, count(*) AS n, avg(m.correct::INT) AS accuracy,
-           avg(m.mi) AS mean_mi, avg(m.auc) AS mean_auc, avg(m.deletion) AS deletion, avg(m.insertion) AS insertion,
+           avg(m.mi) AS mean_mi, avg(m.auc) AS mean_auc, """ + _CURVE_AUC.format(p="m.") + """,
+           avg(m.deletion) AS deletion, avg(m.insertion) AS insertion,
            avg(m.correct::INT) - avg(m.correct_after_drop::INT) AS acc_drop,
            avg(m.correct_after_insert::INT) - avg(m.correct_empty::INT) AS acc_inc
     FROM mutual_knowledge m JOIN runs r USING (run_id) GROUP BY ALL"""

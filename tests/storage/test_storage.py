@@ -1,6 +1,7 @@
 import json
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -104,3 +105,22 @@ def test_a_column_added_later_reads_as_null_from_older_files(tmp_path):
     assert [(r["captioner"], r["captioned"], r["cider_d"], r["bleu_4"]) for r in rows] == [
         ("clipcap", "image", 4.5, 0.25)]
     assert named_query(connect(root), "evaluations", "r1").num_rows == 1  # caption rows stay out of the map table
+
+
+def test_mutual_knowledge_aggregates_both_ways_on_curves_of_unequal_length(tmp_path):
+    """`mean_auc`: the mean of per-image AUCs; `curve_auc`: the authors' AUC of the zero-padded mean curve."""
+    root = str(tmp_path)
+    curves = {"a": [2.0, 1.0, 0.0], "b": [3.0, 2.0, 1.0, 0.5, 0.0], "c": [1.0, 0.0]}  # 3, 5 and 2 points
+    write_table(root, "runs", "r1", "run", [{"run_id": "r1", "status": "finished", "model": "toy"}])
+    write_table(root, "mutual_knowledge", "r1", "shard-00000", [
+        {"run_id": "r1", "image_id": i, "shard": 0, "label": "cat", "pred": "cat", "correct": True,
+         "mi": c[0], "mi_curve": c, "auc": sum(c) / len(c)} for i, c in curves.items()])
+    con = connect(root)
+    per_class = named_query(con, "mutual_knowledge_by_class", "r1").to_pylist()[0]
+    per_image = [sum(c) / len(c) for c in curves.values()]
+    padded = np.array([c + [0.0] * (5 - len(c)) for c in curves.values()])  # the authors' get_mean_scores
+    assert abs(per_class["mean_auc"] - np.mean(per_image)) < 1e-9  # (1.0 + 1.3 + 0.5) / 3 = 0.9333
+    assert abs(per_class["curve_auc"] - padded.mean(0).mean()) < 1e-9  # 10.5 / 15 = 0.7
+    assert abs(per_class["curve_auc"] - 0.7) < 1e-9 and abs(per_class["mean_auc"] - 2.8 / 3) < 1e-9
+    run = named_query(con, "mutual_knowledge_runs").to_pylist()[0]
+    assert abs(run["curve_auc"] - 0.7) < 1e-9 and abs(run["mean_auc"] - 2.8 / 3) < 1e-9
