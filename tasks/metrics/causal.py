@@ -80,19 +80,27 @@ def rise_auc(scores: torch.Tensor) -> np.ndarray:
 
 def causal_curves(probs: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, maps: torch.Tensor,
                   target: torch.Tensor, ends: dict[str, torch.Tensor], steps: int | None = None,
-                  tick: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
-    """{"deletion", "insertion"}: (B, n + 1) target-class probabilities. `probs(images) -> (B, C)`; `ends`: the
+                  tick: Callable[[int], None] = lambda n: None, batch: int = 256) -> dict[str, torch.Tensor]:
+    """{"deletion", "insertion"}: (B, n + 1) target-class probabilities. `probs(images) -> (N, C)`; `ends`: the
     shared images' probabilities and substrates: "clean" (B, C), "deleted" (B, C), "inserted" (B, C) and the
-    substrates "deletion" / "insertion" (B, 3, S, S)."""
+    substrates "deletion" / "insertion" (B, 3, S, S). The perturbed images of several steps go through `probs`
+    together, about `batch` at a time."""
     B, g = len(target), maps.shape[-1]
     per, n = n_steps(g * g, steps)
     order = cell_order(maps)
     rows = torch.arange(B)
-    deletion, insertion = [ends["clean"][rows, target]], [ends["inserted"][rows, target]]
-    for i in range(1, n):
-        deletion.append(probs(blend(pixels, ends["deletion"], order, per * i, g))[rows, target])
-        insertion.append(probs(blend(ends["insertion"], pixels, order, per * i, g))[rows, target])
-        tick(2 * B)
-    deletion.append(ends["deleted"][rows, target])
-    insertion.append(ends["clean"][rows, target])
+    inner = [(curve, i) for i in range(1, n) for curve in ("deletion", "insertion")]  # the images to score
+    scores: dict[tuple[str, int], torch.Tensor] = {}
+    group = max(1, batch // max(B, 1))
+    for j in range(0, len(inner), group):
+        part = inner[j:j + group]
+        images = torch.cat([blend(pixels, ends["deletion"], order, per * i, g) if curve == "deletion" else
+                            blend(ends["insertion"], pixels, order, per * i, g) for curve, i in part])  # (k·B, ...)
+        for key, p in zip(part, probs(images).split(B)):
+            scores[key] = p[rows, target]
+        tick(len(part) * B)
+    deletion = [ends["clean"][rows, target]] + [scores["deletion", i] for i in range(1, n)] + \
+        [ends["deleted"][rows, target]]
+    insertion = [ends["inserted"][rows, target]] + [scores["insertion", i] for i in range(1, n)] + \
+        [ends["clean"][rows, target]]
     return {"deletion": torch.stack(deletion, 1), "insertion": torch.stack(insertion, 1)}

@@ -14,6 +14,7 @@ SAMPLES = {  # a non-default value per field where the type alone does not say w
     "relevancy.methods": ["gradient", "random"], "relevancy.start_layers": [0, -1],
     "classify.templates": ["a {} here", "one {}"], "summarize.synonyms": {"star": ["pentagram"]},
     "regions.mass": 0.25, "regions.min_area": 0.25, "precision": "bf16", "regions.threshold": "mass",
+    "evaluate.base": "mean", "evaluate.deletion": "black", "evaluate.insertion": "mean",
 }
 
 
@@ -166,8 +167,9 @@ def test_the_evaluation_sample_follows_the_models_cost_off_a_gpu(toy_dir):
         r = ExplainParams(dataset=str(toy_dir), device="cpu", **kw).resolve()
         return {s.name: s.config for s in r.shard_stages}["faithfulness"].sample, r.notes
 
-    sample, notes = planned(model="ViT-B-32", pretrained="")  # 48 images; ~88 forwards of 5.9 GFLOP each
-    assert sample == 0.5 and [n for n in notes if "faithfulness evaluation scores about" in n and "not 64" in n
+    # 48 images; 6 methods × (17 perturbed + 2 × 15 RISE steps + 3) = 300 forwards of 5.9 GFLOP each
+    sample, notes = planned(model="ViT-B-32", pretrained="")
+    assert sample == 0.25 and [n for n in notes if "faithfulness evaluation scores about" in n and "not 64" in n
                               and "--evaluate.images" in n]
     assert planned(model="ViT-B-32", pretrained="", evaluate={"images": 64}) == (1.0, ())  # asked for: as asked
     assert planned() == (1.0, ())  # the toy CLIP keeps the full sample

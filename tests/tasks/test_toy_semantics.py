@@ -6,7 +6,7 @@ from mapcap.toy.evaluate import evaluate_toy_relevancy
 
 @pytest.fixture(scope="module")
 def figures(toy_model):
-    rows = evaluate_toy_relevancy(toy_model, n_single=48, n_pair=32, seed=77)
+    rows = evaluate_toy_relevancy(toy_model, n_single=48, n_pair=32, seed=77, steps=16)  # RISE at 16 steps: fast
     return {(r["method"], r["start_layer"], r["metric"]): r["value"] for r in rows}
 
 
