@@ -144,7 +144,18 @@ def create_clip(name: str, pretrained: str = "") -> tuple[Any, Callable, Callabl
         raise ValueError(f"open_clip could not build {name!r} with pretrained={pretrained!r}: {type(e).__name__}: "
                          f"{str(e)[:600]}; check that the checkpoint is whole and is one of {name!r} (OpenAI's "
                          f"weights need the '-quickgelu' name), or pass another --model / --pretrained") from e
+    if not weights:
+        init_coca_decoder(model)
     return model, preprocess, tokenizer
+
+
+def init_coca_decoder(model: Any) -> None:
+    """open_clip 3.3 never initialises a CoCa's multimodal decoder projection (torch.empty: zeros, or NaN; its
+    `init_parameters` would, but fails on a missing attribute and is not called): random weights get the normal
+    init it intends (std = width^-0.5), so a random CoCa's captions are finite and seeded."""
+    proj = getattr(getattr(model, "text_decoder", None), "text_projection", None)
+    if isinstance(proj, torch.nn.Parameter):
+        torch.nn.init.normal_(proj, std=proj.shape[0] ** -0.5)
 
 
 def _tokenizer_cached(hf: str | None) -> bool:

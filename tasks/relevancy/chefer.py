@@ -1,7 +1,7 @@
 """`chefer`: Chefer, Gur & Wolf 2021 as applied to CLIP by its authors. Target = image-text logit; for each
 vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; the map is the explained
 token's row over the patch columns. The explained token is the class token (open_clip ViT, EVA02), or for a
-tower pooled by attention (SigLIP's "map" head) its learned query, whose row is Chefer's rule for attention
+tower pooled by attention (SigLIP's "map" head, CoCa's attentional pooler) its (first) learned query, whose row is Chefer's rule for attention
 from outside the sequence: mean_heads(clamp(dA_pool ⊙ A_pool, 0)) @ R; a token-average tower reads R's mean row.
 Also the same rule over the text tower (per-token relevancy, read at the EOT row)."""
 from __future__ import annotations
@@ -29,8 +29,8 @@ def rollout(attns: list[torch.Tensor], grads: tuple[torch.Tensor, ...] | list[to
 def explained_row(tower: Tower, R: torch.Tensor, pooled: list[torch.Tensor], pooled_grads) -> torch.Tensor:
     """(B, g, g) relevancy of the token the embedding is read from, over the patch tokens."""
     if tower.pool == "map":
-        cam = (pooled_grads[-1].float() * pooled[-1].detach().float()).clamp(min=0).mean(dim=1)  # (B, 1, N)
-        row = torch.bmm(cam, R)[:, 0]  # (B, N)
+        cam = (pooled_grads[-1].float() * pooled[-1].detach().float()).clamp(min=0).mean(dim=1)  # (B, L, N)
+        row = torch.bmm(cam[:, :1], R)[:, 0]  # (B, N) the first query's: the one the embedding is read from
     elif tower.pool == "avg":
         row = R.mean(dim=1)  # (B, N)
     else:

@@ -5,7 +5,8 @@ an image embedding of their own, its cosine with the text is the target, and the
 mean_heads, mean_rows(clamp(d target_l / dA_l, 0)) over the patch columns, summed over l and min-max scaled.
 The per-layer embedding: open_clip ViT as the authors, ln_post(mean over tokens) @ proj; a timm ViT through its
 own final norm and head (class token, or the attention pool, whose (B, H, 1, N) probabilities are then the
-explained attention, as in the authors' SigLIP path). Each target has its own backward (one per layer), every
+explained attention, as in the authors' SigLIP path); a CoCa as their `compute_legrad_coca`: the attentional
+pooler's first query, projected, and its attention's gradient. Each target has its own backward (one per layer), every
 image of the batch at once.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ from mapcap.tasks.relevancy.towers import Tower, tower_of, vit_blocks
 
 def layer_embedding(visual, tower: Tower, tokens: torch.Tensor) -> torch.Tensor:
     """(B, D) embedding of one block's output tokens (B, N, W)."""
+    if tower.kind == "vit" and tower.pool == "map":  # CoCa, as the authors' compute_legrad_coca: the pool's
+        x = visual.attn_pool(tokens)[:, 0]  # first query, (B, W); no ln_post in their code
+        return x @ visual.proj if visual.proj is not None else x
     if tower.kind == "vit":
         x = visual.ln_post(tokens.mean(dim=1))  # (B, W) the authors average every token, class token included
         return x @ visual.proj if visual.proj is not None else x
@@ -43,5 +47,6 @@ def legrad(lm: LoadedModel, pixels: torch.Tensor, text_emb: torch.Tensor, start_
             target = (emb * txt).sum()  # each image against its own text
             explained = rec.pooled[-1] if tower.pool == "map" else A  # the pool's (B, H, 1, N) just recorded
             (grad,) = torch.autograd.grad(target, [explained], retain_graph=True)
-            total = total + grad.float().clamp(min=0).mean(dim=1).mean(dim=1)  # (B, N) mean heads, mean rows
+            rows = grad.float().clamp(min=0).mean(dim=1)  # (B, L, N) mean over heads
+            total = total + (rows[:, 0] if tower.pool == "map" else rows.mean(dim=1))  # (B, N) the query's / mean
     return min_max(total[:, tower.prefix:].reshape(-1, *tower.grid))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mapcap.tasks.relevancy.attention import _without_grad, recording_attention
 from mapcap.tasks.relevancy.towers import tower_of, vit_blocks
@@ -23,7 +24,7 @@ from mapcap.tasks.relevancy.towers import tower_of, vit_blocks
 @dataclass
 class Recorded:
     attns: list[torch.Tensor] = field(default_factory=list)  # blocks[start:], each (B, H, N, N)
-    pooled: list[torch.Tensor] = field(default_factory=list)  # attention pool's probabilities, each (B, H, 1, N)
+    pooled: list[torch.Tensor] = field(default_factory=list)  # attention pool's probabilities, each (B, H, L, N)
     outputs: list[torch.Tensor] = field(default_factory=list)  # blocks[start:] outputs, each (B, N, D)
 
 
@@ -47,6 +48,26 @@ def _pool_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) 
     if self.pool == "token":
         return x[:, 0]
     return x.mean(1) if self.pool == "avg" else x
+
+
+def _pooler_forward(mha: nn.MultiheadAttention, store: list[torch.Tensor]):
+    """open_clip's AttentionalPooler attention (batch-first cross-attention of learned queries over the tokens),
+    computed explicitly from the module's weights, keeping its probabilities (B, H, L, N)."""
+    def forward(query, key, value, need_weights=False, attn_mask=None, key_padding_mask=None, **_):
+        B, L, D = query.shape  # (B, L, D) queries; key/value (B, N, kdim)
+        N, H = key.shape[1], mha.num_heads
+        if mha._qkv_same_embed_dim:
+            wq, wk, wv = mha.in_proj_weight.chunk(3)
+        else:
+            wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+        bq, bk, bv = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None, None, None)
+        q = F.linear(query, wq, bq).reshape(B, L, H, -1).transpose(1, 2)  # (B, H, L, hd)
+        k = F.linear(key, wk, bk).reshape(B, N, H, -1).transpose(1, 2)  # (B, H, N, hd)
+        v = F.linear(value, wv, bv).reshape(B, N, H, -1).transpose(1, 2)  # (B, H, N, hd)
+        attn = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, L, N)
+        store.append(attn)
+        return mha.out_proj((attn @ v).transpose(1, 2).reshape(B, L, D)), None
+    return forward
 
 
 @contextmanager
@@ -82,6 +103,10 @@ def recording(visual: nn.Module, start: int = 0, outputs: bool = False) -> Itera
         if tower_of(visual).kind == "vit":
             blocks = vit_blocks(visual)
             with recording_attention(blocks, start) as store, ExitStack() as stack:
+                if tower_of(visual).pool == "map":  # a CoCa: its attentional pooler's probabilities
+                    mha = visual.attn_pool.attn
+                    mha.forward = _pooler_forward(mha, rec.pooled)
+                    stack.callback(mha.__dict__.pop, "forward", None)
                 if outputs:
                     for b in blocks[start:]:
                         stack.callback(b.register_forward_hook(lambda _m, _i, out: rec.outputs.append(out)).remove)

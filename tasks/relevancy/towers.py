@@ -1,6 +1,7 @@
 """Image-tower kinds: found once per model, so each relevancy method can declare the kinds it explains.
 
-- `vit`: open_clip's own VisionTransformer (ViT-*, coca_*), blocks with nn.MultiheadAttention, a class token;
+- `vit`: open_clip's own VisionTransformer (ViT-*, coca_*), blocks with nn.MultiheadAttention, a class token; a
+  CoCa's embedding is its attentional pooler's first query, which is then the explained token;
 - `timm_vit`: a timm ViT trunk (EVA02-*, ViT-*-SigLIP*, SigLIP2): class token pooled, or an attention-pool
   ("map") head whose learned query is the explained token, or the token average;
 - `resnet`: open_clip's ModifiedResNet (RN50, RN101, ...);
@@ -29,7 +30,8 @@ class Tower:
     kind: str  # one of KINDS
     grid: tuple[int, int]  # (h, w) of the map: the patch grid (ViTs), the last stage's feature grid (CNNs)
     prefix: int = 0  # tokens before the patch tokens (class and register tokens), ViTs only
-    pool: str = ""  # how a ViT's tokens become the embedding: 'token' (class token), 'map' (attention pool), 'avg'
+    pool: str = ""  # how a ViT's tokens become the embedding: 'token' (class token), 'map' (attention pool's first
+    # query: timm's AttentionPoolLatent, open_clip's AttentionalPooler of CoCa), 'avg'
 
 
 def _size(value) -> tuple[int, int]:
@@ -38,7 +40,8 @@ def _size(value) -> tuple[int, int]:
 
 def _find(visual: nn.Module) -> Tower:
     if isinstance(visual, VisionTransformer):
-        return Tower("vit", _size(visual.grid_size), 1, "token")
+        pooled = getattr(visual, "attn_pool", None) is not None and getattr(visual, "attn_pool_contrastive", 1) is None
+        return Tower("vit", _size(visual.grid_size), 1, "map" if pooled else "token")
     if isinstance(visual, ModifiedResNet):
         h, w = _size(visual.image_size)
         return Tower("resnet", (h // 32, w // 32))

@@ -14,6 +14,7 @@ from mapcap.tasks.models import ModelSpec, encode_pixels, in_batches, load_model
 from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks
 from mapcap.tasks.relevancy.fused import classify_and_explain
 from mapcap.tasks.relevancy.methods import default_start_layer
+from mapcap.tasks.relevancy.towers import tower_of
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 from mapcap.tasks.stages.embeddings import remember, view_key
@@ -106,9 +107,12 @@ def fused_starts(cfg: ClassifyConfig, rel) -> list[tuple[tuple[str, int | None],
     classification pass can compute: same model, classes and templates, a ViT with recordable attention."""
     if rel is None or (rel.model, rel.classes, rel.templates) != (cfg.model, cfg.classes, cfg.templates):
         return []
+    visual = load_model(cfg.model).model.visual
     try:
-        attention_blocks(load_model(cfg.model).model.visual, "image")
+        attention_blocks(visual, "image")
     except UnsupportedArchitecture:
+        return []
+    if tower_of(visual).pool != "token":  # a CoCa's maps explain its pool's query: relevancy.py computes them
         return []
     return [((m, s), default_start_layer(cfg.model.name) if s is None else s) for m, s in rel.variants
             if m == "chefer"]

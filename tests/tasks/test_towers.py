@@ -53,6 +53,9 @@ def test_every_family_has_its_kind_and_a_default_it_supports():
     for name, kind in FAMILIES.items():
         assert tower_of(_model(name).model.visual).kind == kind
         assert all(m in supported(kind) for m in DEFAULTS[kind])
+    pools = {n: tower_of(_model(n).model.visual).pool for n in FAMILIES if FAMILIES[n] != "resnet"}
+    assert pools == {"Tiny-ViT": "token", "Tiny-CoCa": "map", "Tiny-EVA": "token", "Tiny-MapViT": "map",
+                     "Tiny-ConvNeXt": ""}  # a CoCa is explained through its attentional pooler's first query
     assert set(FAMILIES.values()) == set(DEFAULTS)
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import open_clip
 import torch
-from timm.models import register_model
-from timm.models import is_model
+from timm.models import is_model, register_model
 from timm.models.convnext import ConvNeXt
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
+
+from mapcap.tasks.models import init_coca_decoder
 
 TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
@@ -75,7 +76,7 @@ CONFIGS = {
                   "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
                                      "layers": 1, "attn_pooler_heads": 2}},
 }
-FAMILIES = {"Tiny-ViT": "vit", "Tiny-EVA": "timm_vit", "Tiny-MapViT": "timm_vit", "Tiny-RN": "resnet",
+FAMILIES = {"Tiny-ViT": "vit", "Tiny-CoCa": "vit", "Tiny-EVA": "timm_vit", "Tiny-MapViT": "timm_vit", "Tiny-RN": "resnet",
             "Tiny-ConvNeXt": "convnext"}
 
 
@@ -93,4 +94,5 @@ def build(name: str, seed: int = 0):
     register()
     torch.manual_seed(seed)
     model, _, pre = open_clip.create_model_and_transforms(name)
+    init_coca_decoder(model)  # open_clip leaves a CoCa's decoder projection uninitialised (torch.empty)
     return model.eval(), pre, open_clip.get_tokenizer(name)
