@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mapcap.tasks.relevancy.attention import _without_grad, recording_attention
-from mapcap.tasks.relevancy.towers import tower_of, vit_blocks
+from mapcap.tasks.relevancy.towers import UnsupportedTower, tower_of, vit_blocks
 
 
 @dataclass
@@ -79,6 +79,9 @@ def _timm(visual: nn.Module, start: int, rec: Recorded, outputs: bool) -> Iterat
             b.forward = _without_grad(b.forward)
             stack.callback(b.__dict__.pop, "forward", None)
         for b in blocks[start:]:
+            if not (hasattr(b.attn, "fused_attn") and isinstance(getattr(b.attn, "attn_drop", None), nn.Module)):
+                raise UnsupportedTower(f"the timm tower's attention {type(b.attn).__name__} has no unfused path with "
+                                       f"an attn_drop to record; use relevancy.methods=['gradient'] for this model")
             fused = b.attn.fused_attn
             b.attn.fused_attn = False
             stack.callback(setattr, b.attn, "fused_attn", fused)
