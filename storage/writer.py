@@ -5,10 +5,14 @@ folder and renamed, so a killed run never leaves a half file where readers look.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
@@ -64,11 +68,41 @@ def write_raw(root: str, relpath: str, data: pa.Table) -> str:
     return atomic_write(fs, f"{base}/{relpath}", lambda f: pq.write_table(data, f, compression="zstd"))
 
 
+HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]  # in temp names: whose writer made it
+STALE_AFTER_S = 6 * 3600  # a temp file of another machine's writer this old is left from a killed write
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _stale(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """A temp file no live writer owns: this machine's writer process is gone, or (another machine's, or a name
+    from before owners were recorded) it is older than STALE_AFTER_S."""
+    parts = path.rsplit("/", 1)[-1].split(".")  # ['', name..., host, pid, uuid, 'tmp']
+    if len(parts) >= 6 and parts[-4] == HOST_ID and parts[-3].isdigit():
+        return not _pid_alive(int(parts[-3]))
+    try:
+        modified = fs.modified(path)
+    except (NotImplementedError, FileNotFoundError, OSError):  # no age to read (or gone): keep it, never guess
+        return False
+    modified = modified if modified.tzinfo else modified.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - modified).total_seconds() > STALE_AFTER_S
+
+
 def atomic_write(fs: fsspec.AbstractFileSystem, final: str, write: Callable[[Any], None]) -> str:
-    """Write through `write(file)` to a temp name in the same folder, then rename: no half files."""
+    """Write through `write(file)` to a temp name of this writer's own in the same folder, then rename: no half
+    files. Temp names carry the writer's machine and process, so the cleanup of temp files left by killed writers
+    never removes a live writer's (two writers of one name, threads or processes)."""
     folder, name = final.rsplit("/", 1)
     fs.makedirs(folder, exist_ok=True)
-    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    tmp = f"{folder}/.{name}.{HOST_ID}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         with fs.open(tmp, "wb") as f:
             write(f)
@@ -77,8 +111,12 @@ def atomic_write(fs: fsspec.AbstractFileSystem, final: str, write: Callable[[Any
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
-    for stale in fs.glob(f"{folder}/.{name}.*.tmp"):  # left by a writer killed mid-write (SIGKILL, power loss)
-        fs.rm(stale)
+    for left in fs.glob(f"{folder}/.{name}.*.tmp"):  # left by a writer killed mid-write (SIGKILL, power loss)
+        if _stale(fs, left):
+            try:
+                fs.rm(left)
+            except FileNotFoundError:  # another writer's cleanup was first
+                pass
     return final
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import fsspec
 import numpy as np
@@ -124,3 +125,43 @@ def test_mutual_knowledge_aggregates_both_ways_on_curves_of_unequal_length(tmp_p
     assert abs(per_class["curve_auc"] - 0.7) < 1e-9 and abs(per_class["mean_auc"] - 2.8 / 3) < 1e-9
     run = named_query(con, "mutual_knowledge_runs").to_pylist()[0]
     assert abs(run["curve_auc"] - 0.7) < 1e-9 and abs(run["mean_auc"] - 2.8 / 3) < 1e-9
+
+
+def test_two_writers_of_one_name_never_remove_each_others_temp_files(tmp_path):
+    """Writer A finishes (and cleans up left-over temp files) while writer B is still writing the same name: B's
+    temp file is a live writer's and stays; a temp file of a dead process of this machine is removed."""
+    import subprocess
+    import threading
+
+    from mapcap.storage.writer import HOST_ID, atomic_write
+
+    fs, base = fsspec.filesystem("file"), str(tmp_path)
+    final = f"{base}/t/run=r/shard-00000.parquet"
+    writing, release, errors = threading.Event(), threading.Event(), []
+
+    def slow(f):
+        f.write(b"B" * 10)
+        writing.set()
+        release.wait(10)
+        f.write(b"B" * 10)
+
+    def writer_b():
+        try:
+            atomic_write(fs, final, slow)
+        except Exception as e:  # the test fails below if B lost its temp file
+            errors.append(e)
+
+    b = threading.Thread(target=writer_b)
+    b.start()
+    assert writing.wait(10)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that is gone
+    left = tmp_path / "t" / "run=r" / f".shard-00000.parquet.{HOST_ID}.{dead.pid}.{'0' * 32}.tmp"
+    left.write_bytes(b"half")
+    atomic_write(fs, final, lambda f: f.write(b"A"))  # A: done, and its cleanup ran while B writes
+    temps = sorted(p.name for p in (tmp_path / "t" / "run=r").glob(".*.tmp"))
+    assert len(temps) == 1 and f".{os.getpid()}." in temps[0]  # B's own temp is kept, the dead one's is gone
+    release.set()
+    b.join(10)
+    assert not errors and (tmp_path / "t" / "run=r" / "shard-00000.parquet").read_bytes() == b"B" * 20
+    assert not list((tmp_path / "t" / "run=r").glob(".*.tmp"))
