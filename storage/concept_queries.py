@@ -12,7 +12,8 @@ _CURVE_AUC = "sum(list_sum({p}mi_curve)) / (count(*) * max(len({p}mi_curve))) AS
 _PER_CLASS_MK = """
     SELECT label AS class_name, count(*) AS n, avg(correct::INT) AS accuracy, avg(mi) AS mean_mi,
            avg(auc) AS mean_auc, """ + _CURVE_AUC.format(p="") + """,
-           avg(n_shared) AS mean_shared, avg(deletion) AS deletion, avg(insertion) AS insertion, avg(correct::INT) - avg(correct_after_drop::INT) AS acc_drop,
+           avg(n_shared) AS mean_shared, avg(deletion) AS deletion, avg(insertion) AS insertion,
+           avg(correct::INT) - avg(correct_after_drop::INT) AS acc_drop,
            avg(correct_after_insert::INT) - avg(correct_empty::INT) AS acc_inc,
            avg(top_visual_of_label::INT) FILTER (correct) AS top_visual_true
     FROM mutual_knowledge WHERE run_id = $run GROUP BY label"""

@@ -1,8 +1,9 @@
 """`chefer`: Chefer, Gur & Wolf 2021 as applied to CLIP by its authors. Target = image-text logit; for each
 vision block from `start_layer` on, R <- R + mean_heads(clamp(dA ⊙ A, 0)) @ R, R0 = I; the map is the explained
 token's row over the patch columns. The explained token is the class token (open_clip ViT, EVA02), or for a
-tower pooled by attention (SigLIP's "map" head, CoCa's attentional pooler) its (first) learned query, whose row is Chefer's rule for attention
-from outside the sequence: mean_heads(clamp(dA_pool ⊙ A_pool, 0)) @ R; a token-average tower reads R's mean row.
+tower pooled by attention (SigLIP's "map" head, CoCa's attentional pooler) its (first) learned query, whose row
+is Chefer's rule for attention from outside the sequence: mean_heads(clamp(dA_pool ⊙ A_pool, 0)) @ R; a
+token-average tower reads R's mean row.
 Also the same rule over the text tower (per-token relevancy, read at the EOT row)."""
 from __future__ import annotations
 

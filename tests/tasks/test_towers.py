@@ -141,7 +141,8 @@ def test_planning_picks_each_towers_default_and_refuses_what_it_cannot_do():
     assert map_variants(_params(), _spec("Tiny-RN")) == (("gradcam", None),)
     assert map_variants(_params(["legrad", "chefer"], [0, 1]), _spec("Tiny-EVA")) == (
         ("legrad", -2), ("chefer", 0), ("chefer", 1))
-    with pytest.raises(ValueError, match="'gradcam' does not explain Tiny-ViT's vit image tower.*chefer, legrad, grad_eclip, gradient"):
+    with pytest.raises(ValueError,
+                       match="'gradcam' does not explain Tiny-ViT's vit image tower.*chefer, legrad, grad_eclip, gradient"):
         map_variants(_params(["gradcam"]), _spec("Tiny-ViT"))
     with pytest.raises(ValueError, match="'grad_eclip' does not explain Tiny-ConvNeXt's convnext"):
         map_variants(_params(["grad_eclip"]), _spec("Tiny-ConvNeXt"))

@@ -3,7 +3,8 @@
 Each family is built by open_clip's own factory from a config, exactly as its full-size sibling is:
 - `Tiny-ViT`: open_clip's VisionTransformer (class token), 2 blocks;
 - `Tiny-EVA`: a timm Eva tower with a class token and rotary embeddings (as EVA02-*), 2 blocks;
-- `Tiny-MapViT`: a timm ViT with the attention-pool ("map") head and no class token (as ViT-*-SigLIP*; a name with "siglip" would make open_clip fetch the SigLIP tokenizer), 2 blocks;
+- `Tiny-MapViT`: a timm ViT with the attention-pool ("map") head and no class token (as ViT-*-SigLIP*; a name
+  with "siglip" would make open_clip fetch the SigLIP tokenizer), 2 blocks;
 - `Tiny-RN`: open_clip's ModifiedResNet (as RN50), one bottleneck per stage;
 - `Tiny-ConvNeXt`: a timm ConvNeXt (as convnext_*), one block per stage;
 - `Tiny-CoCa`: open_clip's CoCa (as coca_*: a ViT with an attention pool, a text decoder), for its captioner.
@@ -76,8 +77,8 @@ CONFIGS = {
                   "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
                                      "layers": 1, "attn_pooler_heads": 2}},
 }
-FAMILIES = {"Tiny-ViT": "vit", "Tiny-CoCa": "vit", "Tiny-EVA": "timm_vit", "Tiny-MapViT": "timm_vit", "Tiny-RN": "resnet",
-            "Tiny-ConvNeXt": "convnext"}
+FAMILIES = {"Tiny-ViT": "vit", "Tiny-CoCa": "vit", "Tiny-EVA": "timm_vit", "Tiny-MapViT": "timm_vit",
+            "Tiny-RN": "resnet", "Tiny-ConvNeXt": "convnext"}
 
 
 def register() -> None:
