@@ -21,7 +21,7 @@ import torch
 from timing import print_table, rate, sync  # bench/timing.py
 from mapcap.tasks.relevancy.fused import classify_and_explain
 from mapcap.tasks.stages.classify import ClassifyConfig
-from mapcap.tasks.stages.driver import StagePlan, run_shard
+from mapcap.tasks.pipeline.driver import StagePlan, run_shard
 from mapcap.tasks.zeroshot import classify_pixels, text_classifier
 from mapcap.tasks.data import read_dataset
 from mapcap.tasks.models import load_model, resolve_spec

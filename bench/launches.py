@@ -47,9 +47,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=6, help="most frequent operations listed per stage")
     args = ap.parse_args()
 
-    from mapcap.flows.params import ExplainParams
+    from mapcap.tasks.pipeline.params import ExplainParams
     from mapcap.tasks.decode import geometry
-    from mapcap.tasks.stages import captions, context, driver, reuse
+    from mapcap.tasks.pipeline import context, driver, reuse
+    from mapcap.tasks.stages import captions
 
     tmp = Path(tempfile.mkdtemp(prefix="mapcap-launches-"))
     if args.folder is None:

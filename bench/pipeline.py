@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mapcap.flows.cli_startup import flow_settings
+from mapcap.cli.startup import flow_settings
 from mapcap.flows.explain import explain
-from mapcap.flows.params import ExplainParams
+from mapcap.tasks.pipeline.params import ExplainParams
 from mapcap.storage.query import connect, run_sql
-from mapcap.tasks.run_record import record_run
-from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
-from mapcap.tasks.stages.driver import run_run_stage, run_shard
+from mapcap.tasks.pipeline.run_record import record_run
+from mapcap.tasks.pipeline.sharding import SHARDS_IN_FLIGHT
+from mapcap.tasks.pipeline.driver import run_run_stage, run_shard
 from mapcap.toy.concepts import TOY_CONCEPTS
 from mapcap.toy.plugin import phrase_bank_file
 from timing import print_table  # bench/timing.py (scripts run from bench/ on sys.path)

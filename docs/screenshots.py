@@ -7,8 +7,8 @@ import time
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-from mapcap.flows.explorer import make_app
-from mapcap.flows.explorer_guard import new_token
+from mapcap.explorer.app import make_app
+from mapcap.explorer.guard import new_token
 
 root, image = sys.argv[1], sys.argv[2]
 token = new_token()

@@ -15,14 +15,14 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from mapcap.flows.params import ExplainParams
-from mapcap.tasks.plan import expand_run_task, plan_run_task, shards_to_force
+from mapcap.tasks.pipeline.params import ExplainParams
+from mapcap.tasks.pipeline.plan import expand_run_task, plan_run_task, shards_to_force
 from mapcap.tasks.report.run_summary import run_summary_task
-from mapcap.tasks.run_record import record_run_task, run_heartbeat
-from mapcap.tasks.sharding import SHARDS_IN_FLIGHT
+from mapcap.tasks.pipeline.run_record import record_run_task, run_heartbeat
+from mapcap.tasks.pipeline.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.report.html import report_path
-from mapcap.tasks.stages.tasks import run_stage_task, shard_task_on
-from mapcap.tasks.stop import stop_scope
+from mapcap.tasks.pipeline.tasks import run_stage_task, shard_task_on
+from mapcap.tasks.pipeline.stop import stop_scope
 
 __all__ = ["ExplainParams", "explain"]
 

@@ -12,8 +12,8 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from mapcap.flows.explain import explain
-from mapcap.flows.params import ExplainParams, StageName
-from mapcap.tasks.run_record import stored_params_task
+from mapcap.tasks.pipeline.params import ExplainParams, StageName
+from mapcap.tasks.pipeline.run_record import stored_params_task
 
 
 class ReprocessParams(BaseModel):

@@ -25,7 +25,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("params_json", pa.string()), ("code_version", pa.string()), ("versions_json", pa.string()),
         ("config_json", pa.string()),  # resolved config of every stage that ran: {stage: config} (JSON)
         ("stages_json", pa.string()),  # per stage: ran / reused / skipped and why, rows, failures, seconds
-        ("sharding", pa.string()),  # how images were cut into shards (tasks/sharding.py); null: by sorted path
+        ("sharding", pa.string()),  # how images were cut into shards (tasks/pipeline/sharding.py); null: by sorted path
         ("nodes", pa.list_(pa.string())),  # where its shards ran: Ray node ids, or host names
         ("updated_at", _ts),  # when the row was last written: every HEARTBEAT_SECONDS while the run is running
         ("n_shards_done", pa.int32()),  # shards finished so far (all of them once finished)

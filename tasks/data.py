@@ -31,7 +31,7 @@ class Item:
 class Dataset:
     source: str  # what the user passed (folder or manifest path)
     classes: tuple[str, ...]  # class names, sorted, after mapping
-    items: tuple[Item, ...]  # sorted by path (tasks/sharding.py cuts shards by a hash of it)
+    items: tuple[Item, ...]  # sorted by path (tasks/pipeline/sharding.py cuts shards by a hash of it)
 
 
 class ImageLoadError(ValueError):

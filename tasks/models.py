@@ -27,7 +27,7 @@ import open_clip
 import torch
 
 from mapcap.tasks.plugins import load_plugins, preset
-from mapcap.tasks.stop import check_stop
+from mapcap.tasks.pipeline.stop import check_stop
 from mapcap.tasks.text_tower import text_features
 from mapcap.tasks.weights import tag_options
 
@@ -226,7 +226,7 @@ _MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def model_lock(model: torch.nn.Module) -> threading.RLock:
     """One lock per model object: shard tasks share a model across threads, and relevancy temporarily swaps
     its attention modules, so every forward pass holds this lock (one shard at a time on a device). Taking it is
-    also where the shard of a stopped run ends (tasks/stop.py): before each forward, whatever the stage."""
+    also where the shard of a stopped run ends (tasks/pipeline/stop.py): before each forward, whatever the stage."""
     check_stop()
     with _LOCK:
         if model not in _MODEL_LOCKS:

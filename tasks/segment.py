@@ -135,7 +135,7 @@ def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig 
 def segment_job(job: tuple) -> list[dict]:
     """The region fields of one map's `regions` rows, the mask as RLE: job = (map cells, grid side, image (W, H),
     SegmentConfig, image array or None). Small in, small out, and in a module that does not import torch: it runs
-    in worker processes (tasks/procpool.py)."""
+    in worker processes (tasks/pipeline/procpool.py)."""
     cells, g, size, cfg, picture = job
     return [{"region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
              "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,

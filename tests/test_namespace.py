@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CLASHING = ("tasks", "flows", "storage", "toy")
+CLASHING = ("tasks", "flows", "storage", "toy", "cli", "explorer")
 
 
 def test_the_wheel_holds_only_the_mapcap_package(tmp_path):
@@ -22,13 +22,13 @@ def test_the_wheel_holds_only_the_mapcap_package(tmp_path):
     for sub in CLASHING:
         assert f"mapcap/{sub}/__init__.py" in names
     assert "mapcap/toy/weights/toy_clip.pt" in names and "mapcap/toy/concepts.json" in names
-    assert "mapcap/tasks/stages/driver.py" in names
+    assert "mapcap/tasks/pipeline/driver.py" in names
     top_level = next(n for n in names if n.endswith("top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["mapcap"]
 
 
 def test_only_mapcap_is_importable_from_the_installed_package(tmp_path):
-    code = ("import importlib.util as u, mapcap.tasks.stages.driver, mapcap.flows.explain; "
+    code = ("import importlib.util as u, mapcap.tasks.pipeline.driver, mapcap.flows.explain; "
             f"print([n for n in {CLASHING!r} if u.find_spec(n) is not None])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

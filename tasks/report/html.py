@@ -21,7 +21,7 @@ from PIL import Image
 from mapcap.storage.query import connect, format_table, named_query, predictions_for, resolve_run, rows_for_images
 from mapcap.storage.writer import write_file
 from mapcap.tasks.data import ImageLoadError, load_image
-from mapcap.tasks.plan import model_notes
+from mapcap.tasks.pipeline.plan import model_notes
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.report.concepts import concepts_section
 from mapcap.tasks.report.plots import (SHOWN_CLASSES, accuracy_bars, property_scatter, shown_classes, template_bars,

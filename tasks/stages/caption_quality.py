@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mapcap.tasks.metrics.caption_quality import bleu, cider_d
-from mapcap.tasks.stages.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Stage, register_stage
 from mapcap.tasks.stages.captions import references
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.context import StageContext
 
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d", "clipscore", "ref_clipscore")
 

@@ -17,8 +17,8 @@ from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_capt
 from mapcap.tasks.decode import Geometry, normalise, resize_crop, resized_crops
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext, tensor_decode
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext, tensor_decode
 from mapcap.tasks.stages.embeddings import embed_views, view_key
 from mapcap.storage.writer import shard_name
 

@@ -15,8 +15,8 @@ from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_
 from mapcap.tasks.relevancy.fused import classify_and_explain
 from mapcap.tasks.relevancy.methods import default_start_layer
 from mapcap.tasks.relevancy.towers import tower_of
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.stages.embeddings import remember, view_key
 from mapcap.tasks.zeroshot import description_classifier, prediction_table, probabilities, text_classifier
 

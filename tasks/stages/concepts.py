@@ -18,9 +18,9 @@ from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddin
                                                    region_mask, top_k, visual_concepts)
 from mapcap.tasks.metrics.perturb import perturbed_pixels
 from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
-from mapcap.tasks.sharding import sampled
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.sharding import sampled
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.stages.embeddings import embed_views, view_key
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from mapcap.tasks.models import ModelSpec
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.context import StageContext
 from PIL import Image
 
 View = tuple  # ("view", model, image id, bbox or None, context or None)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 
 METRICS = ("positive_auc", "negative_auc", "deletion_auc", "insertion_auc", "pointing_grid", "pointing_pixel",
            "discrimination")  # row order within a variant

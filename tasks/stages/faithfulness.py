@@ -13,7 +13,7 @@ so every run is scored the same way, whatever the relevancy stage stored. One ro
   holds (the toy world's does); the predicted-class map is then the true-class map;
 - discrimination: images whose manifest also holds a second object's label and mask: the mean of the two
   classes' maps' mass share on their own object.
-A per-shard stage, so a later run reuses these rows by content like any other (tasks/stages/reuse.py); the
+A per-shard stage, so a later run reuses these rows by content like any other (tasks/pipeline/reuse.py); the
 per-run `evaluate` stage averages them into `evaluations`.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ from mapcap.tasks.metrics.faithfulness import (map_aucs, mass_share, perturbed_p
                                                 pointing_pixel, shared_images)
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import grid_size, relevancy_maps
-from mapcap.tasks.sharding import sampled
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.sharding import sampled
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
 VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))  # a config's default (toy ViT)

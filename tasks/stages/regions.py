@@ -8,8 +8,8 @@ import numpy as np
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
 from mapcap.tasks.segment import SegmentConfig, segment_job
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 
 KEYS = ("run_id", "image_id", "shard", "target", "class_name", "method", "start_layer")
 

@@ -7,8 +7,8 @@ import torch
 
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import map_stats, relevancy_maps
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
 TARGETS = ("pred", "label")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mapcap.tasks.report.html import build_report, report_path
-from mapcap.tasks.stages.base import Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 
 
 @dataclass(frozen=True)

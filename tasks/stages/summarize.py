@@ -8,8 +8,8 @@ import numpy as np
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import class_properties, mmr_summary, on_object
 from mapcap.tasks.models import ModelSpec, encode_texts, load_model
-from mapcap.tasks.stages.base import Rows, Stage, register_stage
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.base import Rows, Stage, register_stage
+from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.zeroshot import ENSEMBLE
 
 SUBSETS = ("all", "correct", "wrong")

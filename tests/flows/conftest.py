@@ -45,7 +45,7 @@ def explorer(toy_run):
     """`make_app` under uvicorn on a free loopback port, in a thread, as `mapcap explorer` serves it."""
     import uvicorn
 
-    from mapcap.flows.explorer import make_app
+    from mapcap.explorer.app import make_app
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

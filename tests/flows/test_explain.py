@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mapcap.flows.cli import main
+from mapcap.cli.main import main
 from mapcap.flows.explain import ExplainParams, explain
 from mapcap.storage.query import connect, named_query, run_sql
 
@@ -338,7 +338,7 @@ def test_report_lists_the_images_a_stage_could_not_use(first_run):
 
 
 def test_run_summary_prints_what_could_not_be_read(first_run, capsys):
-    from mapcap.flows.cli_summary import print_run_summary
+    from mapcap.cli.summary import print_run_summary
     params, result = first_run
     print_run_summary(params.out, result)
     out = capsys.readouterr().out

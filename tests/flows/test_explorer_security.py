@@ -1,5 +1,5 @@
 """The explorer against a hostile caller, over HTTP on loopback: foreign hosts, missing tokens, files outside
-the runs, oversized and cross-site requests (flows/explorer_guard.py)."""
+the runs, oversized and cross-site requests (explorer/guard.py)."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mapcap.flows.explorer_guard import allowed_folders
+from mapcap.explorer.guard import allowed_folders
 from mapcap.storage.query import connect, run_sql
 
 
@@ -158,6 +158,6 @@ def test_no_token_serves_the_api_without_one_and_warns(toy_run, tmp_path):
 
 
 def test_a_zero_upload_limit_is_refused_with_the_fix(capsys):
-    from mapcap.flows.cli import main
+    from mapcap.cli.main import main
     assert main(["explorer", "--max-upload-mb", "0"]) == 2
     assert "--max-upload-mb 0 must be above 0" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 import skimage
 
-from mapcap.flows.cli import main
+from mapcap.cli.main import main
 from mapcap.storage.query import connect, run_sql
 from mapcap.tasks import models
 from mapcap.tasks.relevancy.methods import DEFAULTS, supported

@@ -5,9 +5,9 @@ import typing
 import pytest
 from pydantic import BaseModel
 
-from mapcap.flows.cli_args import build_parser
-from mapcap.flows.cli_params import params_from_args
-from mapcap.flows.params import FLAT_NAMES, SECTIONS, ExplainParams
+from mapcap.cli.commands import build_parser
+from mapcap.cli.flags import params_from_args
+from mapcap.tasks.pipeline.params import FLAT_NAMES, SECTIONS, ExplainParams
 
 SAMPLES = {  # a non-default value per field where the type alone does not say which
     "dataset": "/data/photos", "stages": ["classify", "relevancy"], "redo_classes": ["star"],
@@ -147,7 +147,7 @@ def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, 
 
 
 def test_unset_batch_sizes_follow_the_device(toy_dir):
-    from mapcap.tasks.plan import default_batch
+    from mapcap.tasks.pipeline.plan import default_batch
     assert default_batch("cuda:1", 64, 256) == 256 and default_batch("cpu", 64, 256) == 64
     cfg = {s.name: s.config for s in ExplainParams(dataset=str(toy_dir), device="cpu").resolve().shard_stages}
     assert (cfg["classify"].batch_size, cfg["relevancy"].batch_size, cfg["captions"].captioner.batch_size) == (64, 64,
@@ -195,13 +195,13 @@ def test_the_temporary_prefect_api_starts_early_only_for_flow_commands(prefect_h
     configured server (here the test harness's) start nothing."""
     import threading
 
-    from mapcap.flows.cli_startup import start_prefect_api_early
+    from mapcap.cli.startup import start_prefect_api_early
     before = {t.name for t in threading.enumerate()}
     for argv in (["sql", "--root", "x", "SELECT 1"], ["run", "--help"], ["demo", "-h"], ["run", "data"]):
         start_prefect_api_early(argv)()
     assert "mapcap-prefect-api" not in {t.name for t in threading.enumerate()} - before
 
-    import mapcap.flows.cli_startup as startup
+    import mapcap.cli.startup as startup
     calls = []
 
     class Server:  # Prefect's temporary server, recorded instead of started
@@ -221,7 +221,7 @@ def test_the_temporary_prefect_api_starts_early_only_for_flow_commands(prefect_h
 def test_runs_on_the_temporary_server_send_no_heartbeats_and_no_analytics(prefect_harness):
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from mapcap.flows.cli_startup import flow_settings
+    from mapcap.cli.startup import flow_settings
     every = get_current_settings().flows.heartbeat_frequency
     assert every and PREFECT_API_URL.value()  # the harness's server: a real one, heartbeats kept
     with flow_settings():
@@ -238,7 +238,7 @@ def test_gpu_runs_take_a_gpu_concurrency_slot_only_where_a_limit_is_set(prefect_
     mapcap-gpu 1` made a limit; never on CPU."""
     from prefect.client.orchestration import get_client
 
-    from mapcap.tasks.stages.tasks import GPU_TAG, gpu_limit_set, shard_task_on
+    from mapcap.tasks.pipeline.tasks import GPU_TAG, gpu_limit_set, shard_task_on
     assert not gpu_limit_set() and not shard_task_on("cuda").tags
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=1)  # what the README's command does
@@ -257,11 +257,11 @@ def test_query_commands_start_without_the_model_libraries(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from mapcap.flows.cli import main; "
+    code = ("import sys; from mapcap.cli.main import main; "
             f"rc = main(['sql', '--root', {str(tmp_path)!r}, 'SELECT 42 AS answer']); "
             "print(rc, sorted(m for m in ('torch', 'open_clip', 'prefect') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "42" in out and out.strip().splitlines()[-1] == "0 []"
-    from mapcap.flows.cli_args import build_parser
+    from mapcap.cli.commands import build_parser
     run = build_parser().parse_args(["run", "data", "--shard-size", "64", "--regions.top-k", "2"])
     assert (run.dataset, run.shard_size) == ("data", 64)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import skimage
 
-from mapcap.flows.cli import main
+from mapcap.cli.main import main
 from mapcap.storage.query import connect, run_sql
 
 PHOTOS = {"animal": ["chelsea.png", "horse.png"], "object": ["coffee.png", "rocket.jpg", "motorcycle_left.png"],

@@ -11,7 +11,7 @@ from mapcap.storage.query import connect, named_query, run_sql
 
 def test_an_interrupt_stops_the_running_shards_and_a_rerun_resumes(prefect_harness, toy_dir, tmp_path, monkeypatch,
                                                                    capsys):
-    from mapcap.flows.cli import main
+    from mapcap.cli.main import main
     from mapcap.tasks.stages.classify import Classify
     original = Classify.compute
     steps, ended_by = [], []

@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from mapcap.flows.cli import main
+from mapcap.cli.main import main
 from mapcap.flows.explain import ExplainParams, explain
 from mapcap.storage.query import connect, named_query, run_sql
 

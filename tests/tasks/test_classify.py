@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from mapcap.storage.writer import table_path
 from mapcap.tasks.stages.classify import ClassifyConfig
-from mapcap.tasks.stages.driver import StagePlan, run_shard
-from mapcap.tasks.stages.tasks import shard_task
+from mapcap.tasks.pipeline.driver import StagePlan, run_shard
+from mapcap.tasks.pipeline.tasks import shard_task
 from mapcap.tasks.zeroshot import classify_pixels, text_classifier
 from mapcap.tasks.data import read_dataset
 from mapcap.tasks.templates import resolve_templates

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mapcap.tasks.data import ImageLoadError, Item, image_id_of, load_image, read_dataset
-from mapcap.tasks.sharding import hash_shards, resumed_shard_count, shard_count
+from mapcap.tasks.pipeline.sharding import hash_shards, resumed_shard_count, shard_count
 
 
 def _save(path, mode, fmt):

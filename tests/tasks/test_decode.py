@@ -109,9 +109,9 @@ def test_a_preprocess_it_cannot_mirror_keeps_the_pil_path():
 def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkeypatch):
     """The CUDA branch of the stage context, with the decoder run on CPU: JPEG pixels cached for every stage,
     the PNG through PIL, the truncated JPEG a failure row."""
-    import mapcap.tasks.stages.context as context
+    import mapcap.tasks.pipeline.context as context
     from mapcap.tasks.data import Item
-    from mapcap.tasks.stages.context import StageContext
+    from mapcap.tasks.pipeline.context import StageContext
     real = context.decode_jpegs
     monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device, workers: real(paths, geo, "cpu", workers))
     ctx = StageContext("memory://unused", "r", 0, [Item(p, "circle") for p in files], workers=2)
@@ -194,7 +194,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_for_model_pixels_only(tmp_path, t
     the resize): the images table still gets the file's size (EXIF-turned), the pixels match a full decode's,
     and a stage that crops (ctx.images) gets the full image. A JPEG no larger than that decodes once, whole."""
     from mapcap.tasks.data import Item, full_size
-    from mapcap.tasks.stages.context import StageContext, draft_size
+    from mapcap.tasks.pipeline.context import StageContext, draft_size
     rng = np.random.default_rng(3)
     scene = Image.fromarray(make_scene(rng, shape=SHAPES[2]).image)
     exif = Image.Exif()

@@ -10,12 +10,12 @@ from mapcap.tasks.captioners.base import CaptionerConfig
 from mapcap.tasks.data import read_dataset
 from mapcap.tasks.provenance import config_from_json, config_json, is_transient
 from mapcap.tasks.segment import SegmentConfig
-from mapcap.tasks.stages import base
-from mapcap.tasks.stages.base import (STAGES, Stage, check_stage_list, dependencies, register_stage, stage_order,
+from mapcap.tasks.pipeline import base
+from mapcap.tasks.pipeline.base import (STAGES, Stage, check_stage_list, dependencies, register_stage, stage_order,
                                       upstream)
 from mapcap.tasks.stages.captions import CaptionsConfig
 from mapcap.tasks.stages.classify import ClassifyConfig
-from mapcap.tasks.stages.driver import StagePlan, run_run_stage, run_shard, stored_config
+from mapcap.tasks.pipeline.driver import StagePlan, run_run_stage, run_shard, stored_config
 from mapcap.tasks.stages.regions import RegionsConfig
 from mapcap.tasks.stages.relevancy import RelevancyConfig
 from mapcap.tasks.stages.report import ReportConfig

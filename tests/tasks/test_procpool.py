@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mapcap.tasks import procpool
+from mapcap.tasks.pipeline import procpool
 
 
 def square(x: int) -> int:
@@ -50,7 +50,7 @@ def test_children_do_not_run_the_callers_main_script_again(tmp_path):
     script.write_text(
         "import math, os\n"
         f"open({str(marker)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
-        "from mapcap.tasks import procpool\n"
+        "from mapcap.tasks.pipeline import procpool\n"
         "print(procpool.process_map(math.factorial, list(range(12)), workers=2, min_items=1))\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -74,7 +74,7 @@ def test_workers_exit_when_their_caller_is_killed(tmp_path):
         "import sys, time\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
         "import pidwork\n"
-        "from mapcap.tasks import procpool\n"
+        "from mapcap.tasks.pipeline import procpool\n"
         "print(sorted(set(procpool.process_map(pidwork.pid, list(range(40)), workers=2, min_items=1))), flush=True)\n"
         "time.sleep(120)\n")
     caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,

@@ -10,9 +10,9 @@ from mapcap.storage.writer import read_run
 from mapcap.tasks.data import Item
 from mapcap.tasks.models import ModelSpec
 from mapcap.tasks.stages.classify import ClassifyConfig
-from mapcap.tasks.stages.driver import StagePlan, run_shard
+from mapcap.tasks.pipeline.driver import StagePlan, run_shard
 from mapcap.tasks.stages.relevancy import RelevancyConfig
-from mapcap.tasks.stages.reuse import content_hashes
+from mapcap.tasks.pipeline.reuse import content_hashes
 from tests.tasks.test_driver import setup  # noqa: F401  (the six-image stage chain)
 
 TABLES = ("images", "predictions", "relevancy", "regions", "captions")
@@ -119,7 +119,7 @@ def test_rows_are_reused_from_a_compacted_run_and_an_empty_shard_writes_empty_fi
 
 
 def test_unchanged_files_are_not_read_again_to_know_their_content(setup, tmp_path, monkeypatch):
-    from mapcap.tasks.stages import reuse
+    from mapcap.tasks.pipeline import reuse
 
     items, plans = setup
     data = tmp_path / "data"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
-from mapcap.flows.params import ExplainParams
+from mapcap.tasks.pipeline.params import ExplainParams
 from mapcap.storage.query import connect, named_query, run_sql
-from mapcap.tasks import run_record
-from mapcap.tasks.run_record import record_run, run_heartbeat
+from mapcap.tasks.pipeline import run_record
+from mapcap.tasks.pipeline.run_record import record_run, run_heartbeat
 
 
 def _row(root: str) -> dict:

@@ -8,12 +8,12 @@ import torch
 from mapcap.tasks.captioners.base import CaptionerConfig
 from mapcap.tasks.concept_bank import resolve_bank
 from mapcap.tasks.segment import SegmentConfig
-from mapcap.tasks.sharding import sampled
-from mapcap.tasks.stages.base import get_stage
+from mapcap.tasks.pipeline.sharding import sampled
+from mapcap.tasks.pipeline.base import get_stage
 from mapcap.tasks.stages.captions import CaptionsConfig
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.concepts import ConceptsConfig
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.stages.evaluate import EvaluateConfig
 from mapcap.tasks.stages.faithfulness import VARIANTS, FaithfulnessConfig
 from mapcap.tasks.stages.regions import RegionsConfig
@@ -61,7 +61,7 @@ def test_a_long_stage_logs_how_far_it_is(toy_model, tiny, monkeypatch, caplog):
     """Between a stage's start and its result line, progress lines (rate-limited; here every batch)."""
     import logging
 
-    from mapcap.tasks.stages import context
+    from mapcap.tasks.pipeline import context
     monkeypatch.setattr(context, "PROGRESS_SECONDS", 0.0)
     classes, items = tiny
     ctx = ctx_with(items)
@@ -134,7 +134,7 @@ def explained(toy_model, classified):
 
 
 def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
-    from mapcap.tasks import procpool
+    from mapcap.tasks.pipeline import procpool
     _, ctx = explained
     cfg = RegionsConfig(SegmentConfig(top_k=2))
     one = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
@@ -397,7 +397,7 @@ def test_concepts_on_a_sample_fixed_by_image_id(toy_model, explained):
 
 def test_image_cache_keeps_gpu_tensors_under_their_own_budget():
     """A GPU shard's pixels must not be evicted by the host budget (the first images would go back to PIL)."""
-    from mapcap.tasks.stages.context import ImageCache
+    from mapcap.tasks.pipeline.context import ImageCache
     cache = ImageCache(max_bytes=100, device_bytes=1000)
     for i in range(5):
         cache.put(("host", i), object(), 40)  # 200 bytes > 100: the oldest go
@@ -420,7 +420,7 @@ def test_classify_with_the_gpu_decode_path_gives_the_pil_path_results(toy_model,
     import mapcap.tasks.decode as decode
     from mapcap.tasks.data import Item
     from mapcap.tasks.decode import geometry
-    from mapcap.tasks.stages import context
+    from mapcap.tasks.pipeline import context
     from mapcap.toy.dataset import make_scene
     from mapcap.toy.shapes import SHAPES
     rng = np.random.default_rng(12)

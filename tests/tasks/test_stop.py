@@ -1,4 +1,4 @@
-"""A stopped run's work ends at its next check, and only that run's work (tasks/stop.py)."""
+"""A stopped run's work ends at its next check, and only that run's work (tasks/pipeline/stop.py)."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mapcap.tasks.models import model_lock
-from mapcap.tasks.stop import RunStopped, check_stop, stop_requested, stop_scope
+from mapcap.tasks.pipeline.stop import RunStopped, check_stop, stop_requested, stop_scope
 
 
 def test_no_scope_means_no_stop():

@@ -43,13 +43,13 @@ def test_class_names_that_are_ids_are_named_with_the_fix(tmp_path, caplog):
 
     from PIL import Image
 
-    from mapcap.tasks.plan import plan_run
+    from mapcap.tasks.pipeline.plan import plan_run
     from mapcap.tasks.templates import id_like
     assert id_like(("n01440764", "0", "12_3", "tench", "café", "n0144", "t-shirt")) == ["n01440764", "0", "12_3"]
     for cls in ("n01440764", "n01443537"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / cls / "a.png")
-    log = logging.getLogger("mapcap.tasks.plan")  # Prefect's logging set-up may stop it reaching the root's
+    log = logging.getLogger("mapcap.tasks.pipeline.plan")  # Prefect's logging set-up may stop it reaching the root's
     log.addHandler(caplog.handler)
     try:
         plan_run(str(tmp_path / "imgs"), None, "toy", "toy", "simple", None, "cpu", "fp32", None)

@@ -5,7 +5,7 @@ import open_clip
 import pytest
 from PIL import Image
 
-from mapcap.tasks.plan import plan_run
+from mapcap.tasks.pipeline.plan import plan_run
 from mapcap.tasks.weights import cached_weights, ensure_weights, hub_files
 
 REPO = "timm/vit_base_patch16_clip_224.openai"  # ViT-B-16 / openai on the hub

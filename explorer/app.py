@@ -1,7 +1,7 @@
 """`mapcap explorer`: one local page to explain an image and to browse a run (FastAPI, served on localhost).
 
-The page (flows/explorer_static/index.html) is plain HTML and a little JS, served from here, no CDN. The JSON
-API below does the work through tasks/ and storage/; images travel as data URIs. flows/explorer_guard.py decides
+The page (explorer/static/index.html) is plain HTML and a little JS, served from here, no CDN. The JSON
+API below does the work through tasks/ and storage/; images travel as data URIs. explorer/guard.py decides
 who may call it (loopback hosts, the launch's token) and which files it may open.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from mapcap.flows.explorer_guard import Guard, Limits, PathRefused, allowed_folders, check_image_path
+from mapcap.explorer.guard import Guard, Limits, PathRefused, allowed_folders, check_image_path
 
 from mapcap.storage.query import QueryError, connect, named_query, predictions_for
 from mapcap.tasks.data import ImageLoadError, decode_image, load_image
@@ -28,7 +28,7 @@ from mapcap.tasks.relevancy.methods import METHODS
 from mapcap.tasks.report.html import data_uri, explained_images, png_bytes
 from mapcap.tasks.report.plots import property_scatter
 
-STATIC = Path(__file__).resolve().parent / "explorer_static"
+STATIC = Path(__file__).resolve().parent / "static"
 LIMITS = Limits()  # the request models' bounds on texts (uploads: per app, --max-upload-mb)
 log = logging.getLogger(__name__)
 Text = Annotated[str, Field(max_length=LIMITS.max_text_chars)]

@@ -10,8 +10,8 @@ from prefect.states import Cancelled, State
 
 from mapcap.tasks.data import Item
 from mapcap.tasks.provenance import SHARD_RETRIES, run_logger
-from mapcap.tasks.stages.driver import StagePlan, run_run_stage, run_shard
-from mapcap.tasks.stop import RunStopped
+from mapcap.tasks.pipeline.driver import StagePlan, run_run_stage, run_shard
+from mapcap.tasks.pipeline.stop import RunStopped
 
 
 GPU_TAG = "mapcap-gpu"  # a Prefect tag concurrency limit on it gives one shard task per GPU (README)
@@ -22,7 +22,7 @@ def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items
                workers: int | None = None) -> dict | State:
     try:
         return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__)) | {"node": node()}
-    except RunStopped as e:  # the run was stopped (tasks/stop.py): this shard ends Cancelled, not Crashed
+    except RunStopped as e:  # the run was stopped (tasks/pipeline/stop.py): this shard ends Cancelled, not Crashed
         return Cancelled(message=str(e))
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from mapcap.tasks.errors import StageUnavailable  # noqa: F401  (stages raise it; planning catches it)
 
 if TYPE_CHECKING:
-    from mapcap.tasks.stages.context import StageContext
+    from mapcap.tasks.pipeline.context import StageContext
 
 Rows = list[dict[str, Any]]
 NOT_STAGES = {"base", "context", "driver", "reuse", "tasks"}  # modules of this package that hold no stage

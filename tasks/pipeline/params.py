@@ -1,5 +1,5 @@
 """The one parameter model of a run, nested by stage. Prefect renders its UI form from it, the CLI is generated
-from it (flows/cli_args.py), and each section builds its stage's frozen config at planning (`resolve`).
+from it (cli/commands.py), and each section builds its stage's frozen config at planning (`resolve`).
 
 Old flat names (`top_k`, `relevancy_methods`, `caption_beams`, ...) of deployments made before the sections keep
 working: they are moved to their section, with a warning naming the new field.
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mapcap.tasks.stages.base import check_stage_list, stage_order
+from mapcap.tasks.pipeline.base import check_stage_list, stage_order
 
 log = logging.getLogger(__name__)
 StageName = Literal[tuple(stage_order())]  # type: ignore[valid-type]  # every registered stage, in run order
@@ -220,7 +220,7 @@ class ExplainParams(BaseModel):
         return data
 
     def resolve(self):
-        """The run plan and every stage's config, validated before any shard starts (see flows/planning.py)."""
-        from mapcap.flows.planning import resolve_run
+        """The run plan and every stage's config, validated before any shard starts (see tasks/pipeline/planning.py)."""
+        from mapcap.tasks.pipeline.planning import resolve_run
 
         return resolve_run(self)

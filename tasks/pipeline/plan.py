@@ -16,7 +16,7 @@ from mapcap.tasks.data import Item, read_dataset
 from mapcap.tasks.models import ModelSpec, load_model, resolve_spec
 from mapcap.tasks.plugins import named_dataset, preset_for_model
 from mapcap.tasks.provenance import config_hash
-from mapcap.tasks.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
+from mapcap.tasks.pipeline.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
 from mapcap.tasks.templates import fill, id_like, resolve_templates
 
 log = logging.getLogger(__name__)

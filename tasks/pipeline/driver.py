@@ -19,10 +19,10 @@ from mapcap.storage.schemas import META_CONFIG
 from mapcap.storage.writer import count_rows, file_exists, files_complete, read_file_metadata, write_file, write_table
 from mapcap.tasks.data import Item
 from mapcap.tasks.provenance import config_from_json, config_hash, library_versions, to_jsonable
-from mapcap.tasks.stages import reuse
-from mapcap.tasks.stages.base import Rows, Stage, get_stage, upstream, writers
-from mapcap.tasks.stages.context import ImageCache, StageContext
-from mapcap.tasks.stop import check_stop
+from mapcap.tasks.pipeline import reuse
+from mapcap.tasks.pipeline.base import Rows, Stage, get_stage, upstream, writers
+from mapcap.tasks.pipeline.context import ImageCache, StageContext
+from mapcap.tasks.pipeline.stop import check_stop
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
         root, run_id, output_files(get_stage(sp.name), sp.config, shard), hashes[sp.name])}
     stages: dict[str, dict] = {}
     for sp in plans:
-        check_stop()  # a stopped run's shard starts no further stage (tasks/stop.py)
+        check_stop()  # a stopped run's shard starts no further stage (tasks/pipeline/stop.py)
         stages[sp.name] = run_stage(get_stage(sp.name), sp.config, ctx, hashes[sp.name], force, by_content[sp.name])
     return {"shard": shard, "n_images": len(items), "stages": stages}
 

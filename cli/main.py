@@ -7,24 +7,24 @@ import logging
 import sys
 from pathlib import Path
 
-from mapcap.flows.cli_startup import (command_of, exit_on_sigterm, flow_settings, import_quietly,
+from mapcap.cli.startup import (command_of, exit_on_sigterm, flow_settings, import_quietly,
                                      start_prefect_api_early)
 
 
 def _params(args: argparse.Namespace):
-    from mapcap.flows.cli_params import params_from_args
+    from mapcap.cli.flags import params_from_args
 
     return params_from_args(args, **({"dataset": "toy"} if args.cmd == "demo" else {}))
 
 
 def _print_table(table, ends: int | None = None) -> None:
-    from mapcap.flows.cli_summary import print_table
+    from mapcap.cli.summary import print_table
 
     print_table(table, ends)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mapcap.flows.cli_summary import print_run_summary
+    from mapcap.cli.summary import print_run_summary
     from mapcap.flows.explain import explain
 
     flow = explain
@@ -103,7 +103,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_named(args: argparse.Namespace) -> int:
-    from mapcap.flows.cli_summary import CAPTION_QUALITY_TITLE
+    from mapcap.cli.summary import CAPTION_QUALITY_TITLE
     from mapcap.storage.query import connect, named_query
 
     name = {"classes": "per_class_accuracy", "templates": "per_template_accuracy", "confusion": "confusion_pairs",
@@ -135,8 +135,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explorer(args: argparse.Namespace) -> int:
-    from mapcap.flows.explorer import serve_explorer
-    from mapcap.flows.explorer_guard import new_token
+    from mapcap.explorer.app import serve_explorer
+    from mapcap.explorer.guard import new_token
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb {args.max_upload_mb:g} must be above 0 (default 25)")
@@ -222,7 +222,7 @@ def cmd_toy(args: argparse.Namespace) -> int:
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser. A flow command's flags come from the flow's parameter model, whose import (torch, open_clip,
     Prefect) takes seconds; the other commands leave them out and start at once."""
-    from mapcap.flows.cli_args import FLOW_COMMANDS, build_parser
+    from mapcap.cli.commands import FLOW_COMMANDS, build_parser
 
     if command_of(argv) not in FLOW_COMMANDS:
         return build_parser(flow_flags=False)

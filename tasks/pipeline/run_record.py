@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mapcap.storage.writer import read_run, write_table
 from mapcap.tasks.provenance import code_version, library_versions, to_jsonable
-from mapcap.tasks.sharding import SCHEME
+from mapcap.tasks.pipeline.sharding import SCHEME
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 60.0  # how often a running run's row is rewritten (storage/query.py calls it lost after 5 beats)

@@ -23,8 +23,8 @@ from PIL import Image
 from mapcap.storage.writer import read_run, read_table, rows_where, shard_name
 from mapcap.tasks.data import FULL_SIZE, ImageLoadError, Item, full_size, image_id_of, load_image
 from mapcap.tasks.decode import Geometry, decode_files, decode_jpegs, geometry
-from mapcap.tasks.procpool import process_map
-from mapcap.tasks.stop import check_stop
+from mapcap.tasks.pipeline.procpool import process_map
+from mapcap.tasks.pipeline.stop import check_stop
 
 Rows = list[dict[str, Any]]
 MAX_WORKERS = 16  # default threads per shard: one per core up to this (PIL and scikit-image release the GIL)
@@ -110,7 +110,7 @@ class StageContext:
     def progress(self, done: int, total: int, unit: str = "images") -> None:
         """Log how far the current stage is, at most every PROGRESS_SECONDS (a stage that ends sooner logs none):
         on CPU with a large model a shard's stage runs for minutes between its start and its result line. Stages
-        report between batches, where the shard of a stopped run ends (tasks/stop.py)."""
+        report between batches, where the shard of a stopped run ends (tasks/pipeline/stop.py)."""
         check_stop()
         now = time.perf_counter()
         if now - self._reported < PROGRESS_SECONDS or not 0 < done < total:
@@ -167,7 +167,7 @@ class StageContext:
 
     def map_processes(self, fn: Callable[[Any], Any], items: list) -> list:
         """[fn(x) for x in items] in this shard's number of worker processes, for work that holds the GIL
-        (tasks/procpool.py; `fn` module-level, items and results picklable)."""
+        (tasks/pipeline/procpool.py; `fn` module-level, items and results picklable)."""
         return process_map(fn, items, self.workers)
 
     # failures -----------------------------------------------------------------------------------------------

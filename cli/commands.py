@@ -1,4 +1,4 @@
-"""The `mapcap` command's arguments: one subcommand per user action (flows/cli.py runs them)."""
+"""The `mapcap` command's arguments: one subcommand per user action (cli/main.py runs them)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ FLOW_COMMANDS = ("demo", "run", "serve")  # their flags come from the flow's par
 def _flow_args(p: argparse.ArgumentParser, positional_dataset: bool = False, flags: bool = True) -> None:
     if not flags:  # this command line runs no flow: its flags are never parsed
         return
-    from mapcap.flows.cli_params import (
+    from mapcap.cli.flags import (
         add_param_flags,  # imports the stages: torch, open_clip, Prefect
     )
     add_param_flags(p, positional_dataset)

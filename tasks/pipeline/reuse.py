@@ -21,8 +21,8 @@ from mapcap.storage.reuse_index import Key, Stat, copy_rows, find_reusable, know
 from mapcap.storage.schemas import schema_for
 from mapcap.tasks.data import image_id_of
 from mapcap.tasks.provenance import config_hash, to_jsonable
-from mapcap.tasks.stages.base import Rows, Stage, get_stage, upstream
-from mapcap.tasks.stages.context import StageContext
+from mapcap.tasks.pipeline.base import Rows, Stage, get_stage, upstream
+from mapcap.tasks.pipeline.context import StageContext
 
 IDS = ("reuse", "image ids")  # ctx.memo key of the shard's {path: content id}, hashed once per shard
 FILES = ("reuse", "files")  # ... and of its {path: (size, mtime_ns, content id)}, recorded with `images`

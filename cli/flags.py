@@ -1,4 +1,4 @@
-"""Command-line flags generated from the parameter model (flows/params.py): every field is a flag.
+"""Command-line flags generated from the parameter model (tasks/pipeline/params.py): every field is a flag.
 
 Top-level fields are `--name`; a section's fields are `--section.field` or `--section-field` (dashes or
 underscores). `--help` shows each field's description and default. `--params FILE` (YAML or JSON, nested like the
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from mapcap.flows.params import FLAT_NAMES, SECTIONS, ExplainParams
+from mapcap.tasks.pipeline.params import FLAT_NAMES, SECTIONS, ExplainParams
 
 POSITIONAL = {"dataset"}  # `mapcap run DATASET`
 # short flags kept from earlier versions: each is an old flat parameter name, moved where FLAT_NAMES says

@@ -17,16 +17,16 @@ from mapcap.tasks.captioners.retrieval import phrase_bank
 from mapcap.tasks.concept_bank import ConceptBank, resolve_bank
 from mapcap.tasks.cost import CPU_STEPS, default_eval_images
 from mapcap.tasks.models import ModelSpec, load_model
-from mapcap.tasks.plan import RunPlan, default_batch, model_notes, plan_run
+from mapcap.tasks.pipeline.plan import RunPlan, default_batch, model_notes, plan_run
 from mapcap.tasks.relevancy.methods import DEFAULTS, check_supported, default_start_layer, get_method, supported
 from mapcap.tasks.relevancy.towers import Tower, tower_of, vit_blocks
 from mapcap.tasks.segment import SegmentConfig
-from mapcap.tasks.stages.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
+from mapcap.tasks.pipeline.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
 from mapcap.tasks.stages.caption_quality import CaptionQualityConfig
 from mapcap.tasks.stages.captions import CaptionsConfig, references
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.stages.concepts import ConceptsConfig
-from mapcap.tasks.stages.driver import StagePlan
+from mapcap.tasks.pipeline.driver import StagePlan
 from mapcap.tasks.stages.evaluate import EvaluateConfig
 from mapcap.tasks.stages.faithfulness import FaithfulnessConfig
 from mapcap.tasks.stages.regions import RegionsConfig
@@ -135,7 +135,7 @@ def _regions(p, f: Facts) -> RegionsConfig:
 def sample_share(images: int, n_images: int) -> float:
     """The share of a run's images a sampled stage (concepts, faithfulness) does: `images`/n rounded to the nearest power of two (so between
     `images`/√2 and `images`·√2), which stays the same while the dataset grows within that factor: the stage's
-    config, hence its rows, can then be reused by the next run (tasks/stages/reuse.py)."""
+    config, hence its rows, can then be reused by the next run (tasks/pipeline/reuse.py)."""
     if images >= n_images:
         return 1.0
     return min(1.0, 2.0 ** round(math.log2(max(images, 1) / n_images)))
