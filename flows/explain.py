@@ -16,12 +16,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from mapcap.tasks.pipeline.params import ExplainParams
-from mapcap.tasks.pipeline.plan import expand_run_task, plan_run_task, shards_to_force
+from mapcap.tasks.pipeline.plan import shards_to_force
 from mapcap.tasks.report.run_summary import run_summary_task
 from mapcap.tasks.pipeline.run_record import record_run_task, run_heartbeat
 from mapcap.tasks.pipeline.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.report.html import report_path
-from mapcap.tasks.pipeline.tasks import run_stage_task, shard_task_on
+from mapcap.tasks.pipeline.tasks import expand_run_task, plan_run_task, run_stage_task, shard_task_on
 from mapcap.tasks.pipeline.stop import stop_scope
 
 __all__ = ["ExplainParams", "explain"]

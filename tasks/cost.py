@@ -14,7 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mapcap.tasks.metrics.faithfulness import perturbed_passes
-from mapcap.tasks.models import LoadedModel, load_once, model_lock
+from mapcap.tasks.cache import load_once
+from mapcap.tasks.models import LoadedModel, model_lock
 from mapcap.tasks.relevancy.methods import grid_size
 
 EVAL_IMAGES = 64  # the evaluation's sample where forwards are cheap (a GPU) or the model small

@@ -26,7 +26,9 @@ from PIL import Image
 import open_clip
 import torch
 
+from mapcap.tasks.cache import load_once
 from mapcap.tasks.plugins import load_plugins, preset
+from mapcap.tasks.provenance import frozen_config, omit_default
 from mapcap.tasks.pipeline.stop import check_stop
 from mapcap.tasks.text_tower import text_features
 from mapcap.tasks.weights import tag_options
@@ -34,7 +36,7 @@ from mapcap.tasks.weights import tag_options
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen_config
 class ModelSpec:
     name: str  # open_clip config name, e.g. 'ViT-B-16' or 'MapCap-Toy-ViT'
     pretrained: str  # open_clip tag ('laion2b_s34b_b88k'), a local checkpoint path, or '' for random weights
@@ -42,7 +44,7 @@ class ModelSpec:
     precision: str  # 'fp32' | 'bf16' | 'fp16' (autocast dtype for the forward pass)
     # torch.compile the image tower of passes without maps (embeddings; classification when no Chefer map shares
     # its pass); left out of stored configs and hashes while off, so results made before it existed still match
-    compile: bool = field(default=False, metadata={"omit_default": True})
+    compile: bool = omit_default(False)
 
 
 @dataclass
@@ -107,7 +109,6 @@ def resolve_spec(name: str, pretrained: str, device: str = "auto", precision: st
                      dev, resolve_precision(precision, dev), compile)
 
 
-_CACHE: dict[ModelSpec, LoadedModel] = {}
 _LOCK = threading.Lock()
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for ModelSpec.compile (the tests trace with a cheaper one)
 
@@ -187,15 +188,14 @@ def clip_tokenizer(name: str) -> Callable:
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     """The model for `spec`, built once per process and shared by every task in it."""
-    with _LOCK:
-        if spec not in _CACHE:
-            log.info("loading %s (%s) on %s", spec.name, spec.pretrained or "random weights", spec.device)
-            model, preprocess, tokenizer = create_clip(spec.name, spec.pretrained)
-            model = model.to(spec.device).eval()
-            _CACHE[spec] = LoadedModel(spec, model, preprocess, tokenizer, compiled_tower(model) if spec.compile
-                                       else None)
-            settle_heap()
-        return _CACHE[spec]
+    def build() -> LoadedModel:
+        log.info("loading %s (%s) on %s", spec.name, spec.pretrained or "random weights", spec.device)
+        model, preprocess, tokenizer = create_clip(spec.name, spec.pretrained)
+        model = model.to(spec.device).eval()
+        lm = LoadedModel(spec, model, preprocess, tokenizer, compiled_tower(model) if spec.compile else None)
+        settle_heap()
+        return lm
+    return load_once(("clip", spec), build)
 
 
 def settle_heap() -> None:
@@ -205,19 +205,6 @@ def settle_heap() -> None:
     classify benchmark). They live as long as the process does; later objects are collected as usual."""
     gc.collect()
     gc.freeze()
-
-
-_ONCE: dict[tuple, Any] = {}
-_ONCE_LOCK = threading.RLock()
-
-
-def load_once(key: tuple, loader: Callable[[], Any]) -> Any:
-    """What `loader()` returns, built on the first call with `key` and shared by every task of the process
-    (the captioners' models, like the CLIPs above)."""
-    with _ONCE_LOCK:
-        if key not in _ONCE:
-            _ONCE[key] = loader()
-        return _ONCE[key]
 
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -7,7 +7,9 @@ captioner's phrase bank, the ClipCap directory, chefer's start layer. Nothing in
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from importlib import metadata
 
 log = logging.getLogger(__name__)
 GROUP = "mapcap.plugins"
+ENV = "MAPCAP_PLUGINS"  # also imported as plugins: comma-separated module names
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {}
 DATASETS: dict[str, Callable[[], str]] = {}  # name -> builder returning the dataset's local path
 _LOADED = False
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # a plugin may look up a registry while it registers
 
 
 def register_preset(name: str, preset: ModelPreset) -> None:
@@ -43,7 +46,9 @@ def register_dataset(name: str, build: Callable[[], str]) -> None:
 
 
 def load_plugins() -> None:
-    """Run every installed `mapcap.plugins` entry point once per process."""
+    """Run every installed `mapcap.plugins` entry point once per process, then import the modules named in the
+    MAPCAP_PLUGINS environment variable (comma-separated; a module registers what it defines on import, and its
+    `register()` runs if it has one): a stage, method or captioner of one file, without packaging it."""
     global _LOADED
     with _LOCK:
         if _LOADED:
@@ -54,6 +59,14 @@ def load_plugins() -> None:
                 ep.load()()
             except Exception as e:
                 raise RuntimeError(f"MapCap plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
+        for name in filter(None, (m.strip() for m in os.environ.get(ENV, "").split(","))):
+            try:
+                module = importlib.import_module(name)
+            except Exception as e:
+                raise RuntimeError(f"MapCap plugin module {name!r} (from {ENV}) failed to import: {e}; it must be "
+                                   f"importable (on PYTHONPATH)") from e
+            if callable(getattr(module, "register", None)):
+                module.register()
 
 
 def preset(name: str) -> ModelPreset | None:

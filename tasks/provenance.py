@@ -1,16 +1,17 @@
 """What every output is stamped with: code version, library versions and a hash of the resolved config."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
 import platform
 import subprocess
-import types
-import typing
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from prefect.tasks import exponential_backoff
 
@@ -46,68 +47,43 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def to_jsonable(obj):
-    if dataclasses.is_dataclass(obj):  # a field marked omit_default is left out while it has its default
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    return obj
+_ANY = TypeAdapter(Any)
 
 
-def config_json(cfg) -> str:
+def omit_default(default: Any) -> Any:
+    """A config field left out of stored configs (hence hashes) while it has its default: a field added later
+    keeps the configs, and the finished work, of earlier versions matching."""
+    return Field(default=default, exclude_if=lambda v: v == default)
+
+
+def frozen_config(cls: type) -> type:
+    """A frozen, validated (pydantic) dataclass: a stage's config (or a part of one), stored as JSON and read back
+    by pydantic."""
+    return pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))(cls)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """JSON data of a config (dataclasses, pydantic models, tuples, ...), as pydantic serialises it."""
+    return _ANY.dump_python(obj, mode="json", fallback=str)
+
+
+def config_json(cfg: Any) -> str:
     """A resolved config as JSON (what every output stores: data, not a repr)."""
     return json.dumps(to_jsonable(cfg), sort_keys=True, default=str)
 
 
-def from_jsonable(tp, data):
-    """Rebuild a value of type `tp` (a frozen dataclass, tuple[...], X | None, ...) from `to_jsonable` output."""
-    if data is None:
-        return None
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        for a in options:  # the first type the data fits
-            try:
-                return from_jsonable(a, data)
-            except (TypeError, ValueError, KeyError):
-                continue
-        raise ValueError(f"{data!r} fits none of {options}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(data, dict):
-            raise TypeError(f"{tp.__name__} needs an object, got {data!r}")
-        hints = typing.get_type_hints(tp)
-        known = {f.name for f in dataclasses.fields(tp)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{tp.__name__} has no field(s) {sorted(unknown)}")
-        return tp(**{k: from_jsonable(hints[k], v) for k, v in data.items()})
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(from_jsonable(args[0], v) for v in data)
-        return tuple(from_jsonable(a, v) for a, v in zip(args, data))
-    if origin is list:
-        return [from_jsonable(args[0], v) for v in data]
-    if origin is dict:
-        return {k: from_jsonable(args[1], v) for k, v in data.items()}
-    if origin is typing.Literal:
-        if data not in args:
-            raise ValueError(f"{data!r} is not one of {args}")
-        return data
-    if tp in (int, float, str, bool):
-        if tp is float and isinstance(data, int) and not isinstance(data, bool):
-            return float(data)
-        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
-            raise TypeError(f"{data!r} is not a {tp.__name__}")
-        return data
-    return data  # typing.Any and friends
+def from_jsonable(tp: Any, data: Any) -> Any:
+    """A value of type `tp` (a config, tuple[...], X | None, ...) from `to_jsonable` output, validated."""
+    return TypeAdapter(tp).validate_python(data)
 
 
-def config_from_json(cls, text: str | bytes):
+def config_from_json(cls: type, text: str | bytes) -> Any:
     """The config object `config_json` wrote: `config_from_json(RelevancyConfig, meta['mapcap.config'])`."""
-    return from_jsonable(cls, json.loads(text))
+    try:
+        return TypeAdapter(cls).validate_json(text)
+    except ValidationError as e:
+        raise ValueError(f"a stored {cls.__name__} does not fit this version's fields ({e.error_count()} "
+                         f"error(s)): {e}") from e
 
 
 def config_hash(*parts) -> str:

@@ -8,25 +8,35 @@ each region holds, and scaled back to image pixels (bbox, mask, area, centroid, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field
 from PIL import Image
 from scipy.ndimage import find_objects
 from skimage.filters import threshold_otsu
 from skimage.measure import label
 from skimage.segmentation import slic
 
+from mapcap.tasks.pipeline.base import Section
 from mapcap.tasks.report.overlay import upsample
 
 
-@dataclass(frozen=True)
-class SegmentConfig:
-    threshold: str = "otsu"  # 'otsu' | 'mass'
-    mass: float = 0.5  # threshold='mass': keep the most relevant pixels holding this share of the map's mass
-    min_area: float = 0.005  # components smaller than this share of the image are specks and dropped
-    top_k: int = 3  # regions kept per map, by relevancy mass
-    superpixels: int = 0  # > 0: snap the foreground to this many SLIC superpixels (needs the image)
-    resolution: int = 256  # longest side (px) segmented at; larger images get regions scaled back; 0 = full size
+class SegmentConfig(Section):
+    """segmenting maps into regions
+
+    The regions stage's settings, which are also the frozen config of segmentation (no second class)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    threshold: Literal["otsu", "mass"] = Field("otsu", description="map threshold: Otsu, or the most relevant "
+                                                                   "pixels holding `mass`")
+    mass: float = Field(0.5, gt=0, le=1, description="share of relevancy mass kept (threshold='mass')")
+    min_area: float = Field(0.005, ge=0, lt=1, description="drop regions below this share of the image")
+    top_k: int = Field(3, ge=1, description="regions kept per map, ranked by relevancy mass")
+    superpixels: int = Field(0, ge=0, description="snap regions to this many SLIC superpixels (0: off)")
+    resolution: int = Field(256, ge=0, description="segment maps at this longest side (px) and scale regions "
+                                                   "back to the image (0: at full image size)")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from mapcap.tasks.data import load_image
 from mapcap.tasks.models import LoadedModel, encode_texts, model_lock
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.relevancy.chefer import text_token_relevancy
-from mapcap.tasks.relevancy.methods import DEFAULTS, default_start_layer, get_method, relevancy_maps
+from mapcap.tasks.relevancy.methods import DEFAULTS, relevancy_maps, resolve_start
 from mapcap.tasks.relevancy.towers import tower_of
 
 
@@ -31,8 +31,7 @@ def explain_image(lm: LoadedModel, image_path: str | tuple[Image.Image, str], te
     with torch.no_grad(), model_lock(lm.model):
         img = F.normalize(lm.model.encode_image(pix[:1].to(lm.spec.device)).float(), dim=-1)  # (1, D)
         probs = (lm.model.logit_scale.exp() * img @ txt.T).softmax(-1)[0].cpu()
-    start = default_start_layer(lm.spec.name, method) if start_layer is None and get_method(method).start is not None \
-        else start_layer
+    start = resolve_start(method, lm.spec.name, start_layer)
     return {"maps": maps.numpy().astype(np.float32), "probs": probs.numpy(), "image": image, "method": method,
             "image_id": image_id, "start_layer": start, "tokens": token_weights(lm, img, texts)}
 

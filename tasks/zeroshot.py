@@ -1,7 +1,6 @@
 """Zero-shot classification: text classifiers (templates and their ensemble, descriptions) and class probabilities."""
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -9,16 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from mapcap.storage.schemas import SCHEMAS
+from mapcap.tasks.cache import load_once
 from mapcap.tasks.concept_bank import DESCRIPTION_TEMPLATE, ConceptBank, class_prompt
 from mapcap.tasks.models import (LoadedModel, autocast, embed_texts, encode_texts, image_features, in_batches,
                                  model_lock)
 from mapcap.tasks.templates import fill
 
 ENSEMBLE = "ensemble"  # the template name of the ensemble rows in `predictions`
-
-
-_TEXT_CACHE: dict[tuple, torch.Tensor] = {}
-_TEXT_LOCK = threading.Lock()
 
 
 @torch.no_grad()
@@ -29,33 +25,30 @@ def text_classifier(lm: LoadedModel, classes: tuple[str, ...], templates: tuple[
     Computed once per process for a model, class list and template list, all prompts through `embed_texts` (batches,
     the model's autocast: ImageNet's 1,000 classes × CLIP's 80 templates are 80,000 prompts).
     """
-    key = (lm.spec, classes, templates)
-    with _TEXT_LOCK, model_lock(lm.model):
-        if key not in _TEXT_CACHE:
-            prompts = [fill(t, c) for c in classes for t in templates]  # class-major
+    def build() -> torch.Tensor:
+        prompts = [fill(t, c) for c in classes for t in templates]  # class-major
+        with model_lock(lm.model):
             emb = embed_texts(lm, prompts)  # (C·T, D)
-            emb = emb.view(len(classes), len(templates), -1).transpose(0, 1)  # (T, C, D)
-            ens = F.normalize(emb.mean(0, keepdim=True), dim=-1)  # (1, C, D)
-            _TEXT_CACHE[key] = torch.cat([emb, ens], dim=0)  # (T + 1, C, D)
-        return _TEXT_CACHE[key]
+        emb = emb.view(len(classes), len(templates), -1).transpose(0, 1)  # (T, C, D)
+        ens = F.normalize(emb.mean(0, keepdim=True), dim=-1)  # (1, C, D)
+        return torch.cat([emb, ens], dim=0)  # (T + 1, C, D)
+    return load_once(("text-classifier", lm.spec, tuple(classes), tuple(templates)), build)
 
 
 @torch.no_grad()
 def description_classifier(lm: LoadedModel, bank: ConceptBank) -> tuple[torch.Tensor, torch.Tensor]:
     """Menon & Vondrick's description-based classifier: unit embeddings (P, D) of every prompt
     "{class}, which (is/has) {descriptor}" and the (C, P) matrix that averages each class's prompt scores."""
-    key = ("descriptions", lm.spec, bank)
-    with _TEXT_LOCK, model_lock(lm.model):
-        if key not in _TEXT_CACHE:
-            prompts = [class_prompt(c, d) for c, descs in zip(bank.classes, bank.descriptors) for d in descs]
-            emb = in_batches(len(prompts), 512, lambda i, j: encode_texts(lm, prompts[i:j]))  # (P, D), unit
-            avg = torch.zeros(len(bank.classes), len(prompts), device=emb.device)  # (C, P)
-            start = 0
-            for c, descs in enumerate(bank.descriptors):
-                avg[c, start:start + len(descs)] = 1.0 / len(descs)
-                start += len(descs)
-            _TEXT_CACHE[key] = (emb, avg)
-        return _TEXT_CACHE[key]
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = [class_prompt(c, d) for c, descs in zip(bank.classes, bank.descriptors) for d in descs]
+        emb = in_batches(len(prompts), 512, lambda i, j: encode_texts(lm, prompts[i:j]))  # (P, D), unit
+        avg = torch.zeros(len(bank.classes), len(prompts), device=emb.device)  # (C, P)
+        start = 0
+        for c, descs in enumerate(bank.descriptors):
+            avg[c, start:start + len(descs)] = 1.0 / len(descs)
+            start += len(descs)
+        return emb, avg
+    return load_once(("descriptions", lm.spec, bank), build)
 
 
 def probabilities(lm: LoadedModel, img: torch.Tensor, classifier: torch.Tensor,

@@ -2,23 +2,21 @@
 
 A captioner implements one method, `caption(crops) -> list[str]`, and registers with `@register_captioner`.
 This module holds the interface, its typed config and the crop helpers; each backend is one file of this package
-(`retrieval`, `clipcap`, `hf`, `coca`), imported on first use.
+(`retrieval`, `clipcap`, `hf`, `coca`, listed in builtin.py and imported on first lookup) or of a plugin.
 """
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
 
 from PIL import Image, ImageStat
 
 from mapcap.tasks.models import LoadedModel
+from mapcap.tasks.provenance import frozen_config, omit_default
+from mapcap.tasks.registry import Registry
 
-CAPTIONERS: dict[str, type["Captioner"]] = {}
-BUILTIN_MODULES = ("mapcap.tasks.captioners.retrieval", "mapcap.tasks.captioners.clipcap",
-                   "mapcap.tasks.captioners.hf", "mapcap.tasks.captioners.coca")  # each registers its captioner on first use
+CAPTIONERS: Registry[type[Captioner]] = Registry("captioner", "mapcap.tasks.captioners.builtin")
 
 
-@dataclass(frozen=True)
+@frozen_config
 class CaptionerConfig:
     name: str = "retrieval"  # a registered captioner: retrieval, clipcap, hf, coca
     path: str | None = None  # clipcap: checkpoint (.pt) or save_clipcap dir; hf: model dir; None: toy default
@@ -31,7 +29,7 @@ class CaptionerConfig:
     batch_size: int = 32  # crops per captioning call
     # retrieval with the general bank: the run's class names, phrases of it too (left out of stored configs while
     # empty, so configs from before it hash as they did)
-    classes: tuple[str, ...] = field(default=(), metadata={"omit_default": True})
+    classes: tuple[str, ...] = omit_default(())
 
 
 class Captioner:
@@ -60,17 +58,12 @@ class Captioner:
 def register_captioner(name: str):
     def deco(cls):
         cls.name = name
-        CAPTIONERS[name] = cls
-        return cls
+        return CAPTIONERS.register(name, cls)
     return deco
 
 
 def captioner_class(name: str) -> type[Captioner]:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    if name not in CAPTIONERS:
-        raise ValueError(f"unknown captioner {name!r}; registered captioners are {sorted(CAPTIONERS)}")
-    return CAPTIONERS[name]
+    return CAPTIONERS.get(name)
 
 
 def make_captioner(cfg: CaptionerConfig, lm: LoadedModel | None = None) -> Captioner:

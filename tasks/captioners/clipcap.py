@@ -12,7 +12,8 @@ from PIL import Image
 
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
 from mapcap.tasks.captioners.clipcap_model import ClipCapModel, load_clipcap
-from mapcap.tasks.models import (LoadedModel, autocast, encode_images, load_model, load_once, model_lock,
+from mapcap.tasks.cache import load_once
+from mapcap.tasks.models import (LoadedModel, autocast, encode_images, load_model, model_lock,
                           resolve_spec)
 from mapcap.tasks.plugins import preset_for_model
 

@@ -14,7 +14,8 @@ from transformers import (AutoImageProcessor, AutoModelForImageTextToText, AutoP
                           ProcessorMixin)
 
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
-from mapcap.tasks.models import LoadedModel, load_once, model_lock, resolve_device
+from mapcap.tasks.cache import load_once
+from mapcap.tasks.models import LoadedModel, model_lock, resolve_device
 
 def load_image_to_text(path: str, device: str) -> tuple:
     """(model, image processor, tokenizer, processor or None) from a local directory, once per process."""

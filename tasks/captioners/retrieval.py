@@ -8,7 +8,8 @@ from PIL import Image
 from mapcap.tasks.captioners.base import Captioner, CaptionerConfig, register_captioner
 from mapcap.tasks.concept_bank import load_descriptors
 from mapcap.tasks.captioners.general_bank import GENERAL, general_phrases
-from mapcap.tasks.models import LoadedModel, encode_images, encode_texts, load_once
+from mapcap.tasks.cache import load_once
+from mapcap.tasks.models import LoadedModel, encode_images, encode_texts
 from mapcap.tasks.plugins import preset_for_model
 
 

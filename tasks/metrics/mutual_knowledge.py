@@ -27,31 +27,26 @@ encoder as a class-free prompt ("an object, which has four corners").
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from mapcap.tasks.cache import load_once
 from mapcap.tasks.concept_bank import concept_prompt
 from mapcap.tasks.models import LoadedModel, encode_images, encode_pixels, encode_texts, in_batches
 from mapcap.tasks.segment import rle_decode
 
 REMOVED = -1  # placeholder of a removed visual concept: matches no language concept
-_EMB_CACHE: dict[tuple, torch.Tensor] = {}
-_EMB_LOCK = threading.Lock()
 
 
 @torch.no_grad()
 def concept_embeddings(lm: LoadedModel, vocabulary: tuple[str, ...], subject: str) -> torch.Tensor:
     """(V, D) unit text embeddings of the class-free concept prompts; once per process."""
-    key = (lm.spec, vocabulary, subject)
-    with _EMB_LOCK:
-        if key not in _EMB_CACHE:
-            prompts = [concept_prompt(d, subject) for d in vocabulary]
-            _EMB_CACHE[key] = in_batches(len(prompts), 512, lambda i, j: encode_texts(lm, prompts[i:j]).cpu())
-        return _EMB_CACHE[key]
+    prompts = [concept_prompt(d, subject) for d in vocabulary]
+    return load_once(("concept-embeddings", lm.spec, tuple(vocabulary), subject),
+                     lambda: in_batches(len(prompts), 512, lambda i, j: encode_texts(lm, prompts[i:j]).cpu()))
 
 
 def top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

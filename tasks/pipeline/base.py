@@ -1,29 +1,40 @@
-"""A stage is one class in one file: its name, version, the tables it reads and writes, its frozen config and
-one `compute`. Stages register by name; the registry derives the run order and the dependencies from what each
-stage reads and writes, so the stage graph is declared exactly once (in the stage classes).
+"""A stage is one class in one file: its name, version, the tables it reads and writes, its settings (a section
+of the run's parameters, with the old flat names it replaced), its frozen config, how planning builds that config
+(`plan`) and one `compute`. Stages register by name; the registry derives the run order and the dependencies from
+what each stage reads and writes, so the stage graph is declared exactly once (in the stage classes).
 
-Adding a stage means adding one file to `tasks/stages/` with a class decorated by
-`@register_stage(name, Config, reads=..., writes=...)`.
-The driver (`driver.py`) does everything else: hashing, skip-if-complete, decoding, failures rows, writes,
+Adding a stage means adding one file (to `tasks/stages/` and its catalogue, or a plugin's module) with a class
+decorated by `@register_stage(name, Config, reads=..., writes=..., settings=...)` (docs/adding-a-stage.md).
+The run's parameter model gains its section (tasks/pipeline/params.py), hence the CLI flags and the Prefect form;
+the driver (`driver.py`) does everything else: hashing, skip-if-complete, decoding, failures rows, writes,
 logging, timing.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from mapcap.tasks.errors import StageUnavailable  # noqa: F401  (stages raise it; planning catches it)
+from mapcap.tasks.registry import Registry
 
 if TYPE_CHECKING:
     from mapcap.tasks.pipeline.context import StageContext
+    from mapcap.tasks.pipeline.facts import Facts
 
 Rows = list[dict[str, Any]]
-NOT_STAGES = {"base", "context", "driver", "reuse", "tasks"}  # modules of this package that hold no stage
+
+
+class Section(BaseModel):
+    """A stage's settings: one section of the run's parameters (`--<section>.<field>` on the command line, one
+    group of the Prefect form). The first line of its docstring describes the section."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class Stage:
-    """Base of every stage. `@register_stage` sets the class attributes; subclasses implement `compute`."""
+    """Base of every stage. `@register_stage` sets the class attributes; subclasses implement `compute` and, when
+    their config is not just their defaults, `plan`."""
 
     name: ClassVar[str] = ""  # registry key, the name users pick in `stages` (set by @register_stage)
     version: ClassVar[int] = 1  # bump when the output for the same inputs changes: finished work is redone
@@ -32,8 +43,15 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()  # tables it needs (their writers must run first: its dependencies)
     writes: ClassVar[tuple[str, ...]] = ()  # tables it writes (each shard, or the run, gets one file per table)
     uses: ClassVar[tuple[str, ...]] = ()  # tables it reads when present (ordering and hashing, not required)
-    Config: ClassVar[type] = object  # frozen dataclass: everything that decides its output
+    Config: ClassVar[type] = object  # frozen (pydantic) dataclass: everything that decides its output
+    Settings: ClassVar[type[Section] | None] = None  # its section of the run's parameters, named like the stage
+    old_names: ClassVar[dict[str, str]] = {}  # old flat parameter -> field of its section (still accepted)
     summary: ClassVar[str] = ""  # one line for `--help` and the UI
+
+    def plan(self, params: Any, facts: Facts) -> Any:
+        """This run's config, from the run's parameters (`params.<section>`) and what planning found (`facts`):
+        keyword arguments only. Raise StageUnavailable when the run lacks what the stage needs."""
+        return self.Config()
 
     def file_name(self, cfg: Any, shard: int | None) -> str:
         """The file name (no extension) of this stage's outputs: `shard-00042`, or the run-level name."""
@@ -50,49 +68,35 @@ class Stage:
         raise NotImplementedError
 
 
-STAGES: dict[str, type[Stage]] = {}
+STAGES: Registry[type[Stage]] = Registry("stage", "mapcap.tasks.stages")
 
 
 def register_stage(name: str, config: type, *, scope: Literal["shard", "run"] = "shard", reads: tuple[str, ...] = (),
                    writes: tuple[str, ...] = (), uses: tuple[str, ...] = (), order: int = 0, version: int = 1,
-                   summary: str = ""):
+                   summary: str = "", settings: type[Section] | None = None, old_names: dict[str, str] | None = None):
     """Class decorator: register a stage under `name` with what it declares (see the Stage attributes)."""
+    if settings is not None and not issubclass(settings, Section):
+        raise TypeError(f"stage {name!r}: settings must be a Section (a pydantic model), not {settings!r}")
+    unknown = sorted(set((old_names or {}).values()) - set(settings.model_fields if settings else ()))
+    if unknown:
+        raise ValueError(f"stage {name!r}: old_names point at {unknown}, which are not fields of its settings")
+
     def deco(cls: type[Stage]) -> type[Stage]:
-        if name in STAGES and STAGES[name] is not cls:
-            raise ValueError(f"stage {name!r} is registered twice ({STAGES[name].__module__}, {cls.__module__})")
         cls.name, cls.Config, cls.scope, cls.reads, cls.writes = name, config, scope, tuple(reads), tuple(writes)
         cls.uses, cls.order, cls.version, cls.summary = tuple(uses), order, version, summary
-        STAGES[name] = cls
-        return cls
+        cls.Settings, cls.old_names = settings, dict(old_names or {})
+        return STAGES.register(name, cls)
     return deco
 
 
-_DISCOVERED = False
-
-
-def discover() -> None:
-    """Import every module of this package once (each registers its stage)."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    import mapcap.tasks.stages as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name not in NOT_STAGES:
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
-    _DISCOVERED = True
-
-
 def get_stage(name: str) -> Stage:
-    discover()
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; the stages are {stage_order()}")
-    return STAGES[name]()
+    return STAGES.get(name)()
 
 
 def writers() -> dict[str, tuple[str, ...]]:
     """{table: the stages that write it} (each writes its own files: `evaluations` has a map and a caption part)."""
-    discover()
     out: dict[str, tuple[str, ...]] = {}
     for name, cls in STAGES.items():
         for t in cls.writes:
@@ -124,7 +128,6 @@ def upstream(name: str) -> tuple[str, ...]:
 
 def stage_order() -> list[str]:
     """Every registered stage, dependencies first (per-shard stages before per-run ones), ties by `order`."""
-    discover()
     done: list[str] = []
     pending = sorted(STAGES, key=lambda n: (STAGES[n].scope == "run", STAGES[n].order, n))
     while pending:

@@ -69,7 +69,7 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
     ctx.begin(stage.name)
     out, reused, reuse_meta = reuse.compute(stage, cfg, ctx, files, reuse_hash, force)
     t_write = time.perf_counter()
-    failures = with_rows(out.pop("failures", []), ctx.failures)
+    failures = with_rows(out.pop("failures", []), ctx.failures.rows)
     blobs = out.pop("files", {})
     unknown = set(out) - set(stage.writes)
     if unknown:
@@ -110,7 +110,7 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
         hashes[sp.name] = stage_hash(get_stage(sp.name), sp.config, {d: hashes[d] for d in upstream(sp.name)}, inputs)
     by_content = reuse.content_hashes(plans)  # the chain without the shard's inputs, weights included
     # what this chain will compute, so a stage may do a later one's work in its own pass (classify + relevancy)
-    ctx.pending = {sp.name: sp.config for sp in plans if force or not files_complete(
+    ctx.shared.pending = {sp.name: sp.config for sp in plans if force or not files_complete(
         root, run_id, output_files(get_stage(sp.name), sp.config, shard), hashes[sp.name])}
     stages: dict[str, dict] = {}
     for sp in plans:

@@ -7,10 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from mapcap.storage.compact import expand_run
 from mapcap.storage.writer import read_run
 from mapcap.tasks.data import Item, read_dataset
 from mapcap.tasks.models import ModelSpec, load_model, resolve_spec
@@ -116,15 +112,3 @@ def shards_to_force(plan: RunPlan, force: bool, redo_classes: list[str] | None) 
         redo = set(redo_classes)
         return [any(item.label in redo for item in shard) for shard in plan.shards]
     return [force] * len(plan.shards)
-
-
-@task(name="expand-run", cache_policy=NO_CACHE)
-def expand_run_task(root: str, run_id: str) -> int:
-    """Restore a compacted run's per-shard files before it is resumed (storage/compact.py)."""
-    return expand_run(root, run_id)
-
-
-@task(name="plan-run", cache_policy=NO_CACHE)
-def plan_run_task(params):
-    """`params.resolve()`: the run plan and every stage's config (the flow's parameter model knows how)."""
-    return params.resolve()

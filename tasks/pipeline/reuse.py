@@ -24,8 +24,6 @@ from mapcap.tasks.provenance import config_hash, to_jsonable
 from mapcap.tasks.pipeline.base import Rows, Stage, get_stage, upstream
 from mapcap.tasks.pipeline.context import StageContext
 
-IDS = ("reuse", "image ids")  # ctx.memo key of the shard's {path: content id}, hashed once per shard
-FILES = ("reuse", "files")  # ... and of its {path: (size, mtime_ns, content id)}, recorded with `images`
 
 
 @functools.lru_cache(maxsize=64)
@@ -85,14 +83,14 @@ def _content_id(path: str, stat: tuple[int, int] | None, known: Stat | None) -> 
 
 def shard_keys(ctx: StageContext) -> dict[str, Key]:
     """{path: (content id, label)} of the shard's items that can be reused (readable, content unique)."""
-    if IDS not in ctx.memo:
+    if ctx.shared.content_ids is None:  # hashed once per shard
         paths = [it.path for it in ctx.items]
         stats = {p: _stat(p) for p in paths}
         known = known_files(ctx.root)
         ids = ctx.map(lambda p: _content_id(p, stats[p], known.get(p)), paths)
-        ctx.memo[IDS] = dict(zip(paths, ids))
-        ctx.memo[FILES] = {p: (*stats[p], i) for p, i in zip(paths, ids) if i and stats[p]}
-    ids = ctx.memo[IDS]
+        ctx.shared.content_ids = dict(zip(paths, ids))
+        ctx.shared.files = {p: (*stats[p], i) for p, i in zip(paths, ids) if i and stats[p]}
+    ids = ctx.shared.content_ids
     count: dict[str, int] = {}
     for it in ctx.items:
         if ids.get(it.path):
@@ -128,7 +126,7 @@ def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, st
     if reuse_hash is None:
         return stage.compute(cfg, ctx), {}, {}
     keys = shard_keys(ctx)
-    meta = reuse_meta(reuse_hash, list(keys.values()), ctx.memo[FILES] if "images" in stage.writes else None)
+    meta = reuse_meta(reuse_hash, list(keys.values()), ctx.shared.files if "images" in stage.writes else None)
     if force:
         return stage.compute(cfg, ctx), {}, meta
     reused, covered = reused_rows(stage, ctx, files, reuse_hash, keys)

@@ -8,9 +8,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, State
 
+from mapcap.storage.compact import expand_run
 from mapcap.tasks.data import Item
 from mapcap.tasks.provenance import SHARD_RETRIES, run_logger
 from mapcap.tasks.pipeline.driver import StagePlan, run_run_stage, run_shard
+from mapcap.tasks.pipeline.planning import resolve_run
 from mapcap.tasks.pipeline.stop import RunStopped
 
 
@@ -59,3 +61,15 @@ def node() -> str:
 def run_stage_task(sp: StagePlan, root: str, run_id: str, shard_results: list[dict], run_results: dict[str, dict],
                    force: bool = False, workers: int | None = None, extra: dict | None = None) -> dict:
     return run_run_stage(sp, root, run_id, shard_results, run_results, force, workers, extra, run_logger(__name__))
+
+
+@task(name="expand-run", cache_policy=NO_CACHE)
+def expand_run_task(root: str, run_id: str) -> int:
+    """Restore a compacted run's per-shard files before it is resumed (storage/compact.py)."""
+    return expand_run(root, run_id)
+
+
+@task(name="plan-run", cache_policy=NO_CACHE)
+def plan_run_task(params):
+    """The run plan and every stage's config (tasks/pipeline/planning.py)."""
+    return resolve_run(params)

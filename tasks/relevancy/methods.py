@@ -1,6 +1,6 @@
 """Relevancy maps: where in the image CLIP found evidence for a text. The registry and the batched driver.
 
-A method is one file of this package: one function (model, pixels (B, 3, H, W), text embeddings (B, D), start
+A method is one file of this package (listed in builtin.py) or of a plugin: one function (model, pixels (B, 3, H, W), text embeddings (B, D), start
 layer) -> (B, g, g) maps, registered by name with the tower kinds it explains (towers.py) and, for methods that
 read a range of blocks, its default first block:
 - `chefer` (chefer.py): Chefer, Gur & Wolf 2021 as its authors apply it to CLIP, on ViTs of both kinds;
@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from mapcap.tasks.models import LoadedModel, in_batches, model_lock
 from mapcap.tasks.plugins import preset_for_model
+from mapcap.tasks.registry import Registry
 from mapcap.tasks.relevancy.towers import KINDS, tower_of
 
-MethodFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor, int], torch.Tensor]
+MethodFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor, int | None], torch.Tensor]  # start: None without one
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Method:
     start: int | None  # default first block for methods that read a range of blocks; None: no start layer
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("relevancy method", "mapcap.tasks.relevancy.builtin")
 # the default `relevancy.methods` per tower kind: the primary (first) method is the one regions, captions and
 # summaries use; `evaluate` scores every method the tower supports anyway
 DEFAULTS: dict[str, tuple[str, ...]] = {"vit": ("chefer",), "timm_vit": ("legrad",), "resnet": ("gradcam",),
@@ -44,24 +45,18 @@ DEFAULTS: dict[str, tuple[str, ...]] = {"vit": ("chefer",), "timm_vit": ("legrad
 
 def register(name: str, kinds: tuple[str, ...] = KINDS, start: int | None = None) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(fn, kinds, start)
+        METHODS.register(name, Method(fn, tuple(kinds), start))
         return fn
     return deco
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown relevancy method {name!r}; registered methods are {sorted(METHODS)}")
-    return METHODS[name]
-
-
-BUILT_IN = ("chefer", "legrad", "grad_eclip", "gradcam", "gradient", "random")  # listed in this order
+    return METHODS.get(name)
 
 
 def supported(kind: str) -> list[str]:
     """The registered methods that explain a tower of this kind: the built-in ones in their order, then others."""
-    rank = {n: i for i, n in enumerate(BUILT_IN)}
-    return sorted((n for n, m in METHODS.items() if kind in m.kinds), key=lambda n: (rank.get(n, len(rank)), n))
+    return [n for n, m in METHODS.items() if kind in m.kinds]
 
 
 def check_supported(name: str, kind: str, model_name: str) -> None:
@@ -81,6 +76,21 @@ def default_start_layer(model_name: str, method: str = "chefer") -> int:
             return p.start_layer
     start = get_method(method).start
     return -1 if start is None else start
+
+
+def resolve_start(method: str, model_name: str, start: int | None = None, depth: int | None = None) -> int | None:
+    """The one place a map's first block is decided: None for a method without one; the user's `start`,
+    checked against the tower's `depth` when known; else the method's default, within the tower's blocks."""
+    if get_method(method).start is None:
+        return None
+    if start is None:
+        default = default_start_layer(model_name, method)
+        return default if depth is None else max(default, -depth)  # (a tower with fewer blocks: all of them)
+    if depth is not None and not -depth <= start < depth:
+        raise ValueError(f"relevancy start layer {start} is out of range for {model_name}, whose vision tower has "
+                         f"{depth} blocks: use 0..{depth - 1} (0 = all blocks) or -{depth}..-1 (-1 = the last "
+                         f"block)")
+    return start
 
 
 def grid_size(lm: LoadedModel) -> int:
@@ -106,7 +116,7 @@ def relevancy_maps(lm: LoadedModel, method: str, pixels: torch.Tensor, text_emb:
     """(B, g, g) float32 maps on CPU, computed in batches; a CUDA out-of-memory halves the batch and retries."""
     m = get_method(method)
     check_supported(method, tower_of(lm.model.visual).kind, lm.spec.name)
-    start = default_start_layer(lm.spec.name, method) if start_layer is None else start_layer
+    start = resolve_start(method, lm.spec.name, start_layer)
     dev = lm.spec.device
 
     def batch(i: int, j: int) -> torch.Tensor:
@@ -125,7 +135,3 @@ def map_stats(maps: torch.Tensor) -> dict[str, torch.Tensor]:
     k = max(1, math.ceil(0.1 * flat.shape[1]))
     top = p.topk(k, dim=1).values.sum(1)
     return {"peak": flat.argmax(1), "entropy": entropy, "top10_mass": top}
-
-
-# the built-in methods register themselves on import (one file each)
-from mapcap.tasks.relevancy import chefer, legrad, grad_eclip, gradcam, gradient, random_map  # noqa: E402,F401

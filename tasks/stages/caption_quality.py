@@ -9,19 +9,22 @@ dataset without reference captions skips the stage at planning.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mapcap.tasks.metrics.caption_quality import bleu, cider_d
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.stages.captions import references
 from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.pipeline.base import StageUnavailable
+from mapcap.tasks.pipeline.facts import Facts
 
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d", "clipscore", "ref_clipscore")
 
 
-@dataclass(frozen=True)
+@frozen_config
 class CaptionQualityConfig:
     dataset: str  # its manifest's `caption` column holds the references
     method: str = "chefer"  # the primary relevancy method: whose top region's captions are scored too
@@ -50,6 +53,13 @@ class CaptionQuality(Stage):
 
     def file_name(self, cfg: CaptionQualityConfig, shard: int | None) -> str:
         return "caption-quality"
+
+    def plan(self, params: Any, facts: Facts) -> CaptionQualityConfig:
+        dataset = facts.plan.dataset
+        if not references(dataset):
+            raise StageUnavailable(f"dataset {dataset} has no reference captions (a Parquet manifest with a "
+                                   f"`caption` column) to score captions against")
+        return CaptionQualityConfig(dataset=dataset, method=facts.primary[0], start_layer=facts.primary[1])
 
     def compute(self, cfg: CaptionQualityConfig, ctx: StageContext) -> dict:
         refs = references(cfg.dataset)

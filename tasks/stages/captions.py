@@ -5,25 +5,32 @@ rerun with another captioner reuses the stored maps and regions.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import Field
 
 from mapcap.storage.manifest import annotations
-from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner, square_box
+from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner, crop_region, make_captioner, square_box
+from mapcap.tasks.captioners.general_bank import GENERAL
+from mapcap.tasks.captioners.retrieval import phrase_bank
 from mapcap.tasks.decode import Geometry, normalise, resize_crop, resized_crops
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
+from mapcap.tasks.pipeline.plan import default_batch
 from mapcap.tasks.pipeline.context import StageContext, tensor_decode
-from mapcap.tasks.stages.embeddings import embed_views, view_key
+from mapcap.tasks.pipeline.facts import Facts
+from mapcap.tasks.pipeline.embeddings import embed_views, view_key
 from mapcap.storage.writer import shard_name
 
 
-@dataclass(frozen=True)
+@frozen_config
 class CaptionsConfig:
     model: ModelSpec  # the run's CLIP (retrieval captions and CLIPScore use it)
     captioner: CaptionerConfig = CaptionerConfig()  # which captioner, and its settings
@@ -32,6 +39,42 @@ class CaptionsConfig:
     top_k: int = 1  # regions per map to caption
     context: float = 1.0  # crop context around a region (see captioners.base.crop_region)
     dataset: str = ""  # for reference captions (RefCLIPScore) when its manifest has a `caption` column
+
+
+class CaptionsParams(Section):
+    """captioning regions"""
+
+    captioner: str = Field("retrieval", description="captioner for regions and whole images: retrieval (phrase "
+                                                    "bank by CLIP similarity), clipcap, hf, coca (a CoCa "
+                                                    "model's own text decoder)")
+    path: str | None = Field(None, description="clipcap: a ClipCap .pt checkpoint or save_clipcap directory (toy "
+                                               "model: the shipped one); hf: a local image-to-text model dir")
+    tokenizer: str | None = Field(None, description="clipcap with an authors' .pt checkpoint: a local GPT-2 "
+                                                    "tokenizer directory")
+    phrase_bank: str | None = Field(None, description="retrieval: JSON {class: [phrase, ...]}, or 'general'; "
+                                                      "empty: the toy model's own bank, for other CLIPs the general "
+                                                      "one (ImageNet's objects, stuff, the run's classes)")
+    phrases: int = Field(1, ge=1, description="retrieval: best phrases joined into one caption")
+    beams: int = Field(1, ge=1, description="generative captioners: 1 = greedy, more = beam search")
+    max_tokens: int = Field(20, ge=1, description="generative captioners: longest caption in tokens")
+    prompt: str | None = Field(None, description="hf: text prompt for conditional models (BLIP: 'a picture of')")
+    top_k: int = Field(1, ge=1, description="regions per map to caption")
+    context: float = Field(1.0, ge=0, description="crop context around a region, × its size")
+    batch_size: int | None = Field(None, ge=1, description="crops per captioning call (default on a GPU: 512, 256 "
+                                                           "for hf models; 32 on CPU). One H200 captioned 458/s "
+                                                           "with GPT-2-small ClipCap in batches of 64, 3,663/s in 512")
+
+
+def captioner_config(p: Any, device: str, model_name: str = "", classes: tuple[str, ...] = ()) -> CaptionerConfig:
+    """The captioner's config; a retrieval captioner left without a bank gets the general one, named as such and
+    with the run's classes (so its config, and the captions' hash, say which phrases were used)."""
+    c = p.captions
+    cfg = CaptionerConfig(name=c.captioner, path=c.path, tokenizer=c.tokenizer, concept_bank=c.phrase_bank,
+                          phrases=c.phrases, beams=c.beams, max_tokens=c.max_tokens, prompt=c.prompt,
+                          batch_size=c.batch_size or default_batch(device, 32, 256 if c.captioner == "hf" else 512))
+    if c.captioner == "retrieval" and phrase_bank(cfg, model_name) == GENERAL:
+        cfg = dataclasses.replace(cfg, concept_bank=GENERAL, classes=tuple(classes))
+    return cfg
 
 
 @functools.lru_cache(maxsize=8)
@@ -56,7 +99,7 @@ def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[
     (full-size photos are large). An unreadable or changed image is a failure row once; its jobs are dropped."""
     todo: dict[str, list[int]] = {}  # image id -> positions in chunk of its views to embed
     for n, (_, iid, _, view) in enumerate(chunk):
-        if view not in ctx.memo and iid not in unreadable:
+        if view not in ctx.shared.views and iid not in unreadable:
             todo.setdefault(iid, []).append(n)
     need, crops = list(todo), {}  # position in chunk -> (3, S, S) resized, in 0..255
     for c in range(0, len(need), DEVICE_IMAGES):
@@ -70,18 +113,29 @@ def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[
                 crops |= zip(boxed, resized_crops(rgb, [square_box(chunk[n][2], context) for n in boxed], geo))
     if crops:  # normalised in one go (per image, five small kernels each)
         crops = dict(zip(crops, normalise(torch.stack(list(crops.values())), geo)))  # (K, 3, S, S)
-    keep = [n for n, j in enumerate(chunk) if j[3] in ctx.memo or n in crops]
+    keep = [n for n, j in enumerate(chunk) if j[3] in ctx.shared.views or n in crops]
     return [chunk[n] for n in keep], [crops.get(n) for n in keep]
 
 
 # version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped
 @register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4, version=2,
-                summary="caption the top regions and the whole image (retrieval, clipcap, hf), with CLIPScore")
+                summary="caption the top regions and the whole image (retrieval, clipcap, hf, coca), with CLIPScore",
+                settings=CaptionsParams,
+                old_names={"captioner": "captioner", "captioner_path": "path", "captioner_tokenizer": "tokenizer",
+                           "caption_beams": "beams", "caption_max_tokens": "max_tokens", "caption_prompt": "prompt",
+                           "concept_bank": "phrase_bank", "caption_top_k": "top_k", "caption_context": "context"})
 class Captions(Stage):
     """Whole images first, then the top regions of the primary map, in captioner batches."""
 
     def file_name(self, cfg: CaptionsConfig, shard: int | None) -> str:
         return f"{shard_name(shard)}-{cfg.captioner.name}"
+
+    def plan(self, params: Any, facts: Facts) -> CaptionsConfig:
+        plan = facts.plan
+        cap = captioner_config(params, plan.model.device, plan.model.name, plan.classes)
+        check_captioner(cap, plan.model.name)  # StageUnavailable if it lacks what it needs: skipped, or fails
+        return CaptionsConfig(model=plan.model, captioner=cap, method=facts.primary[0], start_layer=facts.primary[1],
+                              top_k=params.captions.top_k, context=params.captions.context, dataset=plan.dataset)
 
     def compute(self, cfg: CaptionsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)

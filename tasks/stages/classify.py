@@ -2,26 +2,31 @@
 covering the classes) description-based scores; top-k, label probability and rank per row."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from mapcap.storage.schemas import schema_for
 from mapcap.tasks.concept_bank import ConceptBank
 from mapcap.tasks.models import ModelSpec, encode_pixels, in_batches, load_model
 from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks
 from mapcap.tasks.relevancy.fused import classify_and_explain
-from mapcap.tasks.relevancy.methods import default_start_layer
+from mapcap.tasks.relevancy.methods import resolve_start
 from mapcap.tasks.relevancy.towers import tower_of
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
+from mapcap.tasks.pipeline.plan import default_batch
 from mapcap.tasks.pipeline.context import StageContext
-from mapcap.tasks.stages.embeddings import remember, view_key
+from mapcap.tasks.pipeline.facts import Facts
+from mapcap.tasks.pipeline.shared import MapKey
+from mapcap.tasks.pipeline.embeddings import remember, view_key
 from mapcap.tasks.zeroshot import description_classifier, prediction_table, probabilities, text_classifier
 
 
-@dataclass(frozen=True)
+@frozen_config
 class ClassifyConfig:
     model: ModelSpec  # resolved model (name, pretrained, device, precision)
     classes: tuple[str, ...]  # candidate class names, in index order
@@ -31,13 +36,33 @@ class ClassifyConfig:
     bank: ConceptBank | None = None  # descriptors covering the classes: adds rows with template 'descriptors'
 
 
+
+class ClassifyParams(Section):
+    """zero-shot classification"""
+
+    templates: str | list[str] = Field("simple", description="template set (openai, simple, compare) or a list of "
+                                                             "templates with one '{}' each")
+    top_k: int = Field(5, ge=1, description="labels and probabilities kept per prediction")
+    batch_size: int | None = Field(None, ge=1, description="images per forward pass (default: 256 on a GPU, 64 on "
+                                                           "CPU)")
+    descriptions: bool = Field(True, description="add description-based rows (template 'descriptors') when the "
+                                                 "concept bank covers the dataset's classes")
+
+
 # version 2: a class name's underscores are spaces in its prompts (templates.fill); ViT tags trained with QuickGELU
 @register_stage("classify", ClassifyConfig, reads=(), writes=("images", "predictions"), order=0, version=2,
                 summary="zero-shot classification: every template, their ensemble, descriptions "
-                        "(always; the other stages read it)")
+                        "(always; the other stages read it)",
+                settings=ClassifyParams, old_names={"templates": "templates", "top_k": "top_k", "batch_size": "batch_size"})
 class Classify(Stage):
     """Every image decoded once, classified against every template row at once; when the chain's relevancy
     stage is pending with Chefer maps, the same forward pass computes them (tasks/relevancy/fused.py)."""
+
+    def plan(self, params: Any, facts: Facts) -> ClassifyConfig:
+        s, plan = params.classify, facts.plan
+        return ClassifyConfig(model=plan.model, classes=plan.classes, templates=plan.templates, top_k=s.top_k,
+                              batch_size=s.batch_size or default_batch(plan.model.device, 64, 256),
+                              bank=facts.bank if s.descriptions else None)
 
     def compute(self, cfg: ClassifyConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
@@ -52,7 +77,7 @@ class Classify(Stage):
                            "height": size[1] if size else None})
             if size is not None:
                 good.append((image_id, item.label, item.path))
-        starts = fused_starts(cfg, ctx.pending.get("relevancy"))
+        starts = fused_starts(cfg, ctx.shared.pending.get("relevancy"))
         preds = []
         for b in range(0, len(good), cfg.batch_size):
             chunk = good[b:b + cfg.batch_size]
@@ -80,7 +105,7 @@ class Classify(Stage):
     @staticmethod
     def _explain(cfg, ctx, lm, chunk, pixels, classifier, descriptions, starts) -> torch.Tensor | None:
         """Probabilities (R, B, C) from the pass that also computes the pending relevancy stage's Chefer maps
-        (kept in ctx.memo for it); None when the batch does not fit on the device (the plain path then runs)."""
+        (kept in ctx.shared.maps for it); None when the batch does not fit on the device (the plain path then runs)."""
         try:
             out = classify_and_explain(lm, pixels, classifier, [s for _, s in starts], descriptions)
         except torch.cuda.OutOfMemoryError:
@@ -92,13 +117,13 @@ class Classify(Stage):
         remember_embeddings(ctx, cfg.model, [c[0] for c in chunk], out.embedding)
         for key, s in starts:  # keyed (image, class): a right prediction's label map is this map too
             for k, (iid, _, _) in enumerate(chunk):
-                ctx.memo[("relevancy", *key, iid, cfg.classes[pred[k]])] = out.maps[s][k]
+                ctx.shared.maps[MapKey(*key, iid, cfg.classes[pred[k]])] = out.maps[s][k]
         return out.probs
 
 
 def remember_embeddings(ctx: StageContext, model: ModelSpec, image_ids: list[str], emb: torch.Tensor) -> None:
     """Keep the raw whole-image embeddings (B, D) of this pass for the shard's later stages (concepts and
-    captions embed whole images too: tasks/stages/embeddings.py)."""
+    captions embed whole images too: tasks/pipeline/embeddings.py)."""
     remember(ctx, [view_key(model, iid) for iid in image_ids], emb)
 
 
@@ -114,5 +139,4 @@ def fused_starts(cfg: ClassifyConfig, rel) -> list[tuple[tuple[str, int | None],
         return []
     if tower_of(visual).pool != "token":  # a CoCa's maps explain its pool's query: relevancy.py computes them
         return []
-    return [((m, s), default_start_layer(cfg.model.name) if s is None else s) for m, s in rel.variants
-            if m == "chefer"]
+    return [((m, s), resolve_start(m, cfg.model.name, s)) for m, s in rel.variants if m == "chefer"]

@@ -6,10 +6,11 @@ per image). The measures are defined in tasks/metrics/mutual_knowledge.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from mapcap.tasks.captioners.base import crop_region
 from mapcap.tasks.concept_bank import ConceptBank
@@ -19,9 +20,12 @@ from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddin
 from mapcap.tasks.metrics.perturb import perturbed_pixels
 from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
 from mapcap.tasks.pipeline.sharding import sampled
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
+from mapcap.tasks.pipeline.base import StageUnavailable
 from mapcap.tasks.pipeline.context import StageContext
-from mapcap.tasks.stages.embeddings import embed_views, view_key
+from mapcap.tasks.pipeline.facts import Facts, sample_share
+from mapcap.tasks.pipeline.embeddings import embed_views, view_key
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
 
@@ -33,7 +37,7 @@ def encode_all(lm, images: list) -> torch.Tensor:
     return in_batches(len(images), 256, lambda i, j: encode_images(lm, images[i:j], normalize=False).cpu())
 
 
-@dataclass(frozen=True)
+@frozen_config
 class ConceptsConfig:
     model: ModelSpec  # the run's CLIP
     classes: tuple[str, ...]  # the run's classes, in index order
@@ -46,6 +50,22 @@ class ConceptsConfig:
     start_layer: int | None = -1  # ... and its start layer
     context: float = 1.0  # crop context around a region, × its size (as for captions)
     sample: float = 1.0  # share of images that get concepts, picked by image id (1: all)
+
+
+class ConceptsParams(Section):
+    """textual concepts, mutual knowledge"""
+
+    descriptors: str | None = Field(None, description="concept bank: JSON {class: [descriptor, ...]} (Menon & "
+                                                      "Vondrick's format) for description-based classification "
+                                                      "and the concepts stage; the toy model has its own")
+    subject: str = Field("an object", description="subject of class-free concept prompts: '<subject>, which has "
+                                                  "<descriptor>'")
+    top_k: int = Field(3, ge=1, description="visual concepts (descriptors) per region and per image")
+    language_top_k: int = Field(5, ge=1, description="language concepts (descriptors nearest the predicted class)")
+    images: int | None = Field(256, ge=1, description="about this many images of the run get concepts (within "
+                                                      "a factor √2: a sample fixed by image id, the same whatever "
+                                                      "the sharding and while the dataset grows within that "
+                                                      "factor); empty: all")
 
 
 def _concept_rows(base: dict, source: str, region_id: int, class_name: str | None, vals, idx, vocab, label_set,
@@ -62,7 +82,7 @@ def parts_of(cfg: ConceptsConfig, image, regions: list[dict]) -> list:
 
 
 def view_keys(cfg: ConceptsConfig, image_id: str, regions: list[dict]) -> list:
-    """Memo keys of the views `parts_of` gives, after the whole image (tasks/stages/embeddings.py)."""
+    """Memo keys of the views `parts_of` gives, after the whole image (tasks/pipeline/embeddings.py)."""
     whole = view_key(cfg.model, image_id)
     return [whole] + ([view_key(cfg.model, image_id, r["bbox"], cfg.context) for r in regions] or [whole])
 
@@ -103,9 +123,20 @@ def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb
 # version 2: deletion / insertion images drawn at the model's input resolution (tasks/metrics/perturb.py)
 @register_stage("concepts", ConceptsConfig, reads=("predictions", "images", "regions"),
                 writes=("concepts", "mutual_knowledge"), order=3, version=2,
-                summary="visual / language concepts and mutual knowledge (needs a concept bank covering the classes)")
+                summary="visual / language concepts and mutual knowledge (needs a concept bank covering the classes)",
+                settings=ConceptsParams, old_names={"descriptors": "descriptors", "concept_subject": "subject",
+                                                    "concept_top_k": "top_k", "language_top_k": "language_top_k"})
 class Concepts(Stage):
     """Mutual knowledge of each image's parts (primary map's regions) and its predicted class."""
+
+    def plan(self, params: Any, facts: Facts) -> ConceptsConfig:
+        if facts.bank is None:
+            raise StageUnavailable(facts.bank_reason)
+        c, plan = params.concepts, facts.plan
+        return ConceptsConfig(model=plan.model, classes=plan.classes, templates=plan.templates, bank=facts.bank,
+                              subject=c.subject, top_k=c.top_k, language_k=c.language_top_k, method=facts.primary[0],
+                              start_layer=facts.primary[1], context=params.captions.context,
+                              sample=1.0 if c.images is None else sample_share(c.images, plan.n_images))
 
     def compute(self, cfg: ConceptsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)

@@ -7,30 +7,60 @@ two-object images (each image's value being the mean of its two classes' mass sh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, Literal
 
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from pydantic import Field
+
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.pipeline.facts import Facts
 
 METRICS = ("positive_auc", "negative_auc", "deletion_auc", "insertion_auc", "pointing_grid", "pointing_pixel",
            "discrimination")  # row order within a variant
 
 
-@dataclass(frozen=True)
+@frozen_config
 class EvaluateConfig:
     variants: tuple[tuple[str, int | None], ...] = ()  # (method, start layer) in row order (the faithfulness stage's)
+
+
+class EvaluateParams(Section):
+    """evaluation of the map methods (the faithfulness and evaluate stages)"""
+
+    images: int | None = Field(None, ge=1, description="about this many classified images get per-image "
+                                                       "faithfulness scores (the faithfulness stage; within a factor "
+                                                       "√2: a sample fixed by image id, as for concepts) that "
+                                                       "evaluate averages; empty: 64, or on CPU fewer for a large "
+                                                       "model (each image costs a few hundred forwards per method: "
+                                                       "RISE's deletion and insertion take one per map cell)")
+    steps: int | None = Field(None, ge=1, description="RISE deletion/insertion steps (each reveals or removes "
+                                                      "the next cells in relevance order); empty: one per map "
+                                                      "cell on a GPU, 16 on CPU (a ViT-B-16 map has 196 cells)")
+    base: Literal["black", "mean"] = Field("black", description="what Chefer's positive/negative perturbation "
+                                                                "shows where cells are removed: black (pixels "
+                                                                "zeroed before normalisation, as Chefer et al.) "
+                                                                "or mean (the dataset's mean colour)")
+    deletion: Literal["mean", "black"] = Field("mean", description="RISE deletion substrate: mean (RISE's zeros "
+                                                                   "of the normalised input) or black")
+    insertion: Literal["blur", "mean"] = Field("blur", description="RISE insertion start image: blur (RISE's "
+                                                                   "Gaussian blur, 11 px, sigma 5) or mean")
 
 
 # version 3: the means of the per-image `faithfulness` rows (computed per shard, reusable by content)
 @register_stage("evaluate", EvaluateConfig, scope="run", reads=("faithfulness",), writes=("evaluations",),
                 order=10, version=3,
                 summary="faithfulness (perturbation AUCs), pointing game and class discrimination of every map "
-                        "method, averaged over the run's sample")
+                        "method, averaged over the run's sample", settings=EvaluateParams,
+                old_names={"eval_images": "images"})
 class Evaluate(Stage):
     """One row per (variant, metric): the mean over the images that have it."""
 
     def file_name(self, cfg: EvaluateConfig, shard: int | None) -> str:
         return "evaluations"
+
+    def plan(self, params: Any, facts: Facts) -> EvaluateConfig:
+        return EvaluateConfig(variants=facts.all_variants)
 
     def compute(self, cfg: EvaluateConfig, ctx: StageContext) -> dict:
         values: dict[tuple[str, int | None, str], list[float]] = {}

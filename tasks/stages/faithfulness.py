@@ -18,7 +18,7 @@ per-run `evaluate` stage averages them into `evaluations`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,17 +26,20 @@ import torch
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.faithfulness import (map_aucs, mass_share, perturbed_passes, pointing_grid,
                                                 pointing_pixel, shared_images)
+from mapcap.tasks.cost import CPU_STEPS, default_eval_images
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import grid_size, relevancy_maps
 from mapcap.tasks.pipeline.sharding import sampled
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.pipeline.facts import Facts, sample_share
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
 VARIANTS = (("chefer", 0), ("chefer", -1), ("gradient", None), ("random", None))  # a config's default (toy ViT)
 
 
-@dataclass(frozen=True)
+@frozen_config
 class FaithfulnessConfig:
     model: ModelSpec  # the run's CLIP
     classes: tuple[str, ...]  # the run's classes, in index order
@@ -56,6 +59,21 @@ class FaithfulnessConfig:
                         "every map method, on a sample")
 class Faithfulness(Stage):
     """Maps computed afresh on a sample, the same way for every run."""
+
+    def plan(self, params: Any, facts: Facts) -> FaithfulnessConfig:
+        """The `evaluate` section's settings (tasks/stages/evaluate.py); the sample sized to the model's cost off a
+        GPU when the user set none (tasks/cost.py), with a note saying so."""
+        e, plan = params.evaluate, facts.plan
+        steps = e.steps if e.steps is not None else None if plan.model.device.startswith("cuda") else CPU_STEPS
+        images, note = (e.images, None) if e.images is not None else \
+            default_eval_images(load_model(plan.model), len(facts.all_variants), steps)
+        cfg = FaithfulnessConfig(model=plan.model, classes=plan.classes, templates=plan.templates,
+                                 dataset=plan.dataset, sample=sample_share(images, plan.n_images),
+                                 variants=facts.all_variants, steps=steps, base=e.base, deletion=e.deletion,
+                                 insertion=e.insertion)
+        if note and cfg.sample < 1.0:
+            facts.notes.append(note)
+        return cfg
 
     def compute(self, cfg: FaithfulnessConfig, ctx: StageContext) -> dict:
         preds = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}

@@ -1,20 +1,22 @@
 """Stage `regions`: every stored relevancy map segmented into ranked regions (no model needed)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
 from mapcap.tasks.segment import SegmentConfig, segment_job
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.pipeline.facts import Facts
 
 KEYS = ("run_id", "image_id", "shard", "target", "class_name", "method", "start_layer")
 
 
-@dataclass(frozen=True)
+@frozen_config
 class RegionsConfig:
     segment: SegmentConfig = SegmentConfig()  # threshold, specks, top-k, superpixels
     dataset: str = ""  # its manifest's object masks (toy world) give each region's `on_object`
@@ -26,9 +28,14 @@ def _same(r: dict) -> tuple:
 
 
 @register_stage("regions", RegionsConfig, reads=("relevancy", "images"), writes=("regions",), order=2,
-                summary="segment every map into regions ranked by relevancy mass")
+                summary="segment every map into regions ranked by relevancy mass", settings=SegmentConfig,
+                old_names={"segment_threshold": "threshold", "segment_mass": "mass", "segment_min_area": "min_area",
+                           "segment_top_k": "top_k", "segment_superpixels": "superpixels"})
 class Regions(Stage):
     """Segments the stored maps; decodes images only to snap regions to superpixels."""
+
+    def plan(self, params: Any, facts: Facts) -> RegionsConfig:
+        return RegionsConfig(segment=params.regions, dataset=facts.plan.dataset)
 
     def compute(self, cfg: RegionsConfig, ctx: StageContext) -> dict:
         images = {r["image_id"]: r for r in ctx.table("images")}

@@ -1,26 +1,48 @@
 """Stage `relevancy`: maps for the predicted and the true class of every classified image, per method."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
+from pydantic import Field
 
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import map_stats, relevancy_maps
-from mapcap.tasks.pipeline.base import Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
+from mapcap.tasks.pipeline.plan import default_batch
 from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.pipeline.facts import Facts
+from mapcap.tasks.pipeline.shared import MapKey
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
 
 TARGETS = ("pred", "label")
 
 
-@dataclass(frozen=True)
+@frozen_config
 class RelevancyConfig:
     model: ModelSpec  # the run's model
     classes: tuple[str, ...]  # class names, as classified
     templates: tuple[str, ...]  # the class text is the ensemble of these templates
     variants: tuple[tuple[str, int | None], ...] = (("chefer", -1),)  # (method, start block); first = primary
     batch_size: int = 32  # images per backward pass (halved on CUDA out-of-memory)
+
+
+class RelevancyParams(Section):
+    """relevancy maps"""
+
+    methods: list[str] | None = Field(None, min_length=1,
+                                      description="relevancy methods (chefer, legrad, grad_eclip, gradcam, gradient, "
+                                                  "random); the first is the primary one that regions' captions, "
+                                                  "concepts and summaries use. Empty: the best the model's image "
+                                                  "tower supports: chefer for open_clip ViTs, legrad for timm ViTs "
+                                                  "(EVA02, SigLIP), gradcam for ResNet and ConvNeXt; evaluate "
+                                                  "scores every method the tower supports anyway")
+    start_layers: list[int] | None = Field(None, description="chefer's first block(s), from 0 (all blocks) to "
+                                                             "depth-1, or -1 for the last block; empty: the "
+                                                             "model's default (last block; all for the toy model)")
+    batch_size: int | None = Field(None, ge=1, description="(image, class) pairs per backward pass (default: 128 on "
+                                                           "a GPU, 64 on CPU)")
 
 
 def relevancy_rows(run_id: str, shard: int, image_ids: list[str], targets: list[str], classes: list[str],
@@ -35,9 +57,17 @@ def relevancy_rows(run_id: str, shard: int, image_ids: list[str], targets: list[
 
 
 @register_stage("relevancy", RelevancyConfig, reads=("predictions", "images"), writes=("relevancy",), order=1,
-                summary="relevancy maps (chefer, gradient, random) for the predicted and the true class")
+                summary="relevancy maps (chefer, legrad, grad_eclip, gradcam, gradient, random) for the predicted "
+                        "and the true class", settings=RelevancyParams,
+                old_names={"relevancy_methods": "methods", "start_layers": "start_layers", "batch_size": "batch_size"})
 class Relevancy(Stage):
     """One map per distinct (image, class) and variant; a non-finite map is a failure row."""
+
+    def plan(self, params: Any, facts: Facts) -> RelevancyConfig:
+        plan = facts.plan
+        return RelevancyConfig(model=plan.model, classes=plan.classes, templates=plan.templates,
+                               variants=facts.variants, batch_size=params.relevancy.batch_size
+                               or default_batch(plan.model.device, 64, 128))
 
     def compute(self, cfg: RelevancyConfig, ctx: StageContext) -> dict:
         ens = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}
@@ -53,7 +83,7 @@ class Relevancy(Stage):
         rows = []
         for method, start in cfg.variants:
             # maps the classification pass computed already (one forward for both, tasks/relevancy/fused.py)
-            found = {p: ctx.memo[key] for p in pairs if (key := ("relevancy", method, start, *p)) in ctx.memo}
+            found = {p: ctx.shared.maps[key] for p in pairs if (key := MapKey(method, start, *p)) in ctx.shared.maps}
             todo = [p for p in pairs if p not in found]
             for b in range(0, len(todo), cfg.batch_size):
                 chunk = todo[b:b + cfg.batch_size]

@@ -1,22 +1,25 @@
 """Stage `summarize` (per run): per-class summaries of the region captions and their properties."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import class_properties, mmr_summary, on_object
 from mapcap.tasks.models import ModelSpec, encode_texts, load_model
-from mapcap.tasks.pipeline.base import Rows, Stage, register_stage
+from mapcap.tasks.pipeline.base import Rows, Section, Stage, register_stage
+from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.pipeline.facts import Facts
 from mapcap.tasks.zeroshot import ENSEMBLE
 
 SUBSETS = ("all", "correct", "wrong")
 REGION_COLUMNS = ("image_id", "region_id", "mass_share", "on_object")  # what the summaries use of regions
 
 
-@dataclass(frozen=True)
+@frozen_config
 class SummarizeConfig:
     model: ModelSpec  # the run's CLIP: its text encoder embeds the captions
     classes: tuple[str, ...] = ()  # the run's classes
@@ -31,14 +34,30 @@ class SummarizeConfig:
     dataset: str = ""  # its manifest's masks give the on-object share (toy world)
 
 
+class SummarizeParams(Section):
+    """per-class caption summaries"""
+
+    k: int = Field(3, ge=1, description="captions per class summary (picked by MMR)")
+    synonyms: dict[str, list[str]] | None = Field(None, description="{class: [synonym, ...]}: words that count "
+                                                                    "as naming the class in a caption")
+
+
 @register_stage("summarize", SummarizeConfig, scope="run",
                 reads=("predictions", "images", "regions", "captions"), writes=("class_summaries",), order=11,
-                summary="per-class extractive summaries of region captions and their properties (trend analysis)")
+                summary="per-class extractive summaries of region captions and their properties (trend analysis)",
+                settings=SummarizeParams, old_names={"summary_k": "k", "synonyms": "synonyms"})
 class Summarize(Stage):
     """One row per class and subset, also for classes without images."""
 
     def file_name(self, cfg: SummarizeConfig, shard: int | None) -> str:
         return f"summaries-{cfg.captioner}"
+
+    def plan(self, params: Any, facts: Facts) -> SummarizeConfig:
+        syn = tuple((c, tuple(v)) for c, v in sorted((params.summarize.synonyms or {}).items()))
+        method, start = facts.primary
+        return SummarizeConfig(model=facts.plan.model, classes=facts.plan.classes,
+                               captioner=params.captions.captioner, target="pred", method=method, start_layer=start,
+                               k=params.summarize.k, synonyms=syn, dataset=facts.plan.dataset)
 
     def compute(self, cfg: SummarizeConfig, ctx: StageContext) -> dict:
         preds = {r["image_id"]: r for r in ctx.table("predictions", {"template": ENSEMBLE},

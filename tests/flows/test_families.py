@@ -9,7 +9,7 @@ import skimage
 
 from mapcap.cli.main import main
 from mapcap.storage.query import connect, run_sql
-from mapcap.tasks import models
+from mapcap.tasks.cache import forget
 from mapcap.tasks.relevancy.methods import DEFAULTS, supported
 from tests.towers.tiny import FAMILIES, register
 
@@ -31,8 +31,7 @@ def photos(tmp_path_factory) -> Path:
 def test_default_run_explains_every_family(prefect_harness, photos, tmp_path, capsys, name):
     register()
     kind = FAMILIES[name]
-    for spec in [s for s in models._CACHE if s.name == name]:  # seeded weights, whichever test built it before
-        models._CACHE.pop(spec)
+    forget(lambda k: k[0] == "clip" and k[1].name == name)  # seeded weights, whichever test built it before
     torch.manual_seed(1)  # seed 0 makes a random Tiny-RN whose Grad-CAM is zero on every photo (relu), 1 none
     out = str(tmp_path / "res")
     assert main(["run", str(photos), "--out", out, "--model", name, "--pretrained", "", "--device", "cpu",

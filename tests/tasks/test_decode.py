@@ -109,16 +109,16 @@ def test_a_preprocess_it_cannot_mirror_keeps_the_pil_path():
 def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkeypatch):
     """The CUDA branch of the stage context, with the decoder run on CPU: JPEG pixels cached for every stage,
     the PNG through PIL, the truncated JPEG a failure row."""
-    import mapcap.tasks.pipeline.context as context
+    import mapcap.tasks.pipeline.images as context
     from mapcap.tasks.data import Item
     from mapcap.tasks.pipeline.context import StageContext
     real = context.decode_jpegs
     monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device, workers: real(paths, geo, "cpu", workers))
     ctx = StageContext("memory://unused", "r", 0, [Item(p, "circle") for p in files], workers=2)
-    ctx.stage = "classify"
+    ctx.begin("classify")
     got = ctx.decode_items(toy_model.preprocess, "cuda")
     assert [it.path for it, _, _ in got] == files
-    assert [f["path"] for f in ctx.failures] == [files[-1]]  # the truncated JPEG, also refused by PIL
+    assert [f["path"] for f in ctx.failures.rows] == [files[-1]]  # the truncated JPEG, also refused by PIL
     sizes = {it.path: size for it, _, size in got}
     assert sizes[files[-2]] == Image.open(files[-2]).size  # the PNG, decoded by PIL
     ids = {it.path: iid for it, iid, size in got if size is not None}
@@ -207,7 +207,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_for_model_pixels_only(tmp_path, t
     draft = draft_size(pre)
     assert draft == 128  # the toy model resizes to 64
     ctx = StageContext("memory://unused", "r", 0, [Item(p, "square") for p in paths], workers=2)
-    ctx.stage = "classify"
+    ctx.begin("classify")
     got = ctx.decode_items(pre)
     assert [size for _, _, size in got] == [(1600, 1200), (1200, 1600), (200, 150)]
     ids = {it.path: iid for it, iid, _ in got}
@@ -221,7 +221,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_for_model_pixels_only(tmp_path, t
         assert (pix[ids[p]] - ref).abs().mean() < 0.01 and (pix[ids[p]] - ref).abs().max() < 0.2, p
     whole = ctx.images({ids[p]: p for p in paths[:2]})
     assert [whole[ids[p]].size for p in paths[:2]] == [(1600, 1200), (1200, 1600)]
-    assert not ctx.failures
+    assert not ctx.failures.rows
 
 
 def test_a_truncated_jpeg_goes_to_pil_before_any_gpu_decoder_sees_it(files, tmp_path, monkeypatch):

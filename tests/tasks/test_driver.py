@@ -46,7 +46,7 @@ def test_a_new_stage_is_one_class():
         assert "brightness" in stage_order() and dependencies("brightness") == ("classify",)
         assert stage_order().index("brightness") > stage_order().index("classify")
     finally:
-        del STAGES["brightness"]
+        STAGES.remove("brightness")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_config_json_round_trip_of_nested_configs(setup):
     for sp in plans:
         cls = type(sp.config)
         assert config_from_json(cls, config_json(sp.config)) == sp.config
-    with pytest.raises(ValueError, match="no field"):
+    with pytest.raises(ValueError, match="(?s)stored ReportConfig does not fit.*colour"):
         config_from_json(ReportConfig, '{"explained": 3, "colour": "red"}')
 
 
@@ -129,6 +129,6 @@ def test_only_errors_that_can_pass_are_retried():
 
 
 def test_stage_modules_register_themselves():
-    base.discover()
+    STAGES.load()
     assert set(STAGES) >= {"classify", "relevancy", "regions", "concepts", "captions", "evaluate", "summarize",
                            "report"}

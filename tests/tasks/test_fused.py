@@ -54,7 +54,7 @@ def test_classify_stage_computes_the_pending_relevancy_maps(toy_model, tiny, mon
         (method, len(pix))) or real(lm, method, pix, *a))
     for fused in (False, True):
         ctx = ctx_with(items)
-        ctx.pending = {"relevancy": rcfg} if fused else {}
+        ctx.shared.pending = {"relevancy": rcfg} if fused else {}
         calls.clear()
         preds, _ = compute("classify", ccfg, ctx)
         maps, fails = compute("relevancy", rcfg, ctx)

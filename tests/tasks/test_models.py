@@ -54,7 +54,7 @@ def test_in_batches_halves_the_batch_on_cuda_oom_and_loses_nothing():
         in_batches(3, 1, lambda i, j: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("always")))
 
 
-def test_a_compiled_image_tower_gives_the_eager_embeddings_with_one_graph(monkeypatch, toy_model):
+def test_a_compiled_image_tower_gives_the_eager_embeddings_with_one_graph(monkeypatch, request, toy_model):
     """ModelSpec.compile: encode_pixels through torch.compile equals the eager tower, for batch sizes that differ
     (one graph: the batch dimension is dynamic; a batch of one runs as a pair). Traced with aot_eager here:
     Dynamo's capture and guards as with inductor, without inductor's C++ build (minutes on 2 cores)."""
@@ -63,10 +63,12 @@ def test_a_compiled_image_tower_gives_the_eager_embeddings_with_one_graph(monkey
     import torch._dynamo
 
     from mapcap.tasks import models
+    from mapcap.tasks.cache import forget
     from mapcap.tasks.models import encode_pixels
     monkeypatch.setattr(models, "COMPILE_BACKEND", "aot_eager")
-    monkeypatch.setattr(models, "_CACHE", {})  # a model of its own, dropped after the test
-    lm = load_model(dataclasses.replace(toy_model.spec, compile=True))
+    spec = dataclasses.replace(toy_model.spec, compile=True)
+    lm = load_model(spec)  # a model of its own, dropped after the test
+    request.addfinalizer(lambda: forget(lambda k: k == ("clip", spec)))
     assert lm.tower is not None and lm.model is not toy_model.model
     x = torch.randn(7, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     first = encode_pixels(lm, x, False)

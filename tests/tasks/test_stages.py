@@ -31,10 +31,10 @@ def ctx_with(items=None, outputs=None, shard=0):
 
 
 def compute(name, cfg, ctx):
-    ctx.stage, ctx.failures = name, []
+    ctx.begin(name)
     out = get_stage(name).compute(cfg, ctx)
     ctx.outputs.update(out)  # as the driver keeps them (classify's predictions stay Arrow)
-    return {t: rows.to_pylist() if isinstance(rows, pa.Table) else rows for t, rows in out.items()}, ctx.failures
+    return {t: rows.to_pylist() if isinstance(rows, pa.Table) else rows for t, rows in out.items()}, ctx.failures.rows
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,12 @@ def test_a_long_stage_logs_how_far_it_is(toy_model, tiny, monkeypatch, caplog):
     """Between a stage's start and its result line, progress lines (rate-limited; here every batch)."""
     import logging
 
-    from mapcap.tasks.pipeline import context
-    monkeypatch.setattr(context, "PROGRESS_SECONDS", 0.0)
+    from mapcap.tasks.pipeline import progress
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
     classes, items = tiny
     ctx = ctx_with(items)
     ctx.begin("classify")
-    with caplog.at_level(logging.INFO, logger=context.__name__):
+    with caplog.at_level(logging.INFO, logger="mapcap.tasks.pipeline.context"):
         get_stage("classify").compute(ClassifyConfig(toy_model.spec, classes, TEMPLATES, batch_size=2), ctx)
     lines = [r.getMessage() for r in caplog.records if "images (" in r.getMessage()]
     assert lines[0].startswith("shard 0 classify: 2/5 images (40 %, ") and lines[-1].startswith("shard 0 classify: 4/5")
@@ -177,7 +177,7 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
     for method, start in (("chefer", 0), ("gradient", None)):  # gradient-only runs get captions too
         cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval"), method, start, top_k=1)
         encoded.clear()
-        ctx.memo.clear()  # views the first method's captions embedded would not be encoded again
+        ctx.shared.views.clear()  # views the first method's captions embedded would not be encoded again
         out, fails = compute("captions", cfg, ctx)
         rows = out["captions"]
         assert not fails and rows
@@ -199,7 +199,7 @@ def test_clipcap_captions_from_the_embeddings_the_stage_computed(toy_model, expl
     from mapcap.tasks.captioners.base import crop_region, make_captioner
     from mapcap.tasks.data import load_image
     _, ctx = explained
-    ctx.memo.clear()
+    ctx.shared.views.clear()
     own = []
     real = clipcap.encode_images
     monkeypatch.setattr(clipcap, "encode_images", lambda *a, **k: own.append(len(a[1])) or real(*a, **k))
@@ -230,7 +230,7 @@ def test_captions_cut_on_the_device_match_the_pil_crops(toy_model, explained, mo
     from mapcap.tasks.stages import captions
     runs = {}
     for on, at_once in ((False, 64), (True, 64), ("one image at a time", 1)):
-        ctx.memo.clear()
+        ctx.shared.views.clear()
         _device_path(monkeypatch, bool(on))
         monkeypatch.setattr(captions, "DEVICE_IMAGES", at_once)
         out, fails = compute("captions", cfg, ctx)
@@ -260,7 +260,7 @@ def test_captions_on_the_device_record_a_changed_image_once(toy_model, explained
 def test_a_shard_embeds_each_view_once(toy_model):
     from PIL import Image
 
-    from mapcap.tasks.stages.embeddings import embed_views, view_key
+    from mapcap.tasks.pipeline.embeddings import embed_views, view_key
     ctx, calls = ctx_with(), []
 
     def encode(crops):
@@ -291,7 +291,7 @@ def test_captions_reuse_the_classification_pass_embeddings(toy_model, tiny, monk
         ctx = ctx_with(items)
         compute("classify", ClassifyConfig(toy_model.spec, classes, TEMPLATES, top_k=3, batch_size=2), ctx)
         if not kept:
-            ctx.memo.clear()
+            ctx.shared.views.clear()
         compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0),)), ctx)
         compute("regions", RegionsConfig(SegmentConfig(top_k=1)), ctx)
         encoded.clear()
@@ -420,7 +420,7 @@ def test_classify_with_the_gpu_decode_path_gives_the_pil_path_results(toy_model,
     import mapcap.tasks.decode as decode
     from mapcap.tasks.data import Item
     from mapcap.tasks.decode import geometry
-    from mapcap.tasks.pipeline import context
+    from mapcap.tasks.pipeline import images
     from mapcap.toy.dataset import make_scene
     from mapcap.toy.shapes import SHAPES
     rng = np.random.default_rng(12)
@@ -434,11 +434,11 @@ def test_classify_with_the_gpu_decode_path_gives_the_pil_path_results(toy_model,
     items.append(Item(str(tmp_path / "cut.jpg"), SHAPES[0]))
     cfg = ClassifyConfig(toy_model.spec, tuple(SHAPES[:3]), TEMPLATES, top_k=2, batch_size=4)
     monkeypatch.setattr(decode, "DECODE_BATCH", 4)
-    decoded, real = [], context.decode_jpegs
-    monkeypatch.setattr(context, "decode_jpegs", lambda paths, *a: decoded.extend(paths) or real(paths, *a))
+    decoded, real = [], images.decode_jpegs
+    monkeypatch.setattr(images, "decode_jpegs", lambda paths, *a: decoded.extend(paths) or real(paths, *a))
     runs = {}
     for gpu_path in (False, True):
-        monkeypatch.setattr(context, "tensor_decode", lambda pre, dev: geometry(pre) if gpu_path else None)
+        monkeypatch.setattr(images, "tensor_decode", lambda pre, dev: geometry(pre) if gpu_path else None)
         out, fails = compute("classify", cfg, ctx_with(items))
         runs[gpu_path] = out, [(f["path"], f["stage"]) for f in fails]
     assert decoded == [it.path for it in items]  # the tensor path ran, once, in the second run

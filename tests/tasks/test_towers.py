@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mapcap.tasks.pipeline.params import RelevancyParams
-from mapcap.tasks.pipeline.planning import all_variants, map_variants
+from mapcap.tasks.stages.relevancy import RelevancyParams
+from mapcap.tasks.pipeline.facts import all_variants, map_variants
 from mapcap.tasks.models import LoadedModel, ModelSpec
 from mapcap.tasks.relevancy.methods import DEFAULTS, METHODS, relevancy_maps, supported
 from mapcap.tasks.relevancy.recording import recording

@@ -1,0 +1,176 @@
+"""A shard's images, decoded once and shared by every stage of its chain (a byte-bounded cache of decoded images
+and preprocessed pixels); JPEGs decode on the device when one is used. An image a stage cannot use becomes a
+`failures` row naming that stage, never a silent loss."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mapcap.tasks.data import FULL_SIZE, ImageLoadError, Item, full_size, image_id_of, load_image
+from mapcap.tasks.decode import Geometry, decode_files, decode_jpegs, geometry
+
+CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per shard in host memory (then the oldest are dropped)
+DEVICE_CACHE_BYTES = 8 << 30  # ... and pixel tensors on a GPU (a 4,096-image shard of 224 px pixels: 2.5 GB)
+
+
+class ImageCache:
+    """Least-recently-used images (and preprocessed pixels) up to a byte budget, shared across stages. Tensors on
+    a GPU count against their own budget: a 4,096-image shard's pixels (2.5 GB) fit there, where evicting them
+    under the host's budget sent the first images of the shard back through PIL."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES, device_bytes: int = DEVICE_CACHE_BYTES):
+        self.budget = {False: max_bytes, True: device_bytes}  # on a device? -> bytes
+        self._items: dict[bool, OrderedDict[tuple, tuple[Any, int]]] = {False: OrderedDict(), True: OrderedDict()}
+        self._bytes = {False: 0, True: 0}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Any | None:
+        with self._lock:
+            for items in self._items.values():
+                if key in items:
+                    items.move_to_end(key)
+                    return items[key][0]
+            return None
+
+    def put(self, key: tuple, value: Any, nbytes: int) -> None:
+        on_device = isinstance(value, torch.Tensor) and value.device.type != "cpu"
+        with self._lock:
+            for pool, items in self._items.items():
+                if key in items:
+                    self._bytes[pool] -= items.pop(key)[1]
+            items = self._items[on_device]
+            items[key] = (value, nbytes)
+            self._bytes[on_device] += nbytes
+            while self._bytes[on_device] > self.budget[on_device] and len(items) > 1:
+                self._bytes[on_device] -= items.popitem(last=False)[1][1]
+
+
+def tensor_decode(preprocess: Callable, device: str) -> Geometry | None:
+    """The geometry to decode and preprocess JPEGs with as tensor ops on `device` (a GPU, with a plain resize,
+    crop and normalise); None keeps PIL (on CPU, PIL in the shard's threads is as fast as libjpeg-turbo there)."""
+    return geometry(preprocess) if device.startswith("cuda") else None
+
+
+DRAFT_FACTOR = 2  # JPEGs for model pixels decode at a reduced scale keeping both sides ≥ this × the resize
+
+
+def draft_size(preprocess: Callable | None) -> int | None:
+    """The smallest side a JPEG decoded only for `preprocess` needs (PIL draft): twice its resize, so the
+    preprocess still shrinks it by antialiased bicubic, as from the full image (pixels within 0.002 mean, 0.03 max
+    of those of a full decode on 12-megapixel photos, 4× faster); None for a preprocess of unknown geometry."""
+    geo = geometry(preprocess) if preprocess is not None else None
+    return DRAFT_FACTOR * geo.resize if geo is not None else None
+
+
+class ShardImages:
+    """The images of one shard (or of a run-level stage's picks): decoded once in the shard's threads, cached."""
+
+    def __init__(self, items: list[Item], cache: ImageCache, fail: Callable[..., None],
+                 thread_map: Callable[[Callable, list], list], workers: int):
+        self.items, self.cache, self.fail, self.map, self.workers = items, cache, fail, thread_map, workers
+
+    def _decode(self, path: str, draft: int | None = None) -> tuple[Image.Image | None, str, ImageLoadError | None]:
+        try:
+            img, image_id = load_image(path, draft)
+            return img, image_id, None
+        except ImageLoadError as e:
+            return None, getattr(e, "image_id", None) or image_id_of(path.encode()), e
+
+    def _cached(self, path: str, draft: int | None) -> tuple | None:
+        """A decode of `path` held already: the full image, or with `draft` one decoded at that reduced scale."""
+        return self.cache.get(("path", path)) or (self.cache.get(("draft", draft, path)) if draft else None)
+
+    def _decode_all(self, paths: list[str], draft: int | None = None,
+                    ) -> list[tuple[Image.Image | None, str, ImageLoadError | None]]:
+        """(image, content id, error) per path, decoded once in the shard's threads and cached. `draft`: images
+        only needed at model resolution, so a large JPEG may be decoded at a reduced scale with both sides ≥ draft
+        (data.decode_image; full_size still gives the file's size), cached apart from full images."""
+        todo = [p for p in dict.fromkeys(paths) if self._cached(p, draft) is None]
+        for path, res in zip(todo, self.map(lambda p: self._decode(p, draft), todo)):
+            img = res[0]
+            reduced = img is not None and FULL_SIZE in img.info
+            self.cache.put(("draft", draft, path) if reduced else ("path", path), res,
+                           img.width * img.height * 3 if img is not None else 64)
+        out = []
+        for p in paths:
+            res = self._cached(p, draft)
+            out.append(res if res is not None else self._decode(p, draft))  # evicted meanwhile: decode again
+        return out
+
+    def decode_items(self, preprocess: Callable | None = None,
+                     device: str = "cpu") -> list[tuple[Item, str, tuple[int, int] | None]]:
+        """Every item of the shard decoded once: (item, image id, (W, H) or None if it failed). With a
+        `preprocess` on a CUDA `device`, JPEGs are decoded and preprocessed there in one batch (tasks/decode.py;
+        their pixels are cached, `pixels_of` finds them) and only the other files go through PIL."""
+        paths = [it.path for it in self.items]
+        fast = None
+        draft = draft_size(preprocess)
+        if preprocess is not None and (geo := tensor_decode(preprocess, device)) is not None:
+            fast = decode_jpegs(paths, geo, device, self.workers)
+            for p, pix in fast.pixels.items():
+                self.cache.put(("pixels", id(preprocess), fast.ids[p]), pix, pix.numel() * pix.element_size())
+        slow = iter(self._decode_all([p for p in paths if fast is None or p not in fast.pixels], draft))
+        out = []
+        for item in self.items:
+            if fast is not None and item.path in fast.pixels:
+                out.append((item, fast.ids[item.path], fast.sizes[item.path]))
+                continue
+            img, image_id, err = next(slow)
+            if err is not None:
+                self.fail(image_id, item.path, err)
+            out.append((item, image_id, full_size(img) if img is not None else None))
+        return out
+
+    def images(self, refs: dict[str, str], draft: int | None = None) -> dict[str, Image.Image]:
+        """{image id: decoded image} for {image id: path}; an unreadable or changed file is a failure row.
+        `draft`: see _decode_all (for pixels at model resolution only)."""
+        ids = list(refs)
+        out = {}
+        for iid, (img, found, err) in zip(ids, self._decode_all([refs[i] for i in ids], draft)):
+            if err is not None:
+                self.fail(iid, refs[iid], err)
+            elif not self._changed(iid, refs[iid], found):
+                out[iid] = img
+        return out
+
+    def _changed(self, iid: str, path: str, found: str) -> bool:
+        """Whether the file's content is no longer the image classified (then a failure row says so)."""
+        if found != iid:
+            self.fail(iid, path, f"{path} changed since it was classified (content id {found}, stored {iid}); "
+                                 f"rerun with force=True to redo the run", "ImageChanged")
+        return found != iid
+
+    def device_images(self, refs: dict[str, str], device: str) -> dict[str, torch.Tensor]:
+        """{image id: (3, H, W) uint8 RGB on `device`} for {image id: path}: JPEGs decoded there in one batch
+        (tasks/decode.py), other files through PIL; an unreadable or changed file is a failure row. Not cached:
+        full-size images on a GPU are for the batch at hand."""
+        frames = decode_files(list(dict.fromkeys(refs.values())), device, self.workers)
+        out = {i: frames.images[p] for i, p in refs.items()
+               if p in frames.images and not self._changed(i, p, frames.ids[p])}
+        slow = self.images({i: p for i, p in refs.items() if p not in frames.images})
+        return out | {i: torch.from_numpy(np.array(img)).permute(2, 0, 1).to(device) for i, img in slow.items()}
+
+    def pixels(self, preprocess: Callable[[Image.Image], torch.Tensor],
+               images: dict[str, Image.Image]) -> dict[str, torch.Tensor]:
+        """Preprocessed (3, H, W) tensors of decoded images, computed once per preprocess and image, in the
+        decode threads (PIL's resize, most of the cost, releases the GIL)."""
+        out = {iid: self.cache.get(("pixels", id(preprocess), iid)) for iid in images}
+        todo = [iid for iid, pix in out.items() if pix is None]
+        for iid, pix in zip(todo, self.map(lambda i: preprocess(images[i]), todo)):
+            self.cache.put(("pixels", id(preprocess), iid), pix, pix.numel() * pix.element_size())
+            out[iid] = pix
+        return out
+
+    def pixels_of(self, preprocess: Callable[[Image.Image], torch.Tensor],
+                  refs: dict[str, str]) -> dict[str, torch.Tensor]:
+        """Preprocessed tensors for {image id: path}: cached ones as they are (decoded on the GPU, or by an
+        earlier stage), the rest decoded (an unreadable or changed file is a failure row) and preprocessed."""
+        have = {i: px for i in refs if (px := self.cache.get(("pixels", id(preprocess), i))) is not None}
+        todo = self.images({i: p for i, p in refs.items() if i not in have}, draft_size(preprocess))
+        return have | self.pixels(preprocess, todo)
