@@ -102,28 +102,38 @@ BY_NAME = {c.name: c for c in COMMANDS}
 FLOW_COMMANDS = tuple(c.name for c in COMMANDS if c.flow)
 
 
-def _add(sub: argparse._SubParsersAction, cmd: Command, flow_flags: bool, dest: str) -> None:
+def _verbosity(p: argparse.ArgumentParser, top: bool) -> None:
+    """-v and --debug, before or after the subcommand (`mapcap -v run` = `mapcap run -v`)."""
+    default = False if top else argparse.SUPPRESS  # a subcommand's own default must not undo the top-level flag
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also show Prefect's task states and library warnings")
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
+
+
+def _add(sub: argparse._SubParsersAction, cmd: Command, table: dict | None, dest: str, show_all: bool) -> None:
     p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+    _verbosity(p, top=False)
     for flags, kwargs in cmd.args:
         p.add_argument(*flags, **kwargs)
-    if cmd.flow and flow_flags:
-        from mapcap.cli.flags import add_param_flags  # imports the stages: torch, open_clip, Prefect
+    if cmd.flow and table is not None:
+        from mapcap.cli.flags import add_param_flags
 
-        add_param_flags(p, cmd.positional_dataset)
+        add_param_flags(p, table, cmd.positional_dataset, show_all)
         p.add_argument("--ray", nargs="?", const="local", help="run shard tasks on Ray: a cluster address "
                                                                 "(ray://head:10001), or none for a local Ray")
+        p.add_argument("--help-all", action="help", help="show every setting of every stage, and exit")
     if cmd.sub:
         inner = p.add_subparsers(dest=f"{dest}_cmd", required=True)
         for s in cmd.sub:
-            _add(inner, s, flow_flags, f"{dest}_{s.name}")
+            _add(inner, s, table, f"{dest}_{s.name}", show_all)
 
 
-def build_parser(flow_flags: bool = True) -> argparse.ArgumentParser:
-    """The parser; `flow_flags=False` leaves out the flow commands' flags (and the seconds of imports they need)
-    for a command line that is not one of FLOW_COMMANDS: `mapcap sql` and the ready queries start in ~1 s."""
+def build_parser(table: dict | None = None, show_all: bool = False) -> argparse.ArgumentParser:
+    """The parser. The flow commands' flags come from `table` (cli/flag_table.py); without one they are left out
+    (a command line that runs no flow never parses them). `show_all`: their help lists every field."""
     ap = argparse.ArgumentParser(prog="mapcap", description="Explain why CLIP classifies images as it does.")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    _verbosity(ap, top=True)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for cmd in COMMANDS:
-        _add(sub, cmd, flow_flags, cmd.name)
+        _add(sub, cmd, table, cmd.name, show_all)
     return ap

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from mapcap.cli.startup import flow_settings
 
+log = logging.getLogger("mapcap.cli")
+
 def _params(args: argparse.Namespace):
     from mapcap.cli.flags import params_from_args
 
-    return params_from_args(args, **({"dataset": "toy"} if args.cmd == "demo" else {}))
+    return params_from_args(args, args.table, **({"dataset": "toy"} if args.cmd == "demo" else {}))
 
 
 def _print_table(table, ends: int | None = None) -> None:
@@ -21,9 +24,14 @@ def _print_table(table, ends: int | None = None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mapcap.cli.console import attach
+    from mapcap.cli.startup import import_quietly
     from mapcap.cli.summary import print_run_summary
-    from mapcap.flows.explain import explain
 
+    log.info("mapcap %s: loading torch, open_clip and Prefect, then planning the run (the model loads once)",
+             args.cmd)
+    explain = import_quietly(lambda: __import__("mapcap.flows.explain", fromlist=["explain"]).explain)
+    attach(args.console)  # Prefect's console handlers exist now: quiet them as ours
     flow = explain
     if getattr(args, "ray", None):
         from mapcap.flows.explain_ray import explain_on_ray

@@ -2,20 +2,26 @@
 (cli/handlers.py). It prints results only; logs go to stderr."""
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
+from mapcap.cli import console
+from mapcap.cli.checks import check_run
 from mapcap.cli.commands import BY_NAME, FLOW_COMMANDS, build_parser
 from mapcap.cli.startup import command_of, exit_on_sigterm, import_quietly, start_prefect_api_early
 
 
-def _parser(argv: list[str]) -> argparse.ArgumentParser:
-    """The parser. A flow command's flags come from the flow's parameter model, whose import (torch, open_clip,
-    Prefect) takes seconds; the other commands leave them out and start at once."""
-    if command_of(argv) not in FLOW_COMMANDS:
-        return build_parser(flow_flags=False)
-    return import_quietly(build_parser)  # the flags import the parameter model
+def _flag_table(words: list[str]) -> dict | None:
+    """The run's flags as data for a flow command (cli/flag_table.py): the shipped table in milliseconds, else
+    built from the parameter model (torch, open_clip, Prefect: seconds) and cached for the next command."""
+    if command_of(words) not in FLOW_COMMANDS:
+        return None
+    from mapcap.cli.flag_table import build_table, cache_table, load_table
+
+    table = load_table()
+    if table is None:
+        table = import_quietly(build_table)
+        cache_table(table)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     if argv is None:  # the console command (not a test calling main): leave the process's signals as they are else
         exit_on_sigterm()
-    wait_for_api = start_prefect_api_early(words)
-    args = _parser(words).parse_args(argv)
-    args.wait_for_api = wait_for_api
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("root", "httpx", "open_clip"):  # open_clip logs through the root logger
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
-    for ours in ("mapcap",):  # so our own progress lines still show
-        logging.getLogger(ours).setLevel(logging.DEBUG if args.debug else logging.INFO)
-    from mapcap.cli import handlers
-
+    table = _flag_table(words)
+    args = build_parser(table, show_all="--help-all" in words).parse_args(words)
+    args.table, args.console = table, console.setup(args.verbose, args.debug)
     try:
+        if table is not None:  # a flow command: every check that needs no model, before anything heavy
+            check_run(args, table, {"dataset": "toy"} if args.cmd == "demo" else None)
+        args.wait_for_api = start_prefect_api_early(words)
+        from mapcap.cli import handlers
+
         return getattr(handlers, BY_NAME[args.cmd].handler)(args)
     except (ValueError, RuntimeError, OSError) as e:
         if args.debug:

@@ -60,7 +60,9 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     logger.info("run %s: %d images in %d shards, %d classes, %d templates, model %s (%s) on %s/%s; stages %s",
                 plan.run_id, plan.n_images, len(plan.shards), len(plan.classes), len(plan.templates),
                 plan.model.name, plan.model.pretrained or "random", plan.model.device, plan.model.precision,
-                [s.name for s in resolved.shard_stages + resolved.run_stages])
+                [s.name for s in resolved.shard_stages + resolved.run_stages],
+                extra={"mapcap_plan": (len(plan.shards), [s.name for s in resolved.shard_stages],
+                                       [s.name for s in resolved.run_stages])})
     for what, why in resolved.skipped:
         logger.warning("%s skipped: %s", what, why)
     for note in resolved.notes:

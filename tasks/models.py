@@ -10,14 +10,12 @@ import gc
 import logging
 import os
 import pickle
-import socket
 import threading
 import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Any, Callable
 
 import torch.nn.functional as F
@@ -31,7 +29,7 @@ from mapcap.tasks.plugins import load_plugins, preset
 from mapcap.tasks.provenance import frozen_config, omit_default
 from mapcap.tasks.pipeline.stop import check_stop
 from mapcap.tasks.text_tower import text_features
-from mapcap.tasks.weights import tag_options
+from mapcap.tasks.weights import hub_host, reachable, tag_options
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +171,10 @@ def clip_tokenizer(name: str) -> Callable:
     hf = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
     try:
         if (hf or "siglip" in name.lower()) and not _tokenizer_cached(hf):
-            host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname if hf else \
-                "storage.googleapis.com"  # open_clip's SigLIP vocabulary when no hub id is named
-            with socket.create_connection((host, 443), timeout=3):  # the hub client retries for ~50 s offline
-                pass
+            # open_clip fetches SigLIP's vocabulary from Google's storage when no hub id is named
+            why = reachable(hub_host() if hf else "storage.googleapis.com")
+            if why:
+                raise OSError(why)
         return open_clip.get_tokenizer(name)
     except (OSError, ValueError, ImportError) as e:  # hub / web unreachable, or the tokenizer's library missing
         raise ValueError(f"the tokenizer of {name!r} ({hf or 'fetched by open_clip on first use'}) is not available "

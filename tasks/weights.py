@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from urllib.parse import urlparse
 
 import open_clip
@@ -49,6 +50,23 @@ def cached_weights(cfg: dict, cache_dir: str | None = None) -> str | None:
     return path if path and os.path.isfile(path) else None
 
 
+def reachable(host: str) -> str | None:
+    """None when `host` answers on 443 within 3 s, else why not (also when HF_HUB_OFFLINE is set): the hub
+    client would otherwise retry for ~50 s, with a log line per retry, before failing the same way."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        with socket.create_connection((host, 443), timeout=3):
+            return None
+    except OSError as e:
+        return f"{host} is unreachable: {e}"
+
+
+def hub_host(url: str | None = None) -> str:
+    """The host a download asks: the hub's (HF_ENDPOINT or huggingface.co), or a URL's."""
+    return urlparse(url or os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
 def ensure_weights(name: str, tag: str, cfg: dict, cache_dir: str | None = None) -> str:
     """The local path of open_clip tag `tag`'s weights (`cfg`, its pretrained config) for model `name`: cached, or
     downloaded now. ValueError naming the tag and the fix when neither works (open_clip's own error says only
@@ -57,6 +75,12 @@ def ensure_weights(name: str, tag: str, cfg: dict, cache_dir: str | None = None)
     if found:
         return found
     where = f"hub repo {hub[0]}" if (hub := hub_files(cfg)) else f"URL {cfg.get('url')}"
+    why = reachable(hub_host(None if hub else cfg.get("url")))
+    if why:
+        raise ValueError(f"the weights of {name!r} with pretrained={tag!r} are not in the local cache, and they "
+                         f"cannot be downloaded from the {where} ({why}): pass a local checkpoint file "
+                         f"(--pretrained /path/to/open_clip_pytorch_model.bin), or download them once where the hub "
+                         f"is reachable and copy the cache (HF_HOME) here")
     log.info("weights of %s / %s are not cached: downloading them from the %s", name, tag, where)
     try:
         path = oc_pretrained.download_pretrained(cfg, cache_dir=cache_dir)

@@ -62,7 +62,8 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
     extra = stage.files(cfg, ctx)
     if not force and files_complete(ctx.root, ctx.run_id, files, chash) and all(
             file_exists(ctx.root, f) for f in extra):
-        ctx.log.info("%s %s: complete (config %s), skipped", where, stage.name, chash)
+        ctx.log.info("%s %s: complete (config %s), skipped", where, stage.name, chash,
+                     extra={"mapcap_stage": (ctx.shard, stage.name)})
         return {"skipped": True, "hash": chash, "seconds": 0.0,
                 "rows": {t: count_rows(ctx.root, t, ctx.run_id, n) for t, n in files}}
     t0 = time.perf_counter()
@@ -88,7 +89,8 @@ def run_stage(stage: Stage, cfg: Any, ctx: StageContext, chash: str, force: bool
     phases = ctx.phases | {"write": time.perf_counter() - t_write}
     counts = {"failures": len(failures)} | {t: len(out.get(t, [])) for t in stage.writes}
     ctx.log.info("%s %s: %s in %.2f s (%s)", where, stage.name, ", ".join(f"{n} {t}" for t, n in counts.items()),
-                 seconds, ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+                 seconds, ", ".join(f"{k} {v:.2f}" for k, v in phases.items()),
+                 extra={"mapcap_stage": (ctx.shard, stage.name)})  # (the CLI's progress bar counts these)
     return {"skipped": False, "hash": chash, "seconds": seconds, "rows": counts, "reused_rows": reused,
             "phases": phases}
 

@@ -6,6 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from mapcap.cli.commands import build_parser
+from mapcap.cli.flag_table import build_table
 from mapcap.cli.flags import params_from_args
 from mapcap.tasks.pipeline.params import FLAT_NAMES, SECTIONS, ExplainParams
 
@@ -16,6 +17,8 @@ SAMPLES = {  # a non-default value per field where the type alone does not say w
     "regions.mass": 0.25, "regions.min_area": 0.25, "precision": "bf16", "regions.threshold": "mass",
     "evaluate.base": "mean", "evaluate.deletion": "black", "evaluate.insertion": "mean",
 }
+
+TABLE = build_table()  # the flags as the model says (the shipped table is checked against it elsewhere)
 
 
 def sample(dotted: str, field) -> tuple[list[str], object]:
@@ -56,7 +59,7 @@ def get(params: ExplainParams, dotted: str):
 def test_every_field_is_settable_from_the_command_line(dotted):
     field = dict(every_field())[dotted]
     values, expected = sample(dotted, field)
-    parser = build_parser()
+    parser = build_parser(TABLE)
     if dotted == "dataset":
         argv = ["run", *values]
     else:
@@ -64,42 +67,42 @@ def test_every_field_is_settable_from_the_command_line(dotted):
         if field.annotation is bool:
             flag = flag if expected else f"--{'no-' + dotted.replace('_', '-')}"
         argv = ["run", "somewhere", flag, *values]
-    params = params_from_args(parser.parse_args(argv))
+    params = params_from_args(parser.parse_args(argv), TABLE)
     assert get(params, dotted) == expected
     if "." in dotted:  # the prefixed spelling too
         section, name = dotted.split(".")
         argv = ["run", "somewhere", f"--{section}-{name.replace('_', '-')}", *values] if field.annotation is not bool \
             else ["run", "somewhere", f"--{'' if expected else 'no-'}{section}-{name.replace('_', '-')}"]
-        assert get(params_from_args(build_parser().parse_args(argv)), dotted) == expected
+        assert get(params_from_args(build_parser(TABLE).parse_args(argv), TABLE), dotted) == expected
 
 
-def test_help_shows_every_field_description(capsys):
+def test_help_all_shows_every_field_description(capsys):
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "--help"])
+        build_parser(TABLE, show_all=True).parse_args(["run", "--help-all"])
     text = " ".join(capsys.readouterr().out.split())
     for dotted, field in every_field():
         assert " ".join(field.description.split()[:4]) in text, dotted
-    assert "--captions.prompt" in text and "--captions-prompt" in text
+    assert "--captions.prompt" in text
 
 
 def test_params_file_yaml_and_json_with_flags_on_top(tmp_path):
     yml = tmp_path / "run.yaml"
     yml.write_text("dataset: /data/photos\nrelevancy:\n  methods: [gradient]\ncaptions:\n  prompt: a picture of\n"
                    "caption_beams: 3\n")  # an old flat name in a file still works
-    p = params_from_args(build_parser().parse_args(["run", "--params", str(yml), "--captions.top-k", "2"]))
+    p = params_from_args(build_parser(TABLE).parse_args(["run", "--params", str(yml), "--captions.top-k", "2"]), TABLE)
     assert (p.dataset, p.relevancy.methods, p.captions.prompt, p.captions.beams, p.captions.top_k) == (
         "/data/photos", ["gradient"], "a picture of", 3, 2)
     js = tmp_path / "run.json"
     js.write_text(json.dumps({"params": {"regions": {"top_k": 5}, "run_name": "x"}}))  # a deployment's shape
-    p = params_from_args(build_parser().parse_args(["run", "--params", str(js)]))
+    p = params_from_args(build_parser(TABLE).parse_args(["run", "--params", str(js)]), TABLE)
     assert p.regions.top_k == 5 and p.run_name == "x"
     js.write_text('{"regions": {"top_k": "many"}}')
     with pytest.raises(ValueError, match="top_k"):
-        params_from_args(build_parser().parse_args(["run", "--params", str(js)]))
+        params_from_args(build_parser(TABLE).parse_args(["run", "--params", str(js)]), TABLE)
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
-        params_from_args(build_parser().parse_args(["run", "--params", str(bad)]))
+        params_from_args(build_parser(TABLE).parse_args(["run", "--params", str(bad)]), TABLE)
 
 
 def test_old_flat_names_move_to_their_sections():
@@ -263,5 +266,5 @@ def test_query_commands_start_without_the_model_libraries(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "42" in out and out.strip().splitlines()[-1] == "0 []"
     from mapcap.cli.commands import build_parser
-    run = build_parser().parse_args(["run", "data", "--shard-size", "64", "--regions.top-k", "2"])
+    run = build_parser(TABLE).parse_args(["run", "data", "--shard-size", "64", "--regions.top-k", "2"])
     assert (run.dataset, run.shard_size) == ("data", 64)

@@ -1,0 +1,78 @@
+"""What a run prints on the terminal. Quiet by default: MapCap's own lines (one per stage per shard, with a bar
+of how much of the run is done), warnings and errors, each message once; Prefect's task states and library
+warnings only with -v. The Prefect UI gets every log line either way (its API handler is left alone)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+PACKAGE_DIRS = tuple(str(Path(__file__).resolve().parents[1] / d) for d in ("tasks", "flows", "storage", "cli"))
+BAR = 20
+
+
+class RunConsole(logging.Filter):
+    """A filter for the console handlers: passes MapCap's records and warnings, each message once, and prefixes a
+    stage's result line with the run's progress (stage runs done of shards × stages, from the flow's plan line)."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+        self.seen: set[str] = set()
+        self.total = 0  # stage runs in the run: shards × per-shard stages (the flow's plan line says)
+        self.done: set[tuple] = set()
+        self.started = time.perf_counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        plan = getattr(record, "mapcap_plan", None)
+        if plan is not None:
+            self.total, self.started = plan[0] * len(plan[1]) + len(plan[2]), time.perf_counter()
+        ours = record.pathname.startswith(PACKAGE_DIRS)
+        if not self.verbose and not ours and record.levelno != logging.WARNING:
+            # Prefect's "Finished in state Completed()" and friends; a failed task's or flow's traceback (the
+            # command's last line says what failed and the fix; -v shows them)
+            return False
+        text = record.getMessage()
+        if not self.verbose and text in self.seen:
+            return False  # a reason said once is enough (shards and stages repeat it)
+        self.seen.add(text)
+        stage = getattr(record, "mapcap_stage", None)
+        if stage is not None and self.total:
+            self.done.add(stage)
+            record.msg, record.args = f"{self.bar()} {text}", ()
+        return True
+
+    def bar(self) -> str:
+        n = min(len(self.done), self.total)
+        filled = round(BAR * n / self.total)
+        return f"[{'#' * filled}{'.' * (BAR - filled)}] {n}/{self.total} {time.perf_counter() - self.started:4.0f} s"
+
+
+def setup(verbose: bool, debug: bool) -> RunConsole:
+    """Logging for a `mapcap` command: our lines to stderr; the rest only when asked for."""
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose or debug
+                        else "%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("root", "httpx", "open_clip"):  # open_clip logs through the root logger
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("mapcap").setLevel(level)  # so our own progress lines show
+    if not (verbose or debug):
+        warnings.simplefilter("ignore")  # torch's kernel registration, torchvision's deprecations: not the user's
+    console = RunConsole(verbose or debug)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(console)
+    return console
+
+
+def attach(console: RunConsole) -> None:
+    """Put the filter on Prefect's terminal handlers too (they exist once Prefect has set its logging up); its
+    API handlers, which feed the UI, keep every line."""
+    seen = set()
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", ()):
+            if id(handler) not in seen and "API" not in type(handler).__name__:
+                seen.add(id(handler))
+                handler.addFilter(console)
