@@ -39,9 +39,9 @@ class RunConsole(logging.Filter):
             return False  # a reason said once is enough (shards and stages repeat it)
         self.seen.add(text)
         stage = getattr(record, "mapcap_stage", None)
-        if stage is not None and self.total:
+        if stage is not None and self.total and not hasattr(record, "mapcap_bar"):
             self.done.add(stage)
-            record.msg, record.args = f"{self.bar()} {text}", ()
+            record.mapcap_bar = self.bar()  # our terminal format shows it; the UI's log lines stay as logged
         return True
 
     def bar(self) -> str:
@@ -50,29 +50,63 @@ class RunConsole(logging.Filter):
         return f"[{'#' * filled}{'.' * (BAR - filled)}] {n}/{self.total} {time.perf_counter() - self.started:4.0f} s"
 
 
+class _Format(logging.Formatter):
+    """The terminal's format, with the run's progress bar before a stage's result line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        bar = getattr(record, "mapcap_bar", None)
+        return text if bar is None else text.replace(record.getMessage(), f"{bar} {record.getMessage()}", 1)
+
+
+class StderrHandler(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a record comes (a test's capture, the terminal). Its name must not
+    start with "_": Prefect keeps the root logger's handlers only when one is a user's, by that test."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_HANDLER: logging.Handler | None = None
+
+
 def setup(verbose: bool, debug: bool) -> RunConsole:
-    """Logging for a `mapcap` command: our lines to stderr; the rest only when asked for."""
+    """Logging for a `mapcap` command: our lines to stderr; the rest only when asked for. One handler of ours
+    on the root logger, replaced by the next command of the same process (tests call `main` many times)."""
+    global _HANDLER
     level = logging.DEBUG if debug else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose or debug
-                        else "%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("root", "httpx", "open_clip"):  # open_clip logs through the root logger
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    root = logging.getLogger()
+    if _HANDLER is not None:
+        root.removeHandler(_HANDLER)
+    _HANDLER = StderrHandler()
+    _HANDLER.setFormatter(_Format("%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose or debug
+                                            else "%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    console = RunConsole(verbose or debug)
+    _HANDLER.addFilter(console)
+    root.addHandler(_HANDLER)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)  # open_clip logs through the root logger
+    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger("mapcap").setLevel(level)  # so our own progress lines show
     if not (verbose or debug):
         warnings.simplefilter("ignore")  # torch's kernel registration, torchvision's deprecations: not the user's
-    console = RunConsole(verbose or debug)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(console)
     return console
 
 
 def attach(console: RunConsole) -> None:
-    """Put the filter on Prefect's terminal handlers too (they exist once Prefect has set its logging up); its
-    API handlers, which feed the UI, keep every line."""
+    """Put the filter on Prefect's terminal handlers too (they exist once Prefect has set its logging up),
+    instead of an earlier command's; its API handlers, which feed the UI, keep every line."""
     seen = set()
     for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
         for handler in getattr(logger, "handlers", ()):
-            if id(handler) not in seen and "API" not in type(handler).__name__:
-                seen.add(id(handler))
+            if id(handler) in seen or "API" in type(handler).__name__ or handler is _HANDLER:
+                continue
+            seen.add(id(handler))
+            if type(handler).__module__.startswith("prefect"):
+                for old in [f for f in handler.filters if isinstance(f, RunConsole)]:
+                    handler.removeFilter(old)
                 handler.addFilter(console)

@@ -23,6 +23,7 @@ from mapcap.storage.query import QueryError, connect, named_query, predictions_f
 from mapcap.tasks.data import ImageLoadError, decode_image, load_image
 from mapcap.tasks.single_image import explain_image
 from mapcap.tasks.models import load_model, resolve_spec
+from mapcap.tasks.pipeline.plan import result_notes
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.relevancy.methods import METHODS
 from mapcap.tasks.report.html import data_uri, explained_images, png_bytes
@@ -81,7 +82,8 @@ def _explain(req: ImageRequest, texts: list[str], root: str, limits: Limits) -> 
         raise ValueError(f"unknown method {req.method!r}; choose one of {sorted(METHODS)}")
     image = _image(req, root, limits)  # refused or unreadable: before any model loads
     lm = load_model(resolve_spec(req.model, req.pretrained, "auto", "fp32"))
-    return explain_image(lm, image, texts, req.method, req.start_layer)
+    notes = result_notes(lm.spec.name, lm.spec.pretrained, ())  # random weights: said above the maps
+    return explain_image(lm, image, texts, req.method, req.start_layer) | {"notes": notes}
 
 
 def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
@@ -134,6 +136,14 @@ def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
     @app.get("/api/runs/{run}/classes")
     def classes(run: str) -> list[dict]:
         return named_query(connect(root), "per_class_table", run).to_pylist()
+
+    @app.get("/api/runs/{run}/notes")
+    def notes(run: str) -> list[str]:
+        """What a reader must know first: random weights, a model that does not know the classes."""
+        con = connect(root)
+        model = named_query(con, "run_model", run).to_pylist()
+        names = [r["class_name"] for r in named_query(con, "per_class_table", run).to_pylist()]
+        return result_notes(model[0]["model"], model[0]["pretrained"], names) if model else []
 
     @app.get("/api/runs/{run}/templates")
     def templates(run: str) -> list[str]:

@@ -63,8 +63,11 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                 [s.name for s in resolved.shard_stages + resolved.run_stages],
                 extra={"mapcap_plan": (len(plan.shards), [s.name for s in resolved.shard_stages],
                                        [s.name for s in resolved.run_stages])})
+    by_reason: dict[str, list[str]] = {}  # each reason said once (no concept bank: two features off)
     for what, why in resolved.skipped:
-        logger.warning("%s skipped: %s", what, why)
+        by_reason.setdefault(why, []).append(what)
+    for why, whats in by_reason.items():
+        logger.warning("%s skipped: %s", ", ".join(whats), why)
     for note in resolved.notes:
         logger.warning("%s", note)
     progress = create_progress_artifact(0.0, description=f"MapCap run {plan.run_id}: shards done")

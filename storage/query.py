@@ -168,6 +168,7 @@ QUERIES: dict[str, str] = {
         SELECT captioner, property, count(*) AS n, corr(accuracy, value) AS pearson, corr(ra, rv) AS spearman,
                regr_slope(accuracy, value) AS slope, regr_intercept(accuracy, value) AS intercept
         FROM rk GROUP BY captioner, property
+        HAVING count(DISTINCT value) > 1  -- a property the same for every class correlates with nothing
         ORDER BY captioner, abs(corr(accuracy, value)) DESC NULLS LAST, property""",
     "templates_across_runs": """
         SELECT r.model, r.pretrained, p.template, count(DISTINCT p.run_id) AS runs, count(*) AS n,

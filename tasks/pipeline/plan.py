@@ -67,6 +67,17 @@ def model_notes(model_name: str, classes: tuple[str, ...] | list[str]) -> list[s
             f"--pretrained laion2b_s34b_b88k, or --pretrained /path/to/checkpoint)"]
 
 
+RANDOM_WEIGHTS = ("random weights (no pretrained checkpoint): the predictions, maps and captions measure the "
+                  "pipeline's cost, not what a trained CLIP sees; pass --pretrained TAG or a checkpoint file")
+
+
+def result_notes(model_name: str, pretrained: str | None, classes: tuple[str, ...] | list[str]) -> list[str]:
+    """What a reader of the results must know first (the run's log, the report's and the explorer's banners):
+    random weights, or a narrow model that does not know the classes."""
+    random = not pretrained or pretrained == "random"
+    return ([RANDOM_WEIGHTS] if random else []) + model_notes(model_name, classes)
+
+
 def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, templates: str | list[str],
              shard_size: int | None, device: str, precision: str, run_name: str | None,
              redo_classes: list[str] | None = None, root: str | None = None, compile: bool = False) -> RunPlan:

@@ -12,7 +12,7 @@ from typing import Any
 from mapcap.tasks.pipeline.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
 from mapcap.tasks.pipeline.driver import StagePlan
 from mapcap.tasks.pipeline.facts import facts_for
-from mapcap.tasks.pipeline.plan import RunPlan, model_notes, plan_run
+from mapcap.tasks.pipeline.plan import RunPlan, plan_run, result_notes
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,11 @@ def resolve_run(p: Any) -> Resolved:
         except StageUnavailable as e:
             if explicit:
                 raise ValueError(f"stage {name!r} was asked for but cannot run: {e}") from e
-            log.warning("stage %s skipped: %s", name, e)
+            log.debug("stage %s skipped: %s", name, e)  # the flow says it, once
             skipped.append((name, str(e)))
     if "classify" in configs and p.classify.descriptions and facts.bank is None:
-        skipped.append(("classify.descriptions", f"description-based classification off: {facts.bank_reason}"))
-        log.info("description-based classification off: %s", facts.bank_reason)
+        skipped.append(("classify.descriptions", facts.bank_reason))
     plans = [StagePlan(n, configs[n]) for n in picked if n in configs]
-    notes = model_notes(plan.model.name, plan.classes) + facts.notes
-    for note in notes:
-        log.warning("%s", note)
+    notes = result_notes(plan.model.name, plan.model.pretrained, plan.classes) + facts.notes
     return Resolved(plan, tuple(s for s in plans if get_stage(s.name).scope == "shard"),
                     tuple(s for s in plans if get_stage(s.name).scope == "run"), tuple(skipped), tuple(notes))

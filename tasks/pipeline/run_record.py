@@ -63,7 +63,7 @@ def run_row(resolved, params: dict, status: str, started_at: datetime, shard_res
     return {
         "run_id": plan.run_id, "status": status, "started_at": started_at, "finished_at": finished,
         "duration_s": (finished - started_at).total_seconds() if finished else None,
-        "dataset": plan.dataset, "model": plan.model.name, "pretrained": plan.model.pretrained,
+        "dataset": plan.dataset, "model": plan.model.name, "pretrained": plan.model.pretrained or "random",
         "templates": list(plan.templates), "n_classes": len(plan.classes), "n_shards": len(plan.shards),
         "n_images": plan.n_images,
         "n_predicted": sum(r["n_images"] for r in done) - n_failed if classify else None,

@@ -21,7 +21,7 @@ from PIL import Image
 from mapcap.storage.query import connect, format_table, named_query, predictions_for, resolve_run, rows_for_images
 from mapcap.storage.writer import write_file
 from mapcap.tasks.data import ImageLoadError, load_image
-from mapcap.tasks.pipeline.plan import model_notes
+from mapcap.tasks.pipeline.plan import result_notes
 from mapcap.tasks.report.overlay import overlay_row
 from mapcap.tasks.report.concepts import concepts_section
 from mapcap.tasks.report.plots import (SHOWN_CLASSES, accuracy_bars, property_scatter, shown_classes, template_bars,
@@ -39,9 +39,13 @@ window.addEventListener('load', () => {
   document.body.dataset.images = imgs.length;
   document.body.dataset.broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
   document.body.dataset.errors = window.mapcapErrors;
+  // what a reader at this window's width cannot see: the page scrolling sideways, figures cut at the right
+  document.body.dataset.overflow = Math.max(0, document.documentElement.scrollWidth - window.innerWidth);
+  document.body.dataset.clipped = imgs.filter(i => i.getBoundingClientRect().right > window.innerWidth + 1).length;
 });
 </script>"""
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}h2{border-bottom:1px solid #ccc}
+img{max-width:100%;height:auto}.banner{border:1px solid #c44e52;padding:6px 10px;background:#fdf2f2}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}
 .card{display:inline-block;width:520px;margin:6px;vertical-align:top;font-size:13px}.wrong{color:#c44e52}
 .ok{color:#55a868}pre{font-size:12px;background:#f6f6f6;padding:8px;overflow-x:auto}"""
@@ -226,12 +230,13 @@ def build_report(root: str, run: str = "latest", explained: int = 12, sampled: i
     few = (f"<p>The {SHOWN_CLASSES} worst and {SHOWN_CLASSES} best of {len(per_class)} classes, as in the chart; "
            f"<code>{every}</code> lists every class.</p>" if title else "")
     model = named_query(con, "run_model", run).to_pylist()
-    notes = model_notes(model[0]["model"], [r["class_name"] for r in per_class]) if model else []
+    notes = result_notes(model[0]["model"], model[0]["pretrained"], [r["class_name"] for r in per_class]) \
+        if model else []
     parts = [f"<h1>MapCap run <code>{html.escape(run)}</code></h1>",
              f"<p>{counts['images']} images, {len(preds)} classified ({counts['failed']} could not be read: "
              f'<a href="#failures">failures</a>), ensemble accuracy {acc:.3f}. Written '
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from <code>{html.escape(root)}</code>.</p>",
-             "".join(f'<p class="wrong"><b>Note:</b> {html.escape(n)}</p>' for n in notes),
+             "".join(f'<p class="wrong banner"><b>Note:</b> {html.escape(n)}</p>' for n in notes),
              '<h2 id="accuracy">Per-class accuracy</h2>',
              _img(accuracy_bars(per_class), "per-class accuracy") if per_class else "<p>No predictions.</p>",
              '<h2 id="templates">Prompt templates</h2>',

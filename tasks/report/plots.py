@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
+from mapcap.tasks.report.labels import place_labels
 
 
 def _png(fig, laid_out: bool = False) -> bytes:
@@ -81,29 +82,55 @@ def topk_panels(items: list[tuple[Image.Image, dict]]) -> bytes:
     return _png(fig)
 
 
+def constant_properties(points: list[dict]) -> list[str]:
+    """Properties with one value for every class: nothing to correlate (left out of the plots, said once)."""
+    values: dict[str, set] = {}
+    for p in points:
+        values.setdefault(p["property"], set()).add(p["value"])
+    return sorted(k for k, v in values.items() if len(v) < 2)
+
+
+def unlabelled_note(names: list[str], width: int = 60) -> str:
+    """'no room to label: a, b, c +N' in about `width` characters (a panel's width at the report's font)."""
+    shown: list[str] = []
+    for n in names:
+        if len(", ".join(shown + [n])) > width - 25:
+            break
+        shown.append(n)
+    rest = len(names) - len(shown)
+    return "no room to label: " + ", ".join(shown) + (f" +{rest} more" if rest else "")
+
+
 def property_scatter(points: list[dict], stats: dict[str, dict]) -> bytes:
-    """Per-class accuracy against each summary property, one panel each, titled with r, ρ and the slope."""
-    props = sorted({p["property"] for p in points})
-    cols, nrows = 3, math.ceil(len(props) / 3)
-    fig, axes = plt.subplots(nrows, cols, figsize=(10, 3 * nrows), squeeze=False)
+    """Per-class accuracy against each summary property, one panel each, titled with r, ρ and the slope; labels
+    never overlap (labels.py: a class without room is listed under its panel); constant properties left out."""
+    constant = set(constant_properties(points))
+    props = sorted({p["property"] for p in points} - constant)
+    cols, nrows = 3, max(1, math.ceil(len(props) / 3))
+    fig, axes = plt.subplots(nrows, cols, figsize=(10, 3.3 * nrows), squeeze=False)
+    # a fixed grid of equal panels: margins set once instead of measuring every label (tight_layout was half the
+    # report's time); room for the two-line titles, the tick labels and the unlabelled list
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.9 / (3.3 * nrows), top=1 - 0.75 / (3.3 * nrows),
+                        hspace=0.75, wspace=0.25)
     for ax, prop in zip(axes.flat, props):
         pts = [p for p in points if p["property"] == prop]
-        ax.scatter([p["value"] for p in pts], [p["accuracy"] for p in pts], color="#4c72b0")
-        for p in pts:
-            ax.annotate(p["class_name"], (p["value"], p["accuracy"]), fontsize=7, xytext=(3, 2),
-                        textcoords="offset points")
+        xs, ys = [p["value"] for p in pts], [p["accuracy"] for p in pts]
+        ax.scatter(xs, ys, color="#4c72b0", s=14)
         s = stats.get(prop, {})
         fmt = (lambda v: "–" if v is None or v != v else f"{v:+.2f}")  # noqa: E731 (None and NaN print as –)
         ax.set_title(f"{prop}\nr {fmt(s.get('pearson'))}  ρ {fmt(s.get('spearman'))}  "
                      f"slope {fmt(s.get('slope'))}  n {s.get('n', len(pts))}", fontsize=8)
         ax.set_ylabel("accuracy", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.margins(0.15)
+        left = place_labels(ax, xs, ys, [p["class_name"] for p in pts])
+        if left:
+            ax.text(0, -0.22, unlabelled_note(left), transform=ax.transAxes, fontsize=6, color="#555555", va="top")
     for ax in list(axes.flat)[len(props):]:
         ax.set_axis_off()
-    # a fixed grid of equal panels: margins set once instead of measuring every label (tight_layout was half the
-    # report's time); room for the two-line titles and the tick labels
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.6 / (3 * nrows), top=1 - 0.75 / (3 * nrows),
-                        hspace=0.55, wspace=0.25)
+    if constant:
+        fig.text(0.01, 0.005, "left out, the same for every class: " + ", ".join(sorted(constant)), fontsize=7,
+                 color="#555555")
     return _png(fig, laid_out=True)
 
 

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from mapcap.tasks.metrics.caption_quality import bleu, cider_d
-from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.pipeline.base import Stage, StageUnavailable, register_stage
 from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.stages.captions import references
 from mapcap.tasks.pipeline.context import StageContext
-from mapcap.tasks.pipeline.base import StageUnavailable
 from mapcap.tasks.pipeline.facts import Facts
 
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d", "clipscore", "ref_clipscore")

@@ -20,9 +20,8 @@ from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddin
 from mapcap.tasks.metrics.perturb import perturbed_pixels
 from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
 from mapcap.tasks.pipeline.sharding import sampled
-from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.pipeline.base import Section, Stage, StageUnavailable, register_stage
 from mapcap.tasks.provenance import frozen_config
-from mapcap.tasks.pipeline.base import StageUnavailable
 from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.pipeline.facts import Facts, sample_share
 from mapcap.tasks.pipeline.embeddings import embed_views, view_key

@@ -30,7 +30,7 @@ from mapcap.tasks.cost import CPU_STEPS, default_eval_images
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import grid_size, relevancy_maps
 from mapcap.tasks.pipeline.sharding import sampled
-from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.pipeline.base import Stage, StageUnavailable, register_stage
 from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.pipeline.facts import Facts, sample_share
@@ -65,8 +65,10 @@ class Faithfulness(Stage):
         GPU when the user set none (tasks/cost.py), with a note saying so."""
         e, plan = params.evaluate, facts.plan
         steps = e.steps if e.steps is not None else None if plan.model.device.startswith("cuda") else CPU_STEPS
-        images, note = (e.images, None) if e.images is not None else \
-            default_eval_images(load_model(plan.model), len(facts.all_variants), steps)
+        images, note = (e.images, None) if e.images is not None else default_eval_images(
+            load_model(plan.model), len(facts.all_variants), steps, plan.n_images, len(facts.variants))
+        if images == 0:  # even the smallest sample would cost more than the run: left out, with the flag
+            raise StageUnavailable(note)
         cfg = FaithfulnessConfig(model=plan.model, classes=plan.classes, templates=plan.templates,
                                  dataset=plan.dataset, sample=sample_share(images, plan.n_images),
                                  variants=facts.all_variants, steps=steps, base=e.base, deletion=e.deletion,

@@ -8,7 +8,7 @@ import numpy as np
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
 from mapcap.tasks.segment import SegmentConfig, segment_job
-from mapcap.tasks.pipeline.base import Section, Stage, register_stage
+from mapcap.tasks.pipeline.base import Stage, register_stage
 from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.pipeline.facts import Facts

@@ -49,3 +49,6 @@ def test_default_run_explains_every_family(prefect_harness, photos, tmp_path, ca
     page = (Path(out) / "reports" / f"{name.lower()}.html").read_text()  # the report puts them side by side
     section = page[page.index('<h2 id="methods">'):page.index('<h2 id="caption-quality">')]
     assert all(f"<td>{m}</td>" in section for m in supported(kind)) and "Best deletion AUC: <b>" in section
+    # random weights say so: the report's banner, the runs table
+    assert '<p class="wrong banner"><b>Note:</b> random weights (no pretrained checkpoint)' in page
+    assert run_sql(con, "SELECT pretrained FROM runs").column("pretrained").to_pylist() == ["random"]

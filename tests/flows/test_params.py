@@ -129,7 +129,7 @@ def test_the_ui_form_is_nested_by_stage():
 
 
 def test_planning_skips_what_a_run_lacks_and_fails_what_was_asked_for(tmp_path, toy_dir):
-    photos = ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", device="cpu")
+    photos = ExplainParams(dataset=str(toy_dir), model="ViT-B-32", pretrained="", device="cpu", evaluate={"images": 8})
     r = photos.resolve()
     skipped = dict(r.skipped)
     assert [s.name for s in r.shard_stages] == ["classify", "relevancy", "regions", "captions", "faithfulness"]
@@ -165,16 +165,23 @@ def test_the_evaluation_sample_follows_the_models_cost_off_a_gpu(toy_dir):
     from types import SimpleNamespace
 
     from mapcap.tasks.cost import EVAL_IMAGES, default_eval_images
+    from mapcap.tasks.pipeline.plan import RANDOM_WEIGHTS
 
     def planned(**kw):
         r = ExplainParams(dataset=str(toy_dir), device="cpu", **kw).resolve()
         return {s.name: s.config for s in r.shard_stages}["faithfulness"].sample, r.notes
 
-    # 48 images; 6 methods × (17 perturbed + 2 × 15 RISE steps + 3) = 300 forwards of 5.9 GFLOP each
-    sample, notes = planned(model="ViT-B-32", pretrained="")
-    assert sample == 0.25 and [n for n in notes if "faithfulness evaluation scores about" in n and "not 64" in n
-                              and "--evaluate.images" in n]
-    assert planned(model="ViT-B-32", pretrained="", evaluate={"images": 64}) == (1.0, ())  # asked for: as asked
+    # 48 images; 6 methods × (17 perturbed + 2 × 15 RISE steps + 3) = 300 forwards of 5.9 GFLOP each, against
+    # 11 per image for the rest of the run: even 4 images would cost more than the run, so the stage is left out
+    r = ExplainParams(dataset=str(toy_dir), device="cpu", model="ViT-B-32", pretrained="").resolve()
+    why = dict(r.skipped)["faithfulness"]
+    assert "would cost" in why and "the rest of this run" in why and "--evaluate.images 4" in why
+    assert "evaluate" in dict(r.skipped) and "faithfulness" not in {s.name for s in r.shard_stages}
+    # a run 12× larger affords a sample that costs what the rest of the run does, said in a note
+    from mapcap.tasks.models import load_model
+    n, note = default_eval_images(load_model(r.plan.model), 6, 16, n_images=600, n_maps=1)
+    assert 4 <= n < 64 and "costs no more than the rest of the run" in note and "--evaluate.images" in note
+    assert planned(model="ViT-B-32", pretrained="", evaluate={"images": 64}) == (1.0, (RANDOM_WEIGHTS,))  # as asked
     assert planned() == (1.0, ())  # the toy CLIP keeps the full sample
     assert default_eval_images(SimpleNamespace(spec=SimpleNamespace(device="cuda:0")), 4) == (EVAL_IMAGES, None)
 

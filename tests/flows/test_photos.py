@@ -1,5 +1,8 @@
 """What every new user does first: `mapcap run` with default settings on a folder of ordinary photos."""
 import json
+import os
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -25,10 +28,21 @@ def photos(tmp_path_factory) -> Path:
     return root
 
 
-def test_default_run_on_photos_does_every_stage_it_can(prefect_harness, photos, tmp_path, capsys):
+def test_default_run_on_photos_does_every_stage_it_can(photos, tmp_path):
+    """The command a user types, in its own process (its own temporary Prefect server), output and all."""
     out = str(tmp_path / "res")
-    assert main(["run", str(photos), "--out", out, "--run-name", "photos", "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_LOGGING_LEVEL="INFO")  # a user's
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-m", "mapcap.cli.main", "run", str(photos), "--out", out, "--run-name",
+                           "photos", "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed, said = done.stdout, done.stderr
+    # quiet by default: no traceback, each reason once, one progress line per stage run
+    lines = [line.split(" ", 1)[1] for line in said.splitlines() if line[:2].isdigit()]  # without the time
+    assert "Traceback" not in said and "Finished in state" not in said and "Warning" not in said
+    assert len(lines) == len(set(lines)), [x for x in lines if lines.count(x) > 1]
+    bars = [x for x in lines if x.startswith("[") and "] " in x]
+    assert len(bars) >= 8 and bars[-1].startswith("[####################]"), said[:3000]
     assert "run photos: 7 images, 0 failed" in printed
     assert "skipped concepts: the model's own concept bank does not cover this dataset" in printed
     # the default toy CLIP knows eight shapes, not animals: the run says its results mean nothing here

@@ -72,12 +72,15 @@ def test_report_renders_in_headless_chromium(trend_run, tmp_path):
     from PIL import Image
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 10  # something was drawn, not a blank page
-    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u2'}", "--dump-dom",
-                          f"file://{report}"], capture_output=True, text=True, timeout=120)
-    assert 'data-broken="0"' in dom.stdout and 'data-errors="0"' in dom.stdout, dom.stdout[:300]
-    n_images = int(dom.stdout.split('data-images="')[1].split('"')[0])
-    assert n_images >= 10  # four figures and the overlay cards
-    assert "Uncaught" not in dom.stderr
+    for width in (1280, 1920):  # the widths people read reports at: nothing cut, nothing scrolls sideways
+        dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / f'u{width}'}", "--dump-dom",
+                              f"--window-size={width},1000", f"file://{report}"], capture_output=True, text=True,
+                             timeout=120)
+        assert 'data-broken="0"' in dom.stdout and 'data-errors="0"' in dom.stdout, dom.stdout[:300]
+        assert 'data-overflow="0"' in dom.stdout and 'data-clipped="0"' in dom.stdout, (width, dom.stdout[:300])
+        n_images = int(dom.stdout.split('data-images="')[1].split('"')[0])
+        assert n_images >= 10  # four figures and the overlay cards
+        assert "Uncaught" not in dom.stderr
 
 
 def test_cli_trends_report_and_runs_over_time(trend_run, tmp_path, capsys):

@@ -52,7 +52,7 @@ PROBE = textwrap.dedent('''
     from mapcap.cli.main import main
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        main(["run", "--help"])
+        main(["run", "--help-all"])
     from prefect.utilities.callables import parameter_schema
     from mapcap.flows.explain import explain
     from mapcap.tasks.pipeline.params import ExplainParams
