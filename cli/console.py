@@ -1,6 +1,6 @@
 """What a run prints on the terminal. Quiet by default: MapCap's own lines (one per stage per shard, with a bar
-of how much of the run is done), warnings and errors, each message once; Prefect's task states and library
-warnings only with -v. The Prefect UI gets every log line either way (its API handler is left alone)."""
+of how much of the run is done), each message once; Prefect's task states, library log lines and warnings only
+with -v. The Prefect UI gets every log line either way (its API handler is left alone)."""
 from __future__ import annotations
 
 import logging
@@ -29,10 +29,9 @@ class RunConsole(logging.Filter):
         plan = getattr(record, "mapcap_plan", None)
         if plan is not None:
             self.total, self.started = plan[0] * len(plan[1]) + len(plan[2]), time.perf_counter()
-        ours = record.pathname.startswith(PACKAGE_DIRS)
-        if not self.verbose and not ours and record.levelno != logging.WARNING:
-            # Prefect's "Finished in state Completed()" and friends; a failed task's or flow's traceback (the
-            # command's last line says what failed and the fix; -v shows them)
+        if not self.verbose and not record.pathname.startswith(PACKAGE_DIRS):
+            # Prefect's "Finished in state Completed()" and friends, libraries' log lines, a failed task's or
+            # flow's traceback (the command's last line says what failed and the fix): -v shows them
             return False
         text = record.getMessage()
         if not self.verbose and text in self.seen:

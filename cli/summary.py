@@ -24,8 +24,11 @@ def print_run_summary(root: str, result: dict[str, Any]) -> None:
     print(f"results: {root}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
     for note in result.get("notes", []):
         print(f"note: {note}")
+    by_reason: dict[str, list[str]] = {}  # each reason once (no concept bank turns two features off)
     for what, why in result.get("skipped_stages", []):
-        print(f"skipped {what}: {why}")
+        by_reason.setdefault(why, []).append(what)
+    for why, whats in by_reason.items():
+        print(f"skipped {', '.join(whats)}: {why}")
     failures = named_query(con, "failure_counts", run)
     if failures.num_rows:
         print(f"\nimages a stage could not use (each with its error: mapcap sql --root {root} "

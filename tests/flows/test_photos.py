@@ -44,7 +44,7 @@ def test_default_run_on_photos_does_every_stage_it_can(photos, tmp_path):
     bars = [x for x in lines if x.startswith("[") and "] " in x]
     assert len(bars) >= 8 and bars[-1].startswith("[####################]"), said[:3000]
     assert "run photos: 7 images, 0 failed" in printed
-    assert "skipped concepts: the model's own concept bank does not cover this dataset" in printed
+    assert "skipped concepts, classify.descriptions: the model's own concept bank does not cover this" in printed
     # the default toy CLIP knows eight shapes, not animals: the run says its results mean nothing here
     assert "note: the model MapCap-Toy-ViT was trained on 8 classes only (circle, " in printed
     assert "are not among them" in printed and "--pretrained laion2b_s34b_b88k" in printed
