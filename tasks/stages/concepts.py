@@ -14,8 +14,9 @@ import torch
 from mapcap.tasks.captioners.base import crop_region
 from mapcap.tasks.concept_bank import ConceptBank
 from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddings, cumulative_masks, curve_auc,
-                                                   faithfulness, language_concepts, mi_curve,
-                                                   region_mask, top_k, visual_concepts)
+                                                   faithfulness, language_concepts, mi_curve, top_k,
+                                                   visual_concepts)
+from mapcap.tasks.masks import full_mask
 from mapcap.tasks.metrics.perturb import perturbed_pixels
 from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
 from mapcap.tasks.sharding import sampled
@@ -84,7 +85,7 @@ def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb
     rows += _concept_rows(base, "language", -1, pred["pred"], lang_vals, lang_idx, vocab, label_set, pred_set)
     order, tied = visual_concepts(idx[1:], sims[0])
     curve = mi_curve(order, lang_idx)
-    masks = [region_mask(r["bbox"], r["mask_rle"], image.size) for r in regions]
+    masks = [full_mask(r, image.size) for r in regions]
     if not masks:  # the whole image is the one part
         masks = [np.ones((image.size[1], image.size[0]), dtype=bool)]
     visual = [vocab[v] for v in order]

@@ -133,10 +133,35 @@ def explained(toy_model, classified):
     return classes, ctx
 
 
-def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
-    from mapcap.tasks import procpool
+def test_regions_as_tensor_ops_match_scikit_image(explained):
+    """The stage segments every map of the shard at once as tensor ops (tasks/segment_batch.py): the regions of
+    the scikit-image reference, each at least 0.95 IoU with its match in image pixels."""
+    from mapcap.tasks.masks import full_mask
+    from mapcap.tasks.segment import segment_job
     _, ctx = explained
     cfg = RegionsConfig(SegmentConfig(top_k=2))
+    rows = compute("regions", cfg, ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")}))[0]
+    sizes = {r["image_id"]: (r["width"], r["height"]) for r in ctx.outputs["images"] if r["width"]}
+    got: dict[tuple, list] = {}
+    for r in rows["regions"]:
+        got.setdefault((r["image_id"], r["target"], r["method"], r["start_layer"]), []).append(r)
+    checked = 0
+    for m in ctx.outputs["relevancy"]:
+        size = sizes[m["image_id"]]
+        ref = segment_job((m["map"], m["grid"], size, cfg.segment, None))
+        mine = got.get((m["image_id"], m["target"], m["method"], m["start_layer"]), [])
+        assert len(mine) == len(ref)
+        for a, b in zip(ref, mine):
+            fa, fb = full_mask(a, size), full_mask(b, size)
+            assert (fa & fb).sum() / (fa | fb).sum() >= 0.95
+            checked += 1
+    assert checked > 10
+
+
+def test_superpixel_regions_are_the_same_in_worker_processes(explained, monkeypatch):
+    from mapcap.tasks import procpool
+    _, ctx = explained
+    cfg = RegionsConfig(SegmentConfig(top_k=2, superpixels=16))
     one = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
     one.workers = 1
     many = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
@@ -147,7 +172,7 @@ def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
     real_pool = procpool._pool
     monkeypatch.setattr(procpool, "_pool", lambda w, pre: pools.append(w) or real_pool(w, pre))
     rows_many = compute("regions", cfg, many)[0]["regions"]
-    assert pools == [2]  # segmented in a pool of two processes
+    assert pools == [2]  # SLIC (scikit-image) segmented in a pool of two processes
     assert rows_one and rows_one == rows_many
 
 
