@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mapcap.storage.columns import as_table, list_values
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
 from mapcap.tasks.segment import SegmentConfig, segment_job
@@ -28,19 +29,22 @@ def _same(r: dict) -> tuple:
     return r["image_id"], r["class_name"], r["method"], r["start_layer"]
 
 
-# version 2: masks stored at the working size (tasks/masks.py), segmented as tensor ops (tasks/segment_batch.py)
-def segment_rows(maps: list[dict], sizes: list[tuple[int, int]], cfg: SegmentConfig) -> dict[tuple, list[dict]]:
-    """{map key: its regions' columns} of relevancy rows, every map of a grid size at once as tensor ops."""
-    done: dict[tuple, list[dict]] = {}
+def segment_rows(maps: list[np.ndarray], grids: list[int], sizes: list[tuple[int, int]], cfg: SegmentConfig,
+                 ) -> list[list[dict]]:
+    """The regions' columns of each map (its g*g cells, its grid g, its image's size), every map of a grid size at
+    once as tensor ops."""
+    done: list[list[dict]] = [[] for _ in maps]
     by_grid: dict[int, list[int]] = {}
-    for n, r in enumerate(maps):
-        by_grid.setdefault(r["grid"], []).append(n)
+    for n, g in enumerate(grids):
+        by_grid.setdefault(g, []).append(n)
     for g, idx in by_grid.items():
-        cells = torch.tensor(np.array([maps[n]["map"] for n in idx], np.float32), device=DEVICE).view(-1, g, g)
-        done |= zip([_same(maps[n]) for n in idx], segment_batch(cells, [sizes[n] for n in idx], cfg))
+        cells = torch.from_numpy(np.stack([maps[n] for n in idx]).astype(np.float32)).to(DEVICE).view(-1, g, g)
+        for n, regs in zip(idx, segment_batch(cells, [sizes[n] for n in idx], cfg)):
+            done[n] = regs
     return done
 
 
+# version 2: masks stored at the working size (tasks/masks.py), segmented as tensor ops (tasks/segment_batch.py)
 @register_stage("regions", RegionsConfig, reads=("relevancy", "images"), writes=("regions",), order=2, version=2,
                 summary="segment every map into regions ranked by relevancy mass")
 class Regions(Stage):
@@ -48,29 +52,34 @@ class Regions(Stage):
 
     def compute(self, cfg: RegionsConfig, ctx: StageContext) -> dict:
         images = {r["image_id"]: r for r in ctx.table("images")}
-        maps = ctx.table("relevancy")
+        rel = as_table("relevancy", ctx.arrow("relevancy"))
+        maps = rel.drop_columns(["map"]).to_pylist()  # the keys; the cells stay numpy (no Python float each)
         pictures = {}
         if cfg.segment.superpixels:  # only superpixel snapping needs the pixels
             ids = sorted({r["image_id"] for r in maps})
             pictures = {i: np.asarray(im) for i, im in ctx.images({i: images[i]["path"] for i in ids}).items()}
         masks = dataset_masks(cfg.dataset) if cfg.dataset else {}
-        maps = [r for r in maps if not cfg.segment.superpixels or r["image_id"] in pictures]  # else: a failure row
         # a right prediction has one map for both targets (relevancy stores it twice): segmented once
-        first: dict[tuple, dict] = {}
-        for r in maps:
-            first.setdefault(_same(r), r)
-
-        sizes = [(images[r["image_id"]]["width"], images[r["image_id"]]["height"]) for r in first.values()]
+        first: dict[tuple, int] = {}
+        for n, r in enumerate(maps):
+            if not cfg.segment.superpixels or r["image_id"] in pictures:  # else: a failure row
+                first.setdefault(_same(r), n)
+        keep = np.array(list(first.values()), np.int64)
+        cells = list_values(rel["map"], keep)
+        firsts = [maps[n] for n in keep]
+        sizes = [(images[r["image_id"]]["width"], images[r["image_id"]]["height"]) for r in firsts]
         if cfg.segment.superpixels:  # SLIC is scikit-image's, which holds the GIL: processes
-            jobs = [(r["map"], r["grid"], size, cfg.segment, pictures.get(r["image_id"]))
-                    for r, size in zip(first.values(), sizes)]
+            jobs = [(c, r["grid"], size, cfg.segment, pictures[r["image_id"]])
+                    for c, r, size in zip(cells, firsts, sizes)]
             with ctx.phase("segment"):
                 done = dict(zip(first, ctx.map_processes(segment_job, jobs)))
         else:
             with ctx.phase("segment", DEVICE):
-                done = segment_rows(list(first.values()), sizes, cfg.segment)
+                done = dict(zip(first, segment_rows(cells, [r["grid"] for r in firsts], sizes, cfg.segment)))
         rows = []
         for r in maps:
+            if _same(r) not in done:
+                continue
             img = images[r["image_id"]]
             truth = masks[img["path"]]["mask"] if img["path"] in masks else None
             for reg in done[_same(r)]:

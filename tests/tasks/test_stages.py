@@ -146,7 +146,7 @@ def test_regions_as_tensor_ops_match_scikit_image(explained):
     for r in rows["regions"]:
         got.setdefault((r["image_id"], r["target"], r["method"], r["start_layer"]), []).append(r)
     checked = 0
-    for m in ctx.outputs["relevancy"]:
+    for m in ctx.table("relevancy"):
         size = sizes[m["image_id"]]
         ref = segment_job((m["map"], m["grid"], size, cfg.segment, None))
         mine = got.get((m["image_id"], m["target"], m["method"], m["start_layer"]), [])
@@ -387,7 +387,7 @@ def test_an_image_removed_after_classify_is_a_failure_in_each_stage_that_reads_i
     later = ctx_with(outputs=dict(out))  # a new worker: nothing decoded yet
     _, fails = compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0),)), later)
     assert [(f["stage"], f["path"]) for f in fails] == [("relevancy", str(gone))]
-    assert len({r["image_id"] for r in later.outputs["relevancy"]}) == 1
+    assert len({r["image_id"] for r in later.table("relevancy")}) == 1
     compute("regions", RegionsConfig(), later)
     bank = resolve_bank(None, toy_model.spec.name, classes)
     _, fails = compute("concepts", ConceptsConfig(toy_model.spec, classes, TEMPLATES, bank, start_layer=0), later)
