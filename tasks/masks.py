@@ -89,9 +89,25 @@ def region_pixels(region: dict) -> tuple[tuple[int, int, int, int], np.ndarray]:
     return bbox, small[np.ix_(ys, xs)]
 
 
+def mask_at(region: dict, out: tuple[int, int], size: tuple[int, int] | None = None) -> np.ndarray:
+    """A stored region as an (h', w') bool mask of the image drawn at PIL size `out` (w', h'), e.g. a frame
+    decoded at a reduced scale: each of its pixels takes the value of the image pixel its corner falls in
+    (nearest). `size`: the image's (W, H) where the row does not hold it (earlier runs); else `out`."""
+    W, H = tuple(region.get("image_size") or size or out)
+    if region.get("mask_size"):
+        w, h = region["mask_size"]
+        x0, y0, x1, y1 = work_box(region["bbox"], (w, h), (W, H))
+    else:  # earlier runs: run lengths over the bbox in image pixels
+        (w, h), (x0, y0, x1, y1) = (W, H), region["bbox"]
+    small = rle_decode(region["mask_rle"], (y1 - y0, x1 - x0))
+    xs = np.arange(out[0]) * W // out[0] * w // W  # (w',) the mask column of each output column
+    ys = np.arange(out[1]) * H // out[1] * h // H
+    cols, rows = (xs >= x0) & (xs < x1), (ys >= y0) & (ys < y1)
+    mask = np.zeros((out[1], out[0]), dtype=bool)
+    mask[np.ix_(rows, cols)] = small[np.ix_(ys[rows] - y0, xs[cols] - x0)]
+    return mask
+
+
 def full_mask(region: dict, size: tuple[int, int]) -> np.ndarray:
     """A stored region as a whole (H, W) bool mask of an image of PIL size (W, H)."""
-    (x0, y0, x1, y1), mask = region_pixels(region)
-    out = np.zeros((size[1], size[0]), dtype=bool)
-    out[y0:y1, x0:x1] = mask
-    return out
+    return mask_at(region, size, size)
