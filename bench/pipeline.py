@@ -172,6 +172,9 @@ def main() -> None:
     for name, rec in flow_stages.items():
         if rec.get("phases"):
             print(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rec["phases"].items()))
+    dev = flow_stages.get("device", {})
+    print(f"device busy share in the flow: {dev.get('busy_share')} ({dev.get('busy_s')} s held by model stages, "
+          f"{dev.get('wait_s')} s waited for by shards in flight; tasks/device_turn.py)")
     if args.profile:  # the plain loop ran its shards one at a time, slowed by the profiler: no comparison
         print(f"Prefect's share: not measured with --profile (flow {flow_s:.1f} s; the profiled plain loop "
               f"{plain_s:.1f} s ran its shards one at a time); profile in {args.profile}")

@@ -15,6 +15,7 @@ from PIL import Image
 from mapcap.storage.manifest import annotations
 from mapcap.tasks.captioners.base import CaptionerConfig, crop_region, make_captioner, square_box
 from mapcap.tasks.decode import Geometry, normalise, resize_crop, resized_crops
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.frames import frames, scale_box
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
@@ -96,6 +97,7 @@ class Captions(Stage):
     def file_name(self, cfg: CaptionsConfig, shard: int | None) -> str:
         return f"{shard_name(shard)}-{cfg.captioner.name}"
 
+    @on_device  # one shard at a time on the device, for the whole stage (tasks/device_turn.py)
     def compute(self, cfg: CaptionsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
         with ctx.phase("load", lm.spec.device):  # once per process: the captioner's model, a bank's phrase embeddings

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mapcap.storage.schemas import schema_for
 from mapcap.tasks.concept_bank import ConceptBank
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.models import ModelSpec, encode_pixels, in_batches, load_model
 from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks
 from mapcap.tasks.relevancy.fused import classify_and_explain
@@ -39,6 +40,7 @@ class Classify(Stage):
     """Every image decoded once, classified against every template row at once; when the chain's relevancy
     stage is pending with Chefer maps, the same forward pass computes them (tasks/relevancy/fused.py)."""
 
+    @on_device  # one shard at a time on the device, decode included (tasks/device_turn.py)
     def compute(self, cfg: ClassifyConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
         classifier = text_classifier(lm, cfg.classes, cfg.templates)  # (T + 1, C, D)

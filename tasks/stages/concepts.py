@@ -13,6 +13,7 @@ import torch
 
 from mapcap.tasks.captioners.base import crop_region
 from mapcap.tasks.concept_bank import ConceptBank
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddings, cumulative_masks, curve_auc,
                                                    faithfulness, language_concepts, mi_curve, top_k,
                                                    visual_concepts)
@@ -111,6 +112,7 @@ def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb
 class Concepts(Stage):
     """Mutual knowledge of each image's parts (primary map's regions) and its predicted class."""
 
+    @on_device  # one shard at a time on the device, for the whole stage (tasks/device_turn.py)
     def compute(self, cfg: ConceptsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
         concept_emb = concept_embeddings(lm, cfg.bank.vocabulary, cfg.subject)  # (V, D)

@@ -7,6 +7,7 @@ import pyarrow as pa
 import torch
 
 from mapcap.storage.columns import list_column, table_of
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import map_stats, relevancy_maps
 from mapcap.tasks.stages.base import Stage, register_stage
@@ -43,6 +44,7 @@ def relevancy_rows(run_id: str, shard: int, image_ids: list[str], targets: list[
 class Relevancy(Stage):
     """One map per distinct (image, class) and variant; a non-finite map is a failure row."""
 
+    @on_device  # one shard at a time on the device, for the whole stage (tasks/device_turn.py)
     def compute(self, cfg: RelevancyConfig, ctx: StageContext) -> dict:
         ens = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}
         paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
