@@ -1,9 +1,11 @@
-"""Segmenting relevancy maps into ranked regions (scikit-image), with compact RLE masks.
+"""Segmenting relevancy maps into ranked regions with scikit-image, one map at a time: the reference of the
+batched tensor path (tasks/segment_batch.py, what the regions stage runs) and the path of SLIC snapping.
 
 A map is upsampled to a working size (the image's, or smaller: a 14×14 grid holds no detail worth segmenting
 500×375 pixels for), thresholded (Otsu, or the cells holding a share of the relevancy mass), split into
 connected components, cleaned of specks, optionally snapped to SLIC superpixels, ranked by the relevancy mass
-each region holds, and scaled back to image pixels (bbox, mask, area, centroid, mass).
+each region holds, and scaled back to image pixels (bbox, mask, area, centroid, mass); `segment_job` keeps
+the mask at the working size, as rows store it (tasks/masks.py).
 """
 from __future__ import annotations
 

@@ -112,3 +112,30 @@ def test_region_fields_count_image_pixels_without_scaling():
     ys, xs = np.nonzero(pixels)
     assert (row["centroid_x"], row["centroid_y"]) == pytest.approx((xs.mean() + 3, ys.mean()))
     assert row["mass_share"] == 0.5
+
+
+def test_a_run_written_before_masks_at_the_working_size_still_reads(tmp_path):
+    """A regions file without mask_size and image_size (earlier runs) reads beside a new one: in DuckDB and
+    read_run the new columns are null there, and its masks read in image pixels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mapcap.storage.query import connect, run_sql
+    from mapcap.storage.writer import read_run, table_path, write_table
+    root = str(tmp_path)
+    g = blob(14, 5, 6, 2)
+    new = segment_job((g.ravel().tolist(), 14, (4000, 3000), SegmentConfig(), None))[0]
+    ref = segment_map(g, (4000, 3000))[0]
+    keys = {"run_id": "r", "image_id": "a", "shard": 0, "target": "pred", "class_name": "c", "method": "chefer",
+            "start_layer": -1}
+    write_table(root, "regions", "r", "shard-00000", [keys | new])
+    old = {k: v for k, v in (keys | new).items() if k not in ("mask_size", "image_size")}
+    old |= {"image_id": "b", "mask_rle": rle_encode(ref.mask)}  # as earlier runs stored it: image pixels
+    path = table_path(root, "regions", "r", "shard-00001")
+    pq.write_table(pa.Table.from_pylist([old]), path)
+    rows = {r["image_id"]: r for r in read_run(root, "regions", "r").to_pylist()}
+    assert rows["b"]["mask_size"] is None and rows["a"]["mask_size"] == new["mask_size"]
+    assert np.array_equal(region_pixels(rows["a"])[1], region_pixels(rows["b"])[1])
+    assert np.array_equal(region_pixels(rows["b"])[1], ref.mask)
+    sql = run_sql(connect(root), "SELECT image_id, mask_size FROM regions ORDER BY image_id").to_pylist()
+    assert sql == [{"image_id": "a", "mask_size": new["mask_size"]}, {"image_id": "b", "mask_size": None}]
