@@ -14,6 +14,7 @@ bilinear resize (a triangle filter, edge weights renormalised) as a matrix.
 from __future__ import annotations
 
 import functools
+import multiprocessing as mp
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from mapcap.tasks.masks import region_fields
 from mapcap.tasks.segment import SegmentConfig, working_size
 
 BINS = 256  # scikit-image's threshold_otsu default
-CHUNK = 256  # maps per batched call: bounds the (B, h, w) working copies (≤ 67 MB of float32 at 256 px)
+CHUNK = 64  # maps per batched call: (B, h, w) working copies of ≤ 17 MB, which stay in cache better than larger
 STRUCTURE = np.zeros((3, 3, 3), bool)
 STRUCTURE[1] = True  # 8-connected within a map, never across the maps of the stack
 
@@ -132,6 +133,16 @@ def segment_batch(maps: torch.Tensor, sizes: list[tuple[int, int]], cfg: Segment
             for b, r in zip(part, rows):
                 out[b] = r
     return out
+
+
+def segment_chunk(job: tuple) -> list[list[dict]]:
+    """segment_batch on CPU for a worker process (tasks/procpool.py): job = ((B, g, g) float32 cells, sizes,
+    SegmentConfig). scipy's labelling holds the GIL, so on CPU the maps of a shard are split between processes,
+    each with one torch thread (the processes are the parallelism)."""
+    cells, sizes, cfg = job
+    if mp.parent_process() is not None:  # in a pool's worker, not in the caller (few maps run there)
+        torch.set_num_threads(1)
+    return segment_batch(torch.from_numpy(cells), sizes, cfg)
 
 
 def _segment_group(maps: torch.Tensor, work: tuple[int, int], sizes: list[tuple[int, int]], cfg: SegmentConfig,

@@ -9,8 +9,9 @@ import torch
 from mapcap.storage.columns import as_table, list_values
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
+from mapcap.tasks.procpool import process_map
 from mapcap.tasks.segment import SegmentConfig, segment_job
-from mapcap.tasks.segment_batch import segment_batch
+from mapcap.tasks.segment_batch import CHUNK, segment_batch, segment_chunk
 from mapcap.tasks.stages.base import Stage, register_stage
 from mapcap.tasks.stages.context import StageContext
 
@@ -30,16 +31,21 @@ def _same(r: dict) -> tuple:
 
 
 def segment_rows(maps: list[np.ndarray], grids: list[int], sizes: list[tuple[int, int]], cfg: SegmentConfig,
-                 ) -> list[list[dict]]:
-    """The regions' columns of each map (its g*g cells, its grid g, its image's size), every map of a grid size at
-    once as tensor ops."""
+                 workers: int) -> list[list[dict]]:
+    """The regions' columns of each map (its g*g cells, its grid g, its image's size), the maps of a grid size
+    together as tensor ops: on a GPU in one go, on CPU CHUNK maps per job in `workers` processes."""
     done: list[list[dict]] = [[] for _ in maps]
     by_grid: dict[int, list[int]] = {}
     for n, g in enumerate(grids):
         by_grid.setdefault(g, []).append(n)
     for g, idx in by_grid.items():
-        cells = torch.from_numpy(np.stack([maps[n] for n in idx]).astype(np.float32)).to(DEVICE).view(-1, g, g)
-        for n, regs in zip(idx, segment_batch(cells, [sizes[n] for n in idx], cfg)):
+        cells = np.stack([maps[n] for n in idx]).astype(np.float32).reshape(-1, g, g)  # (B, g, g)
+        if DEVICE == "cpu":
+            jobs = [(cells[c:c + CHUNK], [sizes[n] for n in idx[c:c + CHUNK]], cfg) for c in range(0, len(idx), CHUNK)]
+            found = [r for part in process_map(segment_chunk, jobs, workers, min_items=2) for r in part]
+        else:
+            found = segment_batch(torch.from_numpy(cells).to(DEVICE), [sizes[n] for n in idx], cfg)
+        for n, regs in zip(idx, found):
             done[n] = regs
     return done
 
@@ -75,7 +81,8 @@ class Regions(Stage):
                 done = dict(zip(first, ctx.map_processes(segment_job, jobs)))
         else:
             with ctx.phase("segment", DEVICE):
-                done = dict(zip(first, segment_rows(cells, [r["grid"] for r in firsts], sizes, cfg.segment)))
+                done = dict(zip(first, segment_rows(cells, [r["grid"] for r in firsts], sizes, cfg.segment,
+                                                    ctx.workers)))
         rows = []
         for r in maps:
             if _same(r) not in done:

@@ -158,6 +158,24 @@ def test_regions_as_tensor_ops_match_scikit_image(explained):
     assert checked > 10
 
 
+def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
+    """On CPU the shard's maps are segmented CHUNK at a time in worker processes (scipy's labelling holds the
+    GIL): the rows one process gives."""
+    from mapcap.tasks import procpool
+    from mapcap.tasks.stages import regions as regions_stage
+    _, ctx = explained
+    cfg = RegionsConfig(SegmentConfig(top_k=2))
+    rows_one = compute("regions", cfg, ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")}))[0]
+    monkeypatch.setattr(regions_stage, "CHUNK", 3)  # this shard's few maps would be one job
+    pools = []
+    real_pool = procpool._pool
+    monkeypatch.setattr(procpool, "_pool", lambda w, pre: pools.append(w) or real_pool(w, pre))
+    many = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
+    many.workers = 2
+    rows_many = compute("regions", cfg, many)[0]
+    assert pools == [2] and rows_one["regions"] and rows_one == rows_many
+
+
 def test_superpixel_regions_are_the_same_in_worker_processes(explained, monkeypatch):
     from mapcap.tasks import procpool
     _, ctx = explained
