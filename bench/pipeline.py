@@ -1,8 +1,10 @@
 """The whole pipeline, end to end: images/s per stage, of the flow, and Prefect's share of the wall time.
 
-    python bench/pipeline.py [--n 256] [--folder DIR] [--model toy|ViT-B-16] [--device auto] [--compare]
+    python bench/pipeline.py [--n 256] [--size 500x375] [--folder DIR] [--model toy|ViT-B-16] [--device auto]
+                             [--compare]
 
-Without `--folder` it writes N synthetic 500×375 JPEGs (toy scenes, upscaled, in class folders). It runs the real
+Without `--folder` it writes N synthetic JPEGs of `--size` (500×375 by default; 4000x3000 for phone photos: toy
+scenes, upscaled, in class folders). It runs the real
 `explain` flow (every stage the run can do), then the same stage plans in a plain loop over the shards (the
 driver without Prefect), and prints one table from the per-stage timings both record. `ViT-B-16` runs with
 random weights (the real cost; nothing to download) and the toy world's banks. `--compare` adds the reference
@@ -36,7 +38,7 @@ REFERENCE = {"classify": "6,600 (eager) / 10,410 (compile) img/s", "relevancy": 
              "(last block) img/s", "captions": "2,617 captions/s (batch 512)", "decode": "202 img/s per core (PIL)"}
 
 
-def _scenes(folder: Path, lo: int, hi: int) -> None:
+def _scenes(folder: Path, lo: int, hi: int, size: tuple[int, int] = (500, 375)) -> None:
     import numpy as np
     from PIL import Image
 
@@ -47,11 +49,11 @@ def _scenes(folder: Path, lo: int, hi: int) -> None:
     for i in range(lo, hi):
         shape = SHAPES[i % len(SHAPES)]
         scene = make_scene(rng, shape=shape)
-        Image.fromarray(scene.image).resize((500, 375)).save(folder / shape / f"{i:06d}.jpg", quality=90)
+        Image.fromarray(scene.image).resize(size).save(folder / shape / f"{i:06d}.jpg", quality=90)
 
 
-def synthetic(folder: Path, n: int, jobs: int = 1) -> Path:
-    """n 500×375 JPEGs of toy scenes in class folders (decode cost of ordinary photos), in `jobs` processes."""
+def synthetic(folder: Path, n: int, jobs: int = 1, size: tuple[int, int] = (500, 375)) -> Path:
+    """n JPEGs of PIL size (W, H) of toy scenes in class folders (decode cost of photos), in `jobs` processes."""
     from concurrent.futures import ProcessPoolExecutor
 
     from mapcap.toy.shapes import SHAPES
@@ -60,8 +62,18 @@ def synthetic(folder: Path, n: int, jobs: int = 1) -> Path:
         (folder / shape).mkdir(parents=True, exist_ok=True)
     starts = range(0, n, 1000)
     with ProcessPoolExecutor(max(1, jobs)) as pool:
-        list(pool.map(_scenes, [folder] * len(starts), starts, [min(n, lo + 1000) for lo in starts]))
+        list(pool.map(_scenes, [folder] * len(starts), starts, [min(n, lo + 1000) for lo in starts],
+                      [size] * len(starts)))
     return folder
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """'4000x3000' -> (4000, 3000)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WxH, e.g. 4000x3000") from e
+    return w, h
 
 
 def params_for(args, dataset: str, out: str) -> ExplainParams:
@@ -107,6 +119,8 @@ def plain_loop(resolved, out: str, workers: int | None, in_flight: int = SHARDS_
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=256, help="synthetic images (without --folder)")
+    ap.add_argument("--size", type=image_size, default=(500, 375), help="WxH of the synthetic JPEGs (default "
+                    "500x375; 4000x3000: phone photos)")
     ap.add_argument("--folder", help="an ImageFolder to run on instead of synthetic JPEGs")
     ap.add_argument("--write-only", metavar="DIR", help="only write the N synthetic JPEGs into DIR (then --folder DIR)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes writing synthetic JPEGs")
@@ -122,10 +136,10 @@ def main() -> None:
                     "top functions to FILE (its wall time is then not comparable with the flow's)")
     args = ap.parse_args()
     if args.write_only:
-        synthetic(Path(args.write_only), args.n, args.jobs)
+        synthetic(Path(args.write_only), args.n, args.jobs, args.size)
         return
     tmp = Path(tempfile.mkdtemp(prefix="mapcap-pipeline-"))
-    dataset = args.folder or str(synthetic(tmp / "data", args.n, args.jobs))
+    dataset = args.folder or str(synthetic(tmp / "data", args.n, args.jobs, args.size))
     params = params_for(args, dataset, str(tmp / "flow"))
     resolved = params.resolve()
     n = resolved.plan.n_images
@@ -158,6 +172,9 @@ def main() -> None:
     for name, rec in flow_stages.items():
         if rec.get("phases"):
             print(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rec["phases"].items()))
+    dev = flow_stages.get("device", {})
+    print(f"device busy share in the flow: {dev.get('busy_share')} ({dev.get('busy_s')} s held by model stages, "
+          f"{dev.get('wait_s')} s waited for by shards in flight; tasks/device_turn.py)")
     if args.profile:  # the plain loop ran its shards one at a time, slowed by the profiler: no comparison
         print(f"Prefect's share: not measured with --profile (flow {flow_s:.1f} s; the profiled plain loop "
               f"{plain_s:.1f} s ran its shards one at a time); profile in {args.profile}")

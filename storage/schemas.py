@@ -60,7 +60,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("bbox", pa.list_(pa.int32())),  # x0, y0, x1, y1 in image pixels (x1, y1 exclusive)
         ("area", pa.int64()), ("centroid_x", pa.float32()), ("centroid_y", pa.float32()),
         ("mean_relevancy", pa.float32()), ("mass", pa.float32()), ("mass_share", pa.float32()),
-        ("mask_rle", pa.list_(pa.int32())),  # row-major run lengths over the bbox, starting with a False run
+        ("mask_rle", pa.list_(pa.int32())),  # row-major run lengths over the box, starting with a False run:
+        # the box at the working size mask_size when that is set, else (earlier runs) the bbox in image pixels;
+        # tasks/masks.py scales them to image pixels (region_pixels)
+        ("mask_size", pa.list_(pa.int32())),  # (w, h) the map was segmented at; null: mask_rle in image pixels
+        ("image_size", pa.list_(pa.int32())),  # (W, H) of the image, which bbox, area and centroid are in
         ("on_object", pa.bool_()),  # at least half of it on the true object (datasets with object masks), else null
     ]),
     "captions": pa.schema([

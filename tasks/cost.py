@@ -20,7 +20,7 @@ from mapcap.tasks.models import LoadedModel, model_lock
 from mapcap.tasks.relevancy.methods import grid_size
 
 EVAL_IMAGES = 64  # the evaluation's sample where forwards are cheap (a GPU) or the model small
-CPU_EVAL_FLOP = 1e12  # model work the evaluation may always take off a GPU (the toy CLIP's 64 images: ~10 s)
+CPU_EVAL_FLOP = 3e12  # model work the evaluation may always take off a GPU (the toy CLIP's 64 images: 1.4e12)
 CPU_STEPS = 16  # RISE deletion/insertion steps off a GPU when the user sets none (a GPU: one per map cell)
 MAP_PASSES = 3  # a map's forward and backward, in forwards (Chefer over all blocks; less for the others)
 CAPTION_CROPS = 4  # crops a run's captions embed per image (top regions of both targets, the whole image)

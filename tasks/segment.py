@@ -1,9 +1,11 @@
-"""Segmenting relevancy maps into ranked regions (scikit-image), with compact RLE masks.
+"""Segmenting relevancy maps into ranked regions with scikit-image, one map at a time: the reference of the
+batched tensor path (tasks/segment_batch.py, what the regions stage runs) and the path of SLIC snapping.
 
 A map is upsampled to a working size (the image's, or smaller: a 14×14 grid holds no detail worth segmenting
 500×375 pixels for), thresholded (Otsu, or the cells holding a share of the relevancy mass), split into
 connected components, cleaned of specks, optionally snapped to SLIC superpixels, ranked by the relevancy mass
-each region holds, and scaled back to image pixels (bbox, mask, area, centroid, mass).
+each region holds, and scaled back to image pixels (bbox, mask, area, centroid, mass); `segment_job` keeps
+the mask at the working size, as rows store it (tasks/masks.py).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from skimage.measure import label
 from skimage.segmentation import slic
 
 from mapcap.tasks.pipeline.base import Section
+from mapcap.tasks.masks import region_fields, rle_decode, rle_encode  # noqa: F401  (rle_*: imported from here)
 from mapcap.tasks.report.overlay import upsample
 
 
@@ -49,23 +52,6 @@ class Region:
     mass: float  # summed relevancy inside the region
     mass_share: float  # of the whole (non-negative) map
     mask: np.ndarray  # (y1 - y0, x1 - x0) bool, the region inside its bbox
-
-
-def rle_encode(mask: np.ndarray) -> list[int]:
-    """Run lengths of a 2-D bool mask in row-major order, starting with a (possibly empty) run of False."""
-    flat = np.asarray(mask, bool).ravel()
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return ([0] + runs) if flat.size and flat[0] else runs
-
-
-def rle_decode(runs: list[int], shape: tuple[int, int]) -> np.ndarray:
-    values = np.arange(len(runs)) % 2 == 1  # runs alternate False, True, False ...
-    flat = np.repeat(values, runs)
-    if flat.size != shape[0] * shape[1]:
-        raise ValueError(f"RLE covers {flat.size} pixels, not {shape[0]}x{shape[1]}")
-    return flat.reshape(shape)
 
 
 def foreground(up: np.ndarray, cfg: SegmentConfig) -> np.ndarray:
@@ -109,9 +95,12 @@ def _to_image(bbox: tuple[int, int, int, int], region: np.ndarray, work: tuple[i
     return (X0, Y0, X1, Y1), region[np.ix_(ys, xs)]
 
 
-def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig = SegmentConfig(),
-                image: np.ndarray | None = None) -> list[Region]:
-    """Ranked regions of a (g, g) map over an image of PIL size (W, H), in image pixels."""
+def components(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig = SegmentConfig(),
+               image: np.ndarray | None = None) -> tuple[tuple[int, int], np.ndarray, list[tuple], float]:
+    """A (g, g) map over an image of PIL size (W, H) segmented at its working size (w, h): (w, h), the (h, w)
+    component labels, the kept components ranked as (label, (x0, y0, x1, y1) there, area, mass) and the map's
+    total mass. Areas and masses come from counting labels (not a regionprops object each: a noisy map has
+    dozens)."""
     work = working_size(size, cfg.resolution)
     up = np.clip(upsample(grid_map, work), 0, None)  # (h, w)
     fg = foreground(up, cfg)
@@ -121,36 +110,41 @@ def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig 
         if work != size:
             image = np.asarray(Image.fromarray(image).resize(work, Image.BILINEAR))
         fg = snap_to_superpixels(fg, image, cfg.superpixels)
-    total = float(up.sum()) or 1.0
-    # every component's area and mass at the working size by counting (not a regionprops object each: a noisy
-    # map has dozens), ranked; only the kept ones are cut out and scaled back to image pixels
     labels = label(fg, connectivity=2)  # (h, w), 0 = background
     area = np.bincount(labels.ravel())  # (n + 1,)
     mass = np.bincount(labels.ravel(), weights=up.ravel().astype(np.float64), minlength=area.size)  # (n + 1,)
     big = np.flatnonzero(area[1:] >= cfg.min_area * up.size) + 1  # component labels, specks dropped
     ranked = big[np.argsort(-mass[big], kind="stable")][:cfg.top_k]  # equal masses keep label order
     boxes = find_objects(labels)  # boxes[k - 1]: (rows, columns) of component k
+    kept = [(int(k), (boxes[k - 1][1].start, boxes[k - 1][0].start, boxes[k - 1][1].stop, boxes[k - 1][0].stop),
+             int(area[k]), float(mass[k])) for k in ranked]
+    return work, labels, kept, float(up.sum()) or 1.0
+
+
+def segment_map(grid_map: np.ndarray, size: tuple[int, int], cfg: SegmentConfig = SegmentConfig(),
+                image: np.ndarray | None = None) -> list[Region]:
+    """Ranked regions of a (g, g) map over an image of PIL size (W, H), in image pixels."""
+    work, labels, kept, total = components(grid_map, size, cfg, image)
     regions = []
-    for rank, k in enumerate(ranked):
-        rows, cols = boxes[k - 1]
-        bbox, mask = _to_image((cols.start, rows.start, cols.stop, rows.stop), labels[rows, cols] == k, work, size)
+    for rank, (k, (x0, y0, x1, y1), area, mass) in enumerate(kept):
+        bbox, mask = _to_image((x0, y0, x1, y1), labels[y0:y1, x0:x1] == k, work, size)
         n = int(mask.sum())  # pixels in the image
         cy = float(mask.sum(1) @ np.arange(mask.shape[0])) / n + bbox[1]  # centroid from row and column counts
         cx = float(mask.sum(0) @ np.arange(mask.shape[1])) / n + bbox[0]
-        mean = float(mass[k] / area[k])
-        regions.append(Region(rank, bbox, n, (cx, cy), mean, mean * n, float(mass[k]) / total, mask))
+        mean = mass / area
+        regions.append(Region(rank, bbox, n, (cx, cy), mean, mean * n, mass / total, mask))
     return regions
 
 
 def segment_job(job: tuple) -> list[dict]:
-    """The region fields of one map's `regions` rows, the mask as RLE: job = (map cells, grid side, image (W, H),
-    SegmentConfig, image array or None). Small in, small out, and in a module that does not import torch: it runs
-    in worker processes (tasks/pipeline/procpool.py)."""
+    """The region fields of one map's `regions` rows, the mask at the working size (tasks/masks.py): job = (map
+    cells, grid side, image (W, H), SegmentConfig, image array or None). Small in, small out, and in a module that
+    does not import torch: it runs in worker processes (tasks/pipeline/procpool.py). The reference of tasks/segment_batch.py,
+    and the path of superpixel snapping (scikit-image's SLIC)."""
     cells, g, size, cfg, picture = job
-    return [{"region_id": reg.rank, "bbox": list(reg.bbox), "area": reg.area, "centroid_x": reg.centroid[0],
-             "centroid_y": reg.centroid[1], "mean_relevancy": reg.mean_relevancy, "mass": reg.mass,
-             "mass_share": reg.mass_share, "mask_rle": rle_encode(reg.mask)}
-            for reg in segment_map(np.asarray(cells, np.float32).reshape(g, g), size, cfg, picture)]
+    work, labels, kept, total = components(np.asarray(cells, np.float32).reshape(g, g), size, cfg, picture)
+    return [region_fields(rank, box, labels[box[1]:box[3], box[0]:box[2]] == k, work, size, area, mass, total)
+            for rank, (k, box, area, mass) in enumerate(kept)]
 
 
 def region_iou(region: Region, mask: np.ndarray) -> float:

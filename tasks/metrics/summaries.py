@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from mapcap.tasks.segment import rle_decode
+from mapcap.tasks.masks import region_pixels
 from mapcap.tasks.templates import prompt_name
 
 
@@ -77,6 +77,5 @@ def class_properties(class_name: str, classes: tuple[str, ...], texts: list[str]
 
 def on_object(region: dict, mask: np.ndarray) -> bool:
     """Does at least half of the region lie on the object mask?"""
-    x0, y0, x1, y1 = region["bbox"]
-    reg = rle_decode(region["mask_rle"], (y1 - y0, x1 - x0))
+    (x0, y0, x1, y1), reg = region_pixels(region)  # in image pixels (stored at the working size)
     return bool((reg & mask[y0:y1, x0:x1]).sum() >= 0.5 * max(reg.sum(), 1))

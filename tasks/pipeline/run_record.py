@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mapcap.storage.writer import read_run, write_table
+from mapcap.tasks.device_turn import busy_share
 from mapcap.tasks.provenance import code_version, library_versions, to_jsonable
 from mapcap.tasks.pipeline.sharding import SCHEME
 
@@ -28,9 +29,11 @@ def phase_seconds(parts: list[dict]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dict]) -> dict[str, dict]:
+def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dict],
+                 wall_s: float | None = None) -> dict[str, dict]:
     """Per stage: what ran, what was reused (complete shards; rows copied from earlier runs by content), what
-    was skipped and why, rows, failures and seconds (timings)."""
+    was skipped and why, rows, failures and seconds (timings); under `device`, the seconds the model stages held
+    the device and its busy share of the run's `wall_s` (tasks/device_turn.py)."""
     out: dict[str, dict] = {}
     for sp in resolved.shard_stages:
         parts = [r["stages"][sp.name] for r in shard_results if sp.name in r.get("stages", {})]
@@ -49,6 +52,8 @@ def stage_record(resolved, shard_results: list[dict], run_results: dict[str, dic
             "phases": phase_seconds([r])}
     for what, why in resolved.skipped:
         out[what] = {"status": "skipped", "reason": why}
+    out["device"] = busy_share([s.get("phases", {}) for r in shard_results for s in r.get("stages", {}).values()],
+                               wall_s)
     return out
 
 
@@ -73,7 +78,9 @@ def run_row(resolved, params: dict, status: str, started_at: datetime, shard_res
         "params_json": json.dumps(to_jsonable(params), sort_keys=True, default=str),
         "code_version": code_version(), "versions_json": json.dumps(library_versions(), sort_keys=True),
         "config_json": json.dumps(configs, sort_keys=True),
-        "stages_json": json.dumps(stage_record(resolved, done, run_results), sort_keys=True),
+        "stages_json": json.dumps(stage_record(resolved, done, run_results,
+                                               (datetime.now(timezone.utc) - started_at).total_seconds()),
+                                  sort_keys=True),
         "sharding": SCHEME, "nodes": sorted({r["node"] for r in done if r.get("node")}),
         "updated_at": datetime.now(timezone.utc), "n_shards_done": len(done),
     }

@@ -19,12 +19,14 @@ from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner, crop_
 from mapcap.tasks.captioners.general_bank import GENERAL
 from mapcap.tasks.captioners.retrieval import phrase_bank
 from mapcap.tasks.decode import Geometry, normalise, resize_crop, resized_crops
+from mapcap.tasks.device_turn import on_device
+from mapcap.tasks.frames import frames, scale_box
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
 from mapcap.tasks.pipeline.base import Section, Stage, register_stage
 from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.plan import default_batch
-from mapcap.tasks.pipeline.context import StageContext, tensor_decode
+from mapcap.tasks.pipeline.context import StageContext, draft_size, tensor_decode
 from mapcap.tasks.pipeline.facts import Facts
 from mapcap.tasks.pipeline.embeddings import embed_views, view_key
 from mapcap.storage.writer import shard_name
@@ -117,8 +119,20 @@ def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[
     return [chunk[n] for n in keep], [crops.get(n) for n in keep]
 
 
+def pil_frames(ctx: StageContext, lm: LoadedModel, images: dict[str, dict], ids: list[str], regions: list[dict],
+               context: float) -> dict[str, Image.Image]:
+    """{image id: frame to cut its crops from} (tasks/frames.py): at the coarsest scale that keeps every crop at
+    twice the preprocess's resize, often the frame the classify stage decoded."""
+    boxes: dict[str, list] = {}
+    for r in regions:
+        boxes.setdefault(r["image_id"], []).append(square_box(r["bbox"], context))
+    return frames(ctx, {i: images[i]["path"] for i in ids}, {i: (images[i]["width"], images[i]["height"]) for i in ids},
+                  boxes, draft_size(lm.preprocess))
+
+
 # version 2: RefCLIPScore puts "A photo depicts " on candidate and references and leaves the text side unclamped
-@register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4, version=2,
+# version 3: crops cut from frames decoded at a reduced scale where the crops allow (tasks/frames.py)
+@register_stage("captions", CaptionsConfig, reads=("images", "regions"), writes=("captions",), order=4, version=3,
                 summary="caption the top regions and the whole image (retrieval, clipcap, hf, coca), with CLIPScore",
                 settings=CaptionsParams,
                 old_names={"captioner": "captioner", "captioner_path": "path", "captioner_tokenizer": "tokenizer",
@@ -137,6 +151,7 @@ class Captions(Stage):
         return CaptionsConfig(model=plan.model, captioner=cap, method=facts.primary[0], start_layer=facts.primary[1],
                               top_k=params.captions.top_k, context=params.captions.context, dataset=plan.dataset)
 
+    @on_device  # one shard at a time on the device, for the whole stage (tasks/device_turn.py)
     def compute(self, cfg: CaptionsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
         with ctx.phase("load", lm.spec.device):  # once per process: the captioner's model, a bank's phrase embeddings
@@ -147,8 +162,8 @@ class Captions(Stage):
         refs = references(cfg.dataset)
         ids = sorted({r["image_id"] for r in regions})
         geo = device_geometry(lm, captioner)  # None: PIL crops; else crops cut and preprocessed on the GPU
-        if geo is None:
-            decoded = ctx.images({i: images[i]["path"] for i in ids})
+        if geo is None:  # each image decoded once, as coarse as its crops allow (tasks/frames.py)
+            decoded = pil_frames(ctx, lm, images, ids, regions, cfg.context)
             ids = [i for i in ids if i in decoded]
         # (row keys, image id, bbox or None for the whole image, view); crops are cut batch by batch
         jobs = [([{"target": "image", "method": None, "start_layer": None, "region_id": -1}], iid, None,
@@ -164,7 +179,8 @@ class Captions(Stage):
 
         def crop(job: tuple) -> Image.Image:
             _, iid, bbox, _ = job
-            return decoded[iid] if bbox is None else crop_region(decoded[iid], bbox, cfg.context)
+            return decoded[iid] if bbox is None else crop_region(decoded[iid], scale_box(bbox, decoded[iid]),
+                                                                 cfg.context)
 
         def encode(crops: list) -> torch.Tensor:  # (n, D) raw rows of PIL crops (preprocessed in the threads) or pixels
             pixels = crops if geo is not None else ctx.map(lambda c: lm.preprocess(c.convert("RGB")), crops)

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from mapcap.storage.schemas import schema_for
 from mapcap.tasks.concept_bank import ConceptBank
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.models import ModelSpec, encode_pixels, in_batches, load_model
 from mapcap.tasks.relevancy.attention import UnsupportedArchitecture, attention_blocks
 from mapcap.tasks.relevancy.fused import classify_and_explain
@@ -64,6 +65,7 @@ class Classify(Stage):
                               batch_size=s.batch_size or default_batch(plan.model.device, 64, 256),
                               bank=facts.bank if s.descriptions else None)
 
+    @on_device  # one shard at a time on the device, decode included (tasks/device_turn.py)
     def compute(self, cfg: ClassifyConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
         classifier = text_classifier(lm, cfg.classes, cfg.templates)  # (T + 1, C, D)

@@ -14,15 +14,19 @@ from pydantic import Field
 
 from mapcap.tasks.captioners.base import crop_region
 from mapcap.tasks.concept_bank import ConceptBank
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.metrics.mutual_knowledge import (class_probs, concept_embeddings, cumulative_masks, curve_auc,
-                                                   faithfulness, language_concepts, mi_curve,
-                                                   region_mask, top_k, visual_concepts)
+                                                   faithfulness, language_concepts, mi_curve, top_k,
+                                                   visual_concepts)
+from mapcap.tasks.data import full_size
+from mapcap.tasks.frames import crop_boxes, frames, scale_box
+from mapcap.tasks.masks import mask_at
 from mapcap.tasks.metrics.perturb import perturbed_pixels
 from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
 from mapcap.tasks.pipeline.sharding import sampled
 from mapcap.tasks.pipeline.base import Section, Stage, StageUnavailable, register_stage
 from mapcap.tasks.provenance import frozen_config
-from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.pipeline.context import StageContext, draft_size
 from mapcap.tasks.pipeline.facts import Facts, sample_share
 from mapcap.tasks.pipeline.embeddings import embed_views, view_key
 from mapcap.tasks.zeroshot import ENSEMBLE, text_classifier
@@ -77,7 +81,7 @@ def _concept_rows(base: dict, source: str, region_id: int, class_name: str | Non
 
 def parts_of(cfg: ConceptsConfig, image, regions: list[dict]) -> list:
     """The image's parts: a crop per region (with context), or the whole image when it has none."""
-    return [crop_region(image, tuple(r["bbox"]), cfg.context) for r in regions] or [image]
+    return [crop_region(image, scale_box(r["bbox"], image), cfg.context) for r in regions] or [image]
 
 
 def view_keys(cfg: ConceptsConfig, image_id: str, regions: list[dict]) -> list:
@@ -103,7 +107,7 @@ def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb
     rows += _concept_rows(base, "language", -1, pred["pred"], lang_vals, lang_idx, vocab, label_set, pred_set)
     order, tied = visual_concepts(idx[1:], sims[0])
     curve = mi_curve(order, lang_idx)
-    masks = [region_mask(r["bbox"], r["mask_rle"], image.size) for r in regions]
+    masks = [mask_at(r, image.size, full_size(image)) for r in regions]  # at the frame's size
     if not masks:  # the whole image is the one part
         masks = [np.ones((image.size[1], image.size[0]), dtype=bool)]
     visual = [vocab[v] for v in order]
@@ -120,8 +124,9 @@ def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb
 
 
 # version 2: deletion / insertion images drawn at the model's input resolution (tasks/metrics/perturb.py)
+# version 3: crops, masks and perturbations from frames decoded at a reduced scale where the crops allow
 @register_stage("concepts", ConceptsConfig, reads=("predictions", "images", "regions"),
-                writes=("concepts", "mutual_knowledge"), order=3, version=2,
+                writes=("concepts", "mutual_knowledge"), order=3, version=3,
                 summary="visual / language concepts and mutual knowledge (needs a concept bank covering the classes)",
                 settings=ConceptsParams, old_names={"descriptors": "descriptors", "concept_subject": "subject",
                                                     "concept_top_k": "top_k", "language_top_k": "language_top_k"})
@@ -137,6 +142,7 @@ class Concepts(Stage):
                               start_layer=facts.primary[1], context=params.captions.context,
                               sample=1.0 if c.images is None else sample_share(c.images, plan.n_images))
 
+    @on_device  # one shard at a time on the device, for the whole stage (tasks/device_turn.py)
     def compute(self, cfg: ConceptsConfig, ctx: StageContext) -> dict:
         lm = load_model(cfg.model)
         concept_emb = concept_embeddings(lm, cfg.bank.vocabulary, cfg.subject)  # (V, D)
@@ -149,7 +155,11 @@ class Concepts(Stage):
         for r in ctx.table("regions"):
             if r["target"] == "pred" and r["method"] == cfg.method and r["start_layer"] == cfg.start_layer:
                 regions.setdefault(r["image_id"], []).append(r)
-        decoded = ctx.images({i: paths[i] for i in sorted(preds) if sampled(i, cfg.sample)})
+        todo = [i for i in sorted(preds) if sampled(i, cfg.sample)]
+        sizes = {r["image_id"]: (r["width"], r["height"]) for r in ctx.table("images") if r["image_id"] in preds}
+        boxes = {i: crop_boxes([r["bbox"] for r in regions.get(i, [])], cfg.context) for i in todo}
+        # each image decoded once, as coarse as its crops allow (tasks/frames.py)
+        decoded = frames(ctx, {i: paths[i] for i in todo}, sizes, boxes, draft_size(lm.preprocess))
         ids = sorted(decoded)
         concept_rows, mk_rows = [], []
         for c in range(0, len(ids), CHUNK):  # many images per forward pass, bounded memory

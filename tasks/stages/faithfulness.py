@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mapcap.storage.manifest import dataset_masks
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.metrics.faithfulness import (map_aucs, mass_share, perturbed_passes, pointing_grid,
                                                 pointing_pixel, shared_images)
 from mapcap.tasks.cost import CPU_STEPS, default_eval_images
@@ -77,6 +78,7 @@ class Faithfulness(Stage):
             facts.notes.append(note)
         return cfg
 
+    @on_device  # one shard at a time on the device, for the whole stage (tasks/device_turn.py)
     def compute(self, cfg: FaithfulnessConfig, ctx: StageContext) -> dict:
         preds = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}
         paths = {r["image_id"]: r["path"] for r in ctx.table("images")}

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 import torch
 from pydantic import Field
 
+from mapcap.storage.columns import list_column, table_of
+from mapcap.tasks.device_turn import on_device
 from mapcap.tasks.models import ModelSpec, load_model
 from mapcap.tasks.relevancy.methods import map_stats, relevancy_maps
 from mapcap.tasks.pipeline.base import Section, Stage, register_stage
@@ -46,14 +49,16 @@ class RelevancyParams(Section):
 
 
 def relevancy_rows(run_id: str, shard: int, image_ids: list[str], targets: list[str], classes: list[str],
-                   method: str, start_layer: int | None, maps: torch.Tensor) -> list[dict]:
-    stats = {k: v.tolist() for k, v in map_stats(maps).items()}  # lists: no tensor indexing per row
+                   method: str, start_layer: int | None, maps: torch.Tensor) -> pa.Table:
+    """The `relevancy` rows of (K, g, g) maps as Arrow columns straight from the tensors (no Python float per
+    cell: a dict per row with 196 of them cost more than the maps on a GPU)."""
+    stats = {k: v.cpu().numpy() for k, v in map_stats(maps).items()}
     g = maps.shape[-1]
-    flat = maps.flatten(1).tolist()  # (B, g*g)
-    return [{"run_id": run_id, "image_id": iid, "shard": shard, "target": tgt, "class_name": cls,
-             "method": method, "start_layer": start_layer, "grid": g, "map": flat[i],
-             "peak": stats["peak"][i], "entropy": stats["entropy"][i], "top10_mass": stats["top10_mass"][i]}
-            for i, (iid, tgt, cls) in enumerate(zip(image_ids, targets, classes))]
+    return table_of("relevancy", len(image_ids), {
+        "run_id": run_id, "image_id": image_ids, "shard": shard, "target": targets, "class_name": classes,
+        "method": method, "start_layer": start_layer, "grid": g,
+        "map": list_column(maps.detach().flatten(1).float().cpu().numpy()),  # (K, g*g)
+        "peak": stats["peak"], "entropy": stats["entropy"], "top10_mass": stats["top10_mass"]})
 
 
 @register_stage("relevancy", RelevancyConfig, reads=("predictions", "images"), writes=("relevancy",), order=1,
@@ -69,6 +74,7 @@ class Relevancy(Stage):
                                variants=facts.variants, batch_size=params.relevancy.batch_size
                                or default_batch(plan.model.device, 64, 128))
 
+    @on_device  # one shard at a time on the device, for the whole stage (tasks/device_turn.py)
     def compute(self, cfg: RelevancyConfig, ctx: StageContext) -> dict:
         ens = {r["image_id"]: r for r in ctx.table("predictions") if r["template"] == ENSEMBLE}
         paths = {r["image_id"]: r["path"] for r in ctx.table("images")}
@@ -80,7 +86,7 @@ class Relevancy(Stage):
         pairs = sorted({(i, ens[i][t]) for i in ids if i in pixels for t in TARGETS})
         if not pairs:
             return {"relevancy": []}
-        rows = []
+        rows: list[pa.Table] = []
         for method, start in cfg.variants:
             # maps the classification pass computed already (one forward for both, tasks/relevancy/fused.py)
             found = {p: ctx.shared.maps[key] for p in pairs if (key := MapKey(method, start, *p)) in ctx.shared.maps}
@@ -103,6 +109,6 @@ class Relevancy(Stage):
             keys = [(i, t) for i in ids for t in TARGETS if (i, ens[i][t]) in at]
             if keys:
                 maps = stacked[[at[(i, ens[i][t])] for i, t in keys]]  # (K, g, g): a right prediction's twice
-                rows += relevancy_rows(ctx.run_id, ctx.shard, [i for i, _ in keys], [t for _, t in keys],
-                                       [ens[i][t] for i, t in keys], method, start, maps)
-        return {"relevancy": rows}
+                rows.append(relevancy_rows(ctx.run_id, ctx.shard, [i for i, _ in keys], [t for _, t in keys],
+                                           [ens[i][t] for i, t in keys], method, start, maps))
+        return {"relevancy": pa.concat_tables(rows) if rows else []}

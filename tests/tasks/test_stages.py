@@ -133,10 +133,53 @@ def explained(toy_model, classified):
     return classes, ctx
 
 
-def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
-    from mapcap.tasks.pipeline import procpool
+def test_regions_as_tensor_ops_match_scikit_image(explained):
+    """The stage segments every map of the shard at once as tensor ops (tasks/segment_batch.py): the regions of
+    the scikit-image reference, each at least 0.95 IoU with its match in image pixels."""
+    from mapcap.tasks.masks import full_mask
+    from mapcap.tasks.segment import segment_job
     _, ctx = explained
     cfg = RegionsConfig(SegmentConfig(top_k=2))
+    rows = compute("regions", cfg, ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")}))[0]
+    sizes = {r["image_id"]: (r["width"], r["height"]) for r in ctx.outputs["images"] if r["width"]}
+    got: dict[tuple, list] = {}
+    for r in rows["regions"]:
+        got.setdefault((r["image_id"], r["target"], r["method"], r["start_layer"]), []).append(r)
+    checked = 0
+    for m in ctx.table("relevancy"):
+        size = sizes[m["image_id"]]
+        ref = segment_job((m["map"], m["grid"], size, cfg.segment, None))
+        mine = got.get((m["image_id"], m["target"], m["method"], m["start_layer"]), [])
+        assert len(mine) == len(ref)
+        for a, b in zip(ref, mine):
+            fa, fb = full_mask(a, size), full_mask(b, size)
+            assert (fa & fb).sum() / (fa | fb).sum() >= 0.95
+            checked += 1
+    assert checked > 10
+
+
+def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
+    """On CPU the shard's maps are segmented CHUNK at a time in worker processes (scipy's labelling holds the
+    GIL): the rows one process gives."""
+    from mapcap.tasks.pipeline import procpool
+    from mapcap.tasks.stages import regions as regions_stage
+    _, ctx = explained
+    cfg = RegionsConfig(SegmentConfig(top_k=2))
+    rows_one = compute("regions", cfg, ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")}))[0]
+    monkeypatch.setattr(regions_stage, "CHUNK", 3)  # this shard's few maps would be one job
+    pools = []
+    real_pool = procpool._pool
+    monkeypatch.setattr(procpool, "_pool", lambda w, pre: pools.append(w) or real_pool(w, pre))
+    many = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
+    many.workers = 2
+    rows_many = compute("regions", cfg, many)[0]
+    assert pools == [2] and rows_one["regions"] and rows_one == rows_many
+
+
+def test_superpixel_regions_are_the_same_in_worker_processes(explained, monkeypatch):
+    from mapcap.tasks.pipeline import procpool
+    _, ctx = explained
+    cfg = RegionsConfig(SegmentConfig(top_k=2, superpixels=16))
     one = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
     one.workers = 1
     many = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
@@ -147,7 +190,7 @@ def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
     real_pool = procpool._pool
     monkeypatch.setattr(procpool, "_pool", lambda w, pre: pools.append(w) or real_pool(w, pre))
     rows_many = compute("regions", cfg, many)[0]["regions"]
-    assert pools == [2]  # segmented in a pool of two processes
+    assert pools == [2]  # SLIC (scikit-image) segmented in a pool of two processes
     assert rows_one and rows_one == rows_many
 
 
@@ -362,7 +405,7 @@ def test_an_image_removed_after_classify_is_a_failure_in_each_stage_that_reads_i
     later = ctx_with(outputs=dict(out))  # a new worker: nothing decoded yet
     _, fails = compute("relevancy", RelevancyConfig(toy_model.spec, classes, TEMPLATES, (("chefer", 0),)), later)
     assert [(f["stage"], f["path"]) for f in fails] == [("relevancy", str(gone))]
-    assert len({r["image_id"] for r in later.outputs["relevancy"]}) == 1
+    assert len({r["image_id"] for r in later.table("relevancy")}) == 1
     compute("regions", RegionsConfig(), later)
     bank = resolve_bank(None, toy_model.spec.name, classes)
     _, fails = compute("concepts", ConceptsConfig(toy_model.spec, classes, TEMPLATES, bank, start_layer=0), later)
