@@ -29,6 +29,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("nodes", pa.list_(pa.string())),  # where its shards ran: Ray node ids, or host names
         ("updated_at", _ts),  # when the row was last written: every HEARTBEAT_SECONDS while the run is running
         ("n_shards_done", pa.int32()),  # shards finished so far (all of them once finished)
+        ("n_skipped", pa.int64()),  # dataset entries discovery left out on purpose (hidden, loose in the root ...)
+        ("skipped_json", pa.string()),  # ... by reason: {why: how many} (JSON); null in runs before this column
     ]),
     "images": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mapcap.tasks.data import FULL_SIZE, ImageLoadError, Item, full_size, image_id_of, load_image
+from mapcap.tasks.data import FULL_SIZE, Item, full_size, image_id_of, load_image
 from mapcap.tasks.decode import Geometry, decode_files, decode_jpegs, geometry
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 
 CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per shard in host memory (then the oldest are dropped)
 DEVICE_CACHE_BYTES = 8 << 30  # ... and pixel tensors on a GPU (a 4,096-image shard of 224 px pixels: 2.5 GB)
@@ -72,14 +73,17 @@ class ShardImages:
     """The images of one shard (or of a run-level stage's picks): decoded once in the shard's threads, cached."""
 
     def __init__(self, items: list[Item], cache: ImageCache, fail: Callable[..., None],
-                 thread_map: Callable[[Callable, list], list], workers: int):
+                 thread_map: Callable[[Callable, list], list], workers: int, limits: DecodeLimits = DEFAULT_LIMITS):
         self.items, self.cache, self.fail, self.map, self.workers = items, cache, fail, thread_map, workers
+        self.limits = limits  # what one file may cost (tasks/limits.py): over it, a failures row
 
-    def _decode(self, path: str, draft: int | None = None) -> tuple[Image.Image | None, str, ImageLoadError | None]:
+    def _decode(self, path: str, draft: int | None = None) -> tuple[Image.Image | None, str, Exception | None]:
+        """(image, content id, None), or (None, an id, the error): any error reading or decoding one file
+        (MemoryError included) is that image's failures row, never its shard's end."""
         try:
-            img, image_id = load_image(path, draft)
+            img, image_id = load_image(path, draft, self.limits)
             return img, image_id, None
-        except ImageLoadError as e:
+        except Exception as e:  # recorded as the image's failures row by the caller, with its type and message
             return None, getattr(e, "image_id", None) or image_id_of(path.encode()), e
 
     def _cached(self, path: str, draft: int | None) -> tuple | None:
@@ -87,7 +91,7 @@ class ShardImages:
         return self.cache.get(("path", path)) or (self.cache.get(("draft", draft, path)) if draft else None)
 
     def _decode_all(self, paths: list[str], draft: int | None = None,
-                    ) -> list[tuple[Image.Image | None, str, ImageLoadError | None]]:
+                    ) -> list[tuple[Image.Image | None, str, Exception | None]]:
         """(image, content id, error) per path, decoded once in the shard's threads and cached. `draft`: images
         only needed at model resolution, so a large JPEG may be decoded at a reduced scale with both sides ≥ draft
         (data.decode_image; full_size still gives the file's size), cached apart from full images."""
@@ -112,7 +116,7 @@ class ShardImages:
         fast = None
         draft = draft_size(preprocess)
         if preprocess is not None and (geo := tensor_decode(preprocess, device)) is not None:
-            fast = decode_jpegs(paths, geo, device, self.workers)
+            fast = decode_jpegs(paths, geo, device, self.workers, self.limits)
             for p, pix in fast.pixels.items():
                 self.cache.put(("pixels", id(preprocess), fast.ids[p]), pix, pix.numel() * pix.element_size())
         slow = iter(self._decode_all([p for p in paths if fast is None or p not in fast.pixels], draft))
@@ -150,7 +154,7 @@ class ShardImages:
         """{image id: (3, H, W) uint8 RGB on `device`} for {image id: path}: JPEGs decoded there in one batch
         (tasks/decode.py), other files through PIL; an unreadable or changed file is a failure row. Not cached:
         full-size images on a GPU are for the batch at hand."""
-        frames = decode_files(list(dict.fromkeys(refs.values())), device, self.workers)
+        frames = decode_files(list(dict.fromkeys(refs.values())), device, self.workers, self.limits)
         out = {i: frames.images[p] for i, p in refs.items()
                if p in frames.images and not self._changed(i, p, frames.ids[p])}
         slow = self.images({i: p for i, p in refs.items() if p not in frames.images})

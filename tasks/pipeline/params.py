@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 import mapcap.tasks.stages  # noqa: F401  (the built-in stages register: their sections make up the model)
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 from mapcap.tasks.pipeline.base import STAGES, Section, check_stage_list, stage_order
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ class RunParams(BaseModel):
                                                            "is rounded up to pairs, the two shards in flight)")
     workers: int | None = Field(None, ge=1, description="threads per shard that decode, crop and segment (empty: "
                                                         "one per CPU core, at most 16)")
+    max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, ge=1, description="pixel budget per image (width × height "
+                                                                         "its header declares, checked before "
+                                                                         "decoding): a larger image is a failures "
+                                                                         "row, not a machine out of memory")
+    max_file_mb: float = Field(DEFAULT_LIMITS.max_file_mb, gt=0, description="file-size cap per image in MB "
+                                                                            "(checked before reading): a larger "
+                                                                            "file is a failures row")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
                                                         "for, so Ray places one shard per GPU; 0: no request")
     @field_validator("stages")
@@ -80,6 +88,11 @@ class RunParams(BaseModel):
                 sec.setdefault(field, value)
                 data[section] = sec
         return data
+
+    @property
+    def limits(self) -> DecodeLimits:
+        """What one image file may cost (tasks/limits.py)."""
+        return DecodeLimits(self.max_pixels, self.max_file_mb)
 
     def resolve(self):
         """The run plan and every stage's config, validated before any shard starts (see tasks/pipeline/planning.py)."""

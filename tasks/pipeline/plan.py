@@ -26,6 +26,7 @@ class RunPlan:
     templates: tuple[str, ...]
     model: ModelSpec
     shards: tuple[tuple[Item, ...], ...]  # shard i holds these items
+    skipped: tuple[tuple[str, int], ...] = ()  # (why, how many) dataset entries discovery left out on purpose
 
     @property
     def n_images(self) -> int:
@@ -97,7 +98,7 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     in_flight = SHARDS_IN_FLIGHT if spec.device.startswith("cuda") else 1  # on CPU both shards share the cores
     n_shards = resumed_shard_count(stored, run_id) or shard_count(len(ds.items), shard_size, in_flight)
     shards = tuple(tuple(s) for s in hash_shards(ds.items, n_shards))
-    return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
+    return RunPlan(run_id, source, ds.classes, tpl, spec, shards, ds.skipped)
 
 
 def stored_run_row(root: str, run_id: str) -> dict | None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from mapcap.storage.reuse_index import Key, Stat, copy_rows, find_reusable, known_files, merged, reuse_meta, rows_without
 from mapcap.storage.schemas import schema_for
-from mapcap.tasks.data import image_id_of
+from mapcap.tasks.limits import ImageLoadError, hash_file
 from mapcap.tasks.provenance import config_hash, to_jsonable
 from mapcap.tasks.pipeline.base import Rows, Stage, get_stage, upstream
 from mapcap.tasks.pipeline.context import StageContext
@@ -70,15 +70,16 @@ def _stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _content_id(path: str, stat: tuple[int, int] | None, known: Stat | None) -> str | None:
+def _content_id(path: str, stat: tuple[int, int] | None, known: Stat | None, ctx: StageContext) -> str | None:
     """The file's content id: the one an earlier run recorded when size and mtime (ns) are unchanged (as rsync's
-    quick check: a nightly run does not read every old file again), else the SHA-256 of its bytes."""
+    quick check: a nightly run does not read every old file again), else the SHA-256 of its bytes (read in
+    chunks; only a regular file within the run's limits is opened)."""
     if stat is not None and known is not None and (known[0], known[1]) == stat:
         return known[2]
     try:
-        return image_id_of(Path(path).read_bytes())
-    except OSError:
-        return None  # unreadable: computed, and the stage records the failure
+        return hash_file(path, ctx.pictures.limits)
+    except ImageLoadError:
+        return None  # unreadable or refused: computed, and the stage records the failure
 
 
 def shard_keys(ctx: StageContext) -> dict[str, Key]:
@@ -87,7 +88,7 @@ def shard_keys(ctx: StageContext) -> dict[str, Key]:
         paths = [it.path for it in ctx.items]
         stats = {p: _stat(p) for p in paths}
         known = known_files(ctx.root)
-        ids = ctx.map(lambda p: _content_id(p, stats[p], known.get(p)), paths)
+        ids = ctx.map(lambda p: _content_id(p, stats[p], known.get(p), ctx), paths)
         ctx.shared.content_ids = dict(zip(paths, ids))
         ctx.shared.files = {p: (*stats[p], i) for p, i in zip(paths, ids) if i and stats[p]}
     ids = ctx.shared.content_ids
