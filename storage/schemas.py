@@ -35,6 +35,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "images": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),
         ("shard", pa.int32()), ("width", pa.int32()), ("height", pa.int32()),
+        ("content_id", pa.string()),  # SHA-256 of the bytes (16 hex): byte-identical files share it; null in runs
+        # before files had ids of their own (their image_id was it) and for files that could not be read
     ]),
     "predictions": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),

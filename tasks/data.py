@@ -149,8 +149,14 @@ def read_dataset(source: str, class_map: str | None = None) -> Dataset:
 
 
 def image_id_of(data: bytes) -> str:
-    """Stable image id: the first 16 hex digits of the SHA-256 of the file's bytes."""
+    """Stable content id: the first 16 hex digits of the SHA-256 of the file's bytes."""
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def file_id(content_id: str, path: str) -> str:
+    """An image's id in every table: one per file (byte-identical files are rows of their own, counted, not
+    merged), stable while the file keeps its path and bytes. The content id stays in `images.content_id`."""
+    return hashlib.sha256(f"{content_id}\0{path}".encode()).hexdigest()[:16]
 
 
 ORIENTATION = 0x0112  # the EXIF tag

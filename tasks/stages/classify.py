@@ -77,7 +77,8 @@ class Classify(Stage):
         for item, image_id, size in decoded:
             images.append({"run_id": ctx.run_id, "image_id": image_id, "path": item.path, "label": item.label,
                            "shard": ctx.shard, "width": size[0] if size else None,
-                           "height": size[1] if size else None})
+                           "height": size[1] if size else None,
+                           "content_id": ctx.pictures.content_ids.get(item.path)})
             if size is not None:
                 good.append((image_id, item.label, item.path))
         starts = fused_starts(cfg, ctx.shared.pending.get("relevancy"))

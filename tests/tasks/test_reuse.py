@@ -137,5 +137,6 @@ def test_unchanged_files_are_not_read_again_to_know_their_content(setup, tmp_pat
     b = run_shard(plans[:1], root, "b", 0, local)["stages"]["classify"]
     assert len(hashed) == 1  # only the rewritten file was read to hash it
     assert b["reused_rows"]["images"] == 3 and b["rows"]["images"] == 4
-    ids = {r["path"]: r["image_id"] for r in read_run(root, "images", "b").to_pylist()}
+    ids = {r["path"]: r["content_id"] for r in read_run(root, "images", "b").to_pylist()}
     assert ids[local[3].path] == image_id_of(data.joinpath("img-3.png").read_bytes())
+    assert all(ids.values())  # rows copied from run a carry their content id too
