@@ -158,8 +158,8 @@ def _load(path: str, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[bytes, str,
     reports it)."""
     try:
         raw = read_file(path, limits)
-    except ImageLoadError:
-        return None  # the PIL path reports it
+    except (ImageLoadError, MemoryError):
+        return None  # the PIL path tries it again and records why it failed (the image's failures row)
     if not raw.startswith(JPEG_MAGIC) or not complete(raw) or (turn := orientation(raw)) is None \
             or not within_budget(raw, limits):
         return None
