@@ -82,19 +82,20 @@ def _images_under(folder: Path, skipped: Counter) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
-HIDDEN, NOT_IMAGE, IN_ROOT, LINKED_TWICE = ("hidden or system", "not an image's extension", "in the dataset root",
-                                            "a second link to a listed file")
+HIDDEN, NOT_IMAGE, IN_ROOT, LINKED_TWICE = ("hidden or system", "not an image's extension",
+                                            "images in the dataset root (no class)", "a second link to a listed file")
 
 
 def _class_folders(src: Path, skipped: Counter) -> list[Path]:
-    """The class folders of an ImageFolder root; what else lies there is counted in `skipped`."""
+    """The class folders of an ImageFolder root; hidden entries and loose images there (they have no class) are
+    counted in `skipped` (other files, such as a manifest or a README, are the dataset's own)."""
     folders = []
     for p in sorted(src.iterdir()):
         if p.name.startswith((".", "_")) or p.name in SYSTEM_FOLDERS:
             skipped[HIDDEN] += 1
         elif p.is_dir():
             folders.append(p)
-        else:  # a loose image beside the class folders has no class
+        elif p.suffix.lower() in IMAGE_EXTENSIONS:
             skipped[IN_ROOT] += 1
     return folders
 
@@ -124,9 +125,12 @@ def read_dataset(source: str, class_map: str | None = None) -> Dataset:
                 raise ValueError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                                  f"add images or remove the folder")
             label = mapping.get(folder.name, folder.name)
-            skipped[LINKED_TWICE] += sum(f in seen for f in files)
-            items += [Item(f, label) for f in files if f not in seen]  # one file, one row (links resolve to it)
-            seen.update(files)
+            for f in files:  # one file, one row: links resolve to the file they name
+                if f in seen:
+                    skipped[LINKED_TWICE] += 1
+                else:
+                    seen.add(f)
+                    items.append(Item(f, label))
     elif src.is_file():
         rows = read_manifest(src)
         if not rows:
