@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mapcap.cli.flags import flag_values, read_params_file
+from mapcap.tasks.names import check_run_name
 
 MANIFESTS = (".csv", ".parquet")
 
@@ -36,3 +37,5 @@ def check_run(args: argparse.Namespace, table: dict, fixed: dict | None = None) 
     given = {**base, **flag_values(args, table), **(fixed or {})}
     defaults = {s["dest"]: s["default"] for s in table["fields"]}
     check_dataset(str(given.get("dataset", defaults["dataset"])), table["datasets"])
+    if given.get("run_name"):
+        check_run_name(given["run_name"])

@@ -63,7 +63,9 @@ COMMANDS: tuple[Command, ...] = (
         arg("--no-token", action="store_true",
             help="no per-launch token on the API (only behind a proxy that authenticates)"),
         arg("--max-upload-mb", type=float, default=25.0,
-            help="largest uploaded image (and image file opened by path), in MB (default 25)"))),
+            help="largest uploaded image (and image file opened by path), in MB (default 25)"),
+        arg("--allow-weights", action="append", default=[], metavar="DIR",
+            help="also load checkpoints (pretrained) from this folder, beside the results root"))),
     Command("report", "write a run's self-contained HTML report", "cmd_report", (
         RUN, ROOT, arg("--out", help="HTML file to write (default: <root>/reports/<run>.html)"))),
     Command("relevancy", "relevancy maps of one image for several texts (.npz + overlay .png)", "cmd_relevancy", (

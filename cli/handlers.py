@@ -149,7 +149,8 @@ def cmd_explorer(args: argparse.Namespace) -> int:
     query = f"/?token={token}" if token else "/"
     print(f"MapCap explorer on http://127.0.0.1:{args.port}{query} (results root {args.root}); Ctrl-C stops it",
           flush=True)
-    serve_explorer(args.root, token, args.port, allow_hosts=tuple(args.allow_host), max_upload_mb=args.max_upload_mb)
+    serve_explorer(args.root, token, args.port, allow_hosts=tuple(args.allow_host), max_upload_mb=args.max_upload_mb,
+                   allow_weights=tuple(args.allow_weights))
     return 0
 
 

@@ -22,6 +22,10 @@ def print_run_summary(root: str, result: dict[str, Any]) -> None:
     print(f"run {run}: {result['n_images']} images, {result['n_failures']} failed, "
           f"accuracy (template ensemble) {result['accuracy']:.4f}, {result['shards_skipped']} shard(s) skipped")
     print(f"results: {root}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
+    dups = named_query(con, "duplicate_files", run).to_pylist()[0]
+    if dups["n_identical"]:
+        print(f"{dups['n_identical']} files are byte-identical to another ({dups['n_groups']} groups, "
+              f"{dups['n_duplicates']} copies beyond the first of each); each counts as an image of its own")
     for note in result.get("notes", []):
         print(f"note: {note}")
     by_reason: dict[str, list[str]] = {}  # each reason once (no concept bank turns two features off)

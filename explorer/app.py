@@ -17,10 +17,12 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from mapcap.explorer.checks import DecodeGate, check_fields, check_pretrained
 from mapcap.explorer.guard import Guard, Limits, PathRefused, allowed_folders, check_image_path
 
 from mapcap.storage.query import QueryError, connect, named_query, predictions_for
 from mapcap.tasks.data import ImageLoadError, decode_image, load_image
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 from mapcap.tasks.single_image import explain_image
 from mapcap.tasks.models import load_model, resolve_spec
 from mapcap.tasks.pipeline.plan import result_notes
@@ -57,8 +59,9 @@ class ReprocessRequest(BaseModel):
     classes: list[str] = Field([], max_length=1000)
 
 
-def _image(req: ImageRequest, root: str, limits: Limits):
-    """The request's image: an upload up to the size limit, or a file of the results root or a run's dataset."""
+def _image(req: ImageRequest, root: str, limits: Limits, decode: DecodeLimits):
+    """The request's image: an upload up to the size limit, or a regular file of the results root or a run's
+    dataset (a FIFO is refused unopened); either within the run's pixel budget and file-size cap (`decode`)."""
     if req.image_b64:
         data = req.image_b64.split(",", 1)[1] if req.image_b64.startswith("data:") else req.image_b64
         try:
@@ -67,30 +70,49 @@ def _image(req: ImageRequest, root: str, limits: Limits):
             raise ValueError("the upload is not valid base64 data") from e
         if len(raw) > limits.max_upload_bytes:
             raise HTTPException(413, limits.upload_too_large("the upload", len(raw)))
-        return decode_image(raw, "the uploaded file")
+        return decode_image(raw, "the uploaded file", limits=decode)
     if req.image_path:
         datasets = [r["dataset"] for r in named_query(connect(root), "run_datasets").to_pylist()]
         path = check_image_path(req.image_path, allowed_folders(root, datasets))
         if path.is_file() and path.stat().st_size > limits.max_upload_bytes:
             raise HTTPException(413, limits.upload_too_large(req.image_path, path.stat().st_size))
-        return load_image(str(path))
+        return load_image(str(path), limits=decode)
     raise ValueError("upload an image or give the path of one")
 
 
-def _explain(req: ImageRequest, texts: list[str], root: str, limits: Limits) -> dict:
-    if req.method is not None and req.method not in METHODS:
-        raise ValueError(f"unknown method {req.method!r}; choose one of {sorted(METHODS)}")
-    image = _image(req, root, limits)  # refused or unreadable: before any model loads
-    lm = load_model(resolve_spec(req.model, req.pretrained, "auto", "fp32"))
-    notes = result_notes(lm.spec.name, lm.spec.pretrained, ())  # random weights: said above the maps
-    return explain_image(lm, image, texts, req.method, req.start_layer) | {"notes": notes}
+class Serving:
+    """What every explain of one app shares: its limits, the folders weights may come from, the decode gate."""
+
+    def __init__(self, root: str, limits: Limits, decode: DecodeLimits, allow_weights: tuple[str, ...]):
+        self.root, self.limits, self.decode, self.gate = root, limits, decode, DecodeGate()
+        self.weights = allowed_folders(root, []) + [Path(f).expanduser().resolve() for f in allow_weights]
+
+    def explain(self, req: ImageRequest, texts: list[str]) -> dict:
+        """Fields checked before anything is read (pretrained) or once the model is known (method, start layer:
+        422 naming what fits); the image decoded within the limits; a few explains at a time."""
+        if req.method is not None and req.method not in METHODS:
+            raise HTTPException(422, f"unknown method {req.method!r}; choose one of {sorted(METHODS)}")
+        pretrained = check_pretrained(req.model, req.pretrained, self.weights)
+        with self.gate.slot():
+            image = _image(req, self.root, self.limits, self.decode)  # refused or unreadable: before any model loads
+            try:
+                spec = resolve_spec(req.model, pretrained, "auto", "fp32")
+            except ValueError as e:
+                raise HTTPException(422, str(e)) from e
+            lm = load_model(spec)
+            method, start = check_fields(lm, req.method, req.start_layer)
+            notes = result_notes(lm.spec.name, lm.spec.pretrained, ())  # random weights: said above the maps
+            return explain_image(lm, image, texts, method, start) | {"notes": notes}
 
 
 def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
-             max_upload_mb: float = LIMITS.max_upload_mb) -> FastAPI:
+             max_upload_mb: float = LIMITS.max_upload_mb, allow_weights: tuple[str, ...] = (),
+             decode: DecodeLimits = DEFAULT_LIMITS) -> FastAPI:
     """The explorer app behind its guard. `token`: what every API call must send (None: no token, for a
-    proxy that does its own auth); `allow_hosts`: Host names served beside loopback's."""
+    proxy that does its own auth); `allow_hosts`: Host names served beside loopback's; `allow_weights`: folders
+    checkpoints may be loaded from beside the results root; `decode`: per-image limits, as a run's."""
     limits = Limits(max_upload_mb=max_upload_mb, max_texts=LIMITS.max_texts, max_text_chars=LIMITS.max_text_chars)
+    serving = Serving(root, limits, decode, tuple(allow_weights))
     app = FastAPI(title="MapCap explorer", docs_url=None, redoc_url=None)  # no unguarded doc pages
     app.add_middleware(Guard, token=token, allow_hosts=tuple(allow_hosts), limits=limits)
 
@@ -118,7 +140,7 @@ def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
     @app.post("/api/explain")
     def explain(req: ExplainRequest) -> dict:
         texts = [t.strip() for t in req.texts]
-        r = _explain(req, texts, root, limits)
+        r = serving.explain(req, texts)
         return {"texts": texts, "probs": r["probs"].tolist(), "start_layer": r["start_layer"],
                 "overlays": [data_uri(png_bytes(overlay_row(r["image"], [m], [t[:30]], tile=192)))
                              for t, m in zip(texts, r["maps"])],
@@ -129,7 +151,7 @@ def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
         words = [w.strip(".,;:!?") for w in req.caption.split() if w.strip(".,;:!?")]
         if len(words) > limits.max_texts:
             raise HTTPException(422, f"the caption has {len(words)} words; the limit is {limits.max_texts}")
-        r = _explain(req, words, root, limits)
+        r = serving.explain(req, words)
         return {"words": words, "overlays": [data_uri(png_bytes(overlay_row(r["image"], [m], [w[:14]], tile=112)))
                                              for w, m in zip(words, r["maps"])]}
 
@@ -194,6 +216,8 @@ def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
 
     @app.get("/api/flow-runs/{flow_run_id}")
     def flow_run_state(flow_run_id: str) -> dict:
+        if not os.environ.get("PREFECT_API_URL"):  # the client would start a temporary server of its own
+            raise HTTPException(409, "flow runs are off: no Prefect API is configured (set PREFECT_API_URL)")
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
@@ -204,7 +228,8 @@ def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
 
 
 def serve_explorer(root: str, token: str | None, port: int = 8765, host: str = "127.0.0.1",
-                   allow_hosts: tuple[str, ...] = (), max_upload_mb: float = LIMITS.max_upload_mb) -> None:
+                   allow_hosts: tuple[str, ...] = (), max_upload_mb: float = LIMITS.max_upload_mb,
+                   allow_weights: tuple[str, ...] = ()) -> None:
     """Serve on loopback; no access log (the page's first request carries the token in its URL)."""
     import uvicorn
 
@@ -212,7 +237,7 @@ def serve_explorer(root: str, token: str | None, port: int = 8765, host: str = "
         log.warning("the explorer runs without a token (--no-token): any local process, and any web page that "
                     "reaches %s:%d through an allowed host, can call its API; put an authenticating proxy in front",
                     host, port)
-    app = make_app(root, token, allow_hosts, max_upload_mb)
+    app = make_app(root, token, allow_hosts, max_upload_mb, allow_weights)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

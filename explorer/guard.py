@@ -184,6 +184,12 @@ def check_image_path(given: str, folders: list[Path]) -> Path:
     saying nothing about the file itself."""
     refused = PathRefused(f"image_path {given!r} is not inside the results root or the dataset folder of one of "
                           f"its runs ({', '.join(map(str, folders)) or 'none'}); upload the image instead")
+    return resolve_inside(given, folders, refused)
+
+
+def resolve_inside(given: str, folders: list[Path], refused: PathRefused) -> Path:
+    """The resolved path (symlinks followed, `..` gone) when it lies inside one of `folders`; else `refused`,
+    whatever the path is (missing, a loop, not a path at all)."""
     try:
         resolved = Path(given).expanduser().resolve()
     except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte: refused like any other
@@ -193,4 +199,4 @@ def check_image_path(given: str, folders: list[Path]) -> Path:
     return resolved
 
 
-__all__ = ["Guard", "Limits", "PathRefused", "allowed_folders", "check_image_path", "new_token"]
+__all__ = ["Guard", "Limits", "PathRefused", "allowed_folders", "check_image_path", "new_token", "resolve_inside"]

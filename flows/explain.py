@@ -83,7 +83,7 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
                 futures = shard_task_on(plan.model.device).map(
                     unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,
                     list(range(len(plan.shards))), [whole(list(s)) for s in plan.shards], forces,
-                    unmapped(params.workers))
+                    unmapped(params.workers), unmapped(resolved.limits))
             stop.cancel_on_stop(futures)  # queued shards are then dropped
             shard_of = {f.task_run_id: i for i, f in enumerate(futures)}
             for n, fut in enumerate(as_completed(futures), start=1):
@@ -97,7 +97,8 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
             for sp in resolved.run_stages if not failed else ():
                 run_results[sp.name] = run_stage_task(sp, params.out, plan.run_id, [r for r in results if r],
                                                       run_results, params.force or any(forces), params.workers,
-                                                      {"dataset": plan.dataset, "classes": plan.classes})
+                                                      {"dataset": plan.dataset, "classes": plan.classes},
+                                                      resolved.limits)
     except BaseException as e:  # stopped (or a fault of the flow's own): record what is done, then end as asked
         done = [r for r in results if r is not None]
         record_run_task(params.out, quote(resolved), pdict, "failed" if isinstance(e, Exception) else "stopped",

@@ -197,6 +197,11 @@ QUERIES: dict[str, str] = {
     "failure_list": """
         SELECT stage, path, error_type, error FROM failures WHERE run_id = $run ORDER BY stage, path LIMIT 200""",
     "run_datasets": """SELECT DISTINCT dataset FROM runs WHERE dataset IS NOT NULL ORDER BY 1""",
+    "duplicate_files": """
+        SELECT coalesce(sum(n), 0)::BIGINT AS n_identical, coalesce(sum(n - 1), 0)::BIGINT AS n_duplicates,
+               count(*) AS n_groups
+        FROM (SELECT content_id, count(*) AS n FROM images WHERE run_id = $run AND content_id IS NOT NULL
+              GROUP BY content_id HAVING count(*) > 1)""",
     "row_counts": """
         SELECT (SELECT count(*) FROM images WHERE run_id = $run) AS images,
                (SELECT count(*) FROM predictions WHERE run_id = $run AND template = 'ensemble') AS predicted,

@@ -1,6 +1,7 @@
 """Finding a stage's earlier rows for images by content: every file a shard stage writes carries its config hash
-without the shard's inputs and the (image id, label) keys it covers; rows of covered images are copied from the
-first earlier part (any run in the root, compacted or not) whose hash matches."""
+without the shard's inputs and the (content id, label, image id) keys it covers; rows of covered images are
+copied from the first earlier part (any run in the root, compacted or not) whose hash matches, under the image
+ids of this run's files."""
 from __future__ import annotations
 
 import functools
@@ -14,15 +15,17 @@ from mapcap.storage.layout import Part, list_files, parts, read_part
 from mapcap.storage.schemas import META_REUSE, schema_for
 from mapcap.storage.writer import filesystem
 
-Key = tuple[str, str]  # (image id, label)
+Key = tuple[str, str]  # (content id, label)
 
 
 Stat = tuple[int, int, str]  # (size, mtime in ns, content id) of an image file
 
 
-def reuse_meta(reuse_hash: str, keys: list[Key], files: dict[str, Stat] | None = None) -> dict[bytes, bytes]:
-    """The file metadata that makes a file's rows reusable by later runs; `files`: {path: (size, mtime_ns,
-    content id)} of the shard's images, so a later run need not read an unchanged file again to know its id."""
+def reuse_meta(reuse_hash: str, keys: list[tuple[str, str, str]],
+               files: dict[str, Stat] | None = None) -> dict[bytes, bytes]:
+    """The file metadata that makes a file's rows reusable by later runs: `keys` (content id, label, the image id
+    its rows carry); `files`: {path: (size, mtime_ns, content id)} of the shard's images, so a later run need not
+    read an unchanged file again to know its id."""
     doc = {"hash": reuse_hash, "keys": sorted(keys)} | ({"files": files} if files else {})
     return {META_REUSE: json.dumps(doc).encode()}
 
@@ -45,8 +48,10 @@ def _files_of(doc: bytes) -> dict[str, Stat]:
     return {p: (int(v[0]), int(v[1]), str(v[2])) for p, v in json.loads(doc)["files"].items()}
 
 
-def find_reusable(root: str, table: str, reuse_hash: str, wanted: set[Key]) -> list[tuple[Part, set[Key]]]:
-    """[(earlier part of `table`, the wanted keys it covers)] with the same reuse hash; each key once."""
+def find_reusable(root: str, table: str, reuse_hash: str,
+                  wanted: set[Key]) -> list[tuple[Part, dict[Key, str]]]:
+    """[(earlier part of `table`, {wanted key it covers: the image id of its rows there})] with the same reuse
+    hash; each key once."""
     fs, base = filesystem(root)
     left, found = set(wanted), []
     for part in parts(fs, table, list_files(fs, base, table)):
@@ -55,45 +60,52 @@ def find_reusable(root: str, table: str, reuse_hash: str, wanted: set[Key]) -> l
             break
         if not doc or _hash_of(doc) != reuse_hash:
             continue
-        hit = left & _keys_of(doc)
+        ids = _keys_of(doc)
+        hit = left & ids.keys()
         if hit:
-            found.append((part, hit))
+            found.append((part, {k: ids[k] for k in hit}))
             left -= hit
     return found
 
 
 @functools.lru_cache(maxsize=2048)
-def _reuse_doc(doc: bytes) -> tuple[str, frozenset[Key]]:
-    """(reuse hash, keys) of a part's reuse metadata, parsed once per process: each stage of each shard looks
-    through every earlier part with its hash, and the new images of a grown dataset are in none of them."""
+def _reuse_doc(doc: bytes) -> tuple[str, dict[Key, str]]:
+    """(reuse hash, {key: image id of its rows}) of a part's reuse metadata, parsed once per process: each stage
+    of each shard looks through every earlier part with its hash, and the new images of a grown dataset are in
+    none of them. Parts written before files had ids of their own keep (image id = content id, label)."""
     d = json.loads(doc)
-    return d["hash"], frozenset((k[0], k[1]) for k in d["keys"])
+    return d["hash"], {(k[0], k[1]): k[2] if len(k) > 2 else k[0] for k in d["keys"]}
 
 
 def _hash_of(doc: bytes) -> str:
     return _reuse_doc(doc)[0]
 
 
-def _keys_of(doc: bytes) -> frozenset[Key]:
+def _keys_of(doc: bytes) -> dict[Key, str]:
     return _reuse_doc(doc)[1]
 
 
-def copy_rows(root: str, table: str, run_id: str, name: str, image_ids: set[str], values: dict,
-              paths: dict[str, str]) -> pa.Table | None:
-    """The rows of these images in the earlier part `name` of `run_id`'s table, with `values` (run id, shard)
-    set and `path` (where the table has one) set from `paths` by image id; None when the part is gone."""
+def copy_rows(root: str, table: str, run_id: str, name: str, image_ids: dict[str, str], values: dict,
+              paths: dict[str, str], contents: dict[str, str] | None = None) -> pa.Table | None:
+    """The rows of these images ({image id there: image id here}) in the earlier part `name` of `run_id`'s table,
+    under their ids here, with `values` (run id, shard) set and `path` and `content_id` (where the table has
+    them) set from `paths` and `contents` by image id here; None when the part is gone."""
     fs, base = filesystem(root)
     found = [p for p in parts(fs, table, list_files(fs, base, table, run_id)) if p.name == name]
     if not found:
         return None
-    data = read_part(fs, found[0], image_ids)
+    data = read_part(fs, found[0], set(image_ids))
+    if data.num_rows:
+        renamed = pa.array([image_ids[i] for i in data["image_id"].to_pylist()], pa.string())
+        data = data.set_column(data.column_names.index("image_id"), "image_id", renamed)
     for col, value in values.items():
         if col in data.column_names:
             i = data.column_names.index(col)
             data = data.set_column(i, col, pa.array([value] * data.num_rows, data.schema.field(col).type))
-    if "path" in data.column_names:
-        new = pa.array([paths[i] for i in data["image_id"].to_pylist()], pa.string())
-        data = data.set_column(data.column_names.index("path"), "path", new)
+    for col, by_id in (("path", paths), ("content_id", contents or {})):
+        if col in data.column_names and by_id:  # rows copied from before `content_id` existed get theirs too
+            new = pa.array([by_id[i] for i in data["image_id"].to_pylist()], pa.string())
+            data = data.set_column(data.column_names.index(col), col, new)
     return data
 
 

@@ -29,10 +29,14 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("nodes", pa.list_(pa.string())),  # where its shards ran: Ray node ids, or host names
         ("updated_at", _ts),  # when the row was last written: every HEARTBEAT_SECONDS while the run is running
         ("n_shards_done", pa.int32()),  # shards finished so far (all of them once finished)
+        ("n_skipped", pa.int64()),  # dataset entries discovery left out on purpose (hidden, loose in the root ...)
+        ("skipped_json", pa.string()),  # ... by reason: {why: how many} (JSON); null in runs before this column
     ]),
     "images": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("path", pa.string()), ("label", pa.string()),
         ("shard", pa.int32()), ("width", pa.int32()), ("height", pa.int32()),
+        ("content_id", pa.string()),  # SHA-256 of the bytes (16 hex): byte-identical files share it; null in runs
+        # before files had ids of their own (their image_id was it) and for files that could not be read
     ]),
     "predictions": pa.schema([
         ("run_id", pa.string()), ("image_id", pa.string()), ("shard", pa.int32()),

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from mapcap.tasks.data import MIN_SIDE, ORIENTATION, image_id_of
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits, ImageLoadError, read_file
 
 log = logging.getLogger(__name__)
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -142,24 +142,36 @@ def complete(raw: bytes) -> bool:
     return eoi >= 0 and len(raw) - eoi - 2 <= TRAILER
 
 
-def _load(path: str) -> tuple[bytes, str, int] | None:
-    """(bytes, content id, EXIF orientation) of a whole JPEG file; None for an unreadable file, another format, a
-    truncated JPEG or an unreadable header (the PIL path's)."""
+def within_budget(raw: bytes, limits: DecodeLimits) -> bool:
+    """Whether a JPEG's header declares no more pixels than the budget (read before the device decodes it)."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError:
-        return None  # the PIL path reports it
-    if not raw.startswith(JPEG_MAGIC) or not complete(raw) or (turn := orientation(raw)) is None:
+        with Image.open(io.BytesIO(raw)) as im:
+            w, h = im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+    return w * h <= limits.max_pixels
+
+
+def _load(path: str, limits: DecodeLimits = DEFAULT_LIMITS) -> tuple[bytes, str, int] | None:
+    """(bytes, content id, EXIF orientation) of a whole JPEG file; None for an unreadable or refused file (not a
+    regular file, over a limit), another format, a truncated JPEG or an unreadable header (the PIL path's, which
+    reports it)."""
+    try:
+        raw = read_file(path, limits)
+    except (ImageLoadError, MemoryError):
+        return None  # the PIL path tries it again and records why it failed (the image's failures row)
+    if not raw.startswith(JPEG_MAGIC) or not complete(raw) or (turn := orientation(raw)) is None \
+            or not within_budget(raw, limits):
         return None
     return raw, image_id_of(raw), turn
 
 
-def decode_files(paths: list[str], device: str, workers: int = 8) -> Frames:
+def decode_files(paths: list[str], device: str, workers: int = 8, limits: DecodeLimits = DEFAULT_LIMITS) -> Frames:
     """Every JPEG of `paths` decoded on `device` in one batched call, as (3, H, W) uint8 RGB (EXIF orientation
     applied as the PIL path does; nvjpeg ignores it, so it is applied here as tensor ops). Files are read and
     hashed in `workers` threads (both release the GIL)."""
     with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
-        return _decode_loaded(paths, list(ex.map(_load, paths)), device)
+        return _decode_loaded(paths, list(ex.map(lambda p: _load(p, limits), paths)), device)
 
 
 def _decode_loaded(paths: list[str], loaded: list[tuple[bytes, str, int] | None], device: str) -> Frames:
@@ -199,7 +211,8 @@ def _decode_halving(datas: list[torch.Tensor], device: str) -> list[torch.Tensor
     return _decode_halving(datas[:half], device) + _decode_halving(datas[half:], device)
 
 
-def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8) -> Decoded:
+def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8,
+                 limits: DecodeLimits = DEFAULT_LIMITS) -> Decoded:
     """Every JPEG of `paths` decoded and preprocessed on `device`, DECODE_BATCH files per batched decode (the
     full-size images of a whole shard would not fit: 4,096 12-megapixel photos are 147 GB as RGB bytes). The next
     batch's files are read and hashed in the threads while this one decodes. Images of one size are resized as one
@@ -208,10 +221,10 @@ def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8)
     out = Decoded({}, {}, {}, [])
     chunks = [paths[c:c + DECODE_BATCH] for c in range(0, len(paths), DECODE_BATCH)]
     with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
-        ahead = [ex.submit(_load, p) for p in chunks[0]] if chunks else []
+        ahead = [ex.submit(_load, p, limits) for p in chunks[0]] if chunks else []
         for k, chunk in enumerate(chunks):
             loaded = [f.result() for f in ahead]
-            ahead = [ex.submit(_load, p) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
+            ahead = [ex.submit(_load, p, limits) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
             frames = _decode_loaded(chunk, loaded, device)
             out.ids |= frames.ids
             out.misses += frames.misses

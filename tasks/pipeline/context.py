@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from mapcap.storage.writer import read_run, read_table, rows_where, shard_name
 from mapcap.tasks.data import Item
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 from mapcap.tasks.pipeline.failures import Failures
 from mapcap.tasks.pipeline.images import ImageCache, ShardImages, draft_size, tensor_decode  # noqa: F401
 from mapcap.tasks.pipeline.procpool import process_map
@@ -28,7 +29,7 @@ class StageContext:
 
     def __init__(self, root: str, run_id: str, shard: int | None = None, items: list[Item] | None = None,
                  workers: int | None = None, cache: ImageCache | None = None, log: logging.Logger | None = None,
-                 extra: dict[str, Any] | None = None):
+                 extra: dict[str, Any] | None = None, limits: DecodeLimits = DEFAULT_LIMITS):
         self.root, self.run_id, self.shard = root, run_id, shard
         self.workers = max(int(workers), 1) if workers else min(os.cpu_count() or 1, MAX_WORKERS)
         self.log = log or logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class StageContext:
         self.shared = Shared()  # what this chain's stages leave for the later ones (typed)
         self.failures = Failures(run_id, shard, self.log)
         self.clock = StageClock(f"shard {shard}" if shard is not None else f"run {run_id}", self.log)
-        self.pictures = ShardImages(items or [], cache or ImageCache(), self.failures.fail, self.map, self.workers)
+        self.pictures = ShardImages(items or [], cache or ImageCache(), self.failures.fail, self.map, self.workers,
+                                    limits)
         # the stages call these directly
         self.fail, self.progress, self.phase = self.failures.fail, self.clock.progress, self.clock.phase
         self.decode_items, self.images, self.pixels = (self.pictures.decode_items, self.pictures.images,

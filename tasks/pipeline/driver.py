@@ -18,6 +18,7 @@ import pyarrow as pa
 from mapcap.storage.schemas import META_CONFIG
 from mapcap.storage.writer import count_rows, file_exists, files_complete, read_file_metadata, write_file, write_table
 from mapcap.tasks.data import Item
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 from mapcap.tasks.provenance import config_from_json, config_hash, library_versions, to_jsonable
 from mapcap.tasks.pipeline import reuse
 from mapcap.tasks.pipeline.base import Rows, Stage, get_stage, upstream, writers
@@ -103,9 +104,10 @@ def with_rows(rows: Rows | pa.Table, more: Rows) -> Rows | pa.Table:
 
 
 def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
-              workers: int | None = None, log_: logging.Logger | None = None) -> dict:
-    """Every picked per-shard stage of one shard, in order, sharing decoded images."""
-    ctx = StageContext(root, run_id, shard, list(items), workers, ImageCache(), log_ or log)
+              workers: int | None = None, log_: logging.Logger | None = None,
+              limits: DecodeLimits = DEFAULT_LIMITS) -> dict:
+    """Every picked per-shard stage of one shard, in order, sharing decoded images (each within `limits`)."""
+    ctx = StageContext(root, run_id, shard, list(items), workers, ImageCache(), log_ or log, limits=limits)
     inputs = config_hash([(it.path, it.label) for it in items])
     hashes: dict[str, str] = {}
     for sp in plans:
@@ -123,7 +125,7 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
 
 def run_run_stage(sp: StagePlan, root: str, run_id: str, shard_results: list[dict], run_results: dict[str, dict],
                   force: bool = False, workers: int | None = None, extra: dict | None = None,
-                  log_: logging.Logger | None = None) -> dict:
+                  log_: logging.Logger | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> dict:
     """One per-run stage over the whole run; its hash chains the per-shard hashes of the stages it follows."""
     stage = get_stage(sp.name)
     w = writers()
@@ -134,7 +136,7 @@ def run_run_stage(sp: StagePlan, root: str, run_id: str, shard_results: list[dic
             up[name] = run_results[name]["hash"]
         elif any(name in r["stages"] for r in shard_results):
             up[name] = [r["stages"][name]["hash"] if name in r["stages"] else None for r in shard_results]
-    ctx = StageContext(root, run_id, None, None, workers, ImageCache(), log_ or log, extra)
+    ctx = StageContext(root, run_id, None, None, workers, ImageCache(), log_ or log, extra, limits)
     return run_stage(stage, sp.config, ctx, stage_hash(stage, sp.config, up), force)
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mapcap.tasks.data import FULL_SIZE, ImageLoadError, Item, full_size, image_id_of, load_image
+from mapcap.tasks.data import FULL_SIZE, Item, file_id, full_size, image_id_of, load_image
 from mapcap.tasks.decode import Geometry, decode_files, decode_jpegs, geometry
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 
 CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per shard in host memory (then the oldest are dropped)
 DEVICE_CACHE_BYTES = 8 << 30  # ... and pixel tensors on a GPU (a 4,096-image shard of 224 px pixels: 2.5 GB)
@@ -72,14 +73,18 @@ class ShardImages:
     """The images of one shard (or of a run-level stage's picks): decoded once in the shard's threads, cached."""
 
     def __init__(self, items: list[Item], cache: ImageCache, fail: Callable[..., None],
-                 thread_map: Callable[[Callable, list], list], workers: int):
+                 thread_map: Callable[[Callable, list], list], workers: int, limits: DecodeLimits = DEFAULT_LIMITS):
         self.items, self.cache, self.fail, self.map, self.workers = items, cache, fail, thread_map, workers
+        self.limits = limits  # what one file may cost (tasks/limits.py): over it, a failures row
+        self.content_ids: dict[str, str] = {}  # path -> content id of the files decode_items read
 
-    def _decode(self, path: str, draft: int | None = None) -> tuple[Image.Image | None, str, ImageLoadError | None]:
+    def _decode(self, path: str, draft: int | None = None) -> tuple[Image.Image | None, str, Exception | None]:
+        """(image, content id, None), or (None, an id, the error): any error reading or decoding one file
+        (MemoryError included) is that image's failures row, never its shard's end."""
         try:
-            img, image_id = load_image(path, draft)
+            img, image_id = load_image(path, draft, self.limits)
             return img, image_id, None
-        except ImageLoadError as e:
+        except Exception as e:  # recorded as the image's failures row by the caller, with its type and message
             return None, getattr(e, "image_id", None) or image_id_of(path.encode()), e
 
     def _cached(self, path: str, draft: int | None) -> tuple | None:
@@ -87,7 +92,7 @@ class ShardImages:
         return self.cache.get(("path", path)) or (self.cache.get(("draft", draft, path)) if draft else None)
 
     def _decode_all(self, paths: list[str], draft: int | None = None,
-                    ) -> list[tuple[Image.Image | None, str, ImageLoadError | None]]:
+                    ) -> list[tuple[Image.Image | None, str, Exception | None]]:
         """(image, content id, error) per path, decoded once in the shard's threads and cached. `draft`: images
         only needed at model resolution, so a large JPEG may be decoded at a reduced scale with both sides ≥ draft
         (data.decode_image; full_size still gives the file's size), cached apart from full images."""
@@ -105,26 +110,31 @@ class ShardImages:
 
     def decode_items(self, preprocess: Callable | None = None,
                      device: str = "cpu") -> list[tuple[Item, str, tuple[int, int] | None]]:
-        """Every item of the shard decoded once: (item, image id, (W, H) or None if it failed). With a
+        """Every item of the shard decoded once: (item, image id (data.file_id: one per file), (W, H) or None if
+        it failed); the files' content ids are left in `content_ids`. With a
         `preprocess` on a CUDA `device`, JPEGs are decoded and preprocessed there in one batch (tasks/decode.py;
         their pixels are cached, `pixels_of` finds them) and only the other files go through PIL."""
         paths = [it.path for it in self.items]
         fast = None
         draft = draft_size(preprocess)
         if preprocess is not None and (geo := tensor_decode(preprocess, device)) is not None:
-            fast = decode_jpegs(paths, geo, device, self.workers)
+            fast = decode_jpegs(paths, geo, device, self.workers, self.limits)
             for p, pix in fast.pixels.items():
-                self.cache.put(("pixels", id(preprocess), fast.ids[p]), pix, pix.numel() * pix.element_size())
+                self.cache.put(("pixels", id(preprocess), file_id(fast.ids[p], p)), pix,
+                               pix.numel() * pix.element_size())
         slow = iter(self._decode_all([p for p in paths if fast is None or p not in fast.pixels], draft))
         out = []
         for item in self.items:
             if fast is not None and item.path in fast.pixels:
-                out.append((item, fast.ids[item.path], fast.sizes[item.path]))
+                self.content_ids[item.path] = fast.ids[item.path]
+                out.append((item, file_id(fast.ids[item.path], item.path), fast.sizes[item.path]))
                 continue
-            img, image_id, err = next(slow)
+            img, content_id, err = next(slow)
+            if img is not None or getattr(err, "image_id", None):  # bytes read: their content id is known
+                self.content_ids[item.path] = content_id
             if err is not None:
-                self.fail(image_id, item.path, err)
-            out.append((item, image_id, full_size(img) if img is not None else None))
+                self.fail(file_id(content_id, item.path), item.path, err)
+            out.append((item, file_id(content_id, item.path), full_size(img) if img is not None else None))
         return out
 
     def images(self, refs: dict[str, str], draft: int | None = None) -> dict[str, Image.Image]:
@@ -140,17 +150,19 @@ class ShardImages:
         return out
 
     def _changed(self, iid: str, path: str, found: str) -> bool:
-        """Whether the file's content is no longer the image classified (then a failure row says so)."""
-        if found != iid:
-            self.fail(iid, path, f"{path} changed since it was classified (content id {found}, stored {iid}); "
+        """Whether the file's content is no longer the image classified (then a failure row says so). `iid` is
+        the file's id (data.file_id), or its content id in runs classified before files had ids of their own."""
+        changed = iid not in (file_id(found, path), found)
+        if changed:
+            self.fail(iid, path, f"{path} changed since it was classified (content id {found}, image {iid}); "
                                  f"rerun with force=True to redo the run", "ImageChanged")
-        return found != iid
+        return changed
 
     def device_images(self, refs: dict[str, str], device: str) -> dict[str, torch.Tensor]:
         """{image id: (3, H, W) uint8 RGB on `device`} for {image id: path}: JPEGs decoded there in one batch
         (tasks/decode.py), other files through PIL; an unreadable or changed file is a failure row. Not cached:
         full-size images on a GPU are for the batch at hand."""
-        frames = decode_files(list(dict.fromkeys(refs.values())), device, self.workers)
+        frames = decode_files(list(dict.fromkeys(refs.values())), device, self.workers, self.limits)
         out = {i: frames.images[p] for i, p in refs.items()
                if p in frames.images and not self._changed(i, p, frames.ids[p])}
         slow = self.images({i: p for i, p in refs.items() if p not in frames.images})

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 import mapcap.tasks.stages  # noqa: F401  (the built-in stages register: their sections make up the model)
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
+from mapcap.tasks.names import check_run_name
 from mapcap.tasks.pipeline.base import STAGES, Section, check_stage_list, stage_order
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,9 @@ class RunParams(BaseModel):
                                              "CPU cores 1.1-1.2x. It pays only when the forward passes take longer "
                                              "than the compile: large runs, or a real model on CPU")
     out: str = Field("./mapcap-results", description="results root: local path or fsspec URL (s3://...)")
-    run_name: str | None = Field(None, description="run id; reusing one resumes that run, skipping finished work")
+    run_name: str | None = Field(None, description="run id, used as typed (letters, digits, '-', '_', '.'; at most "
+                                                   "100 characters); reusing one resumes that run, skipping "
+                                                   "finished work")
     force: bool = Field(False, description="redo work that is already complete")
     redo_classes: list[str] | None = Field(None, description="redo only the shards holding images of these classes "
                                                              "(reprocessing a subset; other shards are reused)")
@@ -55,8 +59,21 @@ class RunParams(BaseModel):
                                                            "is rounded up to pairs, the two shards in flight)")
     workers: int | None = Field(None, ge=1, description="threads per shard that decode, crop and segment (empty: "
                                                         "one per CPU core, at most 16)")
+    max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, ge=1, description="pixel budget per image (width × height "
+                                                                         "its header declares, checked before "
+                                                                         "decoding): a larger image is a failures "
+                                                                         "row, not a machine out of memory")
+    max_file_mb: float = Field(DEFAULT_LIMITS.max_file_mb, gt=0, description="file-size cap per image in MB "
+                                                                            "(checked before reading): a larger "
+                                                                            "file is a failures row")
     gpus_per_shard: float = Field(0, ge=0, description="on Ray (flows/explain_ray.py): GPUs each shard task asks "
                                                         "for, so Ray places one shard per GPU; 0: no request")
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, name: str | None) -> str | None:
+        """Refused at once (before any server or model starts) when it cannot be a run id as typed."""
+        return check_run_name(name) if name else None  # empty (a blank form field): no name, a timestamped id
+
     @field_validator("stages")
     @classmethod
     def _stages_with_their_upstream(cls, stages: list[str] | None) -> list[str] | None:
@@ -80,6 +97,11 @@ class RunParams(BaseModel):
                 sec.setdefault(field, value)
                 data[section] = sec
         return data
+
+    @property
+    def limits(self) -> DecodeLimits:
+        """What one image file may cost (tasks/limits.py)."""
+        return DecodeLimits(self.max_pixels, self.max_file_mb)
 
     def resolve(self):
         """The run plan and every stage's config, validated before any shard starts (see tasks/pipeline/planning.py)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from mapcap.storage.writer import read_run
 from mapcap.tasks.data import Item, read_dataset
 from mapcap.tasks.models import ModelSpec, load_model, resolve_spec
+from mapcap.tasks.names import check_run_name
 from mapcap.tasks.plugins import named_dataset, preset_for_model
 from mapcap.tasks.provenance import config_hash
 from mapcap.tasks.pipeline.sharding import SHARDS_IN_FLIGHT, hash_shards, resumed_shard_count, shard_count
@@ -26,6 +26,7 @@ class RunPlan:
     templates: tuple[str, ...]
     model: ModelSpec
     shards: tuple[tuple[Item, ...], ...]  # shard i holds these items
+    skipped: tuple[tuple[str, int], ...] = ()  # (why, how many) dataset entries discovery left out on purpose
 
     @property
     def n_images(self) -> int:
@@ -45,12 +46,10 @@ def default_batch(device: str, cpu: int, gpu: int) -> int:
 
 
 def make_run_id(run_name: str | None, params_hash: str) -> str:
-    """The user's run name (sanitised), or a timestamped id; the same name resumes the same run."""
+    """The user's run name as typed (refused when unsafe, never rewritten: tasks/names.py), or a timestamped id;
+    the same name resumes the same run."""
     if run_name:
-        rid = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.")
-        if not rid:
-            raise ValueError(f"run name {run_name!r} has no usable characters; use letters, digits, '-', '_' or '.'")
-        return rid
+        return check_run_name(run_name)
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{params_hash[:6]}"
 
 
@@ -108,7 +107,7 @@ def plan_run(dataset: str, class_map: str | None, model: str, pretrained: str, t
     in_flight = SHARDS_IN_FLIGHT if spec.device.startswith("cuda") else 1  # on CPU both shards share the cores
     n_shards = resumed_shard_count(stored, run_id) or shard_count(len(ds.items), shard_size, in_flight)
     shards = tuple(tuple(s) for s in hash_shards(ds.items, n_shards))
-    return RunPlan(run_id, source, ds.classes, tpl, spec, shards)
+    return RunPlan(run_id, source, ds.classes, tpl, spec, shards, ds.skipped)
 
 
 def stored_run_row(root: str, run_id: str) -> dict | None:

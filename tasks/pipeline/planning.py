@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 from mapcap.tasks.pipeline.base import StageUnavailable, check_stage_list, get_stage, stage_order, upstream
 from mapcap.tasks.pipeline.driver import StagePlan
 from mapcap.tasks.pipeline.facts import facts_for
@@ -24,6 +25,7 @@ class Resolved:
     run_stages: tuple[StagePlan, ...]  # per-run stages to run, in order
     skipped: tuple[tuple[str, str], ...]  # (stage or feature, why it does not run)
     notes: tuple[str, ...] = ()  # warnings about the run as planned (a model that does not know these classes)
+    limits: DecodeLimits = DEFAULT_LIMITS  # what one image file may cost (tasks/limits.py)
 
 
 def resolve_run(p: Any) -> Resolved:
@@ -51,4 +53,5 @@ def resolve_run(p: Any) -> Resolved:
     plans = [StagePlan(n, configs[n]) for n in picked if n in configs]
     notes = result_notes(plan.model.name, plan.model.pretrained, plan.classes) + facts.notes
     return Resolved(plan, tuple(s for s in plans if get_stage(s.name).scope == "shard"),
-                    tuple(s for s in plans if get_stage(s.name).scope == "run"), tuple(skipped), tuple(notes))
+                    tuple(s for s in plans if get_stage(s.name).scope == "run"), tuple(skipped), tuple(notes),
+                    p.limits)

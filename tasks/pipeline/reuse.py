@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from mapcap.storage.reuse_index import Key, Stat, copy_rows, find_reusable, known_files, merged, reuse_meta, rows_without
 from mapcap.storage.schemas import schema_for
-from mapcap.tasks.data import image_id_of
+from mapcap.tasks.data import file_id
+from mapcap.tasks.limits import ImageLoadError, hash_file
 from mapcap.tasks.provenance import config_hash, to_jsonable
 from mapcap.tasks.pipeline.base import Rows, Stage, get_stage, upstream
 from mapcap.tasks.pipeline.context import StageContext
@@ -70,15 +71,16 @@ def _stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _content_id(path: str, stat: tuple[int, int] | None, known: Stat | None) -> str | None:
+def _content_id(path: str, stat: tuple[int, int] | None, known: Stat | None, ctx: StageContext) -> str | None:
     """The file's content id: the one an earlier run recorded when size and mtime (ns) are unchanged (as rsync's
-    quick check: a nightly run does not read every old file again), else the SHA-256 of its bytes."""
+    quick check: a nightly run does not read every old file again), else the SHA-256 of its bytes (read in
+    chunks; only a regular file within the run's limits is opened)."""
     if stat is not None and known is not None and (known[0], known[1]) == stat:
         return known[2]
     try:
-        return image_id_of(Path(path).read_bytes())
-    except OSError:
-        return None  # unreadable: computed, and the stage records the failure
+        return hash_file(path, ctx.pictures.limits)
+    except ImageLoadError:
+        return None  # unreadable or refused: computed, and the stage records the failure
 
 
 def shard_keys(ctx: StageContext) -> dict[str, Key]:
@@ -87,7 +89,7 @@ def shard_keys(ctx: StageContext) -> dict[str, Key]:
         paths = [it.path for it in ctx.items]
         stats = {p: _stat(p) for p in paths}
         known = known_files(ctx.root)
-        ids = ctx.map(lambda p: _content_id(p, stats[p], known.get(p)), paths)
+        ids = ctx.map(lambda p: _content_id(p, stats[p], known.get(p), ctx), paths)
         ctx.shared.content_ids = dict(zip(paths, ids))
         ctx.shared.files = {p: (*stats[p], i) for p, i in zip(paths, ids) if i and stats[p]}
     ids = ctx.shared.content_ids
@@ -103,19 +105,21 @@ def reused_rows(stage: Stage, ctx: StageContext, files: list[tuple[str, str]], r
     """({table: rows copied for this run and shard, as Arrow}, the image ids they cover) from earlier runs'
     parts."""
     primary = files[1][0]  # the stage's first table; files[0] is its failures file
-    paths = {k[0]: p for p, k in keys.items()}
+    new_ids = {k[0]: file_id(k[0], p) for p, k in keys.items()}  # content id -> the image id of its file here
+    paths = {file_id(k[0], p): p for p, k in keys.items()}
+    contents = {file_id(k[0], p): k[0] for p, k in keys.items()}
     out: dict[str, list[pa.Table]] = {t: [] for t, _ in files}
     covered: set[str] = set()
     for part, hit in find_reusable(ctx.root, primary, reuse_hash, set(keys.values())):
-        ids = {k[0] for k in hit}
+        ids = {old: new_ids[k[0]] for k, old in hit.items()}
         names = [(t, part.name + n[len(files[1][1]):]) for t, n in files]  # the same files of that part
-        copied = [copy_rows(ctx.root, t, part.run_id, n, ids, {"run_id": ctx.run_id, "shard": ctx.shard}, paths)
-                  for t, n in names]
+        copied = [copy_rows(ctx.root, t, part.run_id, n, ids, {"run_id": ctx.run_id, "shard": ctx.shard}, paths,
+                            contents) for t, n in names]
         if any(c is None for c in copied):  # a file of that part is missing: not reusable
             continue
         for (t, _), c in zip(files, copied):
             out[t].append(c)
-        covered |= ids
+        covered |= set(ids.values())
     return {t: pa.concat_tables(parts) if parts else schema_for(t).empty_table() for t, parts in out.items()}, covered
 
 
@@ -126,7 +130,8 @@ def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, st
     if reuse_hash is None:
         return stage.compute(cfg, ctx), {}, {}
     keys = shard_keys(ctx)
-    meta = reuse_meta(reuse_hash, list(keys.values()), ctx.shared.files if "images" in stage.writes else None)
+    meta = reuse_meta(reuse_hash, [(c, label, file_id(c, p)) for p, (c, label) in keys.items()],
+                      ctx.shared.files if "images" in stage.writes else None)
     if force:
         return stage.compute(cfg, ctx), {}, meta
     reused, covered = reused_rows(stage, ctx, files, reuse_hash, keys)
@@ -134,7 +139,7 @@ def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, st
         return stage.compute(cfg, ctx), {}, meta
     items, outputs = ctx.items, dict(ctx.outputs)
     try:  # the stage sees only the images left to compute
-        ctx.items = [it for it in items if keys.get(it.path, ("",))[0] not in covered]
+        ctx.items = [it for it in items if it.path not in keys or file_id(keys[it.path][0], it.path) not in covered]
         if ctx.items:
             for t in stage.reads:
                 full = outputs[t] if t in outputs else outputs.setdefault(t, ctx.arrow(t))
@@ -142,7 +147,7 @@ def compute(stage: Stage, cfg: Any, ctx: StageContext, files: list[tuple[str, st
         out = stage.compute(cfg, ctx) if ctx.items else {}
     finally:
         ctx.items, ctx.outputs = items, outputs
-    order = {k[0]: i for i, k in enumerate(keys.get(it.path, ("",)) for it in items)}
+    order = {file_id(keys[it.path][0], it.path): i for i, it in enumerate(items) if it.path in keys}
     rows = {t: merged(t, reused[t], out.get(t, []), order) for t in reused} | {
         k: v for k, v in out.items() if k not in reused}
     ctx.log.info("shard %s %s: %d image(s) reused from earlier runs, %d computed", ctx.shard, stage.name,

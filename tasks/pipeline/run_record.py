@@ -83,6 +83,7 @@ def run_row(resolved, params: dict, status: str, started_at: datetime, shard_res
                                   sort_keys=True),
         "sharding": SCHEME, "nodes": sorted({r["node"] for r in done if r.get("node")}),
         "updated_at": datetime.now(timezone.utc), "n_shards_done": len(done),
+        "n_skipped": sum(n for _, n in plan.skipped), "skipped_json": json.dumps(dict(plan.skipped), sort_keys=True),
     }
 
 

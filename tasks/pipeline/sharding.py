@@ -48,8 +48,8 @@ def hash_shards(items: tuple[Item, ...] | list[Item], n_shards: int) -> list[lis
 
 
 def sampled(image_id: str, share: float) -> bool:
-    """Is the image in a `share` sample? Decided by its content id alone: the same for any sharding, rerun or
-    grown dataset, so a sampled stage's rows stay reusable (tasks/pipeline/reuse.py)."""
+    """Is the image in a `share` sample? Decided by its image id alone (its file's path and bytes): the same for
+    any sharding, rerun or grown dataset, so a sampled stage's rows stay reusable (tasks/pipeline/reuse.py)."""
     return share >= 1.0 or int(image_id[:8], 16) / 16 ** 8 < share
 
 

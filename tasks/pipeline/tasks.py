@@ -10,6 +10,7 @@ from prefect.states import Cancelled, State
 
 from mapcap.storage.compact import expand_run
 from mapcap.tasks.data import Item
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 from mapcap.tasks.provenance import SHARD_RETRIES, run_logger
 from mapcap.tasks.pipeline.driver import StagePlan, run_run_stage, run_shard
 from mapcap.tasks.pipeline.planning import resolve_run
@@ -21,9 +22,10 @@ GPU_TAG = "mapcap-gpu"  # a Prefect tag concurrency limit on it gives one shard 
 
 @task(name="shard", task_run_name="shard-{shard}", cache_policy=NO_CACHE, **SHARD_RETRIES)
 def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
-               workers: int | None = None) -> dict | State:
+               workers: int | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> dict | State:
     try:
-        return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__)) | {"node": node()}
+        return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__),
+                         limits) | {"node": node()}
     except RunStopped as e:  # the run was stopped (tasks/pipeline/stop.py): this shard ends Cancelled, not Crashed
         return Cancelled(message=str(e))
 
@@ -59,8 +61,10 @@ def node() -> str:
 
 @task(name="run-stage", task_run_name="{sp.name}", cache_policy=NO_CACHE, **SHARD_RETRIES)
 def run_stage_task(sp: StagePlan, root: str, run_id: str, shard_results: list[dict], run_results: dict[str, dict],
-                   force: bool = False, workers: int | None = None, extra: dict | None = None) -> dict:
-    return run_run_stage(sp, root, run_id, shard_results, run_results, force, workers, extra, run_logger(__name__))
+                   force: bool = False, workers: int | None = None, extra: dict | None = None,
+                   limits: DecodeLimits = DEFAULT_LIMITS) -> dict:
+    return run_run_stage(sp, root, run_id, shard_results, run_results, force, workers, extra, run_logger(__name__),
+                         limits)
 
 
 @task(name="expand-run", cache_policy=NO_CACHE)

@@ -18,7 +18,8 @@ from mapcap.tasks.relevancy.fused import classify_and_explain
 from mapcap.tasks.relevancy.methods import resolve_start
 from mapcap.tasks.relevancy.towers import tower_of
 from mapcap.tasks.pipeline.base import Section, Stage, register_stage
-from mapcap.tasks.provenance import frozen_config
+from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
+from mapcap.tasks.provenance import frozen_config, omit_default
 from mapcap.tasks.pipeline.plan import default_batch
 from mapcap.tasks.pipeline.context import StageContext
 from mapcap.tasks.pipeline.facts import Facts
@@ -35,6 +36,7 @@ class ClassifyConfig:
     top_k: int = 5  # labels and probabilities kept per prediction
     batch_size: int = 64  # images per forward pass (halved on CUDA out-of-memory)
     bank: ConceptBank | None = None  # descriptors covering the classes: adds rows with template 'descriptors'
+    limits: DecodeLimits = omit_default(DEFAULT_LIMITS)  # per-image bounds: raising them redoes the failed images
 
 
 
@@ -63,7 +65,8 @@ class Classify(Stage):
         s, plan = params.classify, facts.plan
         return ClassifyConfig(model=plan.model, classes=plan.classes, templates=plan.templates, top_k=s.top_k,
                               batch_size=s.batch_size or default_batch(plan.model.device, 64, 256),
-                              bank=facts.bank if s.descriptions else None)
+                              bank=facts.bank if s.descriptions else None,
+                              limits=params.limits)
 
     @on_device  # one shard at a time on the device, decode included (tasks/device_turn.py)
     def compute(self, cfg: ClassifyConfig, ctx: StageContext) -> dict:
@@ -76,7 +79,8 @@ class Classify(Stage):
         for item, image_id, size in decoded:
             images.append({"run_id": ctx.run_id, "image_id": image_id, "path": item.path, "label": item.label,
                            "shard": ctx.shard, "width": size[0] if size else None,
-                           "height": size[1] if size else None})
+                           "height": size[1] if size else None,
+                           "content_id": ctx.pictures.content_ids.get(item.path)})
             if size is not None:
                 good.append((image_id, item.label, item.path))
         starts = fused_starts(cfg, ctx.shared.pending.get("relevancy"))

@@ -44,6 +44,7 @@ def test_the_shipped_flag_table_is_the_models():
     (["run", "/no/such/folder"], "dataset /no/such/folder does not exist"),
     (["run", "--shard-size", "0"], "must be ≥ 1"),
     (["run", "--regions.threshold", "nope"], "invalid choice: 'nope'"),
+    (["run", "--run-name", "a'b"], "run name \"a'b\" cannot be a run id"),
 ])
 def test_a_wrong_argument_answers_without_heavy_imports(tmp_path, argv, said):
     result, text = probe(*argv, tmp_path=tmp_path)

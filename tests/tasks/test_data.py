@@ -185,3 +185,22 @@ def test_hidden_and_system_entries_are_not_images_of_a_class(tmp_path):
     assert ds.classes == ("cat", "dog")
     assert sorted(Path(it.path).relative_to(root).as_posix() for it in ds.items) == [
         "cat/a.png", "cat/more/b.png", "dog/a.png"]
+
+
+def test_discovery_counts_what_it_leaves_out_and_keeps_one_row_per_file(tmp_path):
+    from tests.hostile import small_png
+
+    for d in ("cat", "dog"):
+        (tmp_path / d).mkdir()
+    small_png(tmp_path / "cat" / "a.png", (1, 2, 3))
+    (tmp_path / "cat" / "link.png").symlink_to(tmp_path / "cat" / "a.png")  # the same file twice in one class
+    (tmp_path / "dog" / "link.png").symlink_to(tmp_path / "cat" / "a.png")  # ... and in another
+    small_png(tmp_path / "dog" / "b.png", (3, 2, 1))
+    small_png(tmp_path / "loose.png", (9, 9, 9))  # no class
+    (tmp_path / "manifest.parquet").write_bytes(b"")  # the dataset's own file: not counted
+    (tmp_path / "dog" / "README").write_text("x")
+    (tmp_path / "dog" / ".thumbs").mkdir()
+    ds = read_dataset(str(tmp_path))
+    assert [Path(it.path).name for it in ds.items] == ["a.png", "b.png"]
+    assert dict(ds.skipped) == {"a second link to a listed file": 2, "images in the dataset root (no class)": 1,
+                                "not an image's extension": 1, "hidden or system": 1}

@@ -81,9 +81,9 @@ def test_the_next_batch_is_read_while_one_decodes(files, toy_model, monkeypatch)
     started, real_load, real_decode = [], decode._load, decode._decode_loaded
     overlapped = []
 
-    def load(path):
+    def load(path, *limits):
         started.append(path)
-        return real_load(path)
+        return real_load(path, *limits)
 
     def decode_batch(paths, loaded, device):
         nxt = files[files.index(paths[-1]) + 1:][:2]
@@ -113,7 +113,7 @@ def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkey
     from mapcap.tasks.data import Item
     from mapcap.tasks.pipeline.context import StageContext
     real = context.decode_jpegs
-    monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device, workers: real(paths, geo, "cpu", workers))
+    monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device, workers, *lim: real(paths, geo, "cpu", workers, *lim))
     ctx = StageContext("memory://unused", "r", 0, [Item(p, "circle") for p in files], workers=2)
     ctx.begin("classify")
     got = ctx.decode_items(toy_model.preprocess, "cuda")

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 
 from mapcap.storage.writer import read_run
-from mapcap.tasks.data import Item
+from mapcap.tasks.data import Item, image_id_of
 from mapcap.tasks.models import ModelSpec
 from mapcap.tasks.stages.classify import ClassifyConfig
 from mapcap.tasks.pipeline.driver import StagePlan, run_shard
@@ -130,12 +130,13 @@ def test_unchanged_files_are_not_read_again_to_know_their_content(setup, tmp_pat
         local.append(Item(str(data / f"img-{i}.png"), it.label))
     root = str(tmp_path / "out")
     run_shard(plans[:1], root, "a", 0, local)
-    hashed: list[bytes] = []
-    real = reuse.image_id_of
-    monkeypatch.setattr(reuse, "image_id_of", lambda data: hashed.append(data) or real(data))
+    hashed: list[str] = []
+    real = reuse.hash_file
+    monkeypatch.setattr(reuse, "hash_file", lambda path, limits: hashed.append(path) or real(path, limits))
     shutil.copy(items[5].path, local[3].path)  # another picture under an old name: new size or mtime
     b = run_shard(plans[:1], root, "b", 0, local)["stages"]["classify"]
     assert len(hashed) == 1  # only the rewritten file was read to hash it
     assert b["reused_rows"]["images"] == 3 and b["rows"]["images"] == 4
-    ids = {r["path"]: r["image_id"] for r in read_run(root, "images", "b").to_pylist()}
-    assert ids[local[3].path] == real(data.joinpath("img-3.png").read_bytes())
+    ids = {r["path"]: r["content_id"] for r in read_run(root, "images", "b").to_pylist()}
+    assert ids[local[3].path] == image_id_of(data.joinpath("img-3.png").read_bytes())
+    assert all(ids.values())  # rows copied from run a carry their content id too
