@@ -113,7 +113,8 @@ def test_a_shard_decoded_on_the_device_feeds_the_stages(files, toy_model, monkey
     from mapcap.tasks.data import Item
     from mapcap.tasks.pipeline.context import StageContext
     real = context.decode_jpegs
-    monkeypatch.setattr(context, "decode_jpegs", lambda paths, geo, device, workers, *lim: real(paths, geo, "cpu", workers, *lim))
+    monkeypatch.setattr(context, "decode_jpegs",
+                        lambda paths, geo, device, workers, *lim: real(paths, geo, "cpu", workers, *lim))
     ctx = StageContext("memory://unused", "r", 0, [Item(p, "circle") for p in files], workers=2)
     ctx.begin("classify")
     got = ctx.decode_items(toy_model.preprocess, "cuda")
