@@ -4,12 +4,14 @@ with -v. The Prefect UI gets every log line either way (its API handler is left 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-PACKAGE_DIRS = tuple(str(Path(__file__).resolve().parents[1] / d) for d in ("tasks", "flows", "storage", "cli"))
+PACKAGE_DIRS = tuple(str(Path(__file__).resolve().parents[1] / d) + os.sep
+                     for d in ("cli", "explorer", "flows", "mapcap", "storage", "tasks", "toy"))  # every part of mapcap
 BAR = 20
 
 
