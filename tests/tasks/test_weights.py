@@ -57,8 +57,10 @@ def test_unreachable_weights_stop_planning_before_any_shard(offline, tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "data" / cls).mkdir(parents=True)
         Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "data" / cls / "a.png")
-    with pytest.raises(ValueError, match=r"'ViT-B-16' with pretrained='openai' are not in the local cache and "
-                                         r"could not be downloaded from the hub repo timm/.*--pretrained /path"):
+    # unreachable hub: found by the 3 s probe (no client retries); reachable but failing: the client's error
+    with pytest.raises(ValueError, match=r"'ViT-B-16' with pretrained='openai' are not in the local cache,? and "
+                                         r"(they cannot|could not) be downloaded from the hub repo timm/.*"
+                                         r"--pretrained /path"):
         plan_run(str(tmp_path / "data"), None, "ViT-B-16", "openai", "simple", None, "cpu", "fp32", None)
     import shutil
 
@@ -127,3 +129,16 @@ def test_a_cached_tag_builds_from_its_file_as_the_tag_was_trained(offline, monke
     monkeypatch.setitem(oc._PRETRAINED, TOY_MODEL_NAME, {"faketag": {**cfg, "quick_gelu": False}})
     plain, _, _ = create_clip(TOY_MODEL_NAME, "faketag")
     assert type(plain.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
+
+
+def test_hf_hub_offline_is_honoured_without_a_network_probe(monkeypatch):
+    """HF_HUB_OFFLINE says no download can work: the error says so at once, without the hub client's retries."""
+    import socket
+    import time
+
+    from mapcap.tasks.weights import reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
+    t0 = time.perf_counter()
+    assert reachable("huggingface.co") == "HF_HUB_OFFLINE is set" and time.perf_counter() - t0 < 1
