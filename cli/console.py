@@ -38,8 +38,10 @@ class RunConsole(logging.Filter):
         text = record.getMessage()
         if not self.verbose and text in self.seen:
             return False  # a reason said once is enough (shards and stages repeat it)
-        self.seen.add(text)
         stage = getattr(record, "mapcap_stage", None)
+        if not self.verbose and stage in self.done and text.endswith(", skipped"):
+            return False  # a later pass of the run finds what the first did complete: nothing new to say
+        self.seen.add(text)
         if stage is not None and self.total and not hasattr(record, "mapcap_bar"):
             self.done.add(stage)
             record.mapcap_bar = self.bar()  # our terminal format shows it; the UI's log lines stay as logged

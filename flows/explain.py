@@ -21,7 +21,8 @@ from mapcap.tasks.report.run_summary import run_summary_task
 from mapcap.tasks.pipeline.run_record import record_run_task, run_heartbeat
 from mapcap.tasks.pipeline.sharding import SHARDS_IN_FLIGHT
 from mapcap.tasks.report.html import report_path
-from mapcap.tasks.pipeline.tasks import expand_run_task, plan_run_task, run_stage_task, shard_task_on
+from mapcap.tasks.pipeline.planning import passes
+from mapcap.tasks.pipeline.tasks import expand_run_task, merged, plan_run_task, run_stage_task, shard_task_on
 from mapcap.tasks.pipeline.stop import stop_scope
 
 __all__ = ["ExplainParams", "explain"]
@@ -79,26 +80,32 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
         with run_heartbeat(params.out, resolved, pdict, started, results), stop_scope() as stop:
             # the heartbeat rewrites the `running` row as shards finish; Ctrl-C, SIGTERM or a cancel stops the
             # running shards at their next batch
-            with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task (others ignore it)
-                futures = shard_task_on(plan.model.device).map(
-                    unmapped(list(resolved.shard_stages)), unmapped(params.out), plan.run_id,
-                    list(range(len(plan.shards))), [whole(list(s)) for s in plan.shards], forces,
-                    unmapped(params.workers), unmapped(resolved.limits))
-            stop.cancel_on_stop(futures)  # queued shards are then dropped
-            shard_of = {f.task_run_id: i for i, f in enumerate(futures)}
-            for n, fut in enumerate(as_completed(futures), start=1):
-                i = shard_of[fut.task_run_id]
-                try:
-                    results[i] = fut.result()
-                except Exception as e:  # the shard failed (its retries spent); the run records it
-                    logger.error("shard %d failed: %s: %s", i, type(e).__name__, e)
-                    failed.add(i)
-                update_progress_artifact(progress, 100.0 * n / len(futures))
-            for sp in resolved.run_stages if not failed else ():
-                run_results[sp.name] = run_stage_task(sp, params.out, plan.run_id, [r for r in results if r],
-                                                      run_results, params.force or any(forces), params.workers,
-                                                      {"dataset": plan.dataset, "classes": plan.classes},
-                                                      resolved.limits)
+            for k, (shard_plans, run_plans, deferred) in enumerate(passes(resolved)):
+                # a later pass forces only its deferred stages (the others were just done, or are complete)
+                pass_forces = forces if k == 0 else [deferred if f else False for f in forces]
+                with gpu_request(params.gpus_per_shard):  # a Ray resource request per shard task
+                    futures = shard_task_on(plan.model.device).map(
+                        unmapped(list(shard_plans)), unmapped(params.out), plan.run_id,
+                        list(range(len(plan.shards))), [whole(list(s)) for s in plan.shards], pass_forces,
+                        unmapped(params.workers), unmapped(resolved.limits))
+                stop.cancel_on_stop(futures)  # queued shards are then dropped
+                shard_of = {f.task_run_id: i for i, f in enumerate(futures)}
+                for n, fut in enumerate(as_completed(futures), start=1):
+                    i = shard_of[fut.task_run_id]
+                    try:
+                        results[i] = merged(results[i], fut.result())
+                    except Exception as e:  # the shard failed (its retries spent); the run records it
+                        logger.error("shard %d failed: %s: %s", i, type(e).__name__, e)
+                        failed.add(i)
+                    update_progress_artifact(progress, 100.0 * n / len(futures))
+                if failed:
+                    break
+                done_before = set(run_results)
+                for sp in run_plans:  # a stage an earlier pass ran is complete now, unless what it uses changed
+                    run_results[sp.name] = run_stage_task(
+                        sp, params.out, plan.run_id, [r for r in results if r], run_results,
+                        (params.force or any(forces)) and sp.name not in done_before, params.workers,
+                        {"dataset": plan.dataset, "classes": plan.classes}, resolved.limits)
     except BaseException as e:  # stopped (or a fault of the flow's own): record what is done, then end as asked
         done = [r for r in results if r is not None]
         record_run_task(params.out, quote(resolved), pdict, "failed" if isinstance(e, Exception) else "stopped",

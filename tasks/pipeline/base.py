@@ -43,6 +43,7 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()  # tables it needs (their writers must run first: its dependencies)
     writes: ClassVar[tuple[str, ...]] = ()  # tables it writes (each shard, or the run, gets one file per table)
     uses: ClassVar[tuple[str, ...]] = ()  # tables it reads when present (ordering and hashing, not required)
+    deferred: ClassVar[bool] = False  # costly and optional: shards run it after a first report is written
     Config: ClassVar[type] = object  # frozen (pydantic) dataclass: everything that decides its output
     Settings: ClassVar[type[Section] | None] = None  # its section of the run's parameters, named like the stage
     old_names: ClassVar[dict[str, str]] = {}  # old flat parameter -> field of its section (still accepted)
@@ -73,7 +74,8 @@ STAGES: Registry[type[Stage]] = Registry("stage", "mapcap.tasks.stages")
 
 def register_stage(name: str, config: type, *, scope: Literal["shard", "run"] = "shard", reads: tuple[str, ...] = (),
                    writes: tuple[str, ...] = (), uses: tuple[str, ...] = (), order: int = 0, version: int = 1,
-                   summary: str = "", settings: type[Section] | None = None, old_names: dict[str, str] | None = None):
+                   summary: str = "", settings: type[Section] | None = None, old_names: dict[str, str] | None = None,
+                   deferred: bool = False):
     """Class decorator: register a stage under `name` with what it declares (see the Stage attributes)."""
     if settings is not None and not issubclass(settings, Section):
         raise TypeError(f"stage {name!r}: settings must be a Section (a pydantic model), not {settings!r}")
@@ -84,7 +86,7 @@ def register_stage(name: str, config: type, *, scope: Literal["shard", "run"] = 
     def deco(cls: type[Stage]) -> type[Stage]:
         cls.name, cls.Config, cls.scope, cls.reads, cls.writes = name, config, scope, tuple(reads), tuple(writes)
         cls.uses, cls.order, cls.version, cls.summary = tuple(uses), order, version, summary
-        cls.Settings, cls.old_names = settings, dict(old_names or {})
+        cls.Settings, cls.old_names, cls.deferred = settings, dict(old_names or {}), deferred
         return STAGES.register(name, cls)
     return deco
 

@@ -103,7 +103,13 @@ def with_rows(rows: Rows | pa.Table, more: Rows) -> Rows | pa.Table:
     return pa.concat_tables([pa.Table.from_pylist(more, schema=rows.schema), rows]) if more else rows
 
 
-def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
+def forced(force: bool | frozenset[str], name: str) -> bool:
+    """Whether stage `name` is redone though complete: all stages (True), none (False), or those named."""
+    return force if isinstance(force, bool) else name in force
+
+
+def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item],
+              force: bool | frozenset[str] = False,
               workers: int | None = None, log_: logging.Logger | None = None,
               limits: DecodeLimits = DEFAULT_LIMITS) -> dict:
     """Every picked per-shard stage of one shard, in order, sharing decoded images (each within `limits`)."""
@@ -114,12 +120,13 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
         hashes[sp.name] = stage_hash(get_stage(sp.name), sp.config, {d: hashes[d] for d in upstream(sp.name)}, inputs)
     by_content = reuse.content_hashes(plans)  # the chain without the shard's inputs, weights included
     # what this chain will compute, so a stage may do a later one's work in its own pass (classify + relevancy)
-    ctx.shared.pending = {sp.name: sp.config for sp in plans if force or not files_complete(
+    ctx.shared.pending = {sp.name: sp.config for sp in plans if forced(force, sp.name) or not files_complete(
         root, run_id, output_files(get_stage(sp.name), sp.config, shard), hashes[sp.name])}
     stages: dict[str, dict] = {}
     for sp in plans:
         check_stop()  # a stopped run's shard starts no further stage (tasks/pipeline/stop.py)
-        stages[sp.name] = run_stage(get_stage(sp.name), sp.config, ctx, hashes[sp.name], force, by_content[sp.name])
+        stages[sp.name] = run_stage(get_stage(sp.name), sp.config, ctx, hashes[sp.name], forced(force, sp.name),
+                                    by_content[sp.name])
     return {"shard": shard, "n_images": len(items), "stages": stages}
 
 

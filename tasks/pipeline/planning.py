@@ -28,6 +28,21 @@ class Resolved:
     limits: DecodeLimits = DEFAULT_LIMITS  # what one image file may cost (tasks/limits.py)
 
 
+Pass = tuple[tuple[StagePlan, ...], tuple[StagePlan, ...], frozenset[str]]  # shard stages, run stages, deferred
+
+
+def passes(resolved: Resolved) -> list[Pass]:
+    """The run in passes. With a deferred stage (costly and optional: faithfulness), the shards first run the
+    others and a first report is written; then the shards run the deferred stages (the rest are complete and
+    skipped) and every run-level stage follows (the report again, now with the evaluation)."""
+    deferred = frozenset(sp.name for sp in resolved.shard_stages if get_stage(sp.name).deferred)
+    if not deferred:
+        return [(resolved.shard_stages, resolved.run_stages, deferred)]
+    first = tuple(sp for sp in resolved.shard_stages if sp.name not in deferred)
+    early = tuple(sp for sp in resolved.run_stages if not set(upstream(sp.name)) & deferred)
+    return [(first, early, frozenset()), (resolved.shard_stages, resolved.run_stages, deferred)]
+
+
 def resolve_run(p: Any) -> Resolved:
     """Plan the run and build the config of every stage it will run; see the module doc."""
     plan = plan_run(p.dataset, p.class_map, p.model, p.pretrained, p.classify.templates, p.shard_size, p.device,

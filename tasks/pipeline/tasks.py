@@ -21,13 +21,23 @@ GPU_TAG = "mapcap-gpu"  # a Prefect tag concurrency limit on it gives one shard 
 
 
 @task(name="shard", task_run_name="shard-{shard}", cache_policy=NO_CACHE, **SHARD_RETRIES)
-def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item], force: bool = False,
+def shard_task(plans: list[StagePlan], root: str, run_id: str, shard: int, items: list[Item],
+               force: bool | frozenset[str] = False,
                workers: int | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> dict | State:
     try:
         return run_shard(plans, root, run_id, shard, items, force, workers, run_logger(__name__),
                          limits) | {"node": node()}
     except RunStopped as e:  # the run was stopped (tasks/pipeline/stop.py): this shard ends Cancelled, not Crashed
         return Cancelled(message=str(e))
+
+
+def merged(before: dict | None, after: dict) -> dict:
+    """A shard's result over the run's passes: a stage a later pass found complete keeps the run it had."""
+    if before is None:
+        return after
+    stages = dict(before["stages"])
+    stages.update({k: v for k, v in after["stages"].items() if k not in stages or not v["skipped"]})
+    return after | {"stages": stages}
 
 
 def shard_task_on(device: str):

@@ -55,7 +55,7 @@ class FaithfulnessConfig:
 
 
 @register_stage("faithfulness", FaithfulnessConfig, reads=("predictions", "images"), writes=("faithfulness",),
-                order=5, version=2,
+                order=5, version=2, deferred=True,
                 summary="per-image faithfulness (perturbation AUCs), pointing game and class discrimination of "
                         "every map method, on a sample")
 class Faithfulness(Stage):

@@ -43,6 +43,10 @@ def test_default_run_on_photos_does_every_stage_it_can(photos, tmp_path):
     assert len(lines) == len(set(lines)), [x for x in lines if lines.count(x) > 1]
     bars = [x for x in lines if x.startswith("[") and "] " in x]
     assert len(bars) >= 8 and bars[-1].startswith("[####################]"), said[:3000]
+    # the report is written before the costly evaluation, and again after it
+    reports = [n for n, x in enumerate(bars) if " report: " in x]
+    faith = next(n for n, x in enumerate(bars) if " faithfulness: " in x)
+    assert len(reports) == 2 and reports[0] < faith < reports[1], bars
     assert "run photos: 7 images, 0 failed" in printed
     assert "skipped concepts, classify.descriptions: the model's own concept bank does not cover this" in printed
     # the default toy CLIP knows eight shapes, not animals: the run says its results mean nothing here

@@ -132,3 +132,24 @@ def test_stage_modules_register_themselves():
     STAGES.load()
     assert set(STAGES) >= {"classify", "relevancy", "regions", "concepts", "captions", "evaluate", "summarize",
                            "report"}
+
+
+def test_a_deferred_stage_runs_in_a_second_pass_after_a_first_report(toy_dir):
+    """faithfulness is deferred: the first pass runs the other shard stages and the run stages that do not need
+    it (the report among them); the second runs everything, forcing only the deferred stage."""
+    from mapcap.tasks.pipeline.params import ExplainParams
+    from mapcap.tasks.pipeline.planning import passes
+    from mapcap.tasks.pipeline.tasks import merged
+
+    first, second = passes(ExplainParams(dataset=str(toy_dir), device="cpu").resolve())
+    assert "faithfulness" not in [sp.name for sp in first[0]] and "report" in [sp.name for sp in first[1]]
+    assert "evaluate" not in [sp.name for sp in first[1]] and first[2] == frozenset()
+    assert "faithfulness" in [sp.name for sp in second[0]] and second[2] == frozenset({"faithfulness"})
+    assert [sp.name for sp in second[1]][-1] == "report"
+    one = {"shard": 0, "stages": {"classify": {"skipped": False, "seconds": 2.0}}}
+    two = {"shard": 0, "stages": {"classify": {"skipped": True, "seconds": 0.0},
+                                  "faithfulness": {"skipped": False, "seconds": 5.0}}}
+    assert merged(one, two)["stages"] == {"classify": {"skipped": False, "seconds": 2.0},
+                                          "faithfulness": {"skipped": False, "seconds": 5.0}}
+    only = passes(ExplainParams(dataset=str(toy_dir), device="cpu", stages=["classify", "relevancy"]).resolve())
+    assert len(only) == 1
