@@ -6,29 +6,27 @@ import argparse
 from pathlib import Path
 
 from mapcap.cli.flags import flag_values, read_params_file
-from mapcap.tasks.names import check_run_name
-
-MANIFESTS = (".csv", ".parquet")
+from mapcap.tasks.names import check_dataset_path, check_run_name
 
 
 def check_dataset(dataset: str, named: list[str]) -> None:
-    """The DATASET of a run: a plugin's named dataset ('toy'), a remote URL, a folder or a manifest."""
-    if dataset in named or "://" in dataset:
+    """The DATASET of a run: a plugin's named dataset ('toy'), or what tasks/names.check_dataset_path accepts
+    (a URL, a folder, a manifest; stat only). On top of it, the command line knows the plugins' dataset names (a
+    bare word that is none of them is a typo, not a plugin's) and says how to explain one image."""
+    if dataset in named:
         return
     path = Path(dataset).expanduser()
-    if not path.exists():
+    if path.is_file():
+        from mapcap.tasks.data import IMAGE_EXTENSIONS  # (numpy, PIL: only for this rare case)
+
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(f"{dataset} is one image, and a run classifies a dataset (a folder of class folders). "
+                             f"To explain this image: mapcap relevancy --image {dataset} --text 'a photo of a cat' "
+                             f"--text 'a photo of a dog' --out maps.npz, or open it in the explorer (mapcap explorer)")
+    if "://" not in dataset and not path.exists():  # a missing path, or a bare word the plugins do not name
         raise ValueError(f"dataset {dataset} does not exist: pass a folder with one sub-folder of images per class, "
                          f"a manifest (.csv or .parquet with columns path,label), or one of {named}")
-    if path.is_dir() or path.suffix.lower() in MANIFESTS:
-        return
-    from mapcap.tasks.data import IMAGE_EXTENSIONS  # (numpy, PIL: only for this rare case)
-
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        raise ValueError(f"{dataset} is one image, and a run classifies a dataset (a folder of class folders). To "
-                         f"explain this image: mapcap relevancy --image {dataset} --text 'a photo of a cat' --text "
-                         f"'a photo of a dog' --out maps.npz, or open it in the explorer (mapcap explorer)")
-    raise ValueError(f"dataset {dataset} is a file but not a manifest: pass a folder of class folders, or a "
-                     f"manifest ending in {' or '.join(MANIFESTS)}")
+    check_dataset_path(dataset)  # the rest: a FIFO or device, a file that is not a manifest
 
 
 def check_run(args: argparse.Namespace, table: dict, fixed: dict | None = None) -> None:
