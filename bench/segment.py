@@ -53,9 +53,10 @@ def main() -> None:
     timings = []
     for name, run in (("scikit-image, 1 process", lambda: [segment_job(j) for j in jobs]),
                       (f"scikit-image, {args.workers} processes", lambda: process_map(segment_job, jobs, args.workers)),
-                      ("tensor ops, 1 process", lambda: [r for c in chunks for r in segment_chunk(c)]),
+                      ("tensor ops, 1 process", lambda: [r for c in chunks for r in segment_chunk(c).rows(len(c[1]))]),
                       (f"tensor ops, {args.workers} processes", lambda: [
-                          r for part in process_map(segment_chunk, chunks, args.workers, min_items=2) for r in part])):
+                          r for c, part in zip(chunks, process_map(segment_chunk, chunks, args.workers, min_items=2))
+                          for r in part.rows(len(c[1]))])):
         run()  # warm-up: pools started, caches filled
         t0 = time.perf_counter()
         out = run()

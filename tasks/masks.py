@@ -54,11 +54,11 @@ def work_box(bbox: Sequence[int], work: tuple[int, int], size: tuple[int, int]) 
     return X0 * w // W, Y0 * h // H, X1 * w // W, Y1 * h // H
 
 
-def region_fields(rank: int, box: tuple[int, int, int, int], mask: np.ndarray, work: tuple[int, int],
-                  size: tuple[int, int], area: float, mass: float, total: float) -> dict:
-    """The region columns of one region found at the working size: `mask` (y1 - y0, x1 - x0) bool inside `box`
-    there, its working `area` (pixels) and `mass`, the map's `total` mass. Area and centroid are those of the mask
-    scaled to image pixels, counted without scaling it: each working pixel stands for a block of image pixels."""
+def measures(box: tuple[int, int, int, int], mask: np.ndarray, work: tuple[int, int], size: tuple[int, int],
+             ) -> tuple[float, float, float]:
+    """(image pixels, centroid x, centroid y) of a region found at the working size: `mask` (y1 - y0, x1 - x0)
+    bool inside `box` there. Counted without scaling the mask: each working pixel stands for a block of image
+    pixels."""
     (w, h), (W, H) = work, size
     x0, y0, x1, y1 = box
     sx, sy = starts(w, W)[x0:x1 + 1], starts(h, H)[y0:y1 + 1]  # (bw + 1,), (bh + 1,)
@@ -68,11 +68,18 @@ def region_fields(rank: int, box: tuple[int, int, int, int], mask: np.ndarray, w
     m = mask.astype(np.float64)
     cols, rows = ny @ m, m @ nx  # (bw,) image rows per working column, (bh,) image columns per working row
     n = float(cols @ nx)  # image pixels
+    return n, float(cols @ cx) / n, float(rows @ cy) / n
+
+
+def region_fields(rank: int, box: tuple[int, int, int, int], mask: np.ndarray, work: tuple[int, int],
+                  size: tuple[int, int], area: float, mass: float, total: float) -> dict:
+    """The region columns of one region found at the working size (`measures`), its working `area` (pixels)
+    and `mass`, the map's `total` mass: area and centroid in image pixels."""
+    n, cx, cy = measures(box, mask, work, size)
     mean = mass / area
     return {"region_id": rank, "bbox": [int(v) for v in image_box(box, work, size)], "area": int(round(n)),
-            "centroid_x": float(cols @ cx) / n, "centroid_y": float(rows @ cy) / n, "mean_relevancy": mean,
-            "mass": mean * n, "mass_share": mass / total, "mask_rle": rle_encode(mask), "mask_size": [w, h],
-            "image_size": [W, H]}
+            "centroid_x": cx, "centroid_y": cy, "mean_relevancy": mean, "mass": mean * n, "mass_share": mass / total,
+            "mask_rle": rle_encode(mask), "mask_size": list(work), "image_size": list(size)}
 
 
 def region_pixels(region: dict) -> tuple[tuple[int, int, int, int], np.ndarray]:

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import find_objects, label
 
-from mapcap.tasks.masks import region_fields
+from mapcap.tasks.masks import measures, rle_encode
+from mapcap.tasks.region_columns import RegionColumns
 from mapcap.tasks.segment import SegmentConfig, working_size
 
 BINS = 256  # scikit-image's threshold_otsu default
@@ -114,10 +115,10 @@ def label_batch(fg: torch.Tensor) -> np.ndarray:
     return label_device(fg).int().cpu().numpy()
 
 
-def segment_batch(maps: torch.Tensor, sizes: list[tuple[int, int]], cfg: SegmentConfig = SegmentConfig(),
-                  ) -> list[list[dict]]:
-    """The region columns (tasks/masks.py) of each (g, g) map of `maps` (B, g, g) over an image of PIL size
-    sizes[b], in rank order: maps of one working size are segmented together, CHUNK at a time, on maps' device."""
+def segment_columns(maps: torch.Tensor, sizes: list[tuple[int, int]], cfg: SegmentConfig = SegmentConfig(),
+                    ) -> RegionColumns:
+    """The regions of each (g, g) map of `maps` (B, g, g) over an image of PIL size sizes[b], as columns in map
+    then rank order: maps of one working size are segmented together, CHUNK at a time, on maps' device."""
     if cfg.superpixels:
         raise ValueError("superpixel snapping runs in tasks/segment.py (scikit-image's SLIC); use segment_job")
     if cfg.threshold not in ("otsu", "mass"):
@@ -125,29 +126,34 @@ def segment_batch(maps: torch.Tensor, sizes: list[tuple[int, int]], cfg: Segment
     groups: dict[tuple[int, int], list[int]] = {}
     for b, size in enumerate(sizes):
         groups.setdefault(working_size(size, cfg.resolution), []).append(b)
-    out: list[list[dict]] = [[] for _ in sizes]
+    parts, names = [], []
     for work, idx in groups.items():
         for c in range(0, len(idx), CHUNK):
             part = idx[c:c + CHUNK]
-            rows = _segment_group(maps[part], work, [sizes[b] for b in part], cfg)
-            for b, r in zip(part, rows):
-                out[b] = r
-    return out
+            parts.append(_segment_group(maps[part], work, [sizes[b] for b in part], cfg))
+            names.append(np.array(part, np.int64))
+    return RegionColumns.concat(parts, names)
 
 
-def segment_chunk(job: tuple) -> list[list[dict]]:
-    """segment_batch on CPU for a worker process (tasks/pipeline/procpool.py): job = ((B, g, g) float32 cells, sizes,
-    SegmentConfig). scipy's labelling holds the GIL, so on CPU the maps of a shard are split between processes,
-    each with one torch thread (the processes are the parallelism)."""
+def segment_batch(maps: torch.Tensor, sizes: list[tuple[int, int]], cfg: SegmentConfig = SegmentConfig(),
+                  ) -> list[list[dict]]:
+    """`segment_columns` as the region dicts (tasks/masks.region_fields) of each map, in rank order."""
+    return segment_columns(maps, sizes, cfg).rows(len(sizes))
+
+
+def segment_chunk(job: tuple) -> RegionColumns:
+    """segment_columns on CPU for a worker process (tasks/pipeline/procpool.py): job = ((B, g, g) float32 cells,
+    sizes, SegmentConfig). scipy's labelling holds the GIL, so on CPU the maps of a shard are split between
+    processes, each with one torch thread (the processes are the parallelism)."""
     cells, sizes, cfg = job
     if mp.parent_process() is not None:  # in a pool's worker, not in the caller (few maps run there)
         torch.set_num_threads(1)
-    return segment_batch(torch.from_numpy(cells), sizes, cfg)
+    return segment_columns(torch.from_numpy(cells), sizes, cfg)
 
 
 def _segment_group(maps: torch.Tensor, work: tuple[int, int], sizes: list[tuple[int, int]], cfg: SegmentConfig,
-                   ) -> list[list[dict]]:
-    """segment_batch for (B, g, g) maps of one working size."""
+                   ) -> RegionColumns:
+    """segment_columns for (B, g, g) maps of one working size."""
     w, h = work
     up = upsample(maps, work)  # (B, h, w) float32
     if cfg.threshold == "otsu":
@@ -158,17 +164,30 @@ def _segment_group(maps: torch.Tensor, work: tuple[int, int], sizes: list[tuple[
     flat = labels.ravel()
     area = np.bincount(flat)  # (n + 1,)
     mass = np.bincount(flat, weights=up.cpu().numpy().ravel(), minlength=area.size)  # (n + 1,) float64
-    total = up.double().flatten(1).sum(1).tolist()  # (B,)
+    total = up.double().flatten(1).sum(1).cpu().numpy()  # (B,)
     boxes = find_objects(labels)  # boxes[k - 1]: (maps, rows, columns) of component k
     first = np.array([box[0].start for box in boxes], np.int64)  # (n,) the map of each component
     big = np.flatnonzero(area[1:] >= cfg.min_area * w * h) + 1  # component labels, specks dropped
     # per map, by mass (equal masses keep label order), the first top_k
-    ranked = big[np.lexsort((big, -mass[big], first[big - 1]))]
-    out: list[list[dict]] = [[] for _ in sizes]
-    for k in ranked.tolist():
-        b, ys, xs = boxes[k - 1]
-        b = b.start
-        if len(out[b]) < cfg.top_k:
-            out[b].append(region_fields(len(out[b]), (xs.start, ys.start, xs.stop, ys.stop), labels[b, ys, xs] == k,
-                                        work, sizes[b], int(area[k]), float(mass[k]), total[b] or 1.0))
-    return out
+    ranked = big[np.lexsort((big, -mass[big], first[big - 1]))]  # (K,) labels, grouped by map
+    b = first[ranked - 1]  # (K,) their maps
+    rank = np.arange(len(ranked)) - np.searchsorted(b, b)  # (K,) position within its map
+    keep = ranked[rank < cfg.top_k]  # (R,)
+    b, rank = b[rank < cfg.top_k], rank[rank < cfg.top_k]
+    R = len(keep)
+    wbox = np.array([(bx[2].start, bx[1].start, bx[2].stop, bx[1].stop) for bx in (boxes[k - 1] for k in keep)],
+                    np.int64).reshape(R, 4)  # (R, 4) x0, y0, x1, y1 at the working size
+    size = np.array(sizes, np.int64).reshape(-1, 2)[b]  # (R, 2) each region's image (W, H)
+    scale = np.concatenate([size, size], 1)  # (R, 4)
+    bbox = -(-wbox * scale // np.array([w, h, w, h]))  # (R, 4) image pixels (masks.image_box)
+    n, cx, cy, rle = np.zeros(R), np.zeros(R), np.zeros(R), []
+    for r, (k, m) in enumerate(zip(keep.tolist(), b.tolist())):
+        x0, y0, x1, y1 = wbox[r].tolist()
+        mask = labels[m, y0:y1, x0:x1] == k  # (bh, bw)
+        n[r], cx[r], cy[r] = measures((x0, y0, x1, y1), mask, work, sizes[m])
+        rle.append(np.asarray(rle_encode(mask), np.int32))
+    mean = mass[keep] / area[keep]  # (R,) working-pixel mean relevancy
+    return RegionColumns(map=b, region_id=rank.astype(np.int32), bbox=bbox, area=np.round(n).astype(np.int64),
+                         centroid_x=cx, centroid_y=cy, mean_relevancy=mean, mass=mean * n,
+                         mass_share=mass[keep] / np.where(total[b] != 0, total[b], 1.0), mask_rle=rle,
+                         mask_size=np.tile(np.array([w, h], np.int32), (R, 1)), image_size=size.astype(np.int32))

@@ -64,6 +64,10 @@ class Stage:
         """Non-table files it writes (paths under the root), which must exist for the stage to be complete."""
         return []
 
+    def prepare(self, cfg: Any, workers: int) -> None:
+        """Called when a shard starts whose chain will compute this stage: start what its `compute` needs and
+        can get ready while earlier stages run (a worker pool's processes), without waiting for it."""
+
     def compute(self, cfg: Any, ctx: StageContext) -> dict[str, Rows]:
         """The stage's rows per table it writes (plus optionally 'failures'), from `ctx`'s inputs."""
         raise NotImplementedError

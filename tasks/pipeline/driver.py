@@ -122,6 +122,8 @@ def run_shard(plans: list[StagePlan], root: str, run_id: str, shard: int, items:
     # what this chain will compute, so a stage may do a later one's work in its own pass (classify + relevancy)
     ctx.shared.pending = {sp.name: sp.config for sp in plans if forced(force, sp.name) or not files_complete(
         root, run_id, output_files(get_stage(sp.name), sp.config, shard), hashes[sp.name])}
+    for name, cfg in ctx.shared.pending.items():
+        get_stage(name).prepare(cfg, ctx.workers)
     stages: dict[str, dict] = {}
     for sp in plans:
         check_stop()  # a stopped run's shard starts no further stage (tasks/pipeline/stop.py)

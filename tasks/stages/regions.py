@@ -4,14 +4,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from mapcap.storage.columns import as_table, list_values
+from mapcap.storage.columns import as_table, list_column, list_values, table_of
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
-from mapcap.tasks.pipeline.procpool import process_map
+from mapcap.tasks.pipeline.procpool import prestart, process_map
 from mapcap.tasks.segment import SegmentConfig, segment_job
-from mapcap.tasks.segment_batch import CHUNK, segment_batch, segment_chunk
+from mapcap.tasks.region_columns import FIELDS, RegionColumns
+from mapcap.tasks.segment_batch import CHUNK, segment_chunk, segment_columns
 from mapcap.tasks.pipeline.base import Stage, register_stage
 from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
@@ -33,23 +35,43 @@ def _same(r: dict) -> tuple:
 
 
 def segment_rows(maps: list[np.ndarray], grids: list[int], sizes: list[tuple[int, int]], cfg: SegmentConfig,
-                 workers: int) -> list[list[dict]]:
-    """The regions' columns of each map (its g*g cells, its grid g, its image's size), the maps of a grid size
+                 workers: int) -> RegionColumns:
+    """The regions of each map (its g*g cells, its grid g, its image's size) as columns, the maps of a grid size
     together as tensor ops: on a GPU in one go, on CPU CHUNK maps per job in `workers` processes."""
-    done: list[list[dict]] = [[] for _ in maps]
     by_grid: dict[int, list[int]] = {}
     for n, g in enumerate(grids):
         by_grid.setdefault(g, []).append(n)
+    parts, names = [], []
     for g, idx in by_grid.items():
         cells = np.stack([maps[n] for n in idx]).astype(np.float32).reshape(-1, g, g)  # (B, g, g)
         if DEVICE == "cpu":
             jobs = [(cells[c:c + CHUNK], [sizes[n] for n in idx[c:c + CHUNK]], cfg) for c in range(0, len(idx), CHUNK)]
-            found = [r for part in process_map(segment_chunk, jobs, workers, min_items=2) for r in part]
+            parts += process_map(segment_chunk, jobs, workers, min_items=2)
+            names += [np.array(idx[c:c + CHUNK], np.int64) for c in range(0, len(idx), CHUNK)]
         else:
-            found = segment_batch(torch.from_numpy(cells).to(DEVICE), [sizes[n] for n in idx], cfg)
-        for n, regs in zip(idx, found):
-            done[n] = regs
-    return done
+            parts.append(segment_columns(torch.from_numpy(cells).to(DEVICE), [sizes[n] for n in idx], cfg))
+            names.append(np.array(idx, np.int64))
+    return RegionColumns.concat(parts, names)
+
+
+def region_table(rel: pa.Table, row_map: np.ndarray, found: RegionColumns, on_obj: list | None) -> pa.Table:
+    """The regions table: each relevancy row's keys (row_map: the map it was segmented as, -1 for none) with
+    the regions of that map, in row then rank order."""
+    first, count = found.of_maps(int(row_map.max(initial=-1)) + 1)
+    rows = np.flatnonzero(row_map >= 0)
+    reps = count[row_map[rows]]  # regions of each row's map
+    row_of = np.repeat(rows, reps)  # (R',) the relevancy row of each output region
+    within = np.arange(len(row_of)) - np.repeat(np.cumsum(reps) - reps, reps)
+    region = np.repeat(first[row_map[rows]], reps) + within  # (R',) the region
+    keys = rel.select(list(KEYS)).take(pa.array(row_of))
+    cols = {k: keys.column(k) for k in KEYS}
+    got = found.take(region)
+    for k in FIELDS:
+        v = getattr(got, k)
+        cols[k] = list_column(v) if k in ("bbox", "mask_size", "image_size") else \
+            pa.array(v, pa.list_(pa.int32())) if k == "mask_rle" else v
+    cols["on_object"] = None if on_obj is None else [on_obj[i] for i in region.tolist()]
+    return table_of("regions", len(row_of), cols)
 
 
 # version 2: masks stored at the working size (tasks/masks.py), segmented as tensor ops (tasks/segment_batch.py)
@@ -63,6 +85,10 @@ class Regions(Stage):
     def plan(self, params: Any, facts: Facts) -> RegionsConfig:
         return RegionsConfig(segment=params.regions, dataset=facts.plan.dataset)
 
+    def prepare(self, cfg: RegionsConfig, workers: int) -> None:
+        if cfg.segment.superpixels or DEVICE == "cpu":  # the worker pool compute will use, started ahead
+            prestart(segment_job if cfg.segment.superpixels else segment_chunk, workers)
+
     def compute(self, cfg: RegionsConfig, ctx: StageContext) -> dict:
         images = {r["image_id"]: r for r in ctx.table("images")}
         rel = as_table("relevancy", ctx.arrow("relevancy"))
@@ -74,10 +100,12 @@ class Regions(Stage):
         masks = dataset_masks(cfg.dataset) if cfg.dataset else {}
         # a right prediction has one map for both targets (relevancy stores it twice): segmented once
         first: dict[tuple, int] = {}
+        row_map = np.full(len(maps), -1, np.int64)  # the map each row is segmented as (-1: none, a failure row)
         for n, r in enumerate(maps):
-            if not cfg.segment.superpixels or r["image_id"] in pictures:  # else: a failure row
-                first.setdefault(_same(r), n)
-        keep = np.array(list(first.values()), np.int64)
+            if not cfg.segment.superpixels or r["image_id"] in pictures:
+                row_map[n] = first.setdefault(_same(r), len(first))
+        numbers, at = np.unique(row_map, return_index=True)
+        keep = at[numbers >= 0]  # (M,) the first row of each map, in map order
         cells = list_values(rel["map"], keep)
         firsts = [maps[n] for n in keep]
         sizes = [(images[r["image_id"]]["width"], images[r["image_id"]]["height"]) for r in firsts]
@@ -85,18 +113,12 @@ class Regions(Stage):
             jobs = [(c, r["grid"], size, cfg.segment, pictures[r["image_id"]])
                     for c, r, size in zip(cells, firsts, sizes)]
             with ctx.phase("segment"):
-                done = dict(zip(first, ctx.map_processes(segment_job, jobs)))
+                found = RegionColumns.from_maps(ctx.map_processes(segment_job, jobs))
         else:
             with ctx.phase("segment", DEVICE):
-                done = dict(zip(first, segment_rows(cells, [r["grid"] for r in firsts], sizes, cfg.segment,
-                                                    ctx.workers)))
-        rows = []
-        for r in maps:
-            if _same(r) not in done:
-                continue
-            img = images[r["image_id"]]
-            truth = masks[img["path"]]["mask"] if img["path"] in masks else None
-            for reg in done[_same(r)]:
-                row = {k: r[k] for k in KEYS} | reg
-                rows.append(row | {"on_object": None if truth is None else on_object(row, truth)})
-        return {"regions": rows}
+                found = segment_rows(cells, [r["grid"] for r in firsts], sizes, cfg.segment, ctx.workers)
+        on_obj = None
+        if masks:  # the toy world's object masks: is each region at least half on the object?
+            truth = [masks.get(images[firsts[m]["image_id"]]["path"], {}).get("mask") for m in found.map.tolist()]
+            on_obj = [None if t is None else on_object(found.row(i), t) for i, t in enumerate(truth)]
+        return {"regions": region_table(rel, row_map, found, on_obj)}

@@ -106,3 +106,29 @@ def test_without_worker_processes_the_work_runs_here_with_a_warning(monkeypatch,
     monkeypatch.setattr(procpool, "_pool", no_pool)
     assert procpool.process_map(square, list(range(10)), workers=2, min_items=1) == [x * x for x in range(10)]
     assert "worker processes are not available here" in caplog.text and "square" in caplog.text
+
+
+def test_prestart_starts_the_children_ahead_and_process_map_then_uses_them():
+    """A stage's pool started when its shard starts (Stage.prepare): the children are up before the first call,
+    which runs in them."""
+    workers = 3  # a pool of its own (pools are kept per size)
+    procpool._drop(workers)
+    procpool.prestart(square, workers)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pool = procpool._POOLS.get(workers)
+        if pool is not None and len(pool._processes) == workers and all(p.is_alive() for p in
+                                                                          pool._processes.values()):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("prestart did not start 3 worker processes within 120 s")
+    started = set(pool._processes)
+    used = set(procpool.process_map(child_pid, list(range(30)), workers=workers, min_items=1))
+    assert used <= started and os.getpid() not in used
+    procpool._drop(workers)
+
+
+def test_prestart_does_nothing_for_one_worker():
+    procpool.prestart(square, 1)
+    assert 1 not in procpool._POOLS

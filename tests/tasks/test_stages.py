@@ -194,9 +194,33 @@ def test_superpixel_regions_are_the_same_in_worker_processes(explained, monkeypa
     assert rows_one and rows_one == rows_many
 
 
+def test_regions_table_is_each_rows_keys_with_its_maps_regions(explained):
+    """The table built by index from columns (tasks/region_columns.py) holds, for every relevancy row in order,
+    its keys and the regions of its map as segment_batch gives them; a right prediction's two rows share them."""
+    import torch
+
+    from mapcap.tasks.segment_batch import segment_batch
+    from mapcap.tasks.stages.regions import KEYS
+    _, ctx = explained
+    cfg = SegmentConfig(top_k=2)
+    sizes = {r["image_id"]: (r["width"], r["height"]) for r in ctx.outputs["images"] if r["width"]}
+    rel = ctx.table("relevancy")
+    per_map = segment_batch(torch.tensor([r["map"] for r in rel]).view(len(rel), rel[0]["grid"], rel[0]["grid"]),
+                            [sizes[r["image_id"]] for r in rel], cfg)
+    expected = [{k: r[k] for k in KEYS} | reg for r, regs in zip(rel, per_map) for reg in regs]
+    got = [{k: v for k, v in row.items() if k != "on_object"} for row in ctx.table("regions")]
+    shared = sum(r["target"] == "label" and r["class_name"] == r2["class_name"] and r["image_id"] == r2["image_id"]
+                 for r in rel for r2 in rel if r2["target"] == "pred" and r2["method"] == r["method"]
+                 and r2["start_layer"] == r["start_layer"])
+    assert shared > 0 and len(got) == len(expected) > 10
+    for a, b in zip(got, expected):
+        assert a.keys() == b.keys() and all(a[k] == (pytest.approx(b[k], rel=1e-6) if isinstance(b[k], float) else b[k])
+                                            for k in a), (a, b)
+
+
 def test_regions_rank_by_mass_inside_the_image(explained):
     _, ctx = explained
-    regs = ctx.outputs["regions"]
+    regs = ctx.table("regions")
     assert regs and {r["method"] for r in regs} == {"chefer", "gradient"}
     sizes = {r["image_id"]: (r["width"], r["height"]) for r in ctx.outputs["images"] if r["width"]}
     for r in regs:
@@ -227,7 +251,7 @@ def test_captions_follow_the_primary_method_and_score(toy_model, explained, monk
         assert {r["method"] for r in rows if r["region_id"] >= 0} == {method}
         assert all(r["text"] and 0 <= r["clipscore"] <= 2.5 for r in rows)
         assert sum(r["region_id"] == -1 for r in rows) == 5  # one whole-image caption per image
-        regions = [r for r in ctx.outputs["regions"] if r["method"] == method and r["region_id"] == 0]
+        regions = [r for r in ctx.table("regions") if r["method"] == method and r["region_id"] == 0]
         assert len(rows) == 5 + len(regions)  # a row per region of either target...
         texts = {(r["image_id"], r["target"]): r["text"] for r in rows if r["region_id"] == 0}
         right = [r["image_id"] for r in ctx.table("predictions") if r["template"] == "ensemble" and r["correct"]]
@@ -250,7 +274,7 @@ def test_clipcap_captions_from_the_embeddings_the_stage_computed(toy_model, expl
     rows = compute("captions", cfg, ctx)[0]["captions"]
     assert rows and own == []
     paths = {r["image_id"]: r["path"] for r in ctx.outputs["images"]}
-    boxes = {(r["image_id"], r["target"], r["region_id"]): r["bbox"] for r in ctx.outputs["regions"]
+    boxes = {(r["image_id"], r["target"], r["region_id"]): r["bbox"] for r in ctx.table("regions")
              if r["method"] == "chefer" and r["start_layer"] == 0}
     crops = []
     for r in rows:
@@ -339,7 +363,7 @@ def test_captions_reuse_the_classification_pass_embeddings(toy_model, tiny, monk
         compute("regions", RegionsConfig(SegmentConfig(top_k=1)), ctx)
         encoded.clear()
         rows = compute("captions", cfg, ctx)[0]["captions"]
-        crops = {(r["image_id"], r["class_name"]) for r in ctx.outputs["regions"] if r["region_id"] == 0}
+        crops = {(r["image_id"], r["class_name"]) for r in ctx.table("regions") if r["region_id"] == 0}
         assert len(encoded) == len(crops) + (0 if kept else 5)  # 5 readable images: their whole-image crops
         runs[kept] = {(r["image_id"], r["target"], r["region_id"]): r for r in rows}
     assert runs[True].keys() == runs[False].keys()
