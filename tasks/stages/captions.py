@@ -9,11 +9,13 @@ import dataclasses
 import functools
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field
 
+from mapcap.storage.columns import table_of
 from mapcap.storage.manifest import annotations
 from mapcap.tasks.captioners.base import CaptionerConfig, check_captioner, crop_region, make_captioner, square_box
 from mapcap.tasks.captioners.general_bank import GENERAL
@@ -85,6 +87,7 @@ def references(dataset: str) -> dict[str, list[str]]:
     return {r["path"]: [r["caption"]] for r in annotations(dataset, ("caption",)) if r.get("caption")}
 
 
+KEYS = ("target", "method", "start_layer", "region_id")  # what a crop's rows say of the region it shows
 DEVICE_IMAGES = 64  # full-size images decoded on the GPU at once for cutting crops
 
 
@@ -174,7 +177,7 @@ class Captions(Stage):
         for r in regions:
             if r["image_id"] in usable:
                 same.setdefault((r["image_id"], r["class_name"], r["region_id"], tuple(r["bbox"])), []).append(r)
-        jobs += [([{k: r[k] for k in ("target", "method", "start_layer", "region_id")} for r in rs], iid, bbox,
+        jobs += [([{k: r[k] for k in KEYS} for r in rs], iid, bbox,
                   view_key(cfg.model, iid, bbox, cfg.context)) for (iid, _, _, bbox), rs in same.items()]
 
         def crop(job: tuple) -> Image.Image:
@@ -186,7 +189,7 @@ class Captions(Stage):
             pixels = crops if geo is not None else ctx.map(lambda c: lm.preprocess(c.convert("RGB")), crops)
             return encode_pixels(lm, torch.stack(pixels), False)
 
-        rows = []
+        cols: dict[str, list] = {k: [] for k in ("image_id", *KEYS, "text", "clipscore", "ref_clipscore")}
         step = cfg.captioner.batch_size
         unreadable: set[str] = set()
         for b in range(0, len(jobs), step):
@@ -212,10 +215,16 @@ class Captions(Stage):
                     lm, [crops[j] for j in with_ref], [texts[j] for j in with_ref],
                     [refs[images[chunk[j][1]]["path"]] for j in with_ref], scores=scores[with_ref]).tolist())) \
                     if with_ref else {}
-                scores = scores.tolist()
-            for j, ((keys, iid, _, _), text, score) in enumerate(zip(chunk, texts, scores)):
-                rows += [{"run_id": ctx.run_id, "image_id": iid, "shard": ctx.shard, **key,
-                          "captioner": cfg.captioner.name, "text": text, "clipscore": score,
-                          "ref_clipscore": ref_scores.get(j)} for key in keys]
+                scores = scores.float().cpu().numpy()  # (B,)
+            each = [len(keys) for keys, *_ in chunk]  # rows per crop: a shared region's targets
+            cols["image_id"] += [iid for (_, iid, _, _), n in zip(chunk, each) for _ in range(n)]
+            for k in KEYS:
+                cols[k] += [key[k] for keys, *_ in chunk for key in keys]
+            cols["text"] += [t for t, n in zip(texts, each) for _ in range(n)]
+            cols["clipscore"].append(np.repeat(scores, each))
+            cols["ref_clipscore"] += [ref_scores.get(j) for j, n in enumerate(each) for _ in range(n)]
             ctx.progress(b + step, len(jobs), "crops")
-        return {"captions": rows}
+        n = len(cols["image_id"])
+        cols["clipscore"] = np.concatenate(cols["clipscore"]) if cols["clipscore"] else np.zeros(0, np.float32)
+        return {"captions": table_of("captions", n, {"run_id": ctx.run_id, "shard": ctx.shard,
+                                                     "captioner": cfg.captioner.name, **cols})}
