@@ -6,11 +6,14 @@ per box. Here the shard keeps a *frame* per image on the device, its shorter sid
 preprocess's resize (antialiased, 8-bit, as the classify stage's decode leaves it: tasks/pipeline/images.py), and
 the crops of a whole batch come out of frames of one size in one `torchvision.ops.roi_align` call:
 
-- boxes are squares in image pixels (captioners.base.square_box), scaled per axis to the frame;
+- boxes are squares in image pixels (captioners.base.square_box), scaled per box and axis to the frame before
+  the call (frames of one size may come from images of several sizes: spatial_scale is 1);
 - `aligned=True` puts pixel centres at half-integers, as PIL's and torch's resizes do;
 - `sampling_ratio=0` averages ceil(bin) × ceil(bin) bilinear samples per output pixel, bin = the crop's side in
   frame pixels / S: a box filter about one output pixel wide, the antialiasing PIL's bicubic downscale does with
-  its wider kernel (mean differences bounded in tests/tasks/test_roi_crops.py);
+  its wider kernel. Against crop_region + the preprocess on a photo with one-pixel detail
+  (tests/tasks/test_roi_crops.py): 0.5-1.4 levels of 255 mean for crops the model shrinks, from the full image
+  or frames of 1/2 and 1/4; 2.5 for crops it enlarges (bilinear, not bicubic);
 - a square crop's preprocess (shorter side to S, centre crop S) is a resize to S × S: roi_align's output size;
 - outside the image crop_region fills the image's floor-mean colour: the frame minus that colour, framed by one
   row and column of zeros, is sampled (roi_align reads 0 beyond it) and the colour added back.
@@ -30,7 +33,7 @@ from mapcap.tasks.decode import Geometry
 
 Box = Sequence[float]  # (x0, y0, x1, y1) in image pixels, may reach outside the image
 FRAME_FACTOR = 2  # a frame's shorter side: at most this × the resize (the CPU path's draft rule, frames.py)
-ROI_BYTES = 1 << 30  # float frames sampled in one roi_align call (a group of more is cut in several)
+ROI_BYTES = 1 << 30  # float images in one roi_align or resize call (a group of more is cut in several)
 
 
 def frame_side(geo: Geometry) -> int:
@@ -59,9 +62,13 @@ def reduce_frames(images: Sequence[torch.Tensor], side: int) -> list[torch.Tenso
     w, h = frame_size((W, H), side)
     if (w, h) == (W, H):
         return list(images)
-    out = F.interpolate(torch.stack(images).float(), size=(h, w), mode="bicubic", antialias=True,
-                        align_corners=False)  # (n, 3, h, w)
-    return [f.clone() for f in out.round().clamp(0, 255).to(torch.uint8)]
+    frames = []
+    step = max(1, ROI_BYTES // (3 * H * W * 4))  # images per call within ROI_BYTES of floats
+    for c in range(0, len(images), step):
+        out = F.interpolate(torch.stack(images[c:c + step]).float(), size=(h, w), mode="bicubic", antialias=True,
+                            align_corners=False)  # (n, 3, h, w)
+        frames += [f.clone() for f in out.round().clamp(0, 255).to(torch.uint8)]
+    return frames
 
 
 def needs_full(size: tuple[int, int], boxes: Sequence[Box], side: int, out: int) -> bool:

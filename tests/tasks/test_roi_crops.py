@@ -212,3 +212,12 @@ def test_device_crops_give_the_pil_captions_and_embeddings(toy_model, toy_explai
     # measured: 0.990 cutting from the images themselves, 0.979 from frames reduced to 3/4 (a crop of 67 frame px
     # outside the image: resampled twice); the toy CLIP's 64 px crops of sharp-edged shapes are a harsh case
     assert cos.min() > (0.99 if side is None else 0.975)
+
+
+def test_frames_reduced_a_few_at_a_time_are_the_same(photo, monkeypatch):
+    _, rgb = photo
+    images = [rgb, rgb.flip(-1).contiguous(), rgb.flip(-2).contiguous()]
+    together = rc.reduce_frames(images, 300)
+    monkeypatch.setattr(rc, "ROI_BYTES", 1)  # one image per resize call
+    assert all(torch.equal(a, b) for a, b in zip(together, rc.reduce_frames(images, 300)))
+    assert rc.reduce_frames(images, 1200)[0] is rgb  # no larger than the side: the image itself
