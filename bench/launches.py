@@ -49,7 +49,7 @@ def main() -> None:
 
     from mapcap.tasks.pipeline.params import ExplainParams
     from mapcap.tasks.decode import geometry
-    from mapcap.tasks.pipeline import context, driver, reuse
+    from mapcap.tasks.pipeline import driver, images, reuse
     from mapcap.tasks.stages import captions
 
     tmp = Path(tempfile.mkdtemp(prefix="mapcap-launches-"))
@@ -57,7 +57,7 @@ def main() -> None:
         from pipeline import synthetic  # bench/pipeline.py, beside this file
         args.folder = str(synthetic(tmp / "data", args.n))
     # the GPU branches, taken on CPU (tests/tasks/test_decode.py holds them equal to the PIL path)
-    context.tensor_decode = captions.tensor_decode = lambda pre, dev: geometry(pre)
+    images.tensor_decode = captions.tensor_decode = lambda pre, dev: geometry(pre)  # where the shard decodes
     params = ExplainParams.model_validate({"dataset": args.folder, "out": str(tmp / "out"), "run_name": "launches",
                                            "shard_size": 10 ** 9, "stages": args.stages, "device": "cpu"})
     resolved = params.resolve()

@@ -94,6 +94,9 @@ def normalise(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
     return (x.round().clamp(0, 255) / 255 - mean) / std
 
 
+Keep = Callable[[list[str], list[str], list[torch.Tensor]], None]  # (paths, content ids, (3, H, W) uint8 images)
+
+
 @dataclass
 class Frames:
     images: dict[str, torch.Tensor]  # path -> (3, H, W) uint8 on the device, as decoded
@@ -212,12 +215,13 @@ def _decode_halving(datas: list[torch.Tensor], device: str) -> list[torch.Tensor
 
 
 def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8,
-                 limits: DecodeLimits = DEFAULT_LIMITS) -> Decoded:
+                 limits: DecodeLimits = DEFAULT_LIMITS, keep: Keep | None = None) -> Decoded:
     """Every JPEG of `paths` decoded and preprocessed on `device`, DECODE_BATCH files per batched decode (the
     full-size images of a whole shard would not fit: 4,096 12-megapixel photos are 147 GB as RGB bytes). The next
     batch's files are read and hashed in the threads while this one decodes. Images of one size are resized as one
     batch (one kernel launch instead of one per image: the per-image launches, not the arithmetic, cost the time
-    on a GPU)."""
+    on a GPU). `keep(paths, content ids, images)` sees each such group of full-size images before they are let go
+    (the shard keeps reduced frames of them: roi_crops.py)."""
     out = Decoded({}, {}, {}, [])
     chunks = [paths[c:c + DECODE_BATCH] for c in range(0, len(paths), DECODE_BATCH)]
     with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as ex:
@@ -233,6 +237,8 @@ def decode_jpegs(paths: list[str], geo: Geometry, device: str, workers: int = 8,
                 out.sizes[p] = (int(img.shape[2]), int(img.shape[1]))
                 by_size.setdefault(out.sizes[p], []).append((p, img))
             for group in by_size.values():
+                if keep is not None:
+                    keep([p for p, _ in group], [frames.ids[p] for p, _ in group], [img for _, img in group])
                 pixels = to_pixels(torch.stack([img for _, img in group]), geo)  # (n, 3, S, S)
                 out.pixels.update((p, px) for (p, _), px in zip(group, pixels))
     return out

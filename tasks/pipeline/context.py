@@ -45,6 +45,7 @@ class StageContext:
         self.decode_items, self.images, self.pixels = (self.pictures.decode_items, self.pictures.images,
                                                        self.pictures.pixels)
         self.pixels_of, self.device_images = self.pictures.pixels_of, self.pictures.device_images
+        self.device_frames = self.pictures.device_frames
 
     @property
     def items(self) -> list[Item]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -13,23 +13,32 @@ import torch
 from PIL import Image
 
 from mapcap.tasks.data import FULL_SIZE, Item, file_id, full_size, image_id_of, load_image
-from mapcap.tasks.decode import Geometry, decode_files, decode_jpegs, geometry
+from mapcap.tasks.decode import Geometry, Keep, decode_files, decode_jpegs, geometry
 from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
+from mapcap.tasks.roi_crops import frame_side, reduce_frames
 
 CACHE_BYTES = 2 << 30  # decoded images and pixel tensors kept per shard in host memory (then the oldest are dropped)
 DEVICE_CACHE_BYTES = 8 << 30  # ... and pixel tensors on a GPU (a 4,096-image shard of 224 px pixels: 2.5 GB)
+FRAME_DECODE = 64  # images decoded full size at once for frames the cache lacks (12-megapixel photos: 2.3 GB)
+FRAME_CACHE_BYTES = 4 << 30  # ... and frames to cut crops from (roi_crops.py; 4,096 4:3 frames of 448 px: 3.3 GB)
 
 
 class ImageCache:
     """Least-recently-used images (and preprocessed pixels) up to a byte budget, shared across stages. Tensors on
     a GPU count against their own budget: a 4,096-image shard's pixels (2.5 GB) fit there, where evicting them
-    under the host's budget sent the first images of the shard back through PIL."""
+    under the host's budget sent the first images of the shard back through PIL. Frames (keys ("frame", ...))
+    have a budget of their own too, so that they never push out the pixels the next stage reads."""
 
-    def __init__(self, max_bytes: int = CACHE_BYTES, device_bytes: int = DEVICE_CACHE_BYTES):
-        self.budget = {False: max_bytes, True: device_bytes}  # on a device? -> bytes
-        self._items: dict[bool, OrderedDict[tuple, tuple[Any, int]]] = {False: OrderedDict(), True: OrderedDict()}
-        self._bytes = {False: 0, True: 0}
+    def __init__(self, max_bytes: int = CACHE_BYTES, device_bytes: int = DEVICE_CACHE_BYTES,
+                 frame_bytes: int = FRAME_CACHE_BYTES):
+        self.budget = {"host": max_bytes, "device": device_bytes, "frame": frame_bytes}  # pool -> bytes
+        self._items: dict[str, OrderedDict[tuple, tuple[Any, int]]] = {pool: OrderedDict() for pool in self.budget}
+        self._bytes = dict.fromkeys(self.budget, 0)
         self._lock = threading.Lock()
+
+    def held(self, pool: str) -> int:
+        """Bytes held in a pool ("host", "device" or "frame")."""
+        return self._bytes[pool]
 
     def get(self, key: tuple) -> Any | None:
         with self._lock:
@@ -41,15 +50,16 @@ class ImageCache:
 
     def put(self, key: tuple, value: Any, nbytes: int) -> None:
         on_device = isinstance(value, torch.Tensor) and value.device.type != "cpu"
+        to = "frame" if key[0] == "frame" else "device" if on_device else "host"
         with self._lock:
             for pool, items in self._items.items():
                 if key in items:
                     self._bytes[pool] -= items.pop(key)[1]
-            items = self._items[on_device]
+            items = self._items[to]
             items[key] = (value, nbytes)
-            self._bytes[on_device] += nbytes
-            while self._bytes[on_device] > self.budget[on_device] and len(items) > 1:
-                self._bytes[on_device] -= items.popitem(last=False)[1][1]
+            self._bytes[to] += nbytes
+            while self._bytes[to] > self.budget[to] and len(items) > 1:
+                self._bytes[to] -= items.popitem(last=False)[1][1]
 
 
 def tensor_decode(preprocess: Callable, device: str) -> Geometry | None:
@@ -118,7 +128,7 @@ class ShardImages:
         fast = None
         draft = draft_size(preprocess)
         if preprocess is not None and (geo := tensor_decode(preprocess, device)) is not None:
-            fast = decode_jpegs(paths, geo, device, self.workers, self.limits)
+            fast = decode_jpegs(paths, geo, device, self.workers, self.limits, self._keep_frames(frame_side(geo)))
             for p, pix in fast.pixels.items():
                 self.cache.put(("pixels", id(preprocess), file_id(fast.ids[p], p)), pix,
                                pix.numel() * pix.element_size())
@@ -167,6 +177,45 @@ class ShardImages:
                if p in frames.images and not self._changed(i, p, frames.ids[p])}
         slow = self.images({i: p for i, p in refs.items() if p not in frames.images})
         return out | {i: torch.from_numpy(np.array(img)).permute(2, 0, 1).to(device) for i, img in slow.items()}
+
+    def _keep_frames(self, side: int) -> Keep:
+        """decode_jpegs's `keep`: each decoded image's frame cached (the crops of later stages come from it)."""
+        def keep(paths: list[str], content_ids: list[str], images: list[torch.Tensor]) -> None:
+            self._put_frames([file_id(c, p) for p, c in zip(paths, content_ids)], images, side)
+        return keep
+
+    def _put_frames(self, ids: list[str], images: list[torch.Tensor], side: int) -> list[torch.Tensor]:
+        """The frames of (3, H, W) uint8 images of one size (roi_crops.reduce_frames), cached by image id with the
+        (W, H) they were reduced from."""
+        _, H, W = images[0].shape
+        frames = reduce_frames(images, side)
+        for iid, frame in zip(ids, frames):
+            self.cache.put(("frame", side, iid), (frame, (W, H)), frame.numel())
+        return frames
+
+    def device_frames(self, refs: dict[str, str], device: str, side: int,
+                      full: Collection[str] = ()) -> dict[str, torch.Tensor]:
+        """{image id: (3, h, w) uint8 on `device`} for {image id: path}: each image's frame (shorter side at most
+        `side`, roi_crops.py) as the shard's cache holds it (left by the classify stage's decode on the device or
+        by an earlier call: no read, hash or decode again), the missing ones decoded FRAME_DECODE at a time and
+        cached; for the ids in `full`, the full image (decoded for this call only, unless the cached frame is the
+        image itself: the caller bounds how many). An unreadable or changed file is a failure row."""
+        out, todo = {}, {}
+        for iid, path in refs.items():
+            got = self.cache.get(("frame", side, iid))  # (frame, (W, H))
+            if got is not None and (iid not in full or tuple(got[0].shape[:0:-1]) == got[1]):
+                out[iid] = got[0].to(device)
+            else:
+                todo[iid] = path
+        ids = list(todo)
+        for c in range(0, len(ids), FRAME_DECODE):
+            by_size: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+            for iid, img in self.device_images({i: todo[i] for i in ids[c:c + FRAME_DECODE]}, device).items():
+                by_size.setdefault(tuple(img.shape), []).append((iid, img))
+            for group in by_size.values():
+                frames = self._put_frames([i for i, _ in group], [img for _, img in group], side)
+                out |= {i: img if i in full else frame for (i, img), frame in zip(group, frames)}
+        return {i: out[i] for i in refs if i in out}
 
     def pixels(self, preprocess: Callable[[Image.Image], torch.Tensor],
                images: dict[str, Image.Image]) -> dict[str, torch.Tensor]:
