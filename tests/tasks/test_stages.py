@@ -176,6 +176,19 @@ def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
     assert pools == [2] and rows_one["regions"] and rows_one == rows_many
 
 
+def test_map_jobs_are_even_and_at_most_a_chunk():
+    """Every worker gets the same share: no job over CHUNK maps, a multiple of `workers` jobs, sizes within one."""
+    from mapcap.tasks.stages.regions import CHUNK, job_size
+    for n in (1, 2, 63, 64, 65, 140, 1100, 4096):
+        for workers in (1, 2, 16):
+            step = job_size(n, workers)
+            sizes = [min(step, n - c) for c in range(0, n, step)]
+            assert max(sizes) <= CHUNK and sum(sizes) == n
+            if n >= workers * CHUNK:
+                assert len(sizes) % workers == 0 or max(sizes) - min(sizes) <= workers, (n, workers, sizes)
+    assert [min(35, 140 - c) for c in range(0, 140, job_size(140, 2))] == [35] * 4
+
+
 def test_superpixel_regions_are_the_same_in_worker_processes(explained, monkeypatch):
     from mapcap.tasks.pipeline import procpool
     _, ctx = explained
