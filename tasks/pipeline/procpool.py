@@ -90,8 +90,13 @@ def shutdown() -> None:
         _drop(workers)
 
 
-def _noop(_: int) -> None:
-    """What `prestart` sends each worker (its start is the point)."""
+HOLD_S = 1.0  # how long each of prestart's items keeps its worker busy
+
+
+def _hold(_: int) -> None:
+    """What `prestart` sends each worker: busy for HOLD_S, so that no worker is idle while the next item is
+    submitted (the pool starts a child per submit only while none is idle)."""
+    time.sleep(HOLD_S)
 
 
 def prestart(fn: Callable[[Any], Any], workers: int) -> None:
@@ -105,7 +110,7 @@ def prestart(fn: Callable[[Any], Any], workers: int) -> None:
         _LAUNCHING.on = True
         try:
             pool = _pool(workers, [fn.__module__])
-            list(pool.map(_noop, range(workers)))
+            list(pool.map(_hold, range(workers)))
         except (OSError, BrokenProcessPool) as e:  # process_map reports it (and runs in this process) when called
             log.debug("could not start worker processes ahead (%s); process_map will try again", e)
         finally:
