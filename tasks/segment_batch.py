@@ -164,7 +164,7 @@ def _segment_group(maps: torch.Tensor, work: tuple[int, int], sizes: list[tuple[
     flat = labels.ravel()
     area = np.bincount(flat)  # (n + 1,)
     mass = np.bincount(flat, weights=up.cpu().numpy().ravel(), minlength=area.size)  # (n + 1,) float64
-    total = up.double().flatten(1).sum(1).cpu().numpy()  # (B,)
+    total = up.flatten(1).sum(1, dtype=torch.float64).cpu().numpy()  # (B,) summed in float64, no float64 copy
     boxes = find_objects(labels)  # boxes[k - 1]: (maps, rows, columns) of component k
     first = np.array([box[0].start for box in boxes], np.int64)  # (n,) the map of each component
     big = np.flatnonzero(area[1:] >= cfg.min_area * w * h) + 1  # component labels, specks dropped
