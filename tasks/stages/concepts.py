@@ -3,6 +3,11 @@
 Reads the shard's predictions (ensemble rows) and the regions of the predicted class's primary map; writes
 `concepts` (top-k descriptors per image, per region, and per predicted class) and `mutual_knowledge` (one row
 per image). The measures are defined in tasks/metrics/mutual_knowledge.py.
+
+On a GPU (with a plain resize / crop / normalise preprocess, the captions stage's gate) views, masks and the
+deletion / insertion images come from the shard's device frames, no file decoded again in PIL
+(tasks/concept_views.py); elsewhere the PIL path below, the reference (tests/tasks/test_concept_views.py holds
+the two together).
 """
 from __future__ import annotations
 

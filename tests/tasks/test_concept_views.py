@@ -149,3 +149,35 @@ def test_model_masks_cover_the_crop_and_bad_factors_name_themselves(toy_model):
     assert len(whole) == 1 and whole[0].shape == (3 * geo.crop,) * 2 and whole[0].all()
     with pytest.raises(ValueError, match="factor 0"):
         cv.model_masks([], (96, 128), (128, 96), geo, factor=0)
+
+
+def test_an_unreadable_image_is_a_failure_row_on_the_device_path(toy_explained, cfg, monkeypatch, tmp_path):
+    """A file gone since classify: its failures row names the concepts stage; the other images get their rows."""
+    from mapcap.tasks.pipeline.context import StageContext
+    rows = [dict(r) for r in toy_explained.table("images")]
+    rows[0]["path"] = str(tmp_path / "gone.png")
+    ctx = StageContext("memory://unused", "r", 0, [], workers=2)
+    ctx.outputs.update(toy_explained.outputs)
+    ctx.outputs["images"] = rows
+    monkeypatch.setattr(concepts, "device_geometry", lambda lm: geometry(lm.preprocess))
+    out, fails = _compute("concepts", cfg, ctx)
+    assert [(f["stage"], f["path"]) for f in fails] == [("concepts", rows[0]["path"])]
+    assert {r["image_id"] for r in out["mutual_knowledge"]} == {r["image_id"] for r in rows[1:]}
+
+
+def test_reduced_frames_and_small_chunks_give_the_same_concepts(toy_explained, cfg, both, monkeypatch):
+    """Frames reduced to 3/4 of the 128 px toy images (images with a crop narrower than S in theirs cut from the
+    full image) and chunks of 8 images: the top concept of ≥ 90 % of views as the PIL path's. Measured: 93.4 %,
+    23 of 48 images cut from the full image."""
+    monkeypatch.setattr(cv, "frame_side", lambda geo: 96)
+    monkeypatch.setattr(concepts, "CHUNK", 8)
+    full, real = [], cv.needs_full
+    monkeypatch.setattr(cv, "needs_full", lambda *a: full.append(real(*a)) or full[-1])
+    out = run(toy_explained, cfg, monkeypatch, True)
+    top = {on: {(r["image_id"], r["source"], r["region_id"]): r["descriptor"] for r in o["concepts"]
+                if r["rank"] == 0 and r["source"] != "language"} for on, o in ((True, out), (False, both[False]))}
+    assert top[True].keys() == top[False].keys()
+    same = sum(v == top[False][k] for k, v in top[True].items()) / len(top[True])
+    print(f"frames of 96 px, chunks of 8: top concept same for {same:.1%}; {sum(full)}/{len(full)} images cut from "
+          f"the full image")
+    assert same >= 0.9 and 0 < sum(full) < len(full)
