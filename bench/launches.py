@@ -1,13 +1,14 @@
 """Tensor operations per image in each stage of the GPU path, counted on CPU: what a GPU pays per launch.
 
-    python bench/launches.py [--folder DIR | --n 256] [--stages classify relevancy regions captions]
+    python bench/launches.py [--folder DIR | --n 256] [--stages classify relevancy regions captions] [--pil]
 
 On a GPU, a small operation costs its launch (~5-20 µs of host time, whatever its size); per-image or per-crop
 operations therefore bound a stage's images/s long before the arithmetic does, and a result copied to the host
 (`.item()`, `.tolist()`) waits for everything queued before it. With no GPU at hand, this runs one shard through
 the driver with the GPU code paths forced on CPU (JPEGs decoded and preprocessed as tensor ops, captions' crops
 cut as tensors) and counts every tensor operation each stage dispatches, views apart (no kernel), and the scalar
-reads. Lower is better; the counts do not depend on the machine. On CPU `decode_jpeg` runs once per image (on a
+reads; `--pil` keeps the CPU's PIL paths instead, to compare with. Lower is better; the counts do not depend on
+the machine. On CPU `decode_jpeg` runs once per image (on a
 GPU, once per batch), and `.tolist()` copies are not operations (on a GPU, one wait per call).
 """
 from __future__ import annotations
@@ -45,10 +46,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="synthetic images (without --folder)")
     ap.add_argument("--stages", nargs="+", default=["classify", "relevancy", "regions", "captions"])
     ap.add_argument("--top", type=int, default=6, help="most frequent operations listed per stage")
+    ap.add_argument("--pil", action="store_true", help="keep the PIL paths (the CPU reference) instead")
     args = ap.parse_args()
 
     from mapcap.tasks.pipeline.params import ExplainParams
     from mapcap.tasks.decode import geometry
+    from mapcap.tasks import concept_views
     from mapcap.tasks.pipeline import driver, images, reuse
     from mapcap.tasks.stages import captions
 
@@ -57,7 +60,8 @@ def main() -> None:
         from pipeline import synthetic  # bench/pipeline.py, beside this file
         args.folder = str(synthetic(tmp / "data", args.n))
     # the GPU branches, taken on CPU (tests/tasks/test_decode.py holds them equal to the PIL path)
-    images.tensor_decode = captions.tensor_decode = lambda pre, dev: geometry(pre)  # where the shard decodes
+    if not args.pil:  # where the shard decodes, and the stages that cut views from its frames
+        images.tensor_decode = captions.tensor_decode = concept_views.tensor_decode = lambda pre, dev: geometry(pre)
     params = ExplainParams.model_validate({"dataset": args.folder, "out": str(tmp / "out"), "run_name": "launches",
                                            "shard_size": 10 ** 9, "stages": args.stages, "device": "cpu"})
     resolved = params.resolve()
@@ -65,22 +69,23 @@ def main() -> None:
     compute = reuse.compute
 
     def counting(stage, *a, **k):
-        t0, mode = time.perf_counter(), Count()
+        t0, c0, mode = time.perf_counter(), time.process_time(), Count()
         with mode:
             out = compute(stage, *a, **k)
-        counted[stage.name] = mode.ops, time.perf_counter() - t0
+        counted[stage.name] = mode.ops, time.perf_counter() - t0, time.process_time() - c0
         return out
 
     reuse.compute = counting
     items = list(resolved.plan.shards[0])
     driver.run_shard(list(resolved.shard_stages), str(tmp / "out"), resolved.plan.run_id, 0, items, True)
     n = len(items)
-    print(f"{n} images, model {resolved.plan.model.name}; GPU code paths forced on CPU; per image:")
-    rows = [["stage", "ops", "ops besides views", "scalar reads", "seconds (CPU)", "most frequent"]]
-    for name, (ops, sec) in counted.items():
+    paths = "PIL paths (CPU reference)" if args.pil else "GPU code paths forced on CPU"
+    print(f"{n} images, model {resolved.plan.model.name}; {paths}; per image:")
+    rows = [["stage", "ops", "ops besides views", "scalar reads", "seconds", "CPU ms/image", "most frequent"]]
+    for name, (ops, sec, cpu) in counted.items():
         work = {k: v for k, v in ops.items() if k not in VIEWS}
         rows.append([name, f"{sum(ops.values()) / n:.1f}", f"{sum(work.values()) / n:.1f}",
-                     f"{ops[SCALAR_READS] / n:.2f}", f"{sec:.2f}",
+                     f"{ops[SCALAR_READS] / n:.2f}", f"{sec:.2f}", f"{cpu / n * 1000:.1f}",
                      ", ".join(f"{k} {v / n:.1f}" for k, v in collections.Counter(work).most_common(args.top))])
     print_table(rows[0], rows[1:])
 

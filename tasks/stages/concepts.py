@@ -3,9 +3,15 @@
 Reads the shard's predictions (ensemble rows) and the regions of the predicted class's primary map; writes
 `concepts` (top-k descriptors per image, per region, and per predicted class) and `mutual_knowledge` (one row
 per image). The measures are defined in tasks/metrics/mutual_knowledge.py.
+
+On a GPU (with a plain resize / crop / normalise preprocess, the captions stage's gate) views, masks and the
+deletion / insertion images come from the shard's device frames, no file decoded again in PIL
+(tasks/concept_views.py); elsewhere the PIL path below, the reference (tests/tasks/test_concept_views.py holds
+the two together).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -22,7 +28,8 @@ from mapcap.tasks.data import full_size
 from mapcap.tasks.frames import crop_boxes, frames, scale_box
 from mapcap.tasks.masks import mask_at
 from mapcap.tasks.metrics.perturb import perturbed_pixels
-from mapcap.tasks.models import ModelSpec, encode_images, in_batches, load_model
+from mapcap.tasks.concept_views import device_chunk, device_geometry, device_perturbed, model_masks
+from mapcap.tasks.models import ModelSpec, encode_images, encode_pixels, in_batches, load_model
 from mapcap.tasks.pipeline.sharding import sampled
 from mapcap.tasks.pipeline.base import Section, Stage, StageUnavailable, register_stage
 from mapcap.tasks.provenance import frozen_config
@@ -38,6 +45,11 @@ CHUNK = 32  # images whose views and perturbations go through the model together
 def encode_all(lm, images: list) -> torch.Tensor:
     """(N, D) raw embeddings of PIL images, 256 per forward pass."""
     return in_batches(len(images), 256, lambda i, j: encode_images(lm, images[i:j], normalize=False).cpu())
+
+
+def encode_batches(lm, pixels: list[torch.Tensor]) -> torch.Tensor:
+    """(N, D) raw embeddings of (3, S, S) model pixels on the device, 256 per forward pass."""
+    return in_batches(len(pixels), 256, lambda i, j: encode_pixels(lm, torch.stack(pixels[i:j]), False).cpu())
 
 
 @frozen_config
@@ -90,11 +102,19 @@ def view_keys(cfg: ConceptsConfig, image_id: str, regions: list[dict]) -> list:
     return [whole] + ([view_key(cfg.model, image_id, r["bbox"], cfg.context) for r in regions] or [whole])
 
 
-def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb: torch.Tensor,
+def frame_masks(regions: list[dict], image) -> list[np.ndarray]:
+    """The regions' bool masks at the PIL frame's size (h, w); one all-True mask when the image has none (the
+    whole image is its one part)."""
+    return [mask_at(r, image.size, full_size(image)) for r in regions] or [np.ones((image.size[1], image.size[0]),
+                                                                                  dtype=bool)]
+
+
+def visual_rows(cfg: ConceptsConfig, masks: list[np.ndarray], regions: list[dict], pred: dict, emb: torch.Tensor,
                 concept_emb: torch.Tensor, language: dict[str, tuple[list[int], list[float]]],
                 base: dict) -> tuple[list[dict], dict, list[np.ndarray]]:
-    """Concept rows, the mutual-knowledge row without faithfulness, and the concept steps (masks) of one image,
-    from the unit embeddings (1 + R, D) of the image and its parts."""
+    """Concept rows, the mutual-knowledge row without faithfulness, and the concept steps (unions of `masks`, one
+    per region, at whatever resolution the caller perturbs at) of one image, from the unit embeddings (1 + R, D)
+    of the image and its parts."""
     vocab = cfg.bank.vocabulary
     label_set, pred_set = set(cfg.bank.of(pred["label"])), set(cfg.bank.of(pred["pred"]))
     sims = emb @ concept_emb.T  # (1 + R, V)
@@ -107,9 +127,6 @@ def visual_rows(cfg: ConceptsConfig, image, regions: list[dict], pred: dict, emb
     rows += _concept_rows(base, "language", -1, pred["pred"], lang_vals, lang_idx, vocab, label_set, pred_set)
     order, tied = visual_concepts(idx[1:], sims[0])
     curve = mi_curve(order, lang_idx)
-    masks = [mask_at(r, image.size, full_size(image)) for r in regions]  # at the frame's size
-    if not masks:  # the whole image is the one part
-        masks = [np.ones((image.size[1], image.size[0]), dtype=bool)]
     visual = [vocab[v] for v in order]
     language_words = [vocab[v] for v in lang_idx]
     mk = base | {"label": pred["label"], "pred": pred["pred"], "correct": pred["correct"], "method": cfg.method,
@@ -157,33 +174,48 @@ class Concepts(Stage):
                 regions.setdefault(r["image_id"], []).append(r)
         todo = [i for i in sorted(preds) if sampled(i, cfg.sample)]
         sizes = {r["image_id"]: (r["width"], r["height"]) for r in ctx.table("images") if r["image_id"] in preds}
-        boxes = {i: crop_boxes([r["bbox"] for r in regions.get(i, [])], cfg.context) for i in todo}
-        # each image decoded once, as coarse as its crops allow (tasks/frames.py)
-        decoded = frames(ctx, {i: paths[i] for i in todo}, sizes, boxes, draft_size(lm.preprocess))
-        ids = sorted(decoded)
+        geo = device_geometry(lm)  # None: PIL frames, crops and perturbations; else all on the device
+        if geo is None:  # each image decoded once, as coarse as its crops allow (tasks/frames.py)
+            boxes = {i: crop_boxes([r["bbox"] for r in regions.get(i, [])], cfg.context) for i in todo}
+            decoded = frames(ctx, {i: paths[i] for i in todo}, sizes, boxes, draft_size(lm.preprocess))
+            todo = sorted(decoded)
         concept_rows, mk_rows = [], []
-        for c in range(0, len(ids), CHUNK):  # many images per forward pass, bounded memory
-            chunk = ids[c:c + CHUNK]
+        for c in range(0, len(todo), CHUNK):  # many images per forward pass, bounded memory
+            chunk = todo[c:c + CHUNK]
             regs = {i: sorted(regions.get(i, []), key=lambda r: r["region_id"]) for i in chunk}
-            views = {i: [decoded[i]] + parts_of(cfg, decoded[i], regs[i]) for i in chunk}
+            if geo is None:
+                views = [v for i in chunk for v in [decoded[i]] + parts_of(cfg, decoded[i], regs[i])]
+                masks = {i: frame_masks(regs[i], decoded[i]) for i in chunk}
+                encode = functools.partial(encode_all, lm)
+            else:  # frames from the shard's cache, views and masks at the model's resolution (concept_views.py)
+                dc = device_chunk(ctx, lm.spec.device, geo, chunk, paths, sizes, regs, cfg.context)
+                chunk, views = dc.ids, dc.views
+                if not chunk:  # none of them readable: failure rows
+                    continue
+                masks = {i: model_masks(regs[i], dc.shapes[i], sizes[i], geo) for i in chunk}
+                encode = functools.partial(encode_batches, lm)
             names = [k for i in chunk for k in view_keys(cfg, i, regs[i])]
-            emb = embed_views(ctx, names, [v for i in chunk for v in views[i]],
-                              lambda crops: encode_all(lm, crops)).cpu()  # (sum(1 + R), D), unit
+            emb = embed_views(ctx, names, views, encode).cpu()  # (sum(1 + R), D), unit
             steps, start = {}, 0
             for i in chunk:
                 base = {"run_id": ctx.run_id, "image_id": i, "shard": ctx.shard}
-                rows, mk, steps[i] = visual_rows(cfg, decoded[i], regs[i], preds[i],
-                                                 emb[start:start + len(views[i])], concept_emb, language, base)
-                start += len(views[i])
+                n = 1 + max(len(regs[i]), 1)  # the whole image and its parts
+                rows, mk, steps[i] = visual_rows(cfg, masks[i], regs[i], preds[i], emb[start:start + n],
+                                                 concept_emb, language, base)
+                start += n
                 concept_rows += rows
                 mk_rows.append(mk)
             # deletions, then insertions, drawn at the model's resolution: (2(N+1), 3, S, S) per image
-            pert = {i: perturbed_pixels(lm.preprocess, decoded[i], steps[i]) for i in chunk}
-            probs = class_probs(lm, torch.cat([pert[i] for i in chunk]), class_emb)  # (sum 2(N+1), C)
+            if geo is None:
+                pert = torch.cat([perturbed_pixels(lm.preprocess, decoded[i], steps[i]) for i in chunk])
+            else:
+                pert = device_perturbed(dc, steps, geo)  # (sum 2(N+1), 3, S, S), one batch for the chunk
+            probs = class_probs(lm, pert, class_emb)  # (sum 2(N+1), C)
             start = 0
             for mk, i in zip(mk_rows[-len(chunk):], chunk):
-                mk |= faithfulness(probs[start:start + len(pert[i])], cfg.classes.index(preds[i]["pred"]),
+                n = 2 * len(steps[i])
+                mk |= faithfulness(probs[start:start + n], cfg.classes.index(preds[i]["pred"]),
                                    cfg.classes.index(preds[i]["label"]))
-                start += len(pert[i])
-            ctx.progress(c + len(chunk), len(ids), "images")
+                start += n
+            ctx.progress(c + len(chunk), len(todo), "images")
         return {"concepts": concept_rows, "mutual_knowledge": mk_rows}
