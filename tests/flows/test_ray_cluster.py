@@ -51,9 +51,12 @@ def cluster(tmp_path_factory):
     sessions = tempfile.mkdtemp(prefix="mcray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     port = _free_port()
     # a HOME of its own and no inherited RAY_* settings (a local Ray started earlier in this process sets some):
-    # no token file or auth mode of another Ray on this machine applies to this cluster
+    # no token file or auth mode of another Ray on this machine applies to this cluster. No drain on SIGTERM: a
+    # node's handler otherwise waits up to 30 s (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, Ray >= 2.60) for its GCS,
+    # stopped by the same signal, and the head outlived _stop's grace: 30 s of teardown, then a SIGKILL
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {
-        "HOME": str(tmp / "home"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        "HOME": str(tmp / "home"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     (tmp / "home").mkdir()
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=1", "--disable-usage-stats"]
     procs = []
