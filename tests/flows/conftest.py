@@ -1,5 +1,5 @@
 """The flow tests' shared runs: a toy run with mistakes to browse and the explorer serving it on loopback; the
-thread-runner reference of the Ray tests."""
+thread-runner reference of the Ray and S3 tests."""
 from __future__ import annotations
 
 import socket
@@ -43,11 +43,11 @@ def toy_run(prefect_harness, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def thread_run(prefect_harness, toy_dir, tmp_path_factory) -> str:
-    """The results root of classify and relevancy (chefer) over the toy split on the thread runner, run 'r': the
-    reference both Ray tests compare with (one run, not one per test)."""
+    """The results root of classify, relevancy (chefer) and regions over the toy split on the thread runner and a
+    local folder, run 'r': the reference the Ray and S3 tests compare with (one run, not one per test)."""
     out = str(tmp_path_factory.mktemp("thread-run"))
     explain(ExplainParams(dataset=str(toy_dir), out=out, run_name="r", shard_size=16, device="cpu",
-                          stages=["classify", "relevancy"], relevancy={"methods": ["chefer"]}))
+                          stages=["classify", "relevancy", "regions"], relevancy={"methods": ["chefer"]}))
     return out
 
 
