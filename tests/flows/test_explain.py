@@ -193,7 +193,7 @@ def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path
     write_toy_dataset(tmp_path / "pairs", n_per_class=3, seed=8, kind="pair")
     out = str(tmp_path / "res")
     explain(ExplainParams(dataset=str(tmp_path / "pairs"), out=out, stages=["classify", "faithfulness", "evaluate"],
-                          run_name="pairs", device="cpu"))
+                          run_name="pairs", device="cpu", evaluate={"steps": 4}))  # RISE steps: not discrimination
     ev = {(r["method"], r["start_layer"], r["metric"]): r for r in run_sql(
         connect(out), "SELECT * FROM evaluations").to_pylist()}
     assert ev[("chefer", 0, "discrimination")]["n"] == 24  # each image: the mean of both objects' class maps
