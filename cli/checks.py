@@ -1,8 +1,10 @@
 """Checks of a run's command line that need no model, run before torch, open_clip or Prefect load and before
-Prefect's temporary server starts: a wrong path or value answers in well under a second, with the fix."""
+Prefect's temporary server starts: a wrong path or value (a PREFECT_HOME Prefect cannot create too) answers in
+well under a second, with the fix."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from mapcap.cli.flags import flag_values, read_params_file
@@ -29,11 +31,29 @@ def check_dataset(dataset: str, named: list[str]) -> None:
     check_dataset_path(dataset)  # the rest: a FIFO or device, a file that is not a manifest
 
 
+def check_prefect_home(home: str | None) -> None:
+    """`PREFECT_HOME` (None: unset, Prefect's ~/.prefect) as Prefect can use it. Prefect creates the folder
+    itself, one level only (no parents, mode 0700), and on failure only warns; its temporary server then fails
+    to open its database, in thousands of lines of tracebacks. A missing parent is refused here, not created: it
+    is most often a typo or an unmounted disk, and Prefect does not create it either."""
+    if not home:
+        return
+    path = Path(home).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"PREFECT_HOME {home} is a file, not a folder: point PREFECT_HOME at a folder, or unset "
+                         f"it (Prefect then uses ~/.prefect)")
+    if not path.exists() and not path.parent.is_dir():
+        raise ValueError(f"PREFECT_HOME {home}: its parent folder {path.parent} does not exist (Prefect creates "
+                         f"the home folder only): create it (mkdir -p {path.parent}) or unset PREFECT_HOME "
+                         f"(Prefect then uses ~/.prefect)")
+
+
 def check_run(args: argparse.Namespace, table: dict, fixed: dict | None = None) -> None:
     """Every check of a flow command's arguments that needs no model (a ValueError naming the value and fix)."""
     base = read_params_file(args.params) if getattr(args, "params", None) else {}
     given = {**base, **flag_values(args, table), **(fixed or {})}
     defaults = {s["dest"]: s["default"] for s in table["fields"]}
+    check_prefect_home(os.environ.get("PREFECT_HOME"))
     check_dataset(str(given.get("dataset", defaults["dataset"])), table["datasets"])
     if given.get("run_name"):
         check_run_name(given["run_name"])

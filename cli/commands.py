@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from mapcap.tasks.limits import DEFAULT_LIMITS  # (standard library only)
+
 DEFAULT_ROOT = "./mapcap-results"
 
 
@@ -65,7 +67,13 @@ COMMANDS: tuple[Command, ...] = (
         arg("--max-upload-mb", type=float, default=25.0,
             help="largest uploaded image (and image file opened by path), in MB (default 25)"),
         arg("--allow-weights", action="append", default=[], metavar="DIR",
-            help="also load checkpoints (pretrained) from this folder, beside the results root"))),
+            help="also load checkpoints (pretrained) from this folder, beside the results root"),
+        arg("--max-pixels", type=int, default=DEFAULT_LIMITS.max_pixels,
+            help=f"pixel budget per image (width × height its header declares, checked before decoding; default "
+                 f"{DEFAULT_LIMITS.max_pixels})"),
+        arg("--max-file-mb", type=float, default=DEFAULT_LIMITS.max_file_mb,
+            help=f"file-size cap per image file opened by path, in MB (checked before reading; default "
+                 f"{DEFAULT_LIMITS.max_file_mb:g})"))),
     Command("report", "write a run's self-contained HTML report", "cmd_report", (
         RUN, ROOT, arg("--out", help="HTML file to write (default: <root>/reports/<run>.html)"))),
     Command("relevancy", "relevancy maps of one image for several texts (.npz + overlay .png)", "cmd_relevancy", (

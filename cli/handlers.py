@@ -142,15 +142,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_explorer(args: argparse.Namespace) -> int:
     from mapcap.explorer.app import serve_explorer
     from mapcap.explorer.guard import new_token
+    from mapcap.tasks.limits import DEFAULT_LIMITS, DecodeLimits
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb {args.max_upload_mb:g} must be above 0 (default 25)")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels {args.max_pixels} must be at least 1 (default {DEFAULT_LIMITS.max_pixels})")
+    if args.max_file_mb <= 0:
+        raise ValueError(f"--max-file-mb {args.max_file_mb:g} must be above 0 (default "
+                         f"{DEFAULT_LIMITS.max_file_mb:g})")
     token = None if args.no_token else new_token()
     query = f"/?token={token}" if token else "/"
     print(f"MapCap explorer on http://127.0.0.1:{args.port}{query} (results root {args.root}); Ctrl-C stops it",
           flush=True)
     serve_explorer(args.root, token, args.port, allow_hosts=tuple(args.allow_host), max_upload_mb=args.max_upload_mb,
-                   allow_weights=tuple(args.allow_weights))
+                   allow_weights=tuple(args.allow_weights), decode=DecodeLimits(args.max_pixels, args.max_file_mb))
     return 0
 
 

@@ -13,6 +13,20 @@ def print_table(table, ends: int | None = None) -> None:
     print(format_table(table, ends=ends))
 
 
+def plural(n: int, one: str, many: str) -> str:
+    """`1 group`, `2 groups`: the count with the word that agrees with it."""
+    return f"{n} {one if n == 1 else many}"
+
+
+def duplicates_line(dups: dict[str, int]) -> str:
+    """The summary's line on byte-identical files (a row of the `duplicate_files` query with identical files)."""
+    groups, copies = dups["n_groups"], dups["n_duplicates"]
+    beyond = "the first" if groups == 1 else "the first of each"
+    return (f"{plural(dups['n_identical'], 'file is', 'files are')} byte-identical to another "
+            f"({plural(groups, 'group', 'groups')}, {plural(copies, 'copy', 'copies')} beyond {beyond}); each "
+            f"counts as an image of its own")
+
+
 def print_run_summary(root: str, result: dict[str, Any]) -> None:
     """Counts, skipped stages, what could not be read, per-class and per-template accuracy, captions, map
     evaluations, description-based accuracy and mutual knowledge; long per-class tables by their two ends."""
@@ -24,8 +38,7 @@ def print_run_summary(root: str, result: dict[str, Any]) -> None:
     print(f"results: {root}" + (f"\nreport: {result['report']}" if result.get("report") else ""))
     dups = named_query(con, "duplicate_files", run).to_pylist()[0]
     if dups["n_identical"]:
-        print(f"{dups['n_identical']} files are byte-identical to another ({dups['n_groups']} groups, "
-              f"{dups['n_duplicates']} copies beyond the first of each); each counts as an image of its own")
+        print(duplicates_line(dups))
     for note in result.get("notes", []):
         print(f"note: {note}")
     by_reason: dict[str, list[str]] = {}  # each reason once (no concept bank turns two features off)

@@ -229,15 +229,16 @@ def make_app(root: str, token: str | None, allow_hosts: tuple[str, ...] = (),
 
 def serve_explorer(root: str, token: str | None, port: int = 8765, host: str = "127.0.0.1",
                    allow_hosts: tuple[str, ...] = (), max_upload_mb: float = LIMITS.max_upload_mb,
-                   allow_weights: tuple[str, ...] = ()) -> None:
-    """Serve on loopback; no access log (the page's first request carries the token in its URL)."""
+                   allow_weights: tuple[str, ...] = (), decode: DecodeLimits = DEFAULT_LIMITS) -> None:
+    """Serve on loopback; no access log (the page's first request carries the token in its URL). `decode`:
+    per-image limits (`--max-pixels`, `--max-file-mb`)."""
     import uvicorn
 
     if token is None:
         log.warning("the explorer runs without a token (--no-token): any local process, and any web page that "
                     "reaches %s:%d through an allowed host, can call its API; put an authenticating proxy in front",
                     host, port)
-    app = make_app(root, token, allow_hosts, max_upload_mb, allow_weights)
+    app = make_app(root, token, allow_hosts, max_upload_mb, allow_weights, decode)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

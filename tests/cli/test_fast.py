@@ -21,8 +21,8 @@ PROBE = ("import json, sys, time\n"
          "if m in sys.modules]}), file=sys.stderr)\n")
 
 
-def probe(*argv: str, tmp_path) -> tuple[dict, str]:
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"))
+def probe(*argv: str, tmp_path, home: str | None = None) -> tuple[dict, str]:
+    env = dict(os.environ, PREFECT_HOME=home or str(tmp_path / "prefect"))
     env.pop("PREFECT_API_URL", None)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=120)
@@ -52,6 +52,28 @@ def test_a_wrong_argument_answers_without_heavy_imports(tmp_path, argv, said):
     assert result["heavy"] == [], "the check imported what a typo should not wait for"
     assert result["s"] < 5  # ~0.3 s idle; the model's imports alone take 6-30 s here
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("cmd", ["run", "demo"])
+def test_a_prefect_home_without_its_parent_folder_is_refused_before_the_server(tmp_path, cmd):
+    home = tmp_path / "no-such-parent" / "prefect"
+    result, text = probe(cmd, tmp_path=tmp_path, home=str(home))  # its last line is the probe's
+    assert result["rc"] == 2 and result["heavy"] == [] and "Traceback" not in text
+    assert text.strip().splitlines()[:-1] == [f"mapcap {cmd}: error: PREFECT_HOME {home}: its parent folder "
+                                         f"{home.parent} does not exist (Prefect creates the home folder only): "
+                                         f"create it (mkdir -p {home.parent}) or unset PREFECT_HOME (Prefect then "
+                                         f"uses ~/.prefect)"]
+    assert not home.parent.exists()
+
+
+def test_a_prefect_home_prefect_can_create_passes_and_a_file_is_refused(tmp_path):
+    from mapcap.cli.checks import check_prefect_home
+
+    check_prefect_home(None)
+    check_prefect_home(str(tmp_path / "new"))  # Prefect creates this one (its parent exists)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"PREFECT_HOME .*file is a file, not a folder: .* or unset it"):
+        check_prefect_home(str(tmp_path / "file"))
 
 
 def test_one_image_as_the_dataset_says_how_to_explain_it(tmp_path):

@@ -1,4 +1,5 @@
-"""The explorer's fixtures: a toy run with mistakes to browse, and the explorer serving it on loopback."""
+"""The flow tests' shared runs: a toy run with mistakes to browse and the explorer serving it on loopback; the
+thread-runner reference of the Ray and S3 tests."""
 from __future__ import annotations
 
 import socket
@@ -37,6 +38,16 @@ def toy_run(prefect_harness, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("explorer-results"))
     explain(ExplainParams(dataset=str(data), out=out, shard_size=12, run_name="ex", device="cpu",
                           stages=["classify", "relevancy", "regions", "concepts", "captions", "summarize"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def thread_run(prefect_harness, toy_dir, tmp_path_factory) -> str:
+    """The results root of classify, relevancy (chefer) and regions over the toy split on the thread runner and a
+    local folder, run 'r': the reference the Ray and S3 tests compare with (one run, not one per test)."""
+    out = str(tmp_path_factory.mktemp("thread-run"))
+    explain(ExplainParams(dataset=str(toy_dir), out=out, run_name="r", shard_size=16, device="cpu",
+                          stages=["classify", "relevancy", "regions"], relevancy={"methods": ["chefer"]}))
     return out
 
 

@@ -52,14 +52,29 @@ def params_templates():
     return resolve_templates("simple")
 
 
-def test_rerun_skips_finished_shards_and_force_redoes_them(first_run):
-    params, _ = first_run
+def test_rerun_skips_finished_shards_and_force_redoes_them(prefect_harness, tmp_path):
+    """Every stage, both passes, on a run of its own: one image a class and a corrupt file in three shards (the
+    module's run, forced, redid the faithfulness of 49 images: a 32 s test, now 13 s)."""
+    import os
+    from mapcap.storage.writer import table_path
+    from mapcap.toy.dataset import write_toy_dataset
+    data = tmp_path / "data"
+    write_toy_dataset(data, n_per_class=1, seed=4321, split="test")
+    (data / "star" / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    params = ExplainParams(dataset=str(data), out=str(tmp_path / "out"), shard_size=4, run_name="force",
+                           device="cpu", evaluate={"steps": 4})
+    first = explain(params)
+    assert first["shards_done"] == 3 and first["n_images"] == 9 and first["n_failures"] == 1
     again = explain(params)
-    assert again["shards_skipped"] == 4 and again["n_failures"] == 1
+    assert again["shards_skipped"] == 3 and again["n_failures"] == 1
+    deferred = table_path(params.out, "faithfulness", "force", "shard-00000")
+    before = os.stat(deferred).st_mtime_ns
     forced = explain(params.model_copy(update={"force": True}))
-    assert forced["shards_skipped"] == 0
+    assert forced["shards_skipped"] == 0 and forced["shards_done"] == 3 and forced["n_failures"] == 1
+    assert os.stat(deferred).st_mtime_ns != before  # the deferred stage (a later pass) was redone too
     con = connect(params.out)
-    assert run_sql(con, "SELECT count(*) AS n FROM images").column("n")[0].as_py() == 49  # no duplicates
+    assert run_sql(con, "SELECT count(*) AS n FROM images").column("n")[0].as_py() == 9  # no duplicates
+    assert run_sql(con, "SELECT count(DISTINCT image_id) AS n FROM faithfulness").column("n")[0].as_py() == 8
 
 
 def test_cli_sql_and_named_queries(first_run, capsys):
@@ -178,7 +193,7 @@ def test_two_shape_dataset_gets_a_discrimination_score(prefect_harness, tmp_path
     write_toy_dataset(tmp_path / "pairs", n_per_class=3, seed=8, kind="pair")
     out = str(tmp_path / "res")
     explain(ExplainParams(dataset=str(tmp_path / "pairs"), out=out, stages=["classify", "faithfulness", "evaluate"],
-                          run_name="pairs", device="cpu"))
+                          run_name="pairs", device="cpu", evaluate={"steps": 4}))  # RISE steps: not discrimination
     ev = {(r["method"], r["start_layer"], r["metric"]): r for r in run_sql(
         connect(out), "SELECT * FROM evaluations").to_pylist()}
     assert ev[("chefer", 0, "discrimination")]["n"] == 24  # each image: the mean of both objects' class maps

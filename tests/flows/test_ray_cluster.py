@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 
-from mapcap.flows.explain import ExplainParams, explain
 from mapcap.storage.query import connect, run_sql
 
 BIN = os.path.dirname(sys.executable)
@@ -51,9 +50,12 @@ def cluster(tmp_path_factory):
     sessions = tempfile.mkdtemp(prefix="mcray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     port = _free_port()
     # a HOME of its own and no inherited RAY_* settings (a local Ray started earlier in this process sets some):
-    # no token file or auth mode of another Ray on this machine applies to this cluster
+    # no token file or auth mode of another Ray on this machine applies to this cluster. No drain on SIGTERM: a
+    # node's handler otherwise waits up to 30 s (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, Ray >= 2.60) for its GCS,
+    # stopped by the same signal, and the head outlived _stop's grace: 30 s of teardown, then a SIGKILL
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {
-        "HOME": str(tmp / "home"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        "HOME": str(tmp / "home"), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     (tmp / "home").mkdir()
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=1", "--disable-usage-stats"]
     procs = []
@@ -89,19 +91,18 @@ def _wait_nodes(address: str, env: dict, n: int, procs: list[subprocess.Popen], 
     raise RuntimeError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout} s")
 
 
-def test_mapcap_run_on_a_two_node_ray_equals_the_thread_runner(prefect_harness, cluster, toy_dir, tmp_path):
+def test_mapcap_run_on_a_two_node_ray_equals_the_thread_runner(prefect_harness, cluster, toy_dir, thread_run,
+                                                               tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    ray_out, thread_out = str(tmp_path / "ray"), str(tmp_path / "threads")
+    ray_out = str(tmp_path / "ray")
     common = ["--shard-size", "16", "--device", "cpu", "--stages", "classify", "relevancy"]
     env = cluster["env"] | {"PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.run([f"{BIN}/mapcap", "run", str(toy_dir), "--ray", cluster["address"], "--out", ray_out,
                            "--run-name", "r", "--gpus-per-shard", "1", *common], env=env, capture_output=True,
                           text=True, timeout=480)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    explain(ExplainParams(dataset=str(toy_dir), out=thread_out, run_name="r", shard_size=16, device="cpu",
-                          stages=["classify", "relevancy"]))
-    on_ray, on_threads = connect(ray_out), connect(thread_out)
+    on_ray, on_threads = connect(ray_out), connect(thread_run)
     run = run_sql(on_ray, "SELECT n_shards, nodes, params_json FROM runs").to_pylist()[0]
     assert run["n_shards"] == 3 and len(run["nodes"]) == 2  # both nodes ran shards
     assert json.loads(run["params_json"])["gpus_per_shard"] == 1

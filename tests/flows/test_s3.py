@@ -67,16 +67,16 @@ def s3(tmp_path_factory):
         s3fs.S3FileSystem.clear_instance_cache()
 
 
-def test_a_run_on_s3_queries_and_compacts(prefect_harness, s3, toy_dir, tmp_path):
+def test_a_run_on_s3_queries_and_compacts(prefect_harness, s3, toy_dir, thread_run):
     root = "s3://mapcap-test/runs"
-    params = dict(dataset=str(toy_dir), shard_size=16, device="cpu", stages=["classify", "relevancy", "regions"])
+    params = dict(dataset=str(toy_dir), shard_size=16, device="cpu", stages=["classify", "relevancy", "regions"],
+                  relevancy={"methods": ["chefer"]})
     result = explain(ExplainParams(out=root, run_name="s3", **params))
     assert result["n_images"] == 48 and result["shards_done"] == 3
-    explain(ExplainParams(out=str(tmp_path), run_name="s3", **params))  # the same run on a local folder
-    on_s3, local = connect(root), connect(str(tmp_path))
+    on_s3, local = connect(root), connect(thread_run)  # the same run on a local folder
     assert run_sql(on_s3, COUNTS, ["s3"]).to_pylist() == [{"n": 48, "ids": 48}]
     classes = named_query(on_s3, "per_class_accuracy", "s3").to_pylist()
-    assert classes == named_query(local, "per_class_accuracy", "s3").to_pylist()
+    assert classes == named_query(local, "per_class_accuracy", "r").to_pylist()
     maps = "SELECT image_id, target, map FROM relevancy ORDER BY ALL"
     before = run_sql(on_s3, maps).to_pylist()
     assert len(before) == 96
