@@ -1,7 +1,7 @@
 """The same plain-loop run of bench/pipeline.py before and after: seconds per stage of an earlier commit and of
 this checkout, side by side, in one command.
 
-    python bench/compare.py --before 7bc712a --folder DIR [--shard-size 128] [--in-flight 1] [--model toy]
+    python bench/compare.py --before 7bc712a --folder DIR [--shard-size 128] [--in-flight 1] [--model toy] [--stages ...]
 
 Each side runs in its own process with its own `mapcap` on the path: the earlier commit from a temporary git
 worktree (its pyproject's package-dir mapping rebuilt as symlinks, so nothing is installed), this checkout as it
@@ -29,8 +29,8 @@ import argparse, json, os, resource, sys, tempfile, time
 from pathlib import Path
 import pipeline as P
 folder, out_json, shard, in_flight, model = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-args = argparse.Namespace(model=model, device="auto", shard_size=shard or None, stages=None, workers=None,
-                          compile=False)
+args = argparse.Namespace(model=model, device="auto", shard_size=shard or None, stages=sys.argv[6:] or None,
+                          workers=None, compile=False)
 tmp = Path(tempfile.mkdtemp(prefix="mapcap-compare-"))
 resolved = P.params_for(args, folder, str(tmp / "plain")).resolve()
 def cpu():
@@ -64,7 +64,7 @@ def run_side(checkout: Path, args, work: Path, label: str) -> dict:
     out = work / f"{label}.json"
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(pkg), str(checkout / "bench")])}
     cmd = [sys.executable, "-c", RUNNER, args.folder, str(out), str(args.shard_size or 0), str(args.in_flight),
-           args.model]
+           args.model, *(args.stages or [])]
     done = subprocess.run(cmd, cwd=checkout / "bench", env=env)
     if done.returncode != 0:
         raise SystemExit(f"the {label} run ({checkout}) failed with exit code {done.returncode} (-9: killed, often "
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, help="images per shard on both sides (default: the flow's)")
     ap.add_argument("--in-flight", type=int, default=2, help="shards in flight in the plain loop (default 2)")
     ap.add_argument("--model", default="toy")
+    ap.add_argument("--stages", nargs="+", help="stages to run on both sides (default: every stage the run can do)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mapcap-compare-") as tmp:
         work = Path(tmp)

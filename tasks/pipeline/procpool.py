@@ -99,11 +99,19 @@ def _hold(_: int) -> None:
     time.sleep(HOLD_S)
 
 
+def _started(workers: int) -> bool:
+    """Whether the pool of this size runs all its workers (then prestart has nothing to do)."""
+    with _LOCK:
+        pool = _POOLS.get(workers)
+    procs = dict(getattr(pool, "_processes", None) or {})
+    return len(procs) >= workers and all(p.is_alive() for p in procs.values())
+
+
 def prestart(fn: Callable[[Any], Any], workers: int) -> None:
     """Start the pool `process_map(fn, ..., workers)` will use, in a background thread, so that the children's
     start (the forkserver importing torch and fn's module: 2-5 s on a busy CPU) overlaps earlier work instead of
     delaying the first call. Does nothing where process_map would run in the calling process."""
-    if workers <= 1 or fn.__module__ == "__main__":
+    if workers <= 1 or fn.__module__ == "__main__" or _started(workers):
         return
 
     def start() -> None:

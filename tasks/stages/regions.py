@@ -1,7 +1,6 @@
 """Stage `regions`: every stored relevancy map segmented into ranked regions (no model needed)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -11,10 +10,10 @@ import torch
 from mapcap.storage.columns import as_table, list_column, list_values, table_of
 from mapcap.storage.manifest import dataset_masks
 from mapcap.tasks.metrics.summaries import on_object
-from mapcap.tasks.pipeline.procpool import prestart, process_map
+from mapcap.tasks.pipeline.procpool import prestart
 from mapcap.tasks.segment import SegmentConfig, segment_job
 from mapcap.tasks.region_columns import FIELDS, RegionColumns
-from mapcap.tasks.segment_batch import CHUNK, segment_chunk, segment_columns
+from mapcap.tasks.segment_batch import segment_columns
 from mapcap.tasks.pipeline.base import Stage, register_stage
 from mapcap.tasks.provenance import frozen_config
 from mapcap.tasks.pipeline.context import StageContext
@@ -35,31 +34,20 @@ def _same(r: dict) -> tuple:
     return r["image_id"], r["class_name"], r["method"], r["start_layer"]
 
 
-def job_size(n: int, workers: int) -> int:
-    """Maps per process-pool job: at most CHUNK, in a multiple of `workers` jobs of equal size (a 128-image
-    shard's 140 maps as 4 jobs of 35, not 64 + 64 + 12 of which one worker does two)."""
-    jobs = workers * math.ceil(n / (workers * CHUNK))
-    return max(1, math.ceil(n / max(jobs, 1)))
-
-
 def segment_rows(maps: list[np.ndarray], grids: list[int], sizes: list[tuple[int, int]], cfg: SegmentConfig,
-                 workers: int) -> RegionColumns:
+                 ) -> RegionColumns:
     """The regions of each map (its g*g cells, its grid g, its image's size) as columns, the maps of a grid size
-    together as tensor ops: on a GPU in one go, on CPU CHUNK maps per job in `workers` processes."""
+    together as tensor ops (CHUNK at a time), in this process: on CPU, torch's own threads share the ops, and a
+    worker pool's start (its children import torch: 2-3 s) cost more than a shard's maps take here (1,000
+    4000×3000 photos' maps: 1.0 s in this process, 0.85 s in two warm workers; bench/segment.py)."""
     by_grid: dict[int, list[int]] = {}
     for n, g in enumerate(grids):
         by_grid.setdefault(g, []).append(n)
     parts, names = [], []
     for g, idx in by_grid.items():
         cells = np.stack([maps[n] for n in idx]).astype(np.float32).reshape(-1, g, g)  # (B, g, g)
-        if DEVICE == "cpu":
-            step = job_size(len(idx), workers)
-            jobs = [(cells[c:c + step], [sizes[n] for n in idx[c:c + step]], cfg) for c in range(0, len(idx), step)]
-            parts += process_map(segment_chunk, jobs, workers, min_items=2)
-            names += [np.array(idx[c:c + step], np.int64) for c in range(0, len(idx), step)]
-        else:
-            parts.append(segment_columns(torch.from_numpy(cells).to(DEVICE), [sizes[n] for n in idx], cfg))
-            names.append(np.array(idx, np.int64))
+        parts.append(segment_columns(torch.from_numpy(cells).to(DEVICE), [sizes[n] for n in idx], cfg))
+        names.append(np.array(idx, np.int64))
     return RegionColumns.concat(parts, names)
 
 
@@ -95,8 +83,8 @@ class Regions(Stage):
         return RegionsConfig(segment=params.regions, dataset=facts.plan.dataset)
 
     def prepare(self, cfg: RegionsConfig, workers: int) -> None:
-        if cfg.segment.superpixels or DEVICE == "cpu":  # the worker pool compute will use, started ahead
-            prestart(segment_job if cfg.segment.superpixels else segment_chunk, workers)
+        if cfg.segment.superpixels:  # SLIC's worker pool, started ahead (on a GPU machine, idle cores' work)
+            prestart(segment_job, workers)
 
     def compute(self, cfg: RegionsConfig, ctx: StageContext) -> dict:
         images = {r["image_id"]: r for r in ctx.table("images")}
@@ -125,7 +113,7 @@ class Regions(Stage):
                 found = RegionColumns.from_maps(ctx.map_processes(segment_job, jobs))
         else:
             with ctx.phase("segment", DEVICE):
-                found = segment_rows(cells, [r["grid"] for r in firsts], sizes, cfg.segment, ctx.workers)
+                found = segment_rows(cells, [r["grid"] for r in firsts], sizes, cfg.segment)
         on_obj = None
         if masks:  # the toy world's object masks: is each region at least half on the object?
             truth = [masks.get(images[firsts[m]["image_id"]]["path"], {}).get("mask") for m in found.map.tolist()]

@@ -132,3 +132,20 @@ def test_prestart_starts_the_children_ahead_and_process_map_then_uses_them():
 def test_prestart_does_nothing_for_one_worker():
     procpool.prestart(square, 1)
     assert 1 not in procpool._POOLS
+
+
+def test_prestart_of_a_running_pool_leaves_its_workers_free():
+    """Each shard's start asks again: a pool already running must not be handed work (its workers held busy
+    would delay the stage that needs them)."""
+    workers = 3
+    procpool._drop(workers)
+    procpool.process_map(square, list(range(30)), workers=workers, min_items=1)  # starts the pool
+    deadline = time.monotonic() + 60
+    while not procpool._started(workers) and time.monotonic() < deadline:
+        procpool.process_map(square, list(range(30)), workers=workers, min_items=1)
+    assert procpool._started(workers)
+    procpool.prestart(square, workers)
+    t0 = time.monotonic()
+    assert procpool.process_map(square, [1, 2, 3], workers=workers, min_items=1) == [1, 4, 9]
+    assert time.monotonic() - t0 < procpool.HOLD_S / 2  # no worker was held
+    procpool._drop(workers)

@@ -158,35 +158,22 @@ def test_regions_as_tensor_ops_match_scikit_image(explained):
     assert checked > 10
 
 
-def test_regions_are_the_same_in_worker_processes(explained, monkeypatch):
-    """On CPU the shard's maps are segmented CHUNK at a time in worker processes (scipy's labelling holds the
-    GIL): the rows one process gives."""
+def test_regions_in_chunks_are_the_regions_of_one_batch_and_start_no_pool(explained, monkeypatch):
+    """On CPU the shard's maps are segmented CHUNK at a time in this process (a pool's start cost more than the
+    work): the rows of one batch, and no worker process started."""
+    from mapcap.tasks import segment_batch
     from mapcap.tasks.pipeline import procpool
-    from mapcap.tasks.stages import regions as regions_stage
     _, ctx = explained
     cfg = RegionsConfig(SegmentConfig(top_k=2))
-    rows_one = compute("regions", cfg, ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")}))[0]
-    monkeypatch.setattr(regions_stage, "CHUNK", 3)  # this shard's few maps would be one job
     pools = []
     real_pool = procpool._pool
     monkeypatch.setattr(procpool, "_pool", lambda w, pre: pools.append(w) or real_pool(w, pre))
+    rows_one = compute("regions", cfg, ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")}))[0]
+    monkeypatch.setattr(segment_batch, "CHUNK", 3)  # this shard's few maps would be one chunk
     many = ctx_with(outputs={t: ctx.outputs[t] for t in ("images", "relevancy")})
     many.workers = 2
     rows_many = compute("regions", cfg, many)[0]
-    assert pools == [2] and rows_one["regions"] and rows_one == rows_many
-
-
-def test_map_jobs_are_even_and_at_most_a_chunk():
-    """Every worker gets the same share: no job over CHUNK maps, a multiple of `workers` jobs, sizes within one."""
-    from mapcap.tasks.stages.regions import CHUNK, job_size
-    for n in (1, 2, 63, 64, 65, 140, 1100, 4096):
-        for workers in (1, 2, 16):
-            step = job_size(n, workers)
-            sizes = [min(step, n - c) for c in range(0, n, step)]
-            assert max(sizes) <= CHUNK and sum(sizes) == n
-            if n >= workers * CHUNK:
-                assert len(sizes) % workers == 0 or max(sizes) - min(sizes) <= workers, (n, workers, sizes)
-    assert [min(35, 140 - c) for c in range(0, 140, job_size(140, 2))] == [35] * 4
+    assert pools == [] and rows_one["regions"] and rows_one == rows_many
 
 
 def test_superpixel_regions_are_the_same_in_worker_processes(explained, monkeypatch):
