@@ -142,9 +142,9 @@ def segment_batch(maps: torch.Tensor, sizes: list[tuple[int, int]], cfg: Segment
 
 
 def segment_chunk(job: tuple) -> RegionColumns:
-    """segment_columns on CPU for a worker process (tasks/pipeline/procpool.py): job = ((B, g, g) float32 cells,
-    sizes, SegmentConfig). scipy's labelling holds the GIL, so on CPU the maps of a shard are split between
-    processes, each with one torch thread (the processes are the parallelism)."""
+    """segment_columns on CPU in a worker process (tasks/pipeline/procpool.py), one torch thread each: job =
+    ((B, g, g) float32 cells, sizes, SegmentConfig). The regions stage segments in its own process (a pool's
+    start costs more than a shard's maps); bench/segment.py times both ways."""
     cells, sizes, cfg = job
     if mp.parent_process() is not None:  # in a pool's worker, not in the caller (few maps run there)
         torch.set_num_threads(1)
