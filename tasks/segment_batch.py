@@ -161,9 +161,11 @@ def _segment_group(maps: torch.Tensor, work: tuple[int, int], sizes: list[tuple[
     else:
         fg = up >= mass_threshold(up, cfg.mass)[:, None, None]
     labels = label_batch(fg)  # (B, h, w) int32, 0 = background
-    flat = labels.ravel()
-    area = np.bincount(flat)  # (n + 1,)
-    mass = np.bincount(flat, weights=up.cpu().numpy().ravel(), minlength=area.size)  # (n + 1,) float64
+    inside = fg.cpu().numpy().ravel()  # only the components' pixels are counted (the background is most)
+    flat = labels.ravel()[inside]  # (F,) labels ≥ 1
+    n = int(labels.max(initial=0)) + 1
+    area = np.bincount(flat, minlength=n)  # (n + 1,), [0] = 0
+    mass = np.bincount(flat, weights=up.cpu().numpy().ravel()[inside], minlength=n)  # (n + 1,) float64
     total = up.flatten(1).sum(1, dtype=torch.float64).cpu().numpy()  # (B,) summed in float64, no float64 copy
     boxes = find_objects(labels)  # boxes[k - 1]: (maps, rows, columns) of component k
     first = np.array([box[0].start for box in boxes], np.int64)  # (n,) the map of each component
