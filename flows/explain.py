@@ -58,8 +58,9 @@ def explain(params: ExplainParams = ExplainParams()) -> dict:
     # quote(): the plan holds every image of the run, and Prefect would walk it looking for futures (see `whole`);
     # this task runs in the flow's process, whatever the runner
     record_run_task(params.out, quote(resolved), pdict, "running", started)
-    logger.info("run %s: %d images in %d shards, %d classes, %d templates, model %s (%s) on %s/%s; stages %s",
-                plan.run_id, plan.n_images, len(plan.shards), len(plan.classes), len(plan.templates),
+    logger.info("run %s: %d images in %d shard%s, %d classes, %d templates, model %s (%s) on %s/%s; stages %s",
+                plan.run_id, plan.n_images, len(plan.shards), "" if len(plan.shards) == 1 else "s", len(plan.classes),
+                len(plan.templates),
                 plan.model.name, plan.model.pretrained or "random", plan.model.device, plan.model.precision,
                 [s.name for s in resolved.shard_stages + resolved.run_stages],
                 extra={"mapcap_plan": (len(plan.shards), [s.name for s in resolved.shard_stages],
