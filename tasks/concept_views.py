@@ -26,7 +26,8 @@ from mapcap.tasks.decode import Geometry, normalise, resize_crop, resize_plan
 from mapcap.tasks.masks import mask_at
 from mapcap.tasks.models import LoadedModel
 from mapcap.tasks.pipeline.context import StageContext, tensor_decode
-from mapcap.tasks.roi_crops import frame_side, needs_full, roi_crops
+from mapcap.tasks.frames import device_frame_parts
+from mapcap.tasks.roi_crops import roi_crops
 
 SUPERSAMPLE = 2  # masks drawn at this × the model's input side, then averaged down: soft edges
 
@@ -45,19 +46,6 @@ class DeviceChunk:
     whole: torch.Tensor  # (N, 3, S, S) normalised whole images, in `ids` order
     fill: torch.Tensor  # (N, 3) each frame's mean colour, rounded, in 0..255 (the deletion fill)
     shapes: dict[str, tuple[int, int]]  # image id -> (h, w) of its frame (what `whole` was resized from)
-
-
-def chunk_frames(ctx: StageContext, device: str, geo: Geometry, refs: dict[str, str],
-                 sizes: dict[str, tuple[int, int]], boxes: dict[str, list]) -> dict[str, torch.Tensor]:
-    """{image id: (3, h, w) uint8} frames of {image id: path} from the shard's cache (no decode where the
-    classify stage left them); the full image for those with a crop narrower than S px in their frame
-    (roi_crops.needs_full). The caller bounds how many images one call takes."""
-    side = frame_side(geo)
-    full = [i for i in refs if needs_full(sizes[i], boxes[i], side, geo.crop)]
-    out = ctx.device_frames({i: p for i, p in refs.items() if i not in full}, device, side)
-    if full:
-        out |= ctx.device_frames({i: refs[i] for i in full}, device, side, full=full)
-    return out
 
 
 def wholes(frames: Sequence[torch.Tensor], geo: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +69,8 @@ def device_chunk(ctx: StageContext, device: str, geo: Geometry, chunk: list[str]
     """The views of a chunk of images (whole image first, then its region crops with `context`, or the whole
     image again when it has none: concepts.parts_of's order), cut from their frames and normalised in one batch."""
     boxes = {i: [square_box(r["bbox"], context) for r in regions[i]] for i in chunk}
-    frames = chunk_frames(ctx, device, geo, {i: paths[i] for i in chunk}, sizes, boxes)
+    frames = {i: f for part in device_frame_parts(ctx, device, geo, {i: paths[i] for i in chunk}, sizes, boxes)
+              for i, f in part.items()}  # a chunk's few images: its full ones held together
     ids = [i for i in chunk if i in frames]
     if not ids:
         return DeviceChunk([], [], torch.empty(0, 3, geo.crop, geo.crop), torch.empty(0, 3), {})

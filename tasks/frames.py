@@ -1,4 +1,5 @@
-"""Frames to cut region crops from: each image decoded once, at the coarsest JPEG scale its crops allow.
+"""Frames to cut region crops from: each image decoded once, at the coarsest JPEG scale its crops allow (or, on
+the device, the shard's frames: `device_frame_parts`).
 
 Captions and concepts cut a few crops per image and the model's preprocess shrinks each to S px (224). Decoding
 a 4000×3000 photo whole for that (150 ms, 36 MB, evicted before the next stage reads it) was most of both
@@ -11,15 +12,19 @@ masks are then scaled to the frame (`scale_box`, tasks/masks.mask_at).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import torch
 from PIL import Image
 
 from mapcap.tasks.captioners.base import square_box
 from mapcap.tasks.data import full_size
+from mapcap.tasks.decode import Geometry
 from mapcap.tasks.pipeline.context import StageContext
+from mapcap.tasks.roi_crops import frame_side, needs_full
 
 SCALES = (8, 4, 2, 1)  # libjpeg's reductions, coarsest first
+FULL_AT_ONCE = 64  # full-size images held on the device at once, for crops their frames are too coarse for
 
 
 def frame_draft(size: tuple[int, int], boxes: Sequence[Sequence[float]], draft: int | None) -> int | None:
@@ -48,6 +53,23 @@ def frames(ctx: StageContext, refs: dict[str, str], sizes: dict[str, tuple[int, 
     for d, group in by_draft.items():
         out |= ctx.images(group, d)
     return out
+
+
+def device_frame_parts(ctx: StageContext, device: str, geo: Geometry, refs: dict[str, str],
+                       sizes: dict[str, tuple[int, int]], boxes: dict[str, Sequence[Sequence[float]]],
+                       ) -> Iterator[dict[str, torch.Tensor]]:
+    """The device path's rule (the captions and concepts stages): {image id: (3, h, w) uint8} for {image id:
+    path}, in parts. First the shard's frames (roi_crops.frame_side; no decode where the classify stage left
+    them) of the images whose crop boxes (image pixels) they serve; then, FULL_AT_ONCE at a time, the full images
+    of those with a crop narrower than S px in their frame (roi_crops.needs_full), decoded for that part only.
+    An unreadable or changed file is a failure row and missing from its part."""
+    side = frame_side(geo)
+    full = [i for i in refs if needs_full(sizes[i], boxes.get(i, ()), side, geo.crop)]
+    fine = set(full)
+    yield ctx.device_frames({i: p for i, p in refs.items() if i not in fine}, device, side)
+    for c in range(0, len(full), FULL_AT_ONCE):
+        part = full[c:c + FULL_AT_ONCE]
+        yield ctx.device_frames({i: refs[i] for i in part}, device, side, full=part)
 
 
 def scale_box(box: Sequence[float], frame: Image.Image) -> tuple[float, float, float, float]:

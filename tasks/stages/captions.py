@@ -22,12 +22,12 @@ from mapcap.tasks.captioners.general_bank import GENERAL
 from mapcap.tasks.captioners.retrieval import phrase_bank
 from mapcap.tasks.decode import Geometry, normalise, resize_crop
 from mapcap.tasks.device_turn import on_device
-from mapcap.tasks.frames import frames, scale_box
+from mapcap.tasks.frames import device_frame_parts, frames, scale_box
 from mapcap.tasks.metrics.clipscore import clipscore, ref_clipscore
 from mapcap.tasks.models import LoadedModel, ModelSpec, encode_pixels, load_model
 from mapcap.tasks.pipeline.base import Section, Stage, register_stage
 from mapcap.tasks.provenance import frozen_config
-from mapcap.tasks.roi_crops import frame_side, needs_full, roi_crops
+from mapcap.tasks.roi_crops import roi_crops
 from mapcap.tasks.pipeline.plan import default_batch
 from mapcap.tasks.pipeline.context import StageContext, draft_size, tensor_decode
 from mapcap.tasks.pipeline.facts import Facts
@@ -89,7 +89,6 @@ def references(dataset: str) -> dict[str, list[str]]:
 
 
 KEYS = ("target", "method", "start_layer", "region_id")  # what a crop's rows say of the region it shows
-DEVICE_IMAGES = 64  # full-size images decoded on the GPU at once, for crops their frames are too coarse for
 
 
 def device_geometry(lm: LoadedModel, captioner) -> Geometry | None:
@@ -104,33 +103,25 @@ def device_crops(ctx: StageContext, lm: LoadedModel, geo: Geometry, chunk: list[
     views the shard has not embedded yet (None for the others). Crops come from the shard's frames
     (ctx.device_frames: each image decoded once per shard, by the classify stage where it ran on the device),
     every crop of frames of one size in one roi_align (tasks/roi_crops.py); an image with a crop narrower than S
-    px in its frame is cut from its full image instead, decoded for this batch DEVICE_IMAGES at a time. An
-    unreadable or changed image is a failure row once; its jobs are dropped."""
+    px in its frame is cut from its full image instead (frames.device_frame_parts). An unreadable or changed
+    image is a failure row once; its jobs are dropped."""
     todo: dict[str, list[int]] = {}  # image id -> positions in chunk of its views to embed
     for n, (_, iid, _, view) in enumerate(chunk):
         if view not in ctx.shared.views and iid not in unreadable:
             todo.setdefault(iid, []).append(n)
-    side, device = frame_side(geo), lm.spec.device
     boxed = {i: [n for n in ns if chunk[n][2] is not None] for i, ns in todo.items()}  # positions of crops
     boxes = {i: [square_box(chunk[n][2], context) for n in ns] for i, ns in boxed.items()}
     sizes = {i: (images[i]["width"], images[i]["height"]) for i in todo}
-    full = [i for i in todo if needs_full(sizes[i], boxes[i], side, geo.crop)]
-    fine = set(full)
-    parts = [([i for i in todo if i not in fine], False)] + [(full[c:c + DEVICE_IMAGES], True)
-                                                              for c in range(0, len(full), DEVICE_IMAGES)]
-    crops = {}  # position in chunk -> (3, S, S) resized, in 0..255
-    for part, at_full_size in parts:
-        if not part:
-            continue
-        pics = ctx.device_frames({i: images[i]["path"] for i in part}, device, side,
-                                 full=part if at_full_size else ())  # (3, h, w) uint8 each
-        unreadable |= set(part) - set(pics)
+    crops, seen = {}, set()  # position in chunk -> (3, S, S) resized, in 0..255
+    for pics in device_frame_parts(ctx, lm.spec.device, geo, {i: images[i]["path"] for i in todo}, sizes, boxes):
+        seen |= set(pics)  # (3, h, w) uint8 each
         for iid, rgb in pics.items():  # whole images
             crops |= {n: resize_crop(rgb.float(), geo) for n in todo[iid] if chunk[n][2] is None}
         got = [i for i in pics if boxes[i]]
         if got:
             cut = roi_crops([pics[i] for i in got], [sizes[i] for i in got], [boxes[i] for i in got], geo.crop)
             crops |= zip([n for i in got for n in boxed[i]], cut)  # (K, 3, S, S) in input order
+    unreadable |= set(todo) - seen
     if crops:  # normalised in one go (per image, five small kernels each)
         crops = dict(zip(crops, normalise(torch.stack(list(crops.values())), geo)))  # (K, 3, S, S)
     keep = [n for n, j in enumerate(chunk) if j[3] in ctx.shared.views or n in crops]

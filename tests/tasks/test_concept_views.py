@@ -9,6 +9,7 @@ from mapcap.tasks import concept_views as cv
 from mapcap.tasks.concept_bank import resolve_bank
 from mapcap.tasks.data import read_dataset
 from mapcap.tasks.decode import geometry
+from mapcap.tasks import frames as frames_mod
 from mapcap.tasks.frames import frames
 from mapcap.tasks.metrics.mutual_knowledge import cumulative_masks
 from mapcap.tasks.metrics.perturb import perturbed_pixels
@@ -134,7 +135,7 @@ def test_no_decode_when_the_shard_holds_the_frames(toy_model, toy_explained, cfg
     geo = geometry(toy_model.preprocess)
     cache = ImageCache()
     ctx.pictures.cache = cache
-    ctx.device_frames({r["image_id"]: r["path"] for r in ctx.table("images")}, "cpu", cv.frame_side(geo))
+    ctx.device_frames({r["image_id"]: r["path"] for r in ctx.table("images")}, "cpu", frames_mod.frame_side(geo))
     assert calls
     calls.clear()
     out = run(ctx, cfg, monkeypatch, True, cache)
@@ -169,10 +170,10 @@ def test_reduced_frames_and_small_chunks_give_the_same_concepts(toy_explained, c
     """Frames reduced to 3/4 of the 128 px toy images (images with a crop narrower than S in theirs cut from the
     full image) and chunks of 8 images: the top concept of ≥ 90 % of views as the PIL path's. Measured: 93.4 %,
     23 of 48 images cut from the full image."""
-    monkeypatch.setattr(cv, "frame_side", lambda geo: 96)
+    monkeypatch.setattr(frames_mod, "frame_side", lambda geo: 96)
     monkeypatch.setattr(concepts, "CHUNK", 8)
-    full, real = [], cv.needs_full
-    monkeypatch.setattr(cv, "needs_full", lambda *a: full.append(real(*a)) or full[-1])
+    full, real = [], frames_mod.needs_full
+    monkeypatch.setattr(frames_mod, "needs_full", lambda *a: full.append(real(*a)) or full[-1])
     out = run(toy_explained, cfg, monkeypatch, True)
     top = {on: {(r["image_id"], r["source"], r["region_id"]): r["descriptor"] for r in o["concepts"]
                 if r["rank"] == 0 and r["source"] != "language"} for on, o in ((True, out), (False, both[False]))}

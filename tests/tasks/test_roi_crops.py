@@ -184,13 +184,14 @@ def test_device_crops_give_the_pil_captions_and_embeddings(toy_model, toy_explai
     With frames coarser than some crops need, those images are cut from the full image. Measured (164 rows, 106
     views): every caption the same; embeddings' cosine mean 0.999, min 0.990 (frames 3/4: 0.979, 1/2: 0.990)."""
     from mapcap.tasks.captioners.base import CaptionerConfig
+    from mapcap.tasks import frames
     from mapcap.tasks.stages import captions
     ctx = toy_explained
     cfg = captions.CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval", batch_size=32), "chefer", 0, top_k=2)
     if side is not None:
-        monkeypatch.setattr(captions, "frame_side", lambda geo: side)
-    full, real = [], captions.needs_full
-    monkeypatch.setattr(captions, "needs_full", lambda *a: full.append(real(*a)) or full[-1])
+        monkeypatch.setattr(frames, "frame_side", lambda geo: side)
+    full, real = [], frames.needs_full
+    monkeypatch.setattr(frames, "needs_full", lambda *a: full.append(real(*a)) or full[-1])
     runs, views = {}, {}
     for on in (False, True):
         ctx.shared.views.clear()

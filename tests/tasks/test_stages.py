@@ -294,12 +294,12 @@ def _device_path(monkeypatch, on: bool):
 def test_captions_cut_on_the_device_match_the_pil_crops(toy_model, explained, monkeypatch):
     _, ctx = explained
     cfg = CaptionsConfig(toy_model.spec, CaptionerConfig("retrieval", batch_size=4), "chefer", 0, top_k=2)
-    from mapcap.tasks.stages import captions
+    from mapcap.tasks import frames
     runs = {}
     for on, at_once in ((False, 64), (True, 64), ("one image at a time", 1)):
         ctx.shared.views.clear()
         _device_path(monkeypatch, bool(on))
-        monkeypatch.setattr(captions, "DEVICE_IMAGES", at_once)
+        monkeypatch.setattr(frames, "FULL_AT_ONCE", at_once)
         out, fails = compute("captions", cfg, ctx)
         assert not fails
         runs[on] = {(r["image_id"], r["target"], r["region_id"]): r for r in out["captions"]}
