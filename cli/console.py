@@ -36,12 +36,16 @@ class RunConsole(logging.Filter):
             # flow's traceback (the command's last line says what failed and the fix): -v shows them
             return False
         text = record.getMessage()
-        if not self.verbose and text in self.seen:
-            return False  # a reason said once is enough (shards and stages repeat it)
         stage = getattr(record, "mapcap_stage", None)
+        if getattr(record, "mapcap_shown", False):
+            return False  # this record, on a second terminal handler
+        if not self.verbose and stage is None and text in self.seen:
+            return False  # a reason said once is enough (shards and stages repeat it); a stage's result line is an
+            # event of its own even when its text repeats (the report written twice, in the same 0.89 s)
         if not self.verbose and stage in self.done and text.endswith(", skipped"):
             return False  # a later pass of the run finds what the first did complete: nothing new to say
         self.seen.add(text)
+        record.mapcap_shown = True
         if stage is not None and self.total and not hasattr(record, "mapcap_bar"):
             self.done.add(stage)
             record.mapcap_bar = self.bar()  # our terminal format shows it; the UI's log lines stay as logged
